@@ -1,0 +1,1 @@
+"""Calibration: data sources, observers and the collection of activation ranges."""

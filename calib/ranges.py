@@ -1,0 +1,76 @@
+"""The range table: calibrated ``(lo, hi)`` per tensor, saved as JSON and reused.
+
+A table records the hash of the model it was made for and how it was made (method, samples, data
+description), so that ``--ranges`` can refuse a table made for another model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from qonnx.errors import UserError
+
+__all__ = ["TensorRange", "RangeTable"]
+
+FORMAT = "qonnx.ranges/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRange:
+    lo: float
+    hi: float
+    nonfinite: int = 0
+
+
+@dataclasses.dataclass
+class RangeTable:
+    ranges: dict[str, TensorRange]
+    model_hash: str = ""
+    method: str = "minmax"
+    samples: int = 0
+    data: str = ""
+
+    def __getitem__(self, name: str) -> TensorRange:
+        return self.ranges[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.ranges
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "model_hash": self.model_hash,
+            "method": self.method,
+            "samples": self.samples,
+            "data": self.data,
+            "ranges": {k: dataclasses.asdict(v) for k, v in sorted(self.ranges.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RangeTable:
+        if data.get("format") != FORMAT:
+            raise UserError(f"not a qonnx range table (format {data.get('format')!r}, expected {FORMAT!r})")
+        ranges = {k: TensorRange(**v) for k, v in data["ranges"].items()}
+        return cls(ranges, data["model_hash"], data["method"], data["samples"], data["data"])
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+            json.dump(self.to_dict(), f, indent=1)
+        os.replace(f.name, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model_hash: str | None = None) -> RangeTable:
+        try:
+            table = cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}: cannot read range table ({exc})") from exc
+        if model_hash is not None and table.model_hash != model_hash:
+            raise UserError(f"{path}: range table was made for another model (hash {table.model_hash[:12]}…)")
+        return table

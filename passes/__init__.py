@@ -1,0 +1,14 @@
+"""Graph rewrites, one family per module. Importing this package registers every pass."""
+
+from qonnx.passes import (  # noqa: F401
+    calibrate,
+    constants_to_initializers,
+    fold_batchnorm,
+    fold_constants,
+    infer_shapes,
+    insert_qdq,
+    remove_dead,
+    resolve_policy,
+    upgrade_opset,
+    verify,
+)

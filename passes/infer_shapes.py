@@ -1,0 +1,63 @@
+"""Shape and type inference that survives dynamic dimensions.
+
+First onnx's own inference (through onnx-ir, non-strict, with data propagation). Where it leaves a
+tensor without a type or a rank (custom shapes, ops it cannot see through), and calibration data is
+at hand, one real sample is run through onnxruntime with those tensors tapped and their observed
+dtype and rank are filled in. Dimensions observed on one sample are recorded as concrete only when
+every model input is static; otherwise they stay symbolic, so the model keeps accepting other
+sizes. The observed shapes are kept as the ``shapes`` analysis.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
+
+from qonnx import runtime
+from qonnx.pipeline import Pass, register
+
+logger = logging.getLogger(__name__)
+
+
+def _static(value: ir.Value) -> bool:
+    return value.shape is not None and all(isinstance(d, int) for d in value.shape)
+
+
+@register
+class InferShapes(Pass):
+    name = "infer-shapes"
+    summary = "onnx shape inference, gaps filled from one real calibration sample"
+    preserves = frozenset({"shapes", "ranges"})
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        try:
+            modified = ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model).modified
+        except Exception as exc:  # inference is best effort; the real sample below fills the gaps
+            logger.warning("onnx shape inference failed: %s", exc)
+            modified = False
+        missing = [
+            v.name
+            for node in model.graph
+            for v in node.outputs
+            if v.name and (v.dtype is None or v.shape is None)
+        ]
+        if not missing or self.context.calib is None:
+            return ir.passes.PassResult(model, modified)
+        sample = next(iter(self.context.calib), None)
+        if sample is None:
+            return ir.passes.PassResult(model, modified)
+        observed = runtime.session(runtime.tapped_model(model, missing)).run(sample, missing)
+        static_inputs = all(_static(v) for v in model.graph.inputs)
+        values = ir.convenience.create_value_mapping(model.graph)
+        for name, array in observed.items():
+            value = values[name]
+            if value.dtype is None:
+                value.dtype = ir.DataType.from_numpy(array.dtype)
+            if value.shape is None:
+                dims = array.shape if static_inputs else [ir.SymbolicDim(None) for _ in array.shape]
+                value.shape = ir.Shape(dims)
+        self.context.analyses["shapes"] = {k: list(v.shape) for k, v in observed.items()}
+        logger.info("filled %d tensor types from a real sample", len(observed))
+        return ir.passes.PassResult(model, True)

@@ -1,0 +1,86 @@
+"""Policy resolution: decide the format of every node once, and write it into the node.
+
+Each node of the main graph whose op the target quantizes gets the spec that the mixed-precision
+policy resolves for it, stored as JSON in ``metadata_props["qonnx.spec"]``; later passes read only
+that. A node that the policy wants in INT8 but that cannot be (its data is not FP32, or it sits in
+a subgraph that calibration cannot reach) is written as float with the reason. The whole plan is
+stored in the model's metadata (``qonnx.plan``) and in the context, for the report and for
+replaying with ``--policy plan.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import onnx_ir as ir
+
+from qonnx import ir as qir
+from qonnx.errors import UserError
+from qonnx.policy import SPEC_KEY, MixedPrecisionPolicy, QuantSpec
+from qonnx.pipeline import Pass, register
+from qonnx.targets import get_target
+
+logger = logging.getLogger(__name__)
+
+PLAN_KEY = "qonnx.plan"
+
+
+def _refusal(node: ir.Node) -> str | None:
+    data = [v for v in node.inputs[:2] if v is not None]
+    if any(v.dtype is not None and v.dtype != ir.DataType.FLOAT for v in data):
+        return "inputs are not FP32"
+    if node.outputs[0].dtype not in (None, ir.DataType.FLOAT):
+        return "output is not FP32"
+    return None
+
+
+def load_policy(path: str) -> MixedPrecisionPolicy:
+    try:
+        data = json.loads(Path(path).read_text())
+        return MixedPrecisionPolicy.from_dict(data.get("policy", data))
+    except (OSError, json.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
+        raise UserError(f"{path}: not a usable policy file ({exc})") from exc
+
+
+@register
+class ResolvePolicy(Pass):
+    name = "resolve-policy"
+    summary = "resolve the mixed-precision policy into a spec per node (node metadata)"
+    preserves = frozenset({"shapes", "ranges"})
+
+    def __init__(self, context=None, *, policy: str | None = None, target: str | None = None) -> None:
+        super().__init__(context)
+        self.policy_path = policy
+        self.target = get_target(target or self.context.target)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        policy = load_policy(self.policy_path) if self.policy_path else self.target.policy(self.context.precision)
+        plan: dict[str, dict] = {}
+        modified = False
+        for index, node in enumerate(model.graph):
+            if not node.name:
+                node.name = qir.unique_name(model.graph, f"{node.op_type}_{index}")
+                modified = True
+            if node.op_type not in self.target.quantized_ops or node.domain not in ("", "ai.onnx"):
+                continue
+            spec = policy.resolve(node.op_type, node.name)
+            entry = spec.to_dict()
+            if spec.quantized and (reason := _refusal(node)):
+                entry = {"format": "float", "reason": reason}
+            text = json.dumps(entry, sort_keys=True)
+            if node.metadata_props.get(SPEC_KEY) != text:
+                node.metadata_props[SPEC_KEY] = text
+                modified = True
+            plan[node.name] = entry
+        for node in model.graph.all_nodes():
+            if node.graph is not model.graph and node.op_type in self.target.quantized_ops:
+                plan.setdefault(node.name or node.op_type, {"format": "float", "reason": "inside a subgraph"})
+        document = json.dumps({"target": self.target.name, "policy": policy.to_dict(), "nodes": plan}, sort_keys=True)
+        if model.metadata_props.get(PLAN_KEY) != document:
+            model.metadata_props[PLAN_KEY] = document
+            modified = True
+        self.context.notes["plan"] = plan
+        self.context.notes["policy"] = policy.to_dict()
+        return ir.passes.PassResult(model, modified)

@@ -1,0 +1,5 @@
+import sys
+
+from qonnx.cli import main
+
+sys.exit(main())

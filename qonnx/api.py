@@ -1,0 +1,190 @@
+"""The Python API: build a pipeline from arguments, run it, save the model, measure, report.
+
+Holds no graph logic: everything that rewrites the model is a pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+import qonnx
+from qonnx import ir as qir
+from qonnx import metrics, runtime
+from qonnx.calib.sources import ImagePreprocess, Source, open_source
+from qonnx.errors import UserError
+from qonnx.pipeline import DEFAULT_PIPELINE, Context, build, parse_pipeline, run_pipeline
+from qonnx.policy import node_spec
+from qonnx.report import SCHEMA, write_json
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["QuantizeResult", "quantize", "evaluate_fidelity", "split_holdout"]
+
+Data = str | os.PathLike | Iterable[Mapping[str, np.ndarray]] | Source
+
+
+@dataclasses.dataclass
+class QuantizeResult:
+    output: Path
+    report: dict[str, Any]
+
+
+def split_holdout(source: Source) -> tuple[Source, Source, bool]:
+    """Calibration and evaluation parts of one source: the last quarter (at least one) is held out.
+
+    With a single sample there is nothing to hold out: it serves both, and the flag says so.
+    """
+    n = len(source)
+    if n < 2:
+        return source, source, True
+    held = max(1, n // 4)
+    return source.subset(range(n - held)), source.subset(range(n - held, n)), False
+
+
+def evaluate_fidelity(reference: ir.Model | str | os.PathLike, test: ir.Model | str | os.PathLike, data: Source) -> dict[str, Any]:
+    """SQNR (dB) and cosine of every output of ``test`` against ``reference`` over ``data``."""
+    ref_session, test_session = runtime.session(reference), runtime.session(test)
+    accumulators: dict[str, metrics.Accumulator] = {}
+    for feed in data:
+        ref_out, test_out = ref_session.run(feed), test_session.run(feed)
+        for name, value in ref_out.items():
+            accumulators.setdefault(name, metrics.Accumulator()).update(value, test_out[name])
+    return {
+        "samples": len(data),
+        "data": data.description,
+        "outputs": {k: {"sqnr_db": round(a.sqnr_db(), 3), "cosine": round(a.cosine(), 6)} for k, a in accumulators.items()},
+    }
+
+
+def _model_facts(path: Path, model: ir.Model) -> dict[str, Any]:
+    return {
+        "path": str(path),
+        "sha256": qir.file_hash(path),
+        "bytes": qir.file_size(path),
+        "opset": model.opset_imports.get("", 0),
+        "nodes": sum(1 for _ in qir.all_nodes(model)),
+    }
+
+
+def _node_formats(model: ir.Model) -> dict[str, dict[str, Any]]:
+    formats = {}
+    for node in model.graph:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        spec = node_spec(node.metadata_props)
+        entry = {"op_type": node.op_type, "format": spec.format}
+        raw = node.metadata_props.get("qonnx.spec")
+        if raw and '"reason"' in raw:
+            entry["reason"] = json.loads(raw)["reason"]
+        formats[node.name or f"{node.op_type}@{len(formats)}"] = entry
+    return formats
+
+
+def quantize(
+    model: str | os.PathLike,
+    output: str | os.PathLike,
+    calib: Data | None = None,
+    *,
+    eval_data: Data | None = None,
+    precision: str = "int8",
+    target: str = "cpu",
+    samples: int | None = None,
+    pipeline: str | None = None,
+    preprocess: ImagePreprocess | None = None,
+    report: str | os.PathLike | None = None,
+    latency: bool = False,
+    debug: bool = False,
+    progress: bool = False,
+    dump_after: Iterable[str] = (),
+    uncalibrated: bool = False,
+) -> QuantizeResult:
+    """Quantize ``model`` into ``output`` and return the report (also written to ``report``).
+
+    ``calib`` and ``eval_data``: a .npz file, a folder of .npz files or images, a Source, or an
+    iterable of feed dicts. Without ``eval_data`` the last quarter of ``calib`` is held out for the
+    fidelity figures and not used for calibration.
+    """
+    started = time.perf_counter()
+    model_path, output_path = Path(model), Path(output)
+    if output_path.exists() and model_path.exists() and output_path.resolve() == model_path.resolve():
+        raise UserError(f"refusing to overwrite the input model {model_path}; choose another output path")
+    if samples is not None and samples <= 0:
+        raise UserError("--samples must be a positive number")
+    ir_model = qir.load(model_path)
+    input_facts = _model_facts(model_path, ir_model)
+
+    calib_source = eval_source = None
+    eval_on_calibration = False
+    if calib is not None:
+        calib_source = open_source(calib, ir_model, preprocess)
+        if eval_data is not None:
+            eval_source = open_source(eval_data, ir_model, preprocess)
+        else:
+            calib_source, eval_source, eval_on_calibration = split_holdout(calib_source)
+
+    steps = parse_pipeline(pipeline or DEFAULT_PIPELINE)
+    context = Context(target=target, precision=precision, calib=calib_source, samples=samples, debug=debug, progress=progress)
+    passes = build(steps, context)
+    verify = None
+    if debug:
+        from qonnx.passes.verify import verify_model
+
+        verify = verify_model
+    t0 = time.perf_counter()
+    records = run_pipeline(ir_model, passes, context, dump_after=dump_after, dump_dir=output_path.parent, verify=verify)
+    pipeline_s = time.perf_counter() - t0
+    quantized = ir_model  # the passes rewrite it in place
+    t0 = time.perf_counter()
+    qir.save(quantized, output_path, protect=(model_path,))
+    save_s = time.perf_counter() - t0
+
+    doc: dict[str, Any] = {
+        "schema": SCHEMA,
+        "qonnx_version": qonnx.__version__,
+        "onnxruntime_version": runtime.version,
+        "input": input_facts,
+        "output": _model_facts(output_path, quantized),
+        "target": target,
+        "precision": precision,
+        "pipeline": ",".join(str(s) for s in steps),
+        "passes": [r.to_dict() for r in records],
+        "calibration": context.notes.get("calibration"),
+        "uncalibrated": uncalibrated,
+        "nodes": _node_formats(quantized),
+    }
+    doc["size_ratio"] = round(doc["output"]["bytes"] / doc["input"]["bytes"], 4)
+    t0 = time.perf_counter()
+    if eval_source is not None:
+        doc["fidelity"] = evaluate_fidelity(model_path, output_path, eval_source)
+        doc["fidelity"]["held_out"] = not eval_on_calibration
+    fidelity_s = time.perf_counter() - t0
+    if latency and eval_source is not None:
+        feed = eval_source[0]
+        fp32 = runtime.measure_latency(model_path, feed)
+        q = runtime.measure_latency(output_path, feed)
+        doc["latency"] = {
+            "fp32_ms": round(fp32["median_s"] * 1e3, 3),
+            "quantized_ms": round(q["median_s"] * 1e3, 3),
+            "speedup": round(fp32["median_s"] / q["median_s"], 3),
+            "runs": q["runs"],
+            "threads": 2,
+        }
+    doc["timing"] = {
+        "pipeline_s": round(pipeline_s, 3),
+        "save_s": round(save_s, 3),
+        "fidelity_s": round(fidelity_s, 3),
+        "total_s": round(time.perf_counter() - started, 3),
+    }
+    if report is not None:
+        write_json(doc, report)
+    return QuantizeResult(output_path, doc)

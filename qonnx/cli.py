@@ -1,0 +1,187 @@
+"""The ``qonnx`` command: quantize, inspect, passes.
+
+Exit codes: 0 success, 2 bad input or usage, 1 internal error. No traceback unless ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from qonnx.errors import UserError
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own exit code is 2 as well; keep one clear line
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _floats3(text: str) -> tuple[float, float, float]:
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected one or three numbers, got {text!r}") from None
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected one or three numbers, got {text!r}")
+    return tuple(values)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 320x320, got {text!r}") from None
+    if height <= 0 or width <= 0:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return height, width
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="qonnx", description="Quantize ONNX models and report their fidelity.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    q = sub.add_parser("quantize", help="quantize a model with calibration data")
+    q.add_argument("model", type=Path)
+    q.add_argument("-o", "--output", type=Path, required=True, help="where to write the quantized model")
+    q.add_argument("--calib", required=True, help=".npz file, folder of .npz files, folder of images, or 'random'")
+    q.add_argument("--eval", dest="eval_data", help="held-out data for fidelity (default: last quarter of --calib)")
+    q.add_argument("--precision", default="int8", choices=["int8"])
+    q.add_argument("--target", default="cpu", choices=["cpu", "tensorrt"])
+    q.add_argument("--samples", type=int, help="use at most N calibration samples")
+    q.add_argument("--report", type=Path, help="write the JSON report here")
+    q.add_argument("--pipeline", help="text pipeline, e.g. 'normalize,resolve-policy,calibrate,insert-qdq,verify'")
+    q.add_argument("--policy", help="a policy or plan JSON to replay instead of the target's default")
+    q.add_argument("--size", type=_size, help="image size HxW for image folders")
+    q.add_argument("--mean", type=_floats3, default=(0.0, 0.0, 0.0), help="per-channel mean after /255")
+    q.add_argument("--std", type=_floats3, default=(1.0, 1.0, 1.0), help="per-channel std after /255")
+    q.add_argument("--layout", default="NCHW", choices=["NCHW", "NHWC"])
+    q.add_argument("--bgr", action="store_true", help="feed images in BGR channel order")
+    q.add_argument("--latency", action="store_true", help="also time FP32 and quantized models (2 threads)")
+    q.add_argument("--dump-after", action="append", default=[], metavar="PASS", help="save the model after PASS")
+    q.add_argument("--seed", type=int, default=0, help="seed for --calib random")
+    q.add_argument("--debug", action="store_true", help="verify after every pass; show tracebacks")
+    q.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+
+    i = sub.add_parser("inspect", help="opset, ops, parameters and quantizable nodes of a model")
+    i.add_argument("model", type=Path)
+    i.add_argument("--json", action="store_true", help="print JSON instead of text")
+    i.add_argument("--debug", action="store_true")
+
+    p = sub.add_parser("passes", help="list the registered passes")
+    p.add_argument("--debug", action="store_true")
+    return parser
+
+
+def _version() -> str:
+    from qonnx import __version__
+
+    return f"qonnx {__version__}"
+
+
+def _random_feeds(model_path: Path, count: int, seed: int):
+    import numpy as np
+
+    from qonnx import ir as qir
+    from qonnx.calib.sources import input_specs
+
+    specs = input_specs(qir.load(model_path))
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(count):
+        feed = {}
+        for spec in specs:
+            if spec.shape is None or not all(isinstance(d, int) and d > 0 for d in spec.shape):
+                raise UserError(f"--calib random needs static input shapes; {spec.name!r} is {list(spec.shape or [])}")
+            feed[spec.name] = rng.standard_normal(spec.shape).astype(spec.dtype)
+        feeds.append(feed)
+    return feeds
+
+
+def _quantize(args) -> int:
+    from qonnx.api import quantize
+    from qonnx.calib.sources import ImagePreprocess
+    from qonnx.report import summary_table
+
+    calib, uncalibrated = args.calib, False
+    if calib == "random":
+        print("WARNING: calibrating on random data; ranges will not match real inputs", file=sys.stderr)
+        calib, uncalibrated = _random_feeds(args.model, args.samples or 16, args.seed), True
+    pipeline = args.pipeline
+    if args.policy:
+        from qonnx.pipeline import DEFAULT_PIPELINE
+
+        pipeline = (pipeline or DEFAULT_PIPELINE).replace("resolve-policy", f"resolve-policy(policy={args.policy})", 1)
+    result = quantize(
+        args.model,
+        args.output,
+        calib,
+        eval_data=args.eval_data,
+        precision=args.precision,
+        target=args.target,
+        samples=args.samples,
+        pipeline=pipeline,
+        preprocess=ImagePreprocess(size=args.size, mean=args.mean, std=args.std, layout=args.layout, bgr=args.bgr),
+        report=args.report,
+        latency=args.latency,
+        debug=args.debug,
+        progress=not args.quiet and sys.stderr.isatty(),
+        dump_after=args.dump_after,
+        uncalibrated=uncalibrated,
+    )
+    if not args.quiet:
+        print(summary_table(result.report))
+    return 0
+
+
+def _inspect(args) -> int:
+    from qonnx.inspect import inspect_model, format_inspection
+
+    facts = inspect_model(args.model)
+    print(json.dumps(facts, indent=2) if args.json else format_inspection(facts))
+    return 0
+
+
+def _passes(args) -> int:
+    from qonnx.pipeline import DEFAULT_PIPELINE, _load_builtin_passes, aliases, registry
+
+    _load_builtin_passes()
+    width = max(len(n) for n in [*registry, *aliases])
+    for name in sorted(registry):
+        cls = registry[name]
+        print(f"{name:<{width}}  {cls.summary}")
+    for name, expansion in aliases.items():
+        print(f"{name:<{width}}  = {expansion}")
+    print(f"\ndefault pipeline: {DEFAULT_PIPELINE}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args = _parser().parse_args(argv)
+        return {"quantize": _quantize, "inspect": _inspect, "passes": _passes}[args.command](args)
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"qonnx: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qonnx: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal error: say so, keep the traceback for --debug
+        if debug:
+            traceback.print_exc()
+        print(f"qonnx: internal error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)
+        return 1

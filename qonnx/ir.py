@@ -1,0 +1,201 @@
+"""Model I/O on onnx-ir: safe loading, atomic saving, content hashes and small graph helpers.
+
+* ``load`` refuses external-data locations that leave the model's folder (a model file must not
+  make us read ``../../etc/passwd``).
+* ``save`` never writes over the input model, writes through a temporary file in the destination
+  folder and renames it into place, and switches to external data when the protobuf would pass
+  the 2 GB limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.external_data_helper as external_data_helper
+import onnx_ir as ir
+
+from qonnx.errors import UserError
+
+__all__ = [
+    "PROTOBUF_LIMIT",
+    "load",
+    "save",
+    "file_hash",
+    "model_hash",
+    "file_size",
+    "external_data_files",
+    "float_dtypes",
+    "all_nodes",
+    "constant_array",
+    "make_initializer",
+    "unique_name",
+]
+
+PROTOBUF_LIMIT = 2**31 - 1
+# Leave head-room for the graph structure when deciding to go external.
+_EXTERNAL_THRESHOLD = PROTOBUF_LIMIT - 64 * 2**20
+
+float_dtypes = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
+
+
+def _checked_proto(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise UserError(f"model file not found: {path}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, which is not a UserError by itself
+        raise UserError(f"{path} is not an ONNX model: {exc}") from exc
+    folder = path.parent.resolve()
+    for location in _external_locations(proto):
+        target = (folder / location).resolve()
+        if os.path.isabs(location) or not target.is_relative_to(folder):
+            raise UserError(
+                f"{path}: external data location {location!r} points outside the model's folder; refusing to read it"
+            )
+        if not target.is_file():
+            raise UserError(f"{path}: external data file {location!r} is missing")
+    return proto
+
+
+def _external_locations(proto: onnx.ModelProto) -> set[str]:
+    locations = set()
+    for tensor in external_data_helper._get_all_tensors(proto):
+        if external_data_helper.uses_external_data(tensor):
+            info = external_data_helper.ExternalDataInfo(tensor)
+            locations.add(info.location)
+    return locations
+
+
+def external_data_files(path: str | os.PathLike) -> list[Path]:
+    """The external data files a saved model refers to, sorted."""
+    path = Path(path)
+    proto = onnx.load(str(path), load_external_data=False)
+    return sorted(path.parent / loc for loc in _external_locations(proto))
+
+
+def load(path: str | os.PathLike) -> ir.Model:
+    """Load a model (with its external data, read lazily) after checking every data location."""
+    path = Path(path)
+    proto = _checked_proto(path)
+    model = ir.serde.deserialize_model(proto)
+    base_dir = str(path.parent.resolve())
+    ir.external_data.set_base_dir(model.graph, base_dir)
+    model.graph.meta["qonnx.base_dir"] = base_dir
+    return model
+
+
+def _tensor_bytes(model: ir.Model) -> int:
+    total = 0
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                total += value.const_value.nbytes
+    return total
+
+
+def save(model: ir.Model, path: str | os.PathLike, *, protect: tuple[str | os.PathLike, ...] = ()) -> Path:
+    """Save ``model`` to ``path`` atomically; external data (``<name>.data``) above 2 GB.
+
+    ``protect`` lists files that must never be overwritten (the user's input model).
+    """
+    path = Path(path)
+    for other in protect:
+        if Path(other).exists() and path.exists() and path.resolve() == Path(other).resolve():
+            raise UserError(f"refusing to overwrite the input model {other}; choose another output path")
+    if path.is_dir():
+        raise UserError(f"output path {path} is a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    external = _tensor_bytes(model) > _EXTERNAL_THRESHOLD
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        tmp_model = Path(tmp) / path.name
+        if external:
+            data_name = path.name + ".data"
+            ir.save(model, tmp_model, external_data=data_name)
+            os.replace(Path(tmp) / data_name, path.parent / data_name)
+        else:
+            ir.save(model, tmp_model)
+        os.replace(tmp_model, path)
+    return path
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """sha256 of a saved model: its file and then its external data files, in name order."""
+    digest = hashlib.sha256()
+    for part in [Path(path), *external_data_files(path)]:
+        with open(part, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_size(path: str | os.PathLike) -> int:
+    """Bytes on disk of a saved model, external data included."""
+    return sum(p.stat().st_size for p in [Path(path), *external_data_files(path)])
+
+
+def model_hash(model: ir.Model) -> str:
+    """sha256 of the graph's structure and tensor contents (not of its metadata)."""
+    digest = hashlib.sha256()
+    for graph in model.graphs():
+        for value in graph.inputs:
+            digest.update(f"in:{value.name}:{value.dtype}".encode())
+        for name, value in sorted(graph.initializers.items()):
+            digest.update(f"init:{name}".encode())
+            if value.const_value is not None:
+                digest.update(value.const_value.tobytes())
+        for node in graph:
+            digest.update(f"{node.domain}:{node.op_type}:{[v.name if v else '' for v in node.inputs]}".encode())
+            digest.update(f"{[v.name for v in node.outputs]}:{sorted(node.attributes)}".encode())
+    return digest.hexdigest()
+
+
+def all_nodes(model: ir.Model) -> Iterator[ir.Node]:
+    """Every node of the main graph, its subgraphs and the model's functions."""
+    yield from ir.traversal.RecursiveGraphIterator(model.graph)
+    for function in model.functions.values():
+        yield from ir.traversal.RecursiveGraphIterator(function)
+
+
+def constant_array(value: ir.Value | None) -> np.ndarray | None:
+    """The numpy array of an initializer or a Constant node's output; None for anything else."""
+    if value is None:
+        return None
+    if value.const_value is not None and value.is_initializer():
+        return value.const_value.numpy()
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and producer.domain == "":
+        attr = producer.attributes.get("value")
+        if attr is not None and attr.type == ir.AttributeType.TENSOR:
+            return attr.as_tensor().numpy()
+    return None
+
+
+def unique_name(graph: ir.Graph, base: str) -> str:
+    """A value name not yet used in ``graph``: ``base`` or ``base_1``, ``base_2``…"""
+    taken = graph.meta.setdefault("qonnx.names", None)
+    if taken is None:
+        taken = {v.name for v in graph.inputs} | set(graph.initializers)
+        taken |= {out.name for node in ir.traversal.RecursiveGraphIterator(graph) for out in node.outputs}
+        graph.meta["qonnx.names"] = taken
+    name, i = base, 0
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name
+
+
+def make_initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
+    """Register ``array`` as a new initializer with a unique name and return its value."""
+    name = unique_name(graph, base)
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    value.shape = ir.Shape(array.shape)
+    value.dtype = value.const_value.dtype
+    graph.register_initializer(value)
+    return value

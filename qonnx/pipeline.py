@@ -1,0 +1,270 @@
+"""Pass registry, text pipelines and the instrumented pass manager.
+
+A pipeline is text: ``normalize,calibrate(method=minmax),insert-qdq(target=cpu),verify``. Each name
+is looked up in the registry; the options in parentheses are converted to the types that the pass's
+``__init__`` annotates, so each option has one typed default, in the pass itself.
+
+The manager runs the passes in order and records, for each, wall time and node counts by op type
+before and after. Analyses (observed shapes, calibration ranges) live in ``Context.analyses``; a
+pass that modifies the model keeps only the analyses it names in ``preserves`` (the idea of LLVM's
+PreservedAnalyses). In debug mode every pass is followed by a verify step: the onnx checker and an
+onnxruntime session on the model as it stands.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import inspect
+import logging
+import re
+import time
+import typing
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import onnx_ir as ir
+
+from qonnx import ir as qir
+from qonnx.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Context",
+    "Pass",
+    "PassRecord",
+    "PipelineStep",
+    "register",
+    "registry",
+    "aliases",
+    "DEFAULT_PIPELINE",
+    "parse_pipeline",
+    "build",
+    "run_pipeline",
+    "op_histogram",
+]
+
+
+@dataclasses.dataclass
+class Context:
+    """What the passes of one run share besides the model.
+
+    ``analyses`` holds results that a pass computed and later passes read ("shapes", "ranges");
+    the manager drops those a modifying pass does not preserve.
+    """
+
+    target: str = "cpu"
+    precision: str = "int8"
+    calib: Any = None  # a qonnx.calib.sources.Source, or None
+    samples: int | None = None
+    seed: int = 0
+    debug: bool = False
+    progress: bool = False
+    analyses: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def require(self, analysis: str, hint: str) -> Any:
+        if analysis not in self.analyses:
+            raise UserError(f"no {analysis} available: {hint}")
+        return self.analyses[analysis]
+
+
+class Pass(ir.passes.InPlacePass):
+    """A qonnx pass: an onnx-ir in-place pass with a registry name and a shared context.
+
+    Subclasses set ``name`` and ``summary``, list the analyses they keep valid in ``preserves``,
+    take their options as typed keyword-only ``__init__`` parameters after ``context`` and implement
+    ``call(model)``.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    preserves: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, context: Context | None = None) -> None:
+        self.context = context if context is not None else Context()
+
+    def __repr__(self) -> str:
+        return self.name or type(self).__name__
+
+
+registry: dict[str, type[Pass]] = {}
+
+# Names that stand for a sequence of passes in a text pipeline.
+aliases: dict[str, str] = {
+    "normalize": "constants-to-initializers,upgrade-opset,fold-constants,fold-batchnorm,remove-dead,infer-shapes",
+}
+
+DEFAULT_PIPELINE = "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,verify"
+
+
+def register(cls: type[Pass]) -> type[Pass]:
+    """Class decorator that adds a pass to the registry under ``cls.name``."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} has no registry name")
+    if cls.name in registry and registry[cls.name] is not cls:
+        raise TypeError(f"pass name {cls.name!r} registered twice")
+    registry[cls.name] = cls
+    return cls
+
+
+def _load_builtin_passes() -> None:
+    import qonnx.passes  # noqa: F401  (registers every pass module)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineStep:
+    name: str
+    options: dict[str, Any]
+
+    def __str__(self) -> str:
+        if not self.options:
+            return self.name
+        opts = ",".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.name}({opts})"
+
+
+_STEP = re.compile(r"\s*([A-Za-z0-9_\-]+)\s*(?:\(([^()]*)\))?\s*(?:,|$)")
+
+
+def _convert(value: str, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value.lower() == "none":
+            return None
+        annotation = args[0]
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise UserError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    try:
+        if annotation is bool:
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        if annotation in (int, float, str):
+            return annotation(value)
+    except ValueError:
+        raise UserError(f"{where}: {value!r} is not a valid {annotation.__name__}") from None
+    return value
+
+
+def _parameters(cls: type[Pass]) -> dict[str, inspect.Parameter]:
+    sig = inspect.signature(cls.__init__)
+    return {n: p for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def parse_pipeline(text: str) -> list[PipelineStep]:
+    """Parse ``a,b(x=1,y=foo),c`` into steps, checking names and option types against the registry."""
+    _load_builtin_passes()
+    text = text.strip()
+    if not text:
+        raise UserError("empty pipeline")
+    steps, pos = [], 0
+    while pos < len(text):
+        match = _STEP.match(text, pos)
+        if not match or match.end() == pos:
+            raise UserError(f"cannot parse pipeline at {text[pos:]!r}")
+        name, args = match.group(1), match.group(2)
+        pos = match.end()
+        if name in aliases:
+            if args:
+                raise UserError(f"{name} stands for several passes and takes no options")
+            steps.extend(parse_pipeline(aliases[name]))
+            continue
+        if name not in registry:
+            raise UserError(f"unknown pass {name!r}; known passes: {', '.join(sorted(registry))}")
+        params = _parameters(registry[name])
+        hints = typing.get_type_hints(registry[name].__init__)
+        options: dict[str, Any] = {}
+        for item in filter(None, (a.strip() for a in (args or "").split(","))):
+            key, sep, raw = item.partition("=")
+            key = key.strip()
+            if not sep:
+                raise UserError(f"{name}: option {item!r} needs the form key=value")
+            if key not in params:
+                known = ", ".join(params) or "none"
+                raise UserError(f"{name}: unknown option {key!r} (options: {known})")
+            options[key] = _convert(raw.strip(), hints.get(key, str), f"{name}({key})")
+        steps.append(PipelineStep(name, options))
+    return steps
+
+
+def build(steps: Iterable[PipelineStep], context: Context) -> list[Pass]:
+    _load_builtin_passes()
+    return [registry[s.name](context, **s.options) for s in steps]
+
+
+def op_histogram(model: ir.Model) -> collections.Counter:
+    return collections.Counter(
+        f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in qir.all_nodes(model)
+    )
+
+
+@dataclasses.dataclass
+class PassRecord:
+    """What one pass did: its time, whether it changed the model, and node counts by op type."""
+
+    name: str
+    seconds: float
+    modified: bool
+    nodes_before: int
+    nodes_after: int
+    op_delta: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def run_pipeline(
+    model: ir.Model,
+    passes: list[Pass],
+    context: Context,
+    *,
+    dump_after: Iterable[str] = (),
+    dump_dir: str | Path = ".",
+    verify: Callable[[ir.Model, str], None] | None = None,
+    on_pass: Callable[[PassRecord], None] | None = None,
+) -> list[PassRecord]:
+    """Run ``passes`` over ``model`` in place and return one record per pass.
+
+    ``verify(model, after)`` runs after every pass when given (debug mode). ``dump_after`` names
+    passes whose output is saved as ``<dump_dir>/after-<name>.onnx``.
+    """
+    dump_after = set(dump_after)
+    records = []
+    for index, pass_ in enumerate(passes):
+        before = op_histogram(model)
+        start = time.perf_counter()
+        try:
+            result = pass_(model)
+        except (ir.passes.PreconditionError, ir.passes.PostconditionError) as exc:
+            cause = exc.__cause__
+            if isinstance(cause, UserError):
+                raise cause from None
+            raise
+        seconds = time.perf_counter() - start
+        model = result.model
+        if result.modified:
+            kept = {k: v for k, v in context.analyses.items() if k in pass_.preserves}
+            dropped = set(context.analyses) - set(kept)
+            if dropped:
+                logger.info("%s dropped analyses %s", pass_.name, sorted(dropped))
+            context.analyses = kept
+        after = op_histogram(model)
+        delta = {op: after[op] - before[op] for op in sorted(set(before) | set(after)) if after[op] != before[op]}
+        record = PassRecord(pass_.name, seconds, result.modified, sum(before.values()), sum(after.values()), delta)
+        records.append(record)
+        if on_pass:
+            on_pass(record)
+        if verify is not None:
+            verify(model, pass_.name)
+        if pass_.name in dump_after:
+            target = Path(dump_dir) / f"after-{index:02d}-{pass_.name}.onnx"
+            qir.save(model, target)
+            logger.info("dumped %s", target)
+    return records

@@ -1,0 +1,126 @@
+"""Mixed-precision policy: which numeric format each node runs in.
+
+A policy is a default spec plus rules. A rule matches by exact node name, by a regular expression on
+the name, or by op type; when several match, the more specific wins (exact name > name regex >
+op type > default), and among rules of one kind the last one given wins, as in torch.ao's
+QConfigMapping. The resolved spec of every node is written into the node's metadata by the
+``resolve-policy`` pass; later passes read only that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Iterable
+from typing import Any, Literal
+
+__all__ = ["QuantSpec", "Rule", "MixedPrecisionPolicy", "FLOAT", "SPEC_KEY", "node_spec"]
+
+SPEC_KEY = "qonnx.spec"
+
+Format = Literal["float", "int8", "fp16", "bf16"]
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSpec:
+    """The format of one node.
+
+    ``format`` "int8" quantizes inputs through QuantizeLinear/DequantizeLinear: activations as
+    ``activation_dtype`` (asymmetric unless ``symmetric_activations``), weights as symmetric
+    ``weight_dtype``, per output channel when ``per_channel``.
+    """
+
+    format: Format = "float"
+    activation_dtype: Literal["uint8", "int8"] = "uint8"
+    weight_dtype: Literal["int8"] = "int8"
+    symmetric_activations: bool = False
+    per_channel: bool = True
+
+    @property
+    def quantized(self) -> bool:
+        return self.format == "int8"
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.format != "int8":
+            return {"format": self.format}
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantSpec:
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown spec fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+FLOAT = QuantSpec("float")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """Nodes matched by ``name`` (exact), ``name_regex`` (full match) or ``op_type`` get ``spec``."""
+
+    spec: QuantSpec
+    op_type: str | None = None
+    name_regex: str | None = None
+    name: str | None = None
+
+    def __post_init__(self):
+        if sum(x is not None for x in (self.op_type, self.name_regex, self.name)) != 1:
+            raise ValueError("a rule matches by exactly one of op_type, name_regex or name")
+
+    @property
+    def rank(self) -> int:
+        return 3 if self.name is not None else 2 if self.name_regex is not None else 1
+
+    def matches(self, op_type: str, node_name: str) -> bool:
+        if self.name is not None:
+            return node_name == self.name
+        if self.name_regex is not None:
+            return re.fullmatch(self.name_regex, node_name) is not None
+        return op_type == self.op_type
+
+    def to_dict(self) -> dict[str, Any]:
+        key = "name" if self.name is not None else "name_regex" if self.name_regex is not None else "op_type"
+        return {key: getattr(self, key), "spec": self.spec.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rule:
+        data = dict(data)
+        spec = QuantSpec.from_dict(data.pop("spec"))
+        return cls(spec, **data)
+
+
+@dataclasses.dataclass
+class MixedPrecisionPolicy:
+    default: QuantSpec = FLOAT
+    rules: list[Rule] = dataclasses.field(default_factory=list)
+
+    def resolve(self, op_type: str, node_name: str) -> QuantSpec:
+        best, best_rank = self.default, 0
+        for rule in self.rules:
+            if rule.rank >= best_rank and rule.matches(op_type, node_name):
+                best, best_rank = rule.spec, rule.rank
+        return best
+
+    @classmethod
+    def for_ops(cls, op_types: Iterable[str], spec: QuantSpec) -> MixedPrecisionPolicy:
+        return cls(FLOAT, [Rule(spec, op_type=op) for op in op_types])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"default": self.default.to_dict(), "rules": [r.to_dict() for r in self.rules]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MixedPrecisionPolicy:
+        return cls(QuantSpec.from_dict(data.get("default", {"format": "float"})), [Rule.from_dict(r) for r in data.get("rules", [])])
+
+
+def node_spec(metadata_props: dict[str, str]) -> QuantSpec:
+    """The spec that ``resolve-policy`` stored in a node's metadata (float when none)."""
+    raw = metadata_props.get(SPEC_KEY)
+    if raw is None:
+        return FLOAT
+    data = dict(json.loads(raw))
+    data.pop("reason", None)
+    return QuantSpec.from_dict(data)

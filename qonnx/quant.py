@@ -1,0 +1,116 @@
+"""Quantization arithmetic: scales, zero points, quantize and dequantize.
+
+Symmetric INT8 (weights): ``scale = max|x| / 127``, ``zero_point = 0``.
+Asymmetric UINT8 (activations): the range is widened to contain 0 (so that zero padding is exact),
+``scale = (max - min) / 255``, ``zero_point = round(-min / scale)``.
+``q = clip(round(x / scale) + zero_point, qmin, qmax)`` with round-half-to-even, as QuantizeLinear
+does; ``x ≈ (q - zero_point) * scale``.
+
+The worked example of the design notes:
+
+>>> import numpy as np
+>>> x = np.array([[1.21, -1.31, 0.22], [0.83, 2.11, -1.53], [0.79, -0.54, 0.84]], np.float32)
+>>> scale, zp = symmetric_params(np.abs(x).max(), np.int8)
+>>> round(float(scale), 6), int(zp)
+(0.016614, 0)
+>>> quantize(x, scale, zp, np.int8).tolist()
+[[73, -79, 13], [50, 127, -92], [48, -33, 51]]
+>>> round(float(np.abs(dequantize(quantize(x, scale, zp, np.int8), scale, zp) - x).max()), 4)
+0.0083
+>>> scale, zp = asymmetric_params(x.min(), x.max(), np.uint8)
+>>> round(float(scale), 7), int(zp)
+(0.0142745, 107)
+>>> quantize(x, scale, zp, np.uint8).tolist()
+[[192, 15, 122], [165, 255, 0], [162, 69, 166]]
+>>> round(float(np.abs(dequantize(quantize(x, scale, zp, np.uint8), scale, zp) - x).max()), 4)
+0.0059
+>>> s, _ = symmetric_params(2.1, np.int8)
+>>> quantize(np.array([-0.5, 0.3, 1.2, -2.1], np.float32), s, 0, np.int8).tolist()
+[-30, 18, 73, -127]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "qrange",
+    "symmetric_params",
+    "asymmetric_params",
+    "quantize",
+    "dequantize",
+    "per_channel_symmetric",
+    "bias_to_int32",
+]
+
+# The smallest scale we emit: a tensor that is all zeros still needs a positive scale.
+_TINY = np.float32(1e-12)
+
+
+def qrange(dtype) -> tuple[int, int]:
+    """The full integer range of ``dtype``; INT8 symmetric uses [-127, 127] (see symmetric_params)."""
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+def symmetric_params(max_abs, dtype=np.int8) -> tuple[np.ndarray, np.ndarray]:
+    """Scale ``max|x| / qmax`` and zero point 0 (restricted range: -127..127 for INT8)."""
+    qmax = qrange(dtype)[1]
+    max_abs = np.asarray(max_abs, np.float32)
+    scale = np.maximum(max_abs / np.float32(qmax), _TINY).astype(np.float32)
+    return scale, np.zeros(scale.shape, dtype)
+
+
+def asymmetric_params(lo, hi, dtype=np.uint8) -> tuple[np.ndarray, np.ndarray]:
+    """Scale ``(hi - lo) / (qmax - qmin)`` and zero point ``qmin + round(-lo / scale)``, 0 inside [lo, hi]."""
+    qmin, qmax = qrange(dtype)
+    lo = np.minimum(np.asarray(lo, np.float32), 0)
+    hi = np.maximum(np.asarray(hi, np.float32), 0)
+    scale = np.maximum((hi - lo) / np.float32(qmax - qmin), _TINY).astype(np.float32)
+    zero_point = np.clip(np.round(qmin - lo / scale), qmin, qmax).astype(dtype)
+    return scale, zero_point
+
+
+def _broadcast(param: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
+    param = np.asarray(param)
+    if axis is None or param.ndim == 0:
+        return param
+    shape = [1] * ndim
+    shape[axis] = param.size
+    return param.reshape(shape)
+
+
+def quantize(x: np.ndarray, scale, zero_point, dtype, axis: int | None = None) -> np.ndarray:
+    """QuantizeLinear: ``clip(round_half_even(x / scale) + zero_point)``; per-channel along ``axis``."""
+    qmin, qmax = qrange(dtype)
+    s = _broadcast(scale, x.ndim, axis).astype(np.float32)
+    z = _broadcast(zero_point, x.ndim, axis).astype(np.int64)
+    q = np.rint(x.astype(np.float32) / s).astype(np.int64) + z
+    return np.clip(q, qmin, qmax).astype(dtype)
+
+
+def dequantize(q: np.ndarray, scale, zero_point, axis: int | None = None) -> np.ndarray:
+    """DequantizeLinear: ``(q - zero_point) * scale``."""
+    s = _broadcast(scale, q.ndim, axis).astype(np.float32)
+    z = _broadcast(zero_point, q.ndim, axis).astype(np.int64)
+    return ((q.astype(np.int64) - z) * s).astype(np.float32)
+
+
+def per_channel_symmetric(w: np.ndarray, axis: int, dtype=np.int8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quantize a weight per output channel: returns ``(q, scale[C], zero_point[C])``."""
+    reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
+    max_abs = np.abs(w).max(axis=reduce_axes) if reduce_axes else np.abs(w)
+    scale, zero_point = symmetric_params(max_abs, dtype)
+    return quantize(w, scale, zero_point, dtype, axis), scale, zero_point
+
+
+def bias_to_int32(bias: np.ndarray, input_scale, weight_scale) -> tuple[np.ndarray, np.ndarray]:
+    """Bias of a quantized Conv/Gemm as INT32 with ``scale = input_scale * weight_scale``, zero point 0.
+
+    This is the layout onnxruntime's QLinearConv / QGemm kernels accumulate in.
+    """
+    scale = (np.asarray(input_scale, np.float32) * np.asarray(weight_scale, np.float32)).astype(np.float32)
+    scale = np.maximum(scale, _TINY)
+    info = np.iinfo(np.int32)
+    q = np.clip(np.rint(bias.astype(np.float64) / scale), info.min, info.max).astype(np.int32)
+    return q, scale.astype(np.float32)

@@ -1,0 +1,57 @@
+"""The quantization report: a JSON document (schema ``qonnx.report/1``, see README) and a short table."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SCHEMA", "write_json", "summary_table"]
+
+SCHEMA = "qonnx.report/1"
+
+
+def write_json(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``report`` atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
+        json.dump(report, f, indent=2, sort_keys=False)
+        f.write("\n")
+    os.replace(f.name, path)
+    return path
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """A few lines for people: sizes, formats, fidelity per output, latency, time spent."""
+    lines = []
+    src, out = report["input"], report["output"]
+    lines.append(f"model      {src['path']} -> {out['path']}")
+    lines.append(
+        f"size       {_mib(src['bytes'])} -> {_mib(out['bytes'])} ({report['size_ratio']:.2f}x of FP32)"
+    )
+    counts: dict[str, int] = {}
+    for entry in report["nodes"].values():
+        counts[entry["format"]] = counts.get(entry["format"], 0) + 1
+    lines.append("nodes      " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    fidelity = report.get("fidelity")
+    if fidelity:
+        lines.append(f"fidelity   on {fidelity['samples']} held-out samples ({fidelity['data']})")
+        for name, m in fidelity["outputs"].items():
+            lines.append(f"  {name:<30} SQNR {m['sqnr_db']:7.2f} dB   cosine {m['cosine']:.5f}")
+    latency = report.get("latency")
+    if latency:
+        lines.append(
+            f"latency    FP32 {latency['fp32_ms']:.2f} ms, quantized {latency['quantized_ms']:.2f} ms "
+            f"({latency['speedup']:.2f}x, median of {latency['runs']}, {latency['threads']} threads)"
+        )
+    if report.get("uncalibrated"):
+        lines.append("WARNING    calibrated on random data: ranges do not reflect real inputs")
+    lines.append(f"time       {report['timing']['total_s']:.1f} s")
+    return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""The one place that talks to onnxruntime: sessions, tapped intermediate tensors, latency.
+
+Every other module hands this one an ``onnx_ir`` model (or a path) and gets numpy arrays back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+from qonnx.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "version",
+    "available_providers",
+    "Session",
+    "session",
+    "tapped_model",
+    "measure_latency",
+    "optimized_model",
+]
+
+version = ort.__version__
+ort.set_default_logger_severity(3)
+
+
+def available_providers() -> list[str]:
+    return ort.get_available_providers()
+
+
+def _options(threads: int | None, optimized_path: str | None = None, disable_optimizations: bool = False):
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    if disable_optimizations:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if optimized_path:
+        opts.optimized_model_filepath = optimized_path
+    return opts
+
+
+class Session:
+    """An onnxruntime session with named outputs and a numpy interface."""
+
+    def __init__(self, inner: ort.InferenceSession):
+        self._inner = inner
+        self.input_names = [i.name for i in inner.get_inputs()]
+        self.output_names = [o.name for o in inner.get_outputs()]
+
+    def run(self, feed: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        names = list(outputs) if outputs is not None else self.output_names
+        try:
+            values = self._inner.run(names, dict(feed))
+        except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
+            raise UserError(f"onnxruntime rejected the input: {str(exc).splitlines()[0]}") from exc
+        return dict(zip(names, values))
+
+
+def _serialized(model: ir.Model | str | os.PathLike) -> bytes | str:
+    if isinstance(model, ir.Model):
+        return ir.to_proto(model).SerializeToString()
+    return str(model)
+
+
+def session(
+    model: ir.Model | str | os.PathLike,
+    *,
+    threads: int | None = None,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    disable_optimizations: bool = False,
+) -> Session:
+    """A session for an in-memory model or a model file."""
+    try:
+        inner = ort.InferenceSession(
+            _serialized(model),
+            sess_options=_options(threads, disable_optimizations=disable_optimizations),
+            providers=list(providers),
+        )
+    except Exception as exc:
+        raise RuntimeError(f"onnxruntime could not load the model: {str(exc).splitlines()[0]}") from exc
+    return Session(inner)
+
+
+def tapped_model(model: ir.Model, tensors: Iterable[str]) -> ir.Model:
+    """A copy of ``model`` whose graph outputs also include ``tensors`` (intermediate values)."""
+    tapped = model.clone()
+    values = ir.convenience.create_value_mapping(tapped.graph)
+    present = {v.name for v in tapped.graph.outputs}
+    for name in tensors:
+        if name in present:
+            continue
+        value = values.get(name)
+        if value is None:
+            raise KeyError(f"no tensor named {name!r} in the model")
+        if value.is_graph_input():
+            continue
+        if value.is_initializer():
+            continue
+        tapped.graph.outputs.append(value)
+        present.add(name)
+    return tapped
+
+
+def measure_latency(
+    model: ir.Model | str | os.PathLike,
+    feed: Mapping[str, np.ndarray],
+    *,
+    runs: int = 20,
+    warmup: int = 3,
+    threads: int = 2,
+) -> dict[str, float]:
+    """Median and spread of ``runs`` timed inferences after ``warmup`` untimed ones (seconds)."""
+    sess = session(model, threads=threads)
+    for _ in range(warmup):
+        sess.run(feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        sess.run(feed)
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": runs}
+
+
+def optimized_model(model: ir.Model | str | os.PathLike, *, threads: int = 1) -> ir.Model:
+    """The graph onnxruntime's CPU provider actually runs, after its own fusions (QDQ → QLinear*)."""
+    with tempfile.TemporaryDirectory(prefix="qonnx-ort-") as tmp:
+        path = Path(tmp) / "optimized.onnx"
+        ort.InferenceSession(
+            _serialized(model), sess_options=_options(threads, str(path)), providers=["CPUExecutionProvider"]
+        )
+        loaded = ir.load(path)
+        # Materialize everything before the folder is removed.
+        for graph in loaded.graphs():
+            for value in graph.initializers.values():
+                if value.const_value is not None:
+                    value.const_value = ir.tensor(value.const_value.numpy(), name=value.name)
+        return loaded
