@@ -3,6 +3,7 @@
 from qonnx.passes import (  # noqa: F401
     calibrate,
     constants_to_initializers,
+    finalize,
     fold_batchnorm,
     fold_constants,
     infer_shapes,

@@ -10,7 +10,8 @@ For a node whose spec (``qonnx.spec`` metadata, from ``resolve-policy``) is INT8
 3. a constant bias of Conv/ConvTranspose/Gemm becomes INT32 with ``scale = s_x * s_w`` and zero
    point 0, the layout onnxruntime's QLinearConv/QGemm accumulate in;
 4. when the target wants it, the node's output gets ``DQ(Q(y))`` too, so that onnxruntime can fuse
-   ``DQ → op → Q`` into one integer kernel.
+   ``DQ → op → Q`` into one integer kernel; after a Relu / Clip(0, …) that is the op's only reader,
+   the clamp's output is quantized instead (see ``output_to_quantize``).
 
 Already-quantized inputs (produced by DequantizeLinear) and outputs (read by QuantizeLinear) are left
 alone, so running the pass twice changes nothing the second time.
@@ -100,17 +101,44 @@ def _output_quantized(value: ir.Value) -> bool:
     return any(user.op_type == "QuantizeLinear" for user, _ in value.uses())
 
 
+def _absorbs_clamp(node: ir.Node) -> bool:
+    """Relu, or Clip with a constant lower bound >= 0: a UINT8 Q right after it clamps the same."""
+    if node.op_type == "Relu":
+        return True
+    if node.op_type == "Clip" and len(node.inputs) > 1 and node.inputs[1] is not None:
+        low = qir.constant_array(node.inputs[1])
+        return low is not None and low.size == 1 and float(low) >= 0
+    return False
+
+
+def output_to_quantize(node: ir.Node, spec: QuantSpec) -> ir.Value:
+    """The tensor that carries the node's quantized output.
+
+    ``Conv → Relu`` (or ``Clip(0, 6)``) is quantized after the clamp: onnxruntime removes a Relu/Clip
+    that feeds a UINT8 QuantizeLinear whose range starts at 0 and fuses ``DQ → Conv → Q`` into one
+    QLinearConv, and the clamped range wastes no codes on negative values.
+    """
+    out = node.outputs[0]
+    uses = list(out.uses())
+    if spec.symmetric_activations or out.is_graph_output() or len(uses) != 1:
+        return out
+    user = uses[0][0]
+    if uses[0][1] == 0 and _absorbs_clamp(user) and user.graph is node.graph:
+        return user.outputs[0]
+    return out
+
+
 def tensors_to_calibrate(model: ir.Model, target: Target) -> list[str]:
     """Names of the activations that insert-qdq will quantize and that have no Q/DQ yet."""
     names: dict[str, None] = {}
-    for node, _ in _quantized_nodes(model):
+    for node, spec in _quantized_nodes(model):
         roles = node_roles(node)
         for index in roles.activations:
             value = node.inputs[index]
             if not _is_dequantized(value):
                 names[value.name] = None
         if target.quantize_outputs:
-            out = node.outputs[0]
+            out = output_to_quantize(node, spec)
             if out.dtype in (None, ir.DataType.FLOAT) and not _output_quantized(out):
                 names[out.name] = None
     return list(names)
@@ -155,7 +183,7 @@ class InsertQDQ(Pass):
             if roles.bias is not None and roles.activations:
                 modified |= self._quantize_bias(graph, node, roles)
             if self.target.quantize_outputs:
-                modified |= self._quantize_activation(graph, node.outputs[0], spec)
+                modified |= self._quantize_activation(graph, output_to_quantize(node, spec), spec)
         if modified:
             for name, value in list(graph.initializers.items()):
                 if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
@@ -178,13 +206,13 @@ class InsertQDQ(Pass):
         scale, zero_point = self._params(value.name, spec)
         users = list(value.uses())  # before the Q node below becomes a user too
         scale_v = qir.make_initializer(graph, f"{value.name}_scale", scale)
-        zp_v = qir.make_initializer(graph, f"{value.name}_zero_point", zero_point)
-        q = ir.node("QuantizeLinear", [value, scale_v, zp_v], name=qir.unique_name(graph, f"{value.name}_QuantizeLinear"))
-        q.outputs[0].name = qir.unique_name(graph, f"{value.name}_quantized")
+        zp_v = qir.make_initializer(graph, f"{value.name}_zp", zero_point)
+        q = ir.node("QuantizeLinear", [value, scale_v, zp_v], name=qir.unique_name(graph, f"{value.name}_Q"))
+        q.outputs[0].name = qir.unique_name(graph, f"{value.name}_q")
         q.outputs[0].dtype = ir.DataType.from_numpy(zero_point.dtype)
         q.outputs[0].shape = value.shape
-        dq = ir.node("DequantizeLinear", [q.outputs[0], scale_v, zp_v], name=qir.unique_name(graph, f"{value.name}_DequantizeLinear"))
-        dq.outputs[0].name = qir.unique_name(graph, f"{value.name}_dequantized")
+        dq = ir.node("DequantizeLinear", [q.outputs[0], scale_v, zp_v], name=qir.unique_name(graph, f"{value.name}_DQ"))
+        dq.outputs[0].name = qir.unique_name(graph, f"{value.name}_dq")
         dq.outputs[0].dtype = ir.DataType.FLOAT
         dq.outputs[0].shape = value.shape
         producer = value.producer()
@@ -203,12 +231,12 @@ class InsertQDQ(Pass):
         weight = value.const_value.numpy()
         axis = roles.weight_axis if spec.per_channel else None
         if axis is not None and weight.ndim > axis:
-            q, scale, zero_point = quant.per_channel_symmetric(weight, axis, np.dtype(spec.weight_dtype))
+            q, scale, _ = quant.per_channel_symmetric(weight, axis, np.dtype(spec.weight_dtype))
         else:
             axis = None
             scale, zero_point = quant.symmetric_params(np.abs(weight).max(), np.dtype(spec.weight_dtype))
             q = quant.quantize(weight, scale, zero_point, np.dtype(spec.weight_dtype))
-        dq = self._dequantize_constant(graph, value.name, q, scale, zero_point, axis)
+        dq = self._dequantize_constant(graph, value.name, q, scale, axis)
         node.replace_input_with(roles.weight, dq)
         return True
 
@@ -227,17 +255,21 @@ class InsertQDQ(Pass):
             return False
         q, scale = quant.bias_to_int32(bias, x_scale, w_scale)
         axis = 0 if scale.size > 1 else None
-        dq = self._dequantize_constant(graph, value.name, q, scale, np.zeros(scale.shape, np.int32), axis)
+        dq = self._dequantize_constant(graph, value.name, q, scale, axis)
         node.replace_input_with(roles.bias, dq)
         return True
 
-    def _dequantize_constant(self, graph, base, q, scale, zero_point, axis) -> ir.Value:
-        q_v = qir.make_initializer(graph, f"{base}_quantized", q)
+    def _dequantize_constant(self, graph, base, q, scale, axis) -> ir.Value:
+        """``DequantizeLinear(q, scale)`` of a symmetric constant; the absent zero point means 0.
+
+        Leaving the zero point out saves a byte (INT8) or four (INT32 bias) per channel, and
+        onnxruntime fuses the group all the same.
+        """
+        q_v = qir.make_initializer(graph, f"{base}_q", q)
         s_v = qir.make_initializer(graph, f"{base}_scale", np.asarray(scale, np.float32))
-        z_v = qir.make_initializer(graph, f"{base}_zero_point", np.asarray(zero_point))
         attributes = {"axis": axis} if axis is not None else {}
-        dq = ir.node("DequantizeLinear", [q_v, s_v, z_v], attributes=attributes, name=qir.unique_name(graph, f"{base}_DequantizeLinear"))
-        dq.outputs[0].name = qir.unique_name(graph, f"{base}_dequantized")
+        dq = ir.node("DequantizeLinear", [q_v, s_v], attributes=attributes, name=qir.unique_name(graph, f"{base}_DQ"))
+        dq.outputs[0].name = qir.unique_name(graph, f"{base}_dq")
         dq.outputs[0].dtype = ir.DataType.FLOAT
         dq.outputs[0].shape = ir.Shape(q.shape)
         graph.insert_before(graph.node(0), [dq])

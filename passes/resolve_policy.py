@@ -3,9 +3,10 @@
 Each node of the main graph whose op the target quantizes gets the spec that the mixed-precision
 policy resolves for it, stored as JSON in ``metadata_props["qonnx.spec"]``; later passes read only
 that. A node that the policy wants in INT8 but that cannot be (its data is not FP32, or it sits in
-a subgraph that calibration cannot reach) is written as float with the reason. The whole plan is
-stored in the model's metadata (``qonnx.plan``) and in the context, for the report and for
-replaying with ``--policy plan.json``.
+a subgraph that calibration cannot reach) is written as float with the reason. The whole plan (the
+policy, the spec of each format, each node's format and the reasons for float fallbacks) is stored
+in the model's metadata as compact JSON (``qonnx.plan``) for the report and for replaying with
+``--policy plan.json``.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ class ResolvePolicy(Pass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         policy = load_policy(self.policy_path) if self.policy_path else self.target.policy(self.context.precision)
-        plan: dict[str, dict] = {}
+        formats: dict[str, str] = {}
+        reasons: dict[str, str] = {}
+        specs: dict[str, dict] = {}
         modified = False
         for index, node in enumerate(model.graph):
             if not node.name:
@@ -73,14 +76,20 @@ class ResolvePolicy(Pass):
             if node.metadata_props.get(SPEC_KEY) != text:
                 node.metadata_props[SPEC_KEY] = text
                 modified = True
-            plan[node.name] = entry
+            formats[node.name] = entry["format"]
+            if "reason" in entry:
+                reasons[node.name] = entry["reason"]
+            else:
+                specs[entry["format"]] = entry
         for node in model.graph.all_nodes():
             if node.graph is not model.graph and node.op_type in self.target.quantized_ops:
-                plan.setdefault(node.name or node.op_type, {"format": "float", "reason": "inside a subgraph"})
-        document = json.dumps({"target": self.target.name, "policy": policy.to_dict(), "nodes": plan}, sort_keys=True)
+                name = node.name or node.op_type
+                formats.setdefault(name, "float")
+                reasons.setdefault(name, "inside a subgraph")
+        plan = {"target": self.target.name, "policy": policy.to_dict(), "specs": specs, "nodes": formats, "reasons": reasons}
+        document = json.dumps(plan, sort_keys=True, separators=(",", ":"))
         if model.metadata_props.get(PLAN_KEY) != document:
             model.metadata_props[PLAN_KEY] = document
             modified = True
         self.context.notes["plan"] = plan
-        self.context.notes["policy"] = policy.to_dict()
         return ir.passes.PassResult(model, modified)

@@ -23,7 +23,7 @@ from qonnx import metrics, runtime
 from qonnx.calib.sources import ImagePreprocess, Source, open_source
 from qonnx.errors import UserError
 from qonnx.pipeline import DEFAULT_PIPELINE, Context, build, parse_pipeline, run_pipeline
-from qonnx.policy import node_spec
+from qonnx.passes.resolve_policy import PLAN_KEY
 from qonnx.report import SCHEMA, write_json
 
 logger = logging.getLogger(__name__)
@@ -77,17 +77,19 @@ def _model_facts(path: Path, model: ir.Model) -> dict[str, Any]:
 
 
 def _node_formats(model: ir.Model) -> dict[str, dict[str, Any]]:
-    formats = {}
-    for node in model.graph:
+    """The format of every node but the Q/DQ ones, from the plan in the model's metadata."""
+    plan = json.loads(model.metadata_props.get(PLAN_KEY, "{}"))
+    formats, reasons = plan.get("nodes", {}), plan.get("reasons", {})
+    result = {}
+    for index, node in enumerate(model.graph):
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        spec = node_spec(node.metadata_props)
-        entry = {"op_type": node.op_type, "format": spec.format}
-        raw = node.metadata_props.get("qonnx.spec")
-        if raw and '"reason"' in raw:
-            entry["reason"] = json.loads(raw)["reason"]
-        formats[node.name or f"{node.op_type}@{len(formats)}"] = entry
-    return formats
+        name = node.name or f"{node.op_type}_{index}"
+        entry = {"op_type": node.op_type, "format": formats.get(name, "float")}
+        if name in reasons:
+            entry["reason"] = reasons[name]
+        result[name] = entry
+    return result
 
 
 def quantize(

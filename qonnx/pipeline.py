@@ -97,7 +97,7 @@ aliases: dict[str, str] = {
     "normalize": "constants-to-initializers,upgrade-opset,fold-constants,fold-batchnorm,remove-dead,infer-shapes",
 }
 
-DEFAULT_PIPELINE = "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,verify"
+DEFAULT_PIPELINE = "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,finalize,verify"
 
 
 def register(cls: type[Pass]) -> type[Pass]:

@@ -1,0 +1,191 @@
+"""Tiny generated models for unit tests of rewrites (never for claims about quality or speed).
+
+Each function returns an ``onnx.ModelProto`` with deterministic random weights (``seed``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = [
+    "conv_bn_relu",
+    "conv_chain",
+    "conv_transpose_bn",
+    "gemm_bn",
+    "matmul_model",
+    "constants_model",
+    "if_model",
+    "random_feed",
+]
+
+F = TensorProto.FLOAT
+
+
+def _model(nodes, inputs, outputs, initializers=(), opset: int = 13, name: str = "tiny") -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="qonnx-tiny")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _init(rng: np.random.Generator, name: str, shape, scale: float = 0.5) -> TensorProto:
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def _bn_params(rng, prefix: str, channels: int) -> list[TensorProto]:
+    return [
+        numpy_helper.from_array(rng.uniform(0.5, 1.5, channels).astype(np.float32), f"{prefix}_gamma"),
+        numpy_helper.from_array(rng.normal(0, 0.1, channels).astype(np.float32), f"{prefix}_beta"),
+        numpy_helper.from_array(rng.normal(0, 0.1, channels).astype(np.float32), f"{prefix}_mean"),
+        numpy_helper.from_array(rng.uniform(0.5, 2.0, channels).astype(np.float32), f"{prefix}_var"),
+    ]
+
+
+def conv_bn_relu(seed: int = 0, opset: int = 13, bias: bool = True, channels: int = 8) -> onnx.ModelProto:
+    """x[1,3,16,16] → Conv(3x3) → BatchNormalization → Relu → y."""
+    rng = np.random.default_rng(seed)
+    inits = [_init(rng, "W", (channels, 3, 3, 3))] + _bn_params(rng, "bn", channels)
+    conv_inputs = ["x", "W"]
+    if bias:
+        inits.append(_init(rng, "B", (channels,), 0.1))
+        conv_inputs.append("B")
+    nodes = [
+        helper.make_node("Conv", conv_inputs, ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "bn_gamma", "bn_beta", "bn_mean", "bn_var"], ["b"], name="bn", epsilon=1e-5),
+        helper.make_node("Relu", ["b"], ["y"], name="relu"),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", F, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", F, [1, channels, 16, 16])],
+        inits,
+        opset,
+    )
+
+
+def conv_chain(seed: int = 0, depth: int = 3, channels: int = 4, dynamic: bool = False) -> onnx.ModelProto:
+    """x → (Conv → Relu) × depth, with a depthwise Conv in the middle and a residual Add."""
+    rng = np.random.default_rng(seed)
+    inits, nodes, previous = [], [], "x"
+    for i in range(depth):
+        group = channels if i == 1 else 1
+        in_channels = 3 if i == 0 else channels
+        inits.append(_init(rng, f"W{i}", (channels, in_channels // group, 3, 3)))
+        inits.append(_init(rng, f"B{i}", (channels,), 0.1))
+        nodes.append(helper.make_node("Conv", [previous, f"W{i}", f"B{i}"], [f"c{i}"], name=f"conv{i}", pads=[1, 1, 1, 1], group=group))
+        nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}"))
+        previous = f"r{i}"
+    nodes.append(helper.make_node("Add", [previous, "r0"], ["y"], name="residual"))
+    shape = ["n", 3, "h", "w"] if dynamic else [1, 3, 16, 16]
+    out_shape = ["n", channels, "h", "w"] if dynamic else [1, channels, 16, 16]
+    return _model(nodes, [helper.make_tensor_value_info("x", F, shape)], [helper.make_tensor_value_info("y", F, out_shape)], inits)
+
+
+def conv_transpose_bn(seed: int = 0, group: int = 2) -> onnx.ModelProto:
+    """x[1,4,8,8] → ConvTranspose(stride 2, group) → BatchNormalization → y."""
+    rng = np.random.default_rng(seed)
+    c_in, c_out = 4, 6
+    inits = [_init(rng, "W", (c_in, c_out // group, 2, 2)), _init(rng, "B", (c_out,), 0.1)] + _bn_params(rng, "bn", c_out)
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "W", "B"], ["c"], name="deconv", strides=[2, 2], group=group),
+        helper.make_node("BatchNormalization", ["c", "bn_gamma", "bn_beta", "bn_mean", "bn_var"], ["y"], name="bn"),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", F, [1, c_in, 8, 8])],
+        [helper.make_tensor_value_info("y", F, [1, c_out, 16, 16])],
+        inits,
+    )
+
+
+def gemm_bn(seed: int = 0, trans_b: int = 1) -> onnx.ModelProto:
+    """x[2,16] → Gemm(transB) → BatchNormalization → y[2,8]."""
+    rng = np.random.default_rng(seed)
+    shape = (8, 16) if trans_b else (16, 8)
+    inits = [_init(rng, "W", shape), _init(rng, "B", (8,), 0.1)] + _bn_params(rng, "bn", 8)
+    nodes = [
+        helper.make_node("Gemm", ["x", "W", "B"], ["g"], name="gemm", transB=trans_b),
+        helper.make_node("BatchNormalization", ["g", "bn_gamma", "bn_beta", "bn_mean", "bn_var"], ["y"], name="bn"),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", F, [2, 16])], [helper.make_tensor_value_info("y", F, [2, 8])], inits)
+
+
+def matmul_model(seed: int = 0) -> onnx.ModelProto:
+    """x[1,4,16] → MatMul(constant W[16,8]) → a; a × aᵀ (MatMul of two activations) → y."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["a"], name="proj"),
+        helper.make_node("Transpose", ["a"], ["at"], name="t", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["a", "at"], ["y"], name="scores"),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", F, [1, 4, 16])],
+        [helper.make_tensor_value_info("y", F, [1, 4, 4])],
+        [_init(rng, "W", (16, 8))],
+    )
+
+
+def constants_model(seed: int = 0, opset: int = 11) -> onnx.ModelProto:
+    """Weights in Constant nodes (as Paddle2ONNX exports them), a foldable Mul, at ``opset``."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((4, 3, 3, 3)) * 0.5).astype(np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["W"], name="const_w", value=numpy_helper.from_array(w, "W")),
+        helper.make_node("Constant", [], ["two"], name="const_two", value=numpy_helper.from_array(np.float32(2.0), "two")),
+        helper.make_node("Mul", ["W", "two"], ["W2"], name="scale_w"),
+        helper.make_node("Conv", ["x", "W2"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["y"], name="relu"),
+        helper.make_node("Constant", [], ["unused"], name="dead", value=numpy_helper.from_array(np.float32(1.0), "unused")),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", F, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", F, [1, 4, 8, 8])],
+        opset=opset,
+    )
+
+
+def if_model(seed: int = 0) -> onnx.ModelProto:
+    """An If whose branches hold a Conv with a Constant weight: a subgraph case."""
+    rng = np.random.default_rng(seed)
+
+    def branch(name: str, factor: float) -> onnx.GraphProto:
+        w = (rng.standard_normal((2, 3, 1, 1)) * factor).astype(np.float32)
+        return helper.make_graph(
+            [
+                helper.make_node("Constant", [], [f"{name}_w"], value=numpy_helper.from_array(w, f"{name}_w")),
+                helper.make_node("Conv", ["x", f"{name}_w"], [f"{name}_y"], name=f"{name}_conv"),
+            ],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"{name}_y", F, [1, 2, 4, 4])],
+        )
+
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["s"], name="sum", keepdims=0),
+        helper.make_node("Greater", ["s", "zero"], ["cond"], name="positive"),
+        helper.make_node("If", ["cond"], ["y"], name="choose", then_branch=branch("then", 1.0), else_branch=branch("else", -1.0)),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", F, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", F, [1, 2, 4, 4])],
+        [numpy_helper.from_array(np.zeros((), np.float32), "zero")],
+    )
+
+
+def random_feed(model: onnx.ModelProto, seed: int = 0, dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """A feed of standard-normal FP32 inputs; symbolic dimensions take values from ``dims`` (else 8)."""
+    rng = np.random.default_rng(seed)
+    initializers = {t.name for t in model.graph.initializer}
+    feed = {}
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        shape = [d.dim_value if d.HasField("dim_value") else (dims or {}).get(d.dim_param, 8) for d in value.type.tensor_type.shape.dim]
+        feed[value.name] = rng.standard_normal(shape).astype(np.float32)
+    return feed
