@@ -139,7 +139,7 @@ def tensors_to_calibrate(model: ir.Model, target: Target) -> list[str]:
                 names[value.name] = None
         if target.quantize_outputs:
             out = output_to_quantize(node, spec)
-            if out.dtype in (None, ir.DataType.FLOAT) and not _output_quantized(out):
+            if out.dtype in (None, ir.DataType.FLOAT) and out.uses() and not _output_quantized(out):
                 names[out.name] = None
     return list(names)
 
@@ -202,6 +202,8 @@ class InsertQDQ(Pass):
 
     def _quantize_activation(self, graph: ir.Graph, value: ir.Value, spec: QuantSpec) -> bool:
         if value.dtype not in (None, ir.DataType.FLOAT) or _is_dequantized(value) or _output_quantized(value):
+            return False
+        if not value.uses():  # only a graph output reads it: a Q/DQ pair would feed nobody
             return False
         scale, zero_point = self._params(value.name, spec)
         users = list(value.uses())  # before the Q node below becomes a user too

@@ -1,0 +1,244 @@
+"""Every rewrite on tiny models: what it changes, that the function stays the same, idempotence.
+
+Numeric tolerances: normalization is exact up to float32 rounding (BatchNormalization folding
+reorders a multiply-add), so outputs must agree within 1e-5 absolute on values of order 1. INT8
+models are judged by SQNR: 8-bit activations and weights give ~40 dB on these random tiny
+models, so 30 dB is a floor that only a broken rewrite falls under.
+"""
+
+import json
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from qonnx.errors import UserError
+from qonnx.metrics import sqnr_db
+from qonnx.models import tiny
+from qonnx.policy import SPEC_KEY
+
+from conftest import op_types, outputs, run_text, to_ir
+
+QUANTIZE = "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,finalize,verify"
+NORMALIZE_TOLERANCE = 1e-5
+
+
+def _same_function(before, after, seed: int = 7):
+    feed = tiny.random_feed(before, seed=seed)
+    for a, b in zip(outputs(before, feed), outputs(after, feed)):
+        np.testing.assert_allclose(a, b, atol=NORMALIZE_TOLERANCE, rtol=NORMALIZE_TOLERANCE)
+
+
+def _modified(records, name):
+    return [r.modified for r in records if r.name == name]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [tiny.conv_bn_relu, tiny.conv_transpose_bn, tiny.gemm_bn, lambda: tiny.gemm_bn(trans_b=0), tiny.constants_model, tiny.if_model, tiny.matmul_model],
+)
+def test_normalize_keeps_the_function_and_is_idempotent(make):
+    proto = make()
+    model, _, _ = run_text(proto, "normalize")
+    _same_function(proto, model)
+    _, records, _ = run_text(model, "normalize")
+    assert not any(r.modified for r in records if r.name != "infer-shapes")
+
+
+def test_constants_become_initializers_also_in_subgraphs():
+    model, records, _ = run_text(tiny.if_model(), "constants-to-initializers")
+    assert _modified(records, "constants-to-initializers") == [True]
+    assert not [n for n in model.graph.all_nodes() if n.op_type == "Constant"]
+    if_node = next(n for n in model.graph if n.op_type == "If")
+    assert "then_w" in if_node.attributes["then_branch"].as_graph().initializers
+
+
+def test_fold_constants_folds_chains_and_removes_the_dead_constant():
+    proto = tiny.constants_model()
+    model, records, _ = run_text(proto, "constants-to-initializers,fold-constants,remove-dead")
+    assert op_types(model) == ["Conv", "Relu"]
+    w2 = model.graph.initializers["W2"].const_value.numpy()
+    w = next(n for n in proto.graph.node if n.name == "const_w").attribute[0].t
+    np.testing.assert_array_equal(w2, 2 * ir.serde.deserialize_tensor(w).numpy())
+    assert "unused" not in model.graph.initializers
+    _same_function(proto, model)
+
+
+def test_fold_constants_leaves_dequantize_linear_alone():
+    model, _, _ = run_text(tiny.conv_chain(), QUANTIZE)
+    before = op_types(model).count("DequantizeLinear")
+    _, records, _ = run_text(model, "fold-constants")
+    assert _modified(records, "fold-constants") == [False]
+    assert before > 0
+
+
+def test_fold_constants_respects_the_size_limit():
+    model, records, _ = run_text(tiny.constants_model(), "constants-to-initializers,fold-constants(max_elements=10)")
+    assert "Mul" in op_types(model)  # the folded weight would have 108 elements
+
+
+@pytest.mark.parametrize("make", [tiny.conv_bn_relu, lambda: tiny.conv_bn_relu(bias=False), tiny.conv_transpose_bn, lambda: tiny.conv_transpose_bn(group=1), tiny.gemm_bn, lambda: tiny.gemm_bn(trans_b=0)])
+def test_batchnorm_folds_into_the_weighted_op(make):
+    proto = make()
+    model, records, _ = run_text(proto, "fold-batchnorm,remove-dead")
+    assert "BatchNormalization" not in op_types(model)
+    _same_function(proto, model)
+    _, again, _ = run_text(model, "fold-batchnorm")
+    assert _modified(again, "fold-batchnorm") == [False]
+
+
+def test_batchnorm_with_a_second_reader_of_the_conv_output_stays():
+    proto = tiny.conv_bn_relu()
+    proto.graph.output.add().name = "c"  # the Conv output is now read by BN and by the graph
+    model, records, _ = run_text(proto, "fold-batchnorm")
+    assert "BatchNormalization" in op_types(model)
+
+
+def test_upgrade_opset_reaches_13_and_keeps_the_function():
+    proto = tiny.constants_model(opset=11)
+    model, records, _ = run_text(proto, "constants-to-initializers,upgrade-opset")
+    assert model.opset_imports[""] == 13 and _modified(records, "upgrade-opset") == [True]
+    _same_function(proto, model)
+    _, again, _ = run_text(model, "upgrade-opset")
+    assert _modified(again, "upgrade-opset") == [False]
+
+
+def test_upgrade_opset_fails_with_a_clear_error():
+    proto = tiny.constants_model(opset=11)
+    proto.graph.node[3].op_type = "NoSuchOp"  # the converter has no adapter for an unknown op
+    with pytest.raises(UserError, match="cannot upgrade the model from opset 11 to 13"):
+        run_text(proto, "upgrade-opset")
+
+
+class _NoInference:
+    """Stands in for onnx's inference when it cannot see through an op: it infers nothing."""
+
+    def __init__(self, **_):
+        pass
+
+    def __call__(self, model):
+        return ir.passes.PassResult(model, False)
+
+
+def test_infer_shapes_uses_the_sample_when_onnx_inference_leaves_gaps(monkeypatch):
+    from qonnx.passes import infer_shapes
+
+    monkeypatch.setattr(infer_shapes, "ShapeInferencePass", _NoInference)
+    model, records, ctx = run_text(tiny.conv_chain(), "infer-shapes")
+    values = ir.convenience.create_value_mapping(model.graph)
+    assert values["c1"].dtype == ir.DataType.FLOAT and list(values["c1"].shape) == [1, 4, 16, 16]
+    assert ctx.analyses["shapes"]["c1"] == [1, 4, 16, 16]
+
+
+def test_infer_shapes_keeps_dynamic_dims_symbolic(monkeypatch):
+    from qonnx.passes import infer_shapes
+
+    monkeypatch.setattr(infer_shapes, "ShapeInferencePass", _NoInference)
+    model, _, _ = run_text(tiny.conv_chain(dynamic=True), "infer-shapes")
+    value = ir.convenience.create_value_mapping(model.graph)["c1"]
+    assert value.dtype == ir.DataType.FLOAT and len(value.shape) == 4
+    assert not any(isinstance(d, int) for d in value.shape)  # one sample's 8x8 must not freeze the model
+
+
+def test_remove_dead_keeps_the_signature():
+    proto = tiny.constants_model()
+    model, _, _ = run_text(proto, "constants-to-initializers,remove-dead")
+    assert "unused" not in model.graph.initializers
+    assert [v.name for v in model.graph.inputs] == ["x"] and [v.name for v in model.graph.outputs] == ["y"]
+
+
+def test_resolve_policy_writes_a_spec_per_node_and_the_plan():
+    model, _, ctx = run_text(tiny.conv_chain(), "resolve-policy")
+    specs = {n.name: json.loads(n.metadata_props[SPEC_KEY])["format"] for n in model.graph if SPEC_KEY in n.metadata_props}
+    assert specs == {"conv0": "int8", "conv1": "int8", "conv2": "int8"}
+    plan = json.loads(model.metadata_props["qonnx.plan"])
+    assert plan["nodes"] == specs and plan["specs"]["int8"]["activation_dtype"] == "uint8"
+
+
+def test_policy_file_replays_and_exact_names_win(tmp_path):
+    policy = {
+        "default": {"format": "float"},
+        "rules": [
+            {"op_type": "Conv", "spec": {"format": "int8"}},
+            {"name": "conv1", "spec": {"format": "float"}},
+        ],
+    }
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(policy))
+    model, _, _ = run_text(tiny.conv_chain(), f"resolve-policy(policy={path}),calibrate,insert-qdq")
+    conv1 = next(n for n in model.graph if n.name == "conv1")
+    conv2 = next(n for n in model.graph if n.name == "conv2")
+    assert conv1.inputs[1].producer() is None  # float weight stays
+    assert conv2.inputs[1].producer().op_type == "DequantizeLinear"
+
+
+def test_subgraph_nodes_stay_float_with_a_reason():
+    model, _, ctx = run_text(tiny.if_model(), QUANTIZE)
+    plan = json.loads(model.metadata_props["qonnx.plan"])
+    assert plan["reasons"] == {"then_conv": "inside a subgraph", "else_conv": "inside a subgraph"}
+    assert "QuantizeLinear" not in [n.op_type for n in model.graph.all_nodes()]
+
+
+def test_insert_qdq_stores_int8_weights_int32_bias_and_is_idempotent():
+    proto = tiny.conv_chain()
+    model, _, _ = run_text(proto, QUANTIZE)
+    for conv in (n for n in model.graph if n.op_type == "Conv"):
+        x, w, b = (v.producer() for v in conv.inputs)
+        assert x.op_type == w.op_type == b.op_type == "DequantizeLinear"
+        assert w.inputs[0].const_value.dtype == ir.DataType.INT8
+        assert w.attributes.get_int("axis", 1) == 0 and w.inputs[1].const_value.numpy().shape == (4,)
+        assert b.inputs[0].const_value.dtype == ir.DataType.INT32
+        np.testing.assert_allclose(
+            b.inputs[1].const_value.numpy(), x.inputs[1].const_value.numpy() * w.inputs[1].const_value.numpy(), rtol=1e-6
+        )
+    assert not [v for v in model.graph.initializers.values() if v.const_value.dtype == ir.DataType.FLOAT and v.const_value.size > 4]
+    feed = tiny.random_feed(proto, seed=11)
+    assert sqnr_db(outputs(proto, feed)[0], outputs(model, feed)[0]) > 30
+    counts = op_types(model)
+    again, records, _ = run_text(model, "resolve-policy,calibrate,insert-qdq")
+    assert _modified(records, "insert-qdq") == [False] and op_types(again) == counts
+
+
+def test_insert_qdq_quantizes_after_relu_so_onnxruntime_can_fuse():
+    model, _, _ = run_text(tiny.conv_chain(), QUANTIZE)
+    conv0 = next(n for n in model.graph if n.name == "conv0")
+    (relu, _), = conv0.outputs[0].uses()
+    assert relu.op_type == "Relu"
+    assert {u.op_type for u, _ in relu.outputs[0].uses()} == {"QuantizeLinear"}
+
+
+@pytest.mark.parametrize("make,axis", [(tiny.conv_transpose_bn, None), (lambda: tiny.conv_transpose_bn(group=1), 1), (tiny.gemm_bn, 0), (lambda: tiny.gemm_bn(trans_b=0), 1)])
+def test_weight_axis_follows_the_output_channels(make, axis):
+    model, _, _ = run_text(make(), QUANTIZE)
+    op = next(n for n in model.graph if n.op_type in ("ConvTranspose", "Gemm"))
+    dq = op.inputs[1].producer()
+    scale = dq.inputs[1].const_value.numpy()
+    if axis is None:  # grouped ConvTranspose: per-tensor
+        assert scale.size == 1
+    else:
+        assert dq.attributes.get_int("axis", 1) == axis and scale.size == dq.inputs[0].const_value.shape[axis]
+
+
+def test_matmul_quantizes_the_constant_and_both_activations():
+    proto = tiny.matmul_model()
+    model, _, _ = run_text(proto, QUANTIZE)
+    proj = next(n for n in model.graph if n.name == "proj")
+    scores = next(n for n in model.graph if n.name == "scores")
+    assert proj.inputs[1].producer().inputs[0].const_value.dtype == ir.DataType.INT8
+    assert [v.producer().op_type for v in scores.inputs] == ["DequantizeLinear", "DequantizeLinear"]
+    feed = tiny.random_feed(proto, seed=5)
+    assert sqnr_db(outputs(proto, feed)[0], outputs(model, feed)[0]) > 30
+
+
+def test_insert_qdq_without_ranges_says_which_tensor():
+    with pytest.raises(UserError, match="run the calibrate pass"):
+        run_text(tiny.conv_chain(), "resolve-policy,insert-qdq")
+
+
+def test_finalize_strips_specs_and_value_info_only():
+    model, _, _ = run_text(tiny.conv_chain(), QUANTIZE)
+    assert not [n for n in model.graph if SPEC_KEY in n.metadata_props]
+    proto = ir.to_proto(model)
+    assert len(proto.graph.value_info) == 0
+    assert proto.graph.input[0].type.tensor_type.elem_type == 1
+    assert "qonnx.plan" in model.metadata_props
