@@ -5,6 +5,7 @@ from qonnx.passes import (  # noqa: F401
     constants_to_initializers,
     finalize,
     fold_batchnorm,
+    fold_bias_add,
     fold_constants,
     infer_shapes,
     insert_qdq,

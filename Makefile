@@ -1,0 +1,27 @@
+# `make demo` and `make test` work on a fresh machine: they create .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install test demo bench clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[cpu,test]"
+	touch $@
+
+install: $(INSTALLED)
+
+test: $(INSTALLED)
+	$(PY) -m pytest -q
+
+demo: $(INSTALLED)
+	$(PY) -m qonnx.models.demo --out out
+
+bench: $(INSTALLED)
+	$(PY) benchmarks/bench.py --out benchmarks/results
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
