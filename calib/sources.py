@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -147,7 +149,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
             return {k: data[k] for k in data.files}
     except ValueError as exc:  # object arrays need pickle, which we never allow
         raise UserError(f"{path}: cannot read without pickle ({exc})") from exc
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise UserError(f"{path}: not a readable .npz file ({exc})") from exc
 
 
@@ -156,7 +158,10 @@ class NpzSource(Source):
 
     def __init__(self, path: Path, specs: Sequence[InputSpec]):
         arrays = _load_npz(path)
-        check_feed({k: v[:1] if v.ndim else v for k, v in arrays.items()}, _batched(specs), str(path))
+        scalars = sorted(k for k, v in arrays.items() if v.ndim == 0)
+        if scalars:
+            raise UserError(f"{path}: arrays {', '.join(scalars)} have no sample axis; each must be [N, *input_shape]")
+        check_feed({k: v[:1] for k, v in arrays.items()}, _batched(specs), str(path))
         counts = {k: len(v) for k, v in arrays.items()}
         if len(set(counts.values())) != 1:
             raise UserError(f"{path}: arrays hold different numbers of samples: {counts}")
@@ -245,8 +250,8 @@ class ImageFolderSource(Source):
         if spec.rank not in (None, 4):
             raise UserError(f"{folder}: images make rank-4 tensors; input {spec.name!r} has rank {spec.rank}")
         if preprocess.size is None:
-            hw = spec.shape[2:4] if preprocess.layout == "NCHW" else spec.shape[1:3]
-            if spec.shape is None or not all(isinstance(d, int) and d > 0 for d in hw):
+            hw = () if spec.shape is None else spec.shape[2:4] if preprocess.layout == "NCHW" else spec.shape[1:3]
+            if len(hw) != 2 or not all(isinstance(d, int) and d > 0 for d in hw):
                 raise UserError(f"input {spec.name!r} has dynamic height/width {list(spec.shape or [])}: give --size HxW")
             preprocess = dataclasses.replace(preprocess, size=(hw[0], hw[1]))
         self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from qonnx import ir as qir
 from qonnx.errors import UserError
-from qonnx.policy import SPEC_KEY, MixedPrecisionPolicy, QuantSpec
+from qonnx.policy import SPEC_KEY, MixedPrecisionPolicy
 from qonnx.pipeline import Pass, register
 from qonnx.targets import get_target
 

@@ -51,6 +51,8 @@ def _checked_proto(path: Path) -> onnx.ModelProto:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, which is not a UserError by itself
         raise UserError(f"{path} is not an ONNX model: {exc}") from exc
+    if not proto.HasField("graph"):
+        raise UserError(f"{path} is not an ONNX model: it has no graph")
     folder = path.parent.resolve()
     for location in _external_locations(proto):
         target = (folder / location).resolve()
@@ -112,16 +114,39 @@ def save(model: ir.Model, path: str | os.PathLike, *, protect: tuple[str | os.Pa
         raise UserError(f"output path {path} is a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     external = _tensor_bytes(model) > _EXTERNAL_THRESHOLD
+    previous_data = _data_files_of(path)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         tmp_model = Path(tmp) / path.name
         if external:
-            data_name = path.name + ".data"
-            ir.save(model, tmp_model, external_data=data_name)
-            os.replace(Path(tmp) / data_name, path.parent / data_name)
+            # The data file is named after the content, so the old model at ``path`` keeps reading
+            # its own data until the model file itself is renamed over it.
+            data_path = path.parent / f"{path.name}.{model_hash(model)[:12]}.data"
+            ir.save(model, tmp_model, external_data=data_path.name)
+            fresh = not data_path.exists()
+            os.replace(Path(tmp) / data_path.name, data_path)
+            previous_data.discard(data_path)
+            try:
+                os.replace(tmp_model, path)
+            except BaseException:
+                if fresh:
+                    data_path.unlink(missing_ok=True)
+                raise
         else:
+            # Tensors still read from the input's external data are written inline.
+            ir.external_data.load_to_model(model)
             ir.save(model, tmp_model)
-        os.replace(tmp_model, path)
+            os.replace(tmp_model, path)
+    for stale in previous_data:
+        stale.unlink(missing_ok=True)
     return path
+
+
+def _data_files_of(path: Path) -> set[Path]:
+    """External data files of a model already at ``path`` (to remove once it is replaced)."""
+    try:
+        return set(external_data_files(path)) if path.is_file() else set()
+    except Exception:  # not a readable model: nothing of ours to clean up
+        return set()
 
 
 def file_hash(path: str | os.PathLike) -> str:
@@ -148,10 +173,15 @@ def model_hash(model: ir.Model) -> str:
         for name, value in sorted(graph.initializers.items()):
             digest.update(f"init:{name}".encode())
             if value.const_value is not None:
-                digest.update(value.const_value.tobytes())
+                tensor = value.const_value
+                digest.update(f"{tensor.dtype}:{list(tensor.shape)}".encode())
+                digest.update(tensor.tobytes())
         for node in graph:
             digest.update(f"{node.domain}:{node.op_type}:{[v.name if v else '' for v in node.inputs]}".encode())
-            digest.update(f"{[v.name for v in node.outputs]}:{sorted(node.attributes)}".encode())
+            digest.update(f"{[v.name for v in node.outputs]}".encode())
+            for name, attribute in sorted(node.attributes.items()):
+                digest.update(name.encode())
+                digest.update(ir.serde.serialize_attribute(attribute).SerializeToString(deterministic=True))
     return digest.hexdigest()
 
 

@@ -136,6 +136,7 @@ def _convert(value: str, annotation: Any, where: str) -> Any:
         if value.lower() == "none":
             return None
         annotation = args[0]
+        origin = typing.get_origin(annotation)
     if origin is typing.Literal:
         choices = typing.get_args(annotation)
         if value not in choices:
@@ -233,7 +234,7 @@ def run_pipeline(
     """Run ``passes`` over ``model`` in place and return one record per pass.
 
     ``verify(model, after)`` runs after every pass when given (debug mode). ``dump_after`` names
-    passes whose output is saved as ``<dump_dir>/after-<name>.onnx``.
+    passes whose output is saved as ``<dump_dir>/after-<NN>-<name>.onnx``.
     """
     dump_after = set(dump_after)
     records = []

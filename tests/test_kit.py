@@ -6,9 +6,7 @@ measured on the evaluation half of the photos, never the calibration half.
 
 import json
 
-import numpy as np
 import onnx
-import onnx_ir as ir
 import pytest
 
 from qonnx import ir as qir

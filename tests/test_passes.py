@@ -17,7 +17,7 @@ from qonnx.metrics import sqnr_db
 from qonnx.models import tiny
 from qonnx.policy import SPEC_KEY
 
-from conftest import op_types, outputs, run_text, to_ir
+from conftest import op_types, outputs, run_text
 
 QUANTIZE = "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,finalize,verify"
 NORMALIZE_TOLERANCE = 1e-5

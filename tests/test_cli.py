@@ -1,0 +1,382 @@
+"""The ``qonnx`` command, both as ``python -m qonnx`` in a subprocess and as ``qonnx.cli.main`` in-process.
+
+Exit codes: 0 success, 2 bad input or usage (one ``qonnx: error:`` line, no traceback), 1 internal
+error (no traceback unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import qonnx.api
+from qonnx import cli, pipeline
+from qonnx.models import tiny
+
+
+@dataclasses.dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if "qonnx: error:" in line]
+
+
+def _subprocess(*args) -> Result:
+    proc = subprocess.run(
+        [sys.executable, "-m", "qonnx", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(params=["subprocess", "inprocess"])
+def qonnx_cmd(request, capsys):
+    """Runs the CLI one way or the other and returns rc, stdout and stderr."""
+    if request.param == "subprocess":
+        return _subprocess
+
+    def run(*args) -> Result:
+        capsys.readouterr()
+        rc = cli.main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return Result(rc, out, err)
+
+    return run
+
+
+@pytest.fixture
+def inproc(capsys):
+    def run(*args) -> Result:
+        capsys.readouterr()
+        rc = cli.main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return Result(rc, out, err)
+
+    return run
+
+
+@pytest.fixture
+def model_path(tmp_path) -> Path:
+    path = tmp_path / "model.onnx"
+    onnx.save(tiny.conv_chain(), str(path))
+    return path
+
+
+def _calib(n: int = 8, name: str = "x", dtype=np.float32) -> dict[str, np.ndarray]:
+    return {name: np.random.default_rng(0).standard_normal((n, 1, 3, 16, 16)).astype(dtype)}
+
+
+@pytest.fixture
+def calib_npz(tmp_path) -> Path:
+    path = tmp_path / "calib.npz"
+    np.savez(path, **_calib())
+    return path
+
+
+def _assert_user_error(result: Result, match: str):
+    assert result.rc == 2, (result.rc, result.err)
+    assert "Traceback" not in result.err
+    assert len(result.error_lines) == 1, result.err
+    assert result.err.strip().splitlines()[-1] == result.error_lines[0]
+    assert match in result.error_lines[0], result.error_lines[0]
+
+
+# --------------------------------------------------------------------------------------------
+# passes, inspect
+
+
+def test_passes_lists_every_registered_pass(qonnx_cmd):
+    result = qonnx_cmd("passes")
+    assert result.rc == 0, result.err
+    pipeline._load_builtin_passes()
+    listing, _, tail = result.out.partition("\n\n")
+    rows = [line.split(None, 1) for line in listing.splitlines()]
+    passes = {name: rest for name, rest in rows if not rest.startswith("= ")}
+    aliases = {name: rest[2:] for name, rest in rows if rest.startswith("= ")}
+    builtin = {n for n, cls in pipeline.registry.items() if cls.__module__.startswith("qonnx.passes")}
+    assert builtin <= set(passes)
+    assert set(passes) <= set(pipeline.registry)
+    for name in passes:
+        assert passes[name] == pipeline.registry[name].summary
+    assert aliases == pipeline.aliases
+    assert f"default pipeline: {pipeline.DEFAULT_PIPELINE}" in tail
+
+
+def _op_counts(proto: onnx.ModelProto) -> dict[str, int]:
+    return dict(collections.Counter(n.op_type for n in proto.graph.node))
+
+
+def _float_params(proto: onnx.ModelProto) -> int:
+    return sum(int(np.prod(t.dims)) for t in proto.graph.initializer)
+
+
+def test_inspect_text(qonnx_cmd, model_path):
+    proto = tiny.conv_chain()
+    result = qonnx_cmd("inspect", model_path)
+    assert result.rc == 0, result.err
+    out = result.out
+    assert "opsets       ai.onnx:13" in out
+    assert "input        x: FLOAT [1, 3, 16, 16]" in out
+    assert f"parameters   FLOAT: {_float_params(proto):,}" in out
+    ops_line = next(line for line in out.splitlines() if line.startswith("ops "))
+    for op, count in _op_counts(proto).items():
+        assert f"{op} {count}" in ops_line
+    assert "quantizable  3 nodes (Conv 3), 3 with constant weights" in out
+
+
+def test_inspect_json(qonnx_cmd, model_path):
+    proto = tiny.conv_chain()
+    result = qonnx_cmd("inspect", model_path, "--json")
+    assert result.rc == 0, result.err
+    facts = json.loads(result.out)
+    assert facts["opsets"] == {"": 13}
+    assert facts["op_histogram"] == _op_counts(proto)
+    assert facts["parameters"] == {"FLOAT": _float_params(proto)}
+    assert facts["parameter_bytes"] == {"FLOAT": 4 * _float_params(proto)}
+    assert facts["bytes"] == model_path.stat().st_size
+    assert facts["inputs"] == [{"name": "x", "dtype": "FLOAT", "shape": [1, 3, 16, 16], "dynamic": False}]
+    assert facts["outputs"] == ["y"]
+    assert facts["quantizable"] == [
+        {"name": f"conv{i}", "op_type": "Conv", "constant_weight": True} for i in range(3)
+    ]
+
+
+def test_inspect_dynamic_model_json(inproc, tmp_path):
+    path = tmp_path / "dyn.onnx"
+    onnx.save(tiny.conv_chain(dynamic=True), str(path))
+    result = inproc("inspect", path, "--json")
+    assert result.rc == 0
+    (inp,) = json.loads(result.out)["inputs"]
+    assert inp["shape"] == ["n", 3, "h", "w"] and inp["dynamic"] is True
+
+
+# --------------------------------------------------------------------------------------------
+# quantize
+
+
+def _check_quantized_model(path: Path):
+    model = onnx.load(str(path))
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert len(convs) == 3
+    for conv in convs:
+        dq = producers[conv.input[1]]
+        assert dq.op_type == "DequantizeLinear"
+        assert inits[dq.input[0]].data_type == onnx.TensorProto.INT8, f"{conv.name}: weight is not INT8"
+    # The float weights left the file.
+    float_weights = [t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 4]
+    assert float_weights == []
+    return model
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_quantize_writes_model_and_report(qonnx_cmd, tmp_path, model_path, calib_npz):
+    out, report_path = tmp_path / "out" / "q.onnx", tmp_path / "report.json"
+    input_bytes = model_path.read_bytes()
+    result = qonnx_cmd("quantize", model_path, "-o", out, "--calib", calib_npz, "--report", report_path)
+    assert result.rc == 0, result.err
+    assert "Traceback" not in result.err and "error" not in result.err
+    assert model_path.read_bytes() == input_bytes
+
+    _check_quantized_model(out)
+    # onnxruntime loads it and it still computes roughly the same function. Cosine > 0.99: INT8
+    # with MinMax ranges on a 3-conv chain lands around 0.9999 (SQNR ~35 dB); 0.99 only catches a
+    # broken rewrite (wrong scales, wrong axis), it is no quality claim for real models.
+    feed = {"x": _calib()["x"][7]}
+    want = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    assert got.shape == want.shape
+    assert _cosine(got, want) > 0.99
+
+    report = json.loads(report_path.read_text())
+    assert {"schema", "input", "output", "passes", "nodes", "fidelity", "timing"} <= set(report)
+    assert report["schema"] == "qonnx.report/1"
+    assert report["uncalibrated"] is False
+    assert report["input"]["sha256"] == hashlib.sha256(input_bytes).hexdigest()
+    assert report["output"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert report["output"]["bytes"] == out.stat().st_size
+    assert [p["name"] for p in report["passes"]] == [s.name for s in pipeline.parse_pipeline(pipeline.DEFAULT_PIPELINE)]
+    assert {name: n["format"] for name, n in report["nodes"].items() if n["op_type"] == "Conv"} == {
+        "conv0": "int8",
+        "conv1": "int8",
+        "conv2": "int8",
+    }
+    fidelity = report["fidelity"]
+    assert fidelity["samples"] == 2 and fidelity["held_out"] is True  # last quarter of 8
+    # 20 dB is a loose floor for the same reason as the cosine above (observed ~37 dB).
+    assert fidelity["outputs"]["y"]["sqnr_db"] > 20
+    assert set(report["timing"]) >= {"pipeline_s", "save_s", "fidelity_s", "total_s"}
+    assert all(v >= 0 for v in report["timing"].values())
+    # Only the model and the report were written: no temp files, no dumps.
+    assert sorted(p.name for p in out.parent.iterdir()) == ["q.onnx"]
+    assert "fidelity" in result.out
+
+
+def test_quantize_quiet_prints_nothing(inproc, tmp_path, model_path, calib_npz):
+    result = inproc("quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", calib_npz, "-q")
+    assert result.rc == 0
+    assert result.out == ""
+
+
+def test_quantize_random_calibration(qonnx_cmd, tmp_path, model_path):
+    out, report_path = tmp_path / "q.onnx", tmp_path / "r.json"
+    result = qonnx_cmd("quantize", model_path, "-o", out, "--calib", "random", "--samples", "4", "--report", report_path)
+    assert result.rc == 0, result.err
+    assert "WARNING" in result.err and "random" in result.err
+    assert "Traceback" not in result.err
+    _check_quantized_model(out)
+    report = json.loads(report_path.read_text())
+    assert report["uncalibrated"] is True
+
+
+def test_quantize_random_calibration_needs_static_shapes(inproc, tmp_path):
+    path = tmp_path / "dyn.onnx"
+    onnx.save(tiny.conv_chain(dynamic=True), str(path))
+    result = inproc("quantize", path, "-o", tmp_path / "q.onnx", "--calib", "random")
+    _assert_user_error(result, "static input shapes")
+    assert not (tmp_path / "q.onnx").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# user errors: exit code 2, one line, no traceback
+
+_BAD = {}
+
+
+def _case(fn):
+    _BAD[fn.__name__] = fn
+    return fn
+
+
+@_case
+def missing_model(tmp, model, calib):
+    return ["quantize", tmp / "nope.onnx", "-o", tmp / "q.onnx", "--calib", calib], "model file not found"
+
+
+@_case
+def wrong_input_name(tmp, model, calib):
+    np.savez(tmp / "bad.npz", **_calib(name="input"))
+    return ["quantize", model, "-o", tmp / "q.onnx", "--calib", tmp / "bad.npz"], "the model expects inputs: x"
+
+
+@_case
+def wrong_dtype(tmp, model, calib):
+    np.savez(tmp / "bad.npz", **_calib(dtype=np.float64))
+    return ["quantize", model, "-o", tmp / "q.onnx", "--calib", tmp / "bad.npz"], "has dtype float64, the model expects float32"
+
+
+@_case
+def empty_calibration_folder(tmp, model, calib):
+    (tmp / "empty").mkdir()
+    return ["quantize", model, "-o", tmp / "q.onnx", "--calib", tmp / "empty"], "no samples"
+
+
+@_case
+def unknown_pass(tmp, model, calib):
+    return ["quantize", model, "-o", tmp / "q.onnx", "--calib", calib, "--pipeline", "normalize,bogus"], "unknown pass 'bogus'"
+
+
+@_case
+def output_is_input(tmp, model, calib):
+    return ["quantize", model, "-o", model, "--calib", calib], "refusing to overwrite the input model"
+
+
+@_case
+def output_is_input_other_spelling(tmp, model, calib):
+    return ["quantize", model, "-o", tmp / "." / model.name, "--calib", calib], "refusing to overwrite the input model"
+
+
+@_case
+def bad_size(tmp, model, calib):
+    return ["quantize", model, "-o", tmp / "q.onnx", "--calib", calib, "--size", "320y240"], "--size"
+
+
+@_case
+def no_command(tmp, model, calib):
+    return [], "required"
+
+
+@_case
+def not_a_model(tmp, model, calib):
+    (tmp / "notes.onnx").write_text("not a model\n")
+    return ["inspect", tmp / "notes.onnx"], "not an ONNX model"
+
+
+@_case
+def zero_samples_option(tmp, model, calib):
+    return ["quantize", model, "-o", tmp / "q.onnx", "--calib", calib, "--samples", "0"], "--samples"
+
+
+@pytest.mark.parametrize("case", list(_BAD))
+def test_user_errors(qonnx_cmd, tmp_path, model_path, calib_npz, case):
+    args, match = _BAD[case](tmp_path, model_path, calib_npz)
+    before = model_path.read_bytes()
+    result = qonnx_cmd(*args)
+    _assert_user_error(result, match)
+    assert model_path.read_bytes() == before, "the input model changed"
+    assert not (tmp_path / "q.onnx").exists(), "an output was written although the command failed"
+
+
+def test_unknown_pass_error_lists_known_passes(inproc, tmp_path, model_path, calib_npz):
+    result = inproc("quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", calib_npz, "--pipeline", "bogus")
+    _assert_user_error(result, "known passes:")
+    assert "insert-qdq" in result.error_lines[0]
+
+
+def test_truncated_calibration_npz_is_a_user_error(inproc, tmp_path, model_path, calib_npz):
+    content = calib_npz.read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(content[: len(content) // 2])
+    result = inproc("quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", tmp_path / "trunc.npz")
+    _assert_user_error(result, "trunc.npz")
+
+
+def test_empty_model_file_is_a_user_error(inproc, tmp_path):
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    _assert_user_error(inproc("inspect", tmp_path / "empty.onnx"), "not an ONNX model")
+
+
+# --------------------------------------------------------------------------------------------
+# internal errors: exit code 1, no traceback unless --debug
+
+
+def _boom(*args, **kwargs):
+    raise RuntimeError("boom")
+
+
+def test_internal_error_without_traceback(inproc, monkeypatch, tmp_path, model_path, calib_npz):
+    monkeypatch.setattr(qonnx.api, "quantize", _boom)
+    result = inproc("quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", calib_npz)
+    assert result.rc == 1
+    assert "Traceback" not in result.err
+    assert "qonnx: internal error: RuntimeError: boom" in result.err
+    assert "--debug" in result.err
+    assert result.error_lines == []
+
+
+def test_internal_error_with_debug_prints_traceback(inproc, monkeypatch, tmp_path, model_path, calib_npz):
+    monkeypatch.setattr(qonnx.api, "quantize", _boom)
+    result = inproc("quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", calib_npz, "--debug")
+    assert result.rc == 1
+    assert "Traceback" in result.err
+    assert "RuntimeError: boom" in result.err
+    assert "internal error" in result.err
