@@ -5,11 +5,18 @@ metrics) one run on this machine measures three kinds of variant:
 
 * ``FP32``: the model as published;
 * ``qonnx``: ``qonnx.api.quantize`` with the default pipeline (calibrated on the calibration data);
-* ``ORT <method>``: the anchor, ``onnxruntime.quantization``: ``quant_pre_process`` (the raw model is
-  used when it raises, and that is recorded), then ``quantize_static`` in QDQ format, per-channel,
-  U8 activations, S8 weights, once per calibration method (MinMax, Entropy, Percentile). Its
-  calibration reader feeds the very tensors qonnx calibrates on (the same ``open_source`` call).
-  The method whose worst output SQNR is highest is "the anchor" that speed is compared with.
+* ``ORT <method>``: the anchor, ``onnxruntime.quantization``: ``quant_pre_process``, then
+  ``quantize_static`` in QDQ format, per-channel, U8 activations, S8 weights, once per calibration
+  method (MinMax, Entropy, Percentile). Its calibration reader feeds the very tensors qonnx
+  calibrates on (the same ``open_source`` call). The method whose worst output SQNR is highest is
+  "the anchor" that speed is compared with.
+  An anchor attempt fails when ``quant_pre_process`` raises (its symbolic shape inference gives
+  up on many real models), when ``quantize_static`` raises, or when onnxruntime refuses the
+  result; the next attempt then follows. With ``--anchor-preprocess retry`` (default) the
+  attempts are: full pre-processing, pre-processing with ``skip_symbolic_shape=True`` (still
+  folds constants and BatchNormalization), the raw model; with ``strict``: full pre-processing,
+  the raw model. Every failed attempt is recorded, and a method whose attempts all fail is shown
+  as failed with its error, not fatal.
 
 Per variant:
 
@@ -38,9 +45,11 @@ import argparse
 import dataclasses
 import datetime
 import json
+import logging
 import multiprocessing
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -62,6 +71,11 @@ from qonnx.models.kit import KIT, fetch
 
 LATENCY_THREADS = 2
 ANCHOR_METHODS = ("MinMax", "Entropy", "Percentile")
+# quant_pre_process attempts, in order, per --anchor-preprocess; the raw model comes after the last.
+ANCHOR_PREPROCESS_ATTEMPTS = {
+    "retry": (("pre-processed", {}), ("pre-processed with skip_symbolic_shape", {"skip_symbolic_shape": True})),
+    "strict": (("pre-processed", {}),),
+}
 CPU_FLAGS_FOR_INT8 = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -172,7 +186,9 @@ def quantize_with_qonnx(case_name: str, model_path: str, output_path: str) -> di
     }
 
 
-def quantize_with_onnxruntime(case_name: str, model_path: str, output_path: str, method: str) -> dict[str, Any]:
+def quantize_with_onnxruntime(
+    case_name: str, model_path: str, output_path: str, method: str, preprocess_mode: str
+) -> dict[str, Any]:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -197,57 +213,89 @@ def quantize_with_onnxruntime(case_name: str, model_path: str, output_path: str,
             self.feeds = iter(self.source)
 
     work = Path(output_path).parent
-    started = time.perf_counter()
     preprocessed = work / "preprocessed.onnx"
-    preprocess_error = None
-    try:
-        quant_pre_process(model_path, str(preprocessed))
-        quant_input = str(preprocessed)
-    except Exception as exc:  # recorded, then the raw model is quantized
-        preprocess_error = _first_line(exc)
-        quant_input = model_path
-    preprocess_s = time.perf_counter() - started
-    quantize_static(
-        quant_input,
-        output_path,
-        SourceReader(calib_source),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=getattr(CalibrationMethod, method),
-    )
+    attempts = [*ANCHOR_PREPROCESS_ATTEMPTS[preprocess_mode], ("raw", None)]
+    attempt_errors: dict[str, str] = {}
+    started = time.perf_counter()
+    for attempt, options in attempts:
+        # An attempt fails when quant_pre_process raises, quantize_static raises, or onnxruntime
+        # refuses the result; the next attempt then starts over from the model as published.
+        attempt_started = time.perf_counter()
+        stage = "quant_pre_process"
+        try:
+            quant_input = model_path
+            if options is not None:
+                quant_pre_process(model_path, str(preprocessed), **options)
+                quant_input = str(preprocessed)
+            preprocess_s = time.perf_counter() - attempt_started
+            stage = "quantize_static"
+            quantize_static(
+                quant_input,
+                output_path,
+                SourceReader(calib_source),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, method),
+            )
+            stage = "loading the result"
+            runtime.session(output_path)
+        except Exception as exc:
+            attempt_errors[attempt] = f"{stage}: {_first_line(exc)}"
+            if attempt == attempts[-1][0]:
+                raise
+            continue
+        break
     if preprocessed.exists():
         preprocessed.unlink()  # so that the size counts only the quantized model
     return {
-        "quant_s": time.perf_counter() - started,
+        "quant_s": time.perf_counter() - attempt_started,  # the attempt that succeeded
+        "all_attempts_s": time.perf_counter() - started,
         "pre_process_s": preprocess_s,
-        "pre_process_error": preprocess_error,
+        "quantized_input": attempt,
+        "attempt_errors": attempt_errors,
         "calibration_samples": len(calib_source),
     }
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".strip()
+    if text:
+        # onnxruntime's load errors carry the file path and a full node dump before the reason.
+        text = re.sub(r"Load model from \S+ failed:\s*", "", text.splitlines()[0])
+        text = re.sub(r"In Node, \(.*\) , ", "", text)
+        return f"{type(exc).__name__}: {text}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" in {Path(frames[-1].filename).name}:{frames[-1].lineno} ({frames[-1].name})" if frames else ""
+    return f"{type(exc).__name__}{where}"
+
+
+class _LogCollector(logging.Handler):
+    """Keeps the distinct log warnings of a quantizer (with counts) instead of printing them."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.counts: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Messages that differ only in a tensor name count as one kind.
+        kind = re.sub(r"'[^']*'", "'…'", record.getMessage().strip().splitlines()[0] if record.getMessage().strip() else "")
+        self.counts[kind] = self.counts.get(kind, 0) + 1
 
 
 def _isolated_entry(connection, workdir: str, function_name: str, args: tuple) -> None:
     os.chdir(workdir)  # quantizers that drop scratch files drop them here, not in the repository
+    collector = _LogCollector()
+    logging.basicConfig(handlers=[collector], level=logging.WARNING, force=True)
     rss_at_start = _peak_rss_mib()
     try:
-        result = globals()[function_name](*args)
-        connection.send({"ok": True, "result": result, "rss_at_start_mib": rss_at_start, "peak_rss_mib": _peak_rss_mib()})
+        outcome = {"ok": True, "result": globals()[function_name](*args)}
     except BaseException as exc:
-        connection.send(
-            {
-                "ok": False,
-                "error": _first_line(exc),
-                "traceback": traceback.format_exc(limit=8),
-                "rss_at_start_mib": rss_at_start,
-                "peak_rss_mib": _peak_rss_mib(),
-            }
-        )
+        outcome = {"ok": False, "error": _first_line(exc), "traceback": traceback.format_exc(limit=-6)}
+    outcome.update(rss_at_start_mib=rss_at_start, peak_rss_mib=_peak_rss_mib(), log_warnings=collector.counts)
+    try:
+        connection.send(outcome)
     finally:
         connection.close()
 
@@ -337,7 +385,9 @@ def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def bench_case(case: BenchCase, scratch: Path, runs: int, rounds: int, timeout_s: float) -> dict[str, Any]:
+def bench_case(
+    case: BenchCase, scratch: Path, runs: int, rounds: int, timeout_s: float, anchor_preprocess: str
+) -> dict[str, Any]:
     model_path = case.model_path()
     eval_source = open_case_source(case, model_path, "eval")
     calib_source = open_case_source(case, model_path, "calib")
@@ -370,7 +420,7 @@ def bench_case(case: BenchCase, scratch: Path, runs: int, rounds: int, timeout_s
 
     quantize("qonnx", "qonnx", quantize_with_qonnx)
     for method in ANCHOR_METHODS:
-        quantize(f"ORT {method}", "anchor", quantize_with_onnxruntime, method)
+        quantize(f"ORT {method}", "anchor", quantize_with_onnxruntime, method, anchor_preprocess)
 
     progress(f"{case.name}: fidelity on {len(feeds)} held-out samples")
     reference = run_outputs(model_path, feeds)
@@ -474,7 +524,7 @@ def source_revision() -> str | None:
     return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 
-def environment(runs: int, rounds: int) -> dict[str, Any]:
+def environment(runs: int, rounds: int, anchor_preprocess: str) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "qonnx_version": qonnx.__version__,
@@ -487,6 +537,7 @@ def environment(runs: int, rounds: int) -> dict[str, Any]:
         "latency": {"intra_op_threads": LATENCY_THREADS, "inter_op_threads": 1, "runs": runs, "rounds": rounds, "warmup": 3},
         "anchor": {
             "quantizer": "onnxruntime.quantization.quantize_static after quant_pre_process",
+            "input_attempts": [name for name, _ in ANCHOR_PREPROCESS_ATTEMPTS[anchor_preprocess]] + ["raw"],
             "quant_format": "QDQ",
             "per_channel": True,
             "activation_type": "QUInt8",
@@ -505,6 +556,32 @@ def _speed(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}x"
 
 
+def _task_cell(value: float | None, as_percent: bool) -> str:
+    if value is None:
+        return "—"
+    return f"{value * 100:.1f}%" if as_percent else f"{value:.3f}"
+
+
+def _clip(text: str, limit: int = 240) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _case_notes(case: dict[str, Any]) -> list[str]:
+    """Failures and pre-processing outcomes, each stated once with the variants it applies to."""
+    variants_by_note: dict[str, list[str]] = {}
+    for row in case["variants"]:
+        quant = row["quantization"]
+        found = [f"failed: {_clip(row['error'])}"] if row["error"] else []
+        found += [f"{attempt} model: failed in {_clip(error)}" for attempt, error in (quant.get("attempt_errors") or {}).items()]
+        if quant.get("quantized_input"):
+            found.append(f"quantized the {quant['quantized_input']} model")
+        for note in found:
+            variants_by_note.setdefault(note, []).append(row["variant"])
+    notes = [f"{', '.join(names)}: {note}" for note, names in variants_by_note.items()]
+    fp32_ms = next((r["latency_ms"] for r in case["variants"] if r["kind"] == "fp32"), None)
+    return notes + [f"FP32 latency {_fmt(fp32_ms, '.2f')} ms"]
+
+
 def markdown(doc: dict[str, Any]) -> str:
     env = doc["environment"]
     cpu = env["cpu"]
@@ -513,15 +590,21 @@ def markdown(doc: dict[str, Any]) -> str:
         "# qonnx benchmark",
         "",
         f"- date: {env['date']}; qonnx {env['qonnx_version']} ({env['qonnx_revision'] or 'revision unknown'})",
-        f"- onnxruntime {env['onnxruntime_version']}, numpy {env['numpy_version']}, onnx-ir {env['onnx_ir_version']}, Python {env['python_version']}",
+        f"- onnxruntime {env['onnxruntime_version']}, numpy {env['numpy_version']}, onnx-ir {env['onnx_ir_version']}, "
+        f"Python {env['python_version']}",
         f"- CPU: {cpu['model']}, {cpu['usable_cpus']} usable of {cpu['logical_cpus']} logical CPUs; {flags}",
         f"- latency: {env['latency']['intra_op_threads']} intra-op threads, median of {env['latency']['runs']} runs after "
-        f"{env['latency']['warmup']} warm-up, lowest of {env['latency']['rounds']} rounds; speed = reference time / variant time",
-        "- anchor: onnxruntime quant_pre_process + quantize_static (QDQ, per-channel, U8 activations, S8 weights); "
+        f"{env['latency']['warmup']} warm-up, lowest of {env['latency']['rounds']} rounds; "
+        "speed = reference time / variant time (> 1: faster)",
+        "- SQNR: per output (` / ` between outputs), signal and noise energies pooled over the held-out samples",
+        "- anchor: onnxruntime quant_pre_process + quantize_static on the first input that works (attempts: "
+        + " → ".join(env["anchor"]["input_attempts"]) + "), quantize_static (QDQ, per-channel, U8 activations, S8 weights); "
         "★ marks the method with the best worst-output SQNR, the one \"vs anchor\" compares with",
+        "- quant time excludes qonnx's built-in fidelity check; peak RSS is the quantizing process's, imports included",
         f"- total benchmark time: {doc['total_s']:.0f} s",
     ]
     for case in doc["models"]:
+        # Every table keeps a task-metric column so that tables line up; "—" where the case has none.
         task_columns = case["task_metrics"] or [{"key": None, "label": "top-1 agr.", "as_percent": True}]
         lines += [
             "",
@@ -534,19 +617,17 @@ def markdown(doc: dict[str, Any]) -> str:
             + " | speed vs FP32 | speed vs anchor | size vs FP32 | quant time s | peak RSS MiB |",
             "|---|---:|" + "---:|" * len(task_columns) + "---:|---:|---:|---:|---:|",
         ]
-        notes = []
         for row in case["variants"]:
             name = row["variant"] + (" ★" if row["best_anchor"] else "")
+            cost = [_fmt(row["quant_s"], ".1f"), _fmt(row["peak_rss_mib"], ".0f")]
             if row["error"]:
-                cells = [name, "failed"] + ["—"] * (len(task_columns) + 3) + [_fmt(row["quant_s"], ".1f"), _fmt(row["peak_rss_mib"], ".0f")]
-                notes.append(f"{row['variant']} failed: {row['error']}")
+                cells = [name, "failed", *["—"] * (len(task_columns) + 3), *cost]
             else:
-                sqnr = " / ".join(f"{v:.1f}" for v in row["sqnr_db"].values()) if row["kind"] != "fp32" else "—"
-                task_cells = []
-                for column in task_columns:
-                    value = row["task"].get(column["key"]) if row["kind"] != "fp32" else None
-                    task_cells.append(_fmt(value * 100 if value is not None and column["as_percent"] else value, ".1f")
-                                      + ("%" if value is not None and column["as_percent"] else ""))
+                quantized = row["kind"] != "fp32"
+                sqnr = " / ".join(f"{v:.1f}" for v in row["sqnr_db"].values()) if quantized else "—"
+                task_cells = [
+                    _task_cell(row["task"].get(c["key"]) if quantized else None, c["as_percent"]) for c in task_columns
+                ]
                 cells = [
                     name,
                     sqnr,
@@ -554,16 +635,10 @@ def markdown(doc: dict[str, Any]) -> str:
                     _speed(row["speed_vs_fp32"]),
                     _speed(row["speed_vs_anchor"]),
                     _fmt(row["size_vs_fp32"], ".2f"),
-                    _fmt(row["quant_s"], ".1f"),
-                    _fmt(row["peak_rss_mib"], ".0f"),
+                    *cost,
                 ]
-            pre_error = row["quantization"].get("pre_process_error")
-            if pre_error:
-                notes.append(f"{row['variant']}: quant_pre_process failed, raw model quantized ({pre_error})")
             lines.append("| " + " | ".join(cells) + " |")
-        fp32_ms = next((r["latency_ms"] for r in case["variants"] if r["kind"] == "fp32"), None)
-        notes.append(f"FP32 latency {_fmt(fp32_ms, '.2f')} ms")
-        lines += [""] + [f"- {note}" for note in notes]
+        lines += [""] + [f"- {note}" for note in _case_notes(case)]
     return "\n".join(lines) + "\n"
 
 
@@ -581,6 +656,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="latency rounds per variant, order alternating")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed to one quantization")
+    parser.add_argument(
+        "--anchor-preprocess",
+        choices=sorted(ANCHOR_PREPROCESS_ATTEMPTS),
+        default="retry",
+        help="when quant_pre_process fails: retry without symbolic shape inference (retry) or quantize the raw model (strict)",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in CASES]
@@ -590,10 +671,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--runs must be at least 20")
 
     started = time.perf_counter()
-    doc: dict[str, Any] = {"environment": environment(args.runs, args.rounds), "models": []}
+    doc: dict[str, Any] = {"environment": environment(args.runs, args.rounds, args.anchor_preprocess), "models": []}
     with tempfile.TemporaryDirectory(prefix="qonnx-bench-") as scratch:
         for name in names:
-            doc["models"].append(bench_case(CASES[name], Path(scratch), args.runs, args.rounds, args.timeout))
+            case = CASES[name]
+            doc["models"].append(bench_case(case, Path(scratch), args.runs, args.rounds, args.timeout, args.anchor_preprocess))
     doc["total_s"] = round(time.perf_counter() - started, 1)
     report = markdown(doc)
     write_atomically(args.out / "bench.json", json.dumps(doc, indent=2) + "\n")
