@@ -36,6 +36,9 @@ def summary_table(report: dict[str, Any]) -> str:
     lines.append(
         f"size       {_mib(src['bytes'])} -> {_mib(out['bytes'])} ({report['size_ratio']:.2f}x of FP32)"
     )
+    for record in report["passes"]:
+        delta = ", ".join(f"{op} {n:+d}" for op, n in record["op_delta"].items()) or ("changed" if record["modified"] else "-")
+        lines.append(f"pass       {record['name']:<26} {record['seconds'] * 1e3:8.1f} ms  {delta}")
     counts: dict[str, int] = {}
     for entry in report["nodes"].values():
         counts[entry["format"]] = counts.get(entry["format"], 0) + 1
