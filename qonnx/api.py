@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -92,6 +93,18 @@ def _node_formats(model: ir.Model) -> dict[str, dict[str, Any]]:
     return result
 
 
+def _check_writable(path: Path, what: str) -> None:
+    """Fail before the work, not after it, when ``path`` cannot be written."""
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write the {what} into {path.parent}: {exc.strerror or exc}") from None
+
+
 def quantize(
     model: str | os.PathLike,
     output: str | os.PathLike,
@@ -120,6 +133,9 @@ def quantize(
     model_path, output_path = Path(model), Path(output)
     if output_path.exists() and model_path.exists() and output_path.resolve() == model_path.resolve():
         raise UserError(f"refusing to overwrite the input model {model_path}; choose another output path")
+    _check_writable(output_path, "output model")
+    if report is not None:
+        _check_writable(Path(report), "report")
     if samples is not None and samples <= 0:
         raise UserError("--samples must be a positive number")
     ir_model = qir.load(model_path)

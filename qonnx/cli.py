@@ -177,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"qonnx: error: {exc}", file=sys.stderr)
         return 2
+    except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:  # a path the user gave
+        if debug:
+            traceback.print_exc()
+        print(f"qonnx: error: {exc.strerror}: {exc.filename}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("qonnx: interrupted", file=sys.stderr)
         return 130

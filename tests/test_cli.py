@@ -327,6 +327,17 @@ def zero_samples_option(tmp, model, calib):
     return ["quantize", model, "-o", tmp / "q.onnx", "--calib", calib, "--samples", "0"], "--samples"
 
 
+@_case
+def output_is_a_directory(tmp, model, calib):
+    return ["quantize", model, "-o", tmp, "--calib", calib], "is a directory"
+
+
+@_case
+def report_folder_cannot_be_made(tmp, model, calib):
+    (tmp / "file").write_text("")
+    return ["quantize", model, "-o", tmp / "q.onnx", "--calib", calib, "--report", tmp / "file" / "r.json"], "cannot write the report"
+
+
 @pytest.mark.parametrize("case", list(_BAD))
 def test_user_errors(qonnx_cmd, tmp_path, model_path, calib_npz, case):
     args, match = _BAD[case](tmp_path, model_path, calib_npz)
