@@ -242,3 +242,16 @@ def test_finalize_strips_specs_and_value_info_only():
     assert len(proto.graph.value_info) == 0
     assert proto.graph.input[0].type.tensor_type.elem_type == 1
     assert "qonnx.plan" in model.metadata_props
+
+
+def test_tensorrt_target_is_symmetric_and_leaves_outputs_to_the_builder():
+    proto = tiny.conv_chain()
+    model, _, _ = run_text(proto, QUANTIZE, target="tensorrt")
+    quantizers = [n for n in model.graph if n.op_type == "QuantizeLinear"]
+    assert quantizers
+    for q in quantizers:
+        assert q.inputs[2].const_value.dtype == ir.DataType.INT8 and int(q.inputs[2].const_value.numpy()) == 0
+    conv2 = next(n for n in model.graph if n.name == "conv2")
+    assert not any(u.op_type == "QuantizeLinear" for u, _ in conv2.outputs[0].uses())
+    feed = tiny.random_feed(proto, seed=3)
+    assert sqnr_db(outputs(proto, feed)[0], outputs(model, feed)[0]) > 30
