@@ -52,11 +52,7 @@ class FoldBatchNorm(Pass):
     preserves = frozenset()
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        folded = 0
-        for graph in model.graphs():
-            for node in list(graph):
-                if node.op_type == "BatchNormalization" and node.domain in ("", "ai.onnx"):
-                    folded += self._try_fold(graph, node)
+        folded = sum(self._try_fold(graph, node) for graph, node in qir.nodes_of(model, "BatchNormalization"))
         return ir.passes.PassResult(model, modified=bool(folded))
 
     def _try_fold(self, graph: ir.Graph, bn: ir.Node) -> bool:
@@ -92,12 +88,6 @@ class FoldBatchNorm(Pass):
         else:
             op.resize_inputs(3)
             op.replace_input_with(2, b_value)
-        y = bn.outputs[0]
-        output_name = y.name
-        was_output = y.is_graph_output()
-        ir.convenience.replace_all_uses_with(y, x, replace_graph_outputs=True)
-        graph.remove(bn, safe=True)
-        if was_output:
-            x.name = output_name
+        qir.bypass(graph, bn, x)
         logger.debug("folded %s into %s", bn.name, op.name)
         return True

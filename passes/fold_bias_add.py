@@ -46,11 +46,7 @@ class FoldBiasAdd(Pass):
     preserves = frozenset()
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        folded = 0
-        for graph in model.graphs():
-            for node in list(graph):
-                if node.op_type == "Add" and node.domain in ("", "ai.onnx"):
-                    folded += self._try_fold(graph, node)
+        folded = sum(self._try_fold(graph, node) for graph, node in qir.nodes_of(model, "Add"))
         return ir.passes.PassResult(model, modified=bool(folded))
 
     def _try_fold(self, graph: ir.Graph, add: ir.Node) -> bool:
@@ -77,11 +73,6 @@ class FoldBiasAdd(Pass):
             if len(op.inputs) < 3:
                 op.resize_inputs(3)
             op.replace_input_with(2, new_bias)
-            z = add.outputs[0]
-            name, was_output = z.name, z.is_graph_output()
-            ir.convenience.replace_all_uses_with(z, y, replace_graph_outputs=True)
-            graph.remove(add, safe=True)
-            if was_output:
-                y.name = name
+            qir.bypass(graph, add, y)
             return True
         return False

@@ -35,6 +35,8 @@ __all__ = [
     "constant_array",
     "make_initializer",
     "unique_name",
+    "nodes_of",
+    "bypass",
 ]
 
 PROTOBUF_LIMIT = 2**31 - 1
@@ -229,3 +231,25 @@ def make_initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
     value.dtype = value.const_value.dtype
     graph.register_initializer(value)
     return value
+
+
+def nodes_of(model: ir.Model, op_type: str) -> Iterator[tuple[ir.Graph, ir.Node]]:
+    """``(graph, node)`` for every standard-domain ``op_type`` node of every graph, safe to rewrite."""
+    for graph in model.graphs():
+        for node in list(graph):
+            if node.op_type == op_type and node.domain in ("", "ai.onnx"):
+                yield graph, node
+
+
+def bypass(graph: ir.Graph, node: ir.Node, replacement: ir.Value) -> None:
+    """Remove single-output ``node``; its readers read ``replacement`` instead.
+
+    When the node's output was a graph output, ``replacement`` takes over its name, so the model's
+    signature does not change.
+    """
+    output = node.outputs[0]
+    name, was_graph_output = output.name, output.is_graph_output()
+    ir.convenience.replace_all_uses_with(output, replacement, replace_graph_outputs=True)
+    graph.remove(node, safe=True)
+    if was_graph_output:
+        replacement.name = name
