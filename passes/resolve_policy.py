@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from qonnx import ir as qir
 from qonnx.errors import UserError
-from qonnx.policy import SPEC_KEY, MixedPrecisionPolicy
+from qonnx.policy import SPEC_KEY, MixedPrecisionPolicy, QuantSpec, Rule
 from qonnx.pipeline import Pass, register
 from qonnx.targets import get_target
 
@@ -38,10 +38,20 @@ def _refusal(node: ir.Node) -> str | None:
 
 
 def load_policy(path: str) -> MixedPrecisionPolicy:
+    """A policy file (``default`` and ``rules``) or a plan (``qonnx.plan`` metadata of a model).
+
+    A plan replays its policy, and its ``nodes`` map (node name → format) becomes exact-name rules
+    on top, so that editing one node's format in a plan changes that node.
+    """
     try:
         data = json.loads(Path(path).read_text())
-        return MixedPrecisionPolicy.from_dict(data.get("policy", data))
-    except (OSError, json.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
+        policy = MixedPrecisionPolicy.from_dict(data.get("policy", data))
+        specs = {name: QuantSpec.from_dict(spec) for name, spec in data.get("specs", {}).items()}
+        for node, fmt in data.get("nodes", {}).items():
+            spec = specs.get(fmt) or QuantSpec.from_dict({"format": fmt})
+            policy.rules.append(Rule(spec, name=node))
+        return policy
+    except (OSError, json.JSONDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise UserError(f"{path}: not a usable policy file ({exc})") from exc
 
 
@@ -53,7 +63,7 @@ class ResolvePolicy(Pass):
 
     def __init__(self, context=None, *, policy: str | None = None, target: str | None = None) -> None:
         super().__init__(context)
-        self.policy_path = policy
+        self.policy_path = policy or self.context.policy
         self.target = get_target(target or self.context.target)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

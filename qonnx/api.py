@@ -115,6 +115,7 @@ def quantize(
     target: str = "cpu",
     samples: int | None = None,
     pipeline: str | None = None,
+    policy: str | os.PathLike | None = None,
     preprocess: ImagePreprocess | None = None,
     report: str | os.PathLike | None = None,
     latency: bool = False,
@@ -151,7 +152,9 @@ def quantize(
             calib_source, eval_source, eval_on_calibration = split_holdout(calib_source)
 
     steps = parse_pipeline(pipeline or DEFAULT_PIPELINE)
-    context = Context(target=target, precision=precision, calib=calib_source, samples=samples, debug=debug, progress=progress)
+    if policy is not None and not Path(policy).is_file():
+        raise UserError(f"policy file not found: {policy}")
+    context = Context(target=target, precision=precision, policy=None if policy is None else str(policy), calib=calib_source, samples=samples, debug=debug, progress=progress)
     passes = build(steps, context)
     verify = None
     if debug:

@@ -116,11 +116,6 @@ def _quantize(args) -> int:
     if calib == "random":
         print("WARNING: calibrating on random data; ranges will not match real inputs", file=sys.stderr)
         calib, uncalibrated = _random_feeds(args.model, args.samples or 16, args.seed), True
-    pipeline = args.pipeline
-    if args.policy:
-        from qonnx.pipeline import DEFAULT_PIPELINE
-
-        pipeline = (pipeline or DEFAULT_PIPELINE).replace("resolve-policy", f"resolve-policy(policy={args.policy})", 1)
     result = quantize(
         args.model,
         args.output,
@@ -129,7 +124,8 @@ def _quantize(args) -> int:
         precision=args.precision,
         target=args.target,
         samples=args.samples,
-        pipeline=pipeline,
+        pipeline=args.pipeline,
+        policy=args.policy,
         preprocess=ImagePreprocess(size=args.size, mean=args.mean, std=args.std, layout=args.layout, bgr=args.bgr),
         report=args.report,
         latency=args.latency,

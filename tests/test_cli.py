@@ -391,3 +391,18 @@ def test_internal_error_with_debug_prints_traceback(inproc, monkeypatch, tmp_pat
     assert "Traceback" in result.err
     assert "RuntimeError: boom" in result.err
     assert "internal error" in result.err
+
+
+def test_policy_file_keeps_named_nodes_float(inproc, tmp_path, model_path, calib_npz):
+    plan = {"default": {"format": "float"}, "rules": [{"op_type": "Conv", "spec": {"format": "int8"}}, {"name": "conv1", "spec": {"format": "float"}}]}
+    policy = tmp_path / "my policy, v1.json"  # a comma in the path must not confuse the pipeline text
+    policy.write_text(json.dumps(plan))
+    result = inproc("quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", calib_npz, "--policy", policy, "--report", tmp_path / "r.json")
+    assert result.rc == 0, result.err
+    nodes = json.loads((tmp_path / "r.json").read_text())["nodes"]
+    assert nodes["conv1"]["format"] == "float" and nodes["conv0"]["format"] == "int8"
+
+
+def test_missing_policy_file_is_a_user_error(inproc, tmp_path, model_path, calib_npz):
+    result = inproc("quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", calib_npz, "--policy", tmp_path / "none.json")
+    _assert_user_error(result, "policy file not found")

@@ -255,3 +255,14 @@ def test_tensorrt_target_is_symmetric_and_leaves_outputs_to_the_builder():
     assert not any(u.op_type == "QuantizeLinear" for u, _ in conv2.outputs[0].uses())
     feed = tiny.random_feed(proto, seed=3)
     assert sqnr_db(outputs(proto, feed)[0], outputs(model, feed)[0]) > 30
+
+
+def test_an_edited_plan_replays_with_its_edits(tmp_path):
+    model, _, _ = run_text(tiny.conv_chain(), QUANTIZE)
+    plan = json.loads(model.metadata_props["qonnx.plan"])
+    plan["nodes"]["conv2"] = "float"
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    replayed, _, _ = run_text(tiny.conv_chain(), f"resolve-policy(policy={path}),calibrate,insert-qdq")
+    formats = {n.name: json.loads(n.metadata_props[SPEC_KEY])["format"] for n in replayed.graph if SPEC_KEY in n.metadata_props}
+    assert formats == {"conv0": "int8", "conv1": "int8", "conv2": "float"}
