@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["Observer", "MinMaxObserver", "PerChannelMinMaxObserver", "OBSERVERS", "FILL_LIMIT"]
+__all__ = ["Observer", "MinMaxObserver", "OBSERVERS", "FILL_LIMIT"]
 
 # Masks fill with float32's lowest value or -1e30-ish constants; no real activation gets near.
 FILL_LIMIT = np.float32(1e30)
@@ -81,37 +81,6 @@ class MinMaxObserver(Observer):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MinMaxObserver:
         return cls(float(data["lo"]), float(data["hi"]), int(data["count"]), int(data["nonfinite"]))
-
-
-@dataclasses.dataclass
-class PerChannelMinMaxObserver(Observer):
-    """Per-channel ``lo[c] = min x[..., c, ...]``, ``hi[c] = max x[..., c, ...]`` along ``axis``."""
-
-    name: ClassVar[str] = "minmax-per-channel"
-    axis: int = 0
-    lo: np.ndarray | None = None
-    hi: np.ndarray | None = None
-
-    def update(self, batch: np.ndarray) -> None:
-        batch = np.asarray(batch, dtype=np.float32)
-        moved = np.moveaxis(batch, self.axis, 0).reshape(batch.shape[self.axis], -1)
-        masked = np.where(np.isfinite(moved) & (np.abs(moved) < FILL_LIMIT), moved, np.nan)
-        lo, hi = np.nanmin(masked, axis=1), np.nanmax(masked, axis=1)
-        self.lo = lo if self.lo is None else np.fmin(self.lo, lo)
-        self.hi = hi if self.hi is None else np.fmax(self.hi, hi)
-
-    def merge(self, other: PerChannelMinMaxObserver) -> None:
-        if other.lo is not None:
-            self.lo = other.lo if self.lo is None else np.fmin(self.lo, other.lo)
-            self.hi = other.hi if self.hi is None else np.fmax(self.hi, other.hi)
-
-    def compute_range(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.lo is None:
-            raise ValueError("no values observed")
-        return self.lo, self.hi
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"observer": self.name, "axis": self.axis, "lo": self.lo.tolist(), "hi": self.hi.tolist()}
 
 
 OBSERVERS: dict[str, type[Observer]] = {MinMaxObserver.name: MinMaxObserver}

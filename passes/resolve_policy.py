@@ -4,7 +4,7 @@ Each node of the main graph whose op the target quantizes gets the spec that the
 policy resolves for it, stored as JSON in ``metadata_props["qonnx.spec"]``; later passes read only
 that. A node that the policy wants in INT8 but that cannot be (its data is not FP32, or it sits in
 a subgraph that calibration cannot reach) is written as float with the reason. The whole plan (the
-policy, the spec of each format, each node's format and the reasons for float fallbacks) is stored
+policy, each distinct spec once, each node's spec and the reasons for float fallbacks) is stored
 in the model's metadata as compact JSON (``qonnx.plan``) for the report and for replaying with
 ``--policy plan.json``.
 """
@@ -19,14 +19,11 @@ import onnx_ir as ir
 
 from qonnx import ir as qir
 from qonnx.errors import UserError
-from qonnx.policy import SPEC_KEY, MixedPrecisionPolicy, QuantSpec, Rule
+from qonnx.policy import PLAN_KEY, SPEC_KEY, MixedPrecisionPolicy, QuantSpec, Rule
 from qonnx.pipeline import Pass, register
 from qonnx.targets import get_target
 
 logger = logging.getLogger(__name__)
-
-PLAN_KEY = "qonnx.plan"
-
 
 def _refusal(node: ir.Node) -> str | None:
     data = [v for v in node.inputs[:2] if v is not None]
@@ -47,8 +44,8 @@ def load_policy(path: str) -> MixedPrecisionPolicy:
         data = json.loads(Path(path).read_text())
         policy = MixedPrecisionPolicy.from_dict(data.get("policy", data))
         specs = {name: QuantSpec.from_dict(spec) for name, spec in data.get("specs", {}).items()}
-        for node, fmt in data.get("nodes", {}).items():
-            spec = specs.get(fmt) or QuantSpec.from_dict({"format": fmt})
+        for node, spec_id in data.get("nodes", {}).items():
+            spec = specs.get(spec_id) or QuantSpec.from_dict({"format": spec_id})
             policy.rules.append(Rule(spec, name=node))
         return policy
     except (OSError, json.JSONDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -61,21 +58,16 @@ class ResolvePolicy(Pass):
     summary = "resolve the mixed-precision policy into a spec per node (node metadata)"
     preserves = frozenset({"shapes", "ranges"})
 
-    def __init__(self, context=None, *, policy: str | None = None, target: str | None = None) -> None:
+    def __init__(self, context=None, *, policy: str | None = None) -> None:
         super().__init__(context)
         self.policy_path = policy or self.context.policy
-        self.target = get_target(target or self.context.target)
+        self.target = get_target(self.context.target)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         policy = load_policy(self.policy_path) if self.policy_path else self.target.policy(self.context.precision)
-        formats: dict[str, str] = {}
-        reasons: dict[str, str] = {}
-        specs: dict[str, dict] = {}
-        modified = False
-        for index, node in enumerate(model.graph):
-            if not node.name:
-                node.name = qir.unique_name(model.graph, f"{node.op_type}_{index}")
-                modified = True
+        modified = qir.name_unnamed_nodes(model)
+        plan = _Plan()
+        for node in model.graph:
             if node.op_type not in self.target.quantized_ops or node.domain not in ("", "ai.onnx"):
                 continue
             spec = policy.resolve(node.op_type, node.name)
@@ -86,20 +78,39 @@ class ResolvePolicy(Pass):
             if node.metadata_props.get(SPEC_KEY) != text:
                 node.metadata_props[SPEC_KEY] = text
                 modified = True
-            formats[node.name] = entry["format"]
-            if "reason" in entry:
-                reasons[node.name] = entry["reason"]
-            else:
-                specs[entry["format"]] = entry
+            plan.add(node.name, entry)
         for node in model.graph.all_nodes():
             if node.graph is not model.graph and node.op_type in self.target.quantized_ops:
-                name = node.name or node.op_type
-                formats.setdefault(name, "float")
-                reasons.setdefault(name, "inside a subgraph")
-        plan = {"target": self.target.name, "policy": policy.to_dict(), "specs": specs, "nodes": formats, "reasons": reasons}
-        document = json.dumps(plan, sort_keys=True, separators=(",", ":"))
+                plan.add(node.name, {"format": "float", "reason": "inside a subgraph"})
+        document = plan.to_json(self.target.name, policy)
         if model.metadata_props.get(PLAN_KEY) != document:
             model.metadata_props[PLAN_KEY] = document
             modified = True
-        self.context.notes["plan"] = plan
         return ir.passes.PassResult(model, modified)
+
+
+class _Plan:
+    """Each node's spec, stored once per distinct spec: ``specs`` {id: spec}, ``nodes`` {name: id}.
+
+    The id of a spec is its format ("int8"), with "#1", "#2"… for further specs of that format.
+    """
+
+    def __init__(self):
+        self.specs: dict[str, dict] = {}
+        self.nodes: dict[str, str] = {}
+        self.reasons: dict[str, str] = {}
+
+    def add(self, node: str, entry: dict) -> None:
+        entry = dict(entry)
+        if reason := entry.pop("reason", None):
+            self.reasons[node] = reason
+        spec_id = next((key for key, spec in self.specs.items() if spec == entry), None)
+        if spec_id is None:
+            taken = sum(1 for key in self.specs if key.split("#")[0] == entry["format"])
+            spec_id = entry["format"] if not taken else f"{entry['format']}#{taken}"
+            self.specs[spec_id] = entry
+        self.nodes[node] = spec_id
+
+    def to_json(self, target: str, policy: MixedPrecisionPolicy) -> str:
+        document = {"target": target, "policy": policy.to_dict(), "specs": self.specs, "nodes": self.nodes, "reasons": self.reasons}
+        return json.dumps(document, sort_keys=True, separators=(",", ":"))

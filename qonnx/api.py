@@ -24,7 +24,7 @@ from qonnx import metrics, runtime
 from qonnx.calib.sources import ImagePreprocess, Source, open_source
 from qonnx.errors import UserError
 from qonnx.pipeline import DEFAULT_PIPELINE, Context, build, parse_pipeline, run_pipeline
-from qonnx.passes.resolve_policy import PLAN_KEY
+from qonnx.policy import PLAN_KEY
 from qonnx.report import SCHEMA, write_json
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,8 @@ def _model_facts(path: Path, model: ir.Model) -> dict[str, Any]:
 def _node_formats(model: ir.Model) -> dict[str, dict[str, Any]]:
     """The format of every node but the Q/DQ ones, from the plan in the model's metadata."""
     plan = json.loads(model.metadata_props.get(PLAN_KEY, "{}"))
-    formats, reasons = plan.get("nodes", {}), plan.get("reasons", {})
+    specs, reasons = plan.get("specs", {}), plan.get("reasons", {})
+    formats = {name: specs.get(spec_id, {"format": spec_id})["format"] for name, spec_id in plan.get("nodes", {}).items()}
     result = {}
     for index, node in enumerate(model.graph):
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
@@ -154,7 +155,7 @@ def quantize(
     steps = parse_pipeline(pipeline or DEFAULT_PIPELINE)
     if policy is not None and not Path(policy).is_file():
         raise UserError(f"policy file not found: {policy}")
-    context = Context(target=target, precision=precision, policy=None if policy is None else str(policy), calib=calib_source, samples=samples, debug=debug, progress=progress)
+    context = Context(target=target, precision=precision, policy=None if policy is None else str(policy), calib=calib_source, samples=samples, progress=progress)
     passes = build(steps, context)
     verify = None
     if debug:

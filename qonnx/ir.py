@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -37,6 +39,10 @@ __all__ = [
     "unique_name",
     "nodes_of",
     "bypass",
+    "is_constant_initializer",
+    "name_unnamed_nodes",
+    "output_channel_axis",
+    "atomic_write",
 ]
 
 PROTOBUF_LIMIT = 2**31 - 1
@@ -116,7 +122,10 @@ def save(model: ir.Model, path: str | os.PathLike, *, protect: tuple[str | os.Pa
         raise UserError(f"output path {path} is a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     external = _tensor_bytes(model) > _EXTERNAL_THRESHOLD
-    previous_data = _data_files_of(path)
+    own_data = re.compile(re.escape(path.name) + r"\.[0-9a-f]{12}\.data")
+    previous_data = {p for p in _data_files_of(path) if own_data.fullmatch(p.name)}
+    for other in protect:
+        previous_data -= _data_files_of(Path(other))
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         tmp_model = Path(tmp) / path.name
         if external:
@@ -194,11 +203,16 @@ def all_nodes(model: ir.Model) -> Iterator[ir.Node]:
         yield from ir.traversal.RecursiveGraphIterator(function)
 
 
+def is_constant_initializer(value: ir.Value | None) -> bool:
+    """An initializer that is not also a graph input (which a caller may override at run time)."""
+    return value is not None and value.is_initializer() and not value.is_graph_input() and value.const_value is not None
+
+
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
-    """The numpy array of an initializer or a Constant node's output; None for anything else."""
+    """The numpy array of a constant initializer or a Constant node's output; None for anything else."""
     if value is None:
         return None
-    if value.const_value is not None and value.is_initializer():
+    if is_constant_initializer(value):
         return value.const_value.numpy()
     producer = value.producer()
     if producer is not None and producer.op_type == "Constant" and producer.domain == "":
@@ -209,11 +223,17 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
 
 
 def unique_name(graph: ir.Graph, base: str) -> str:
-    """A value name not yet used in ``graph``: ``base`` or ``base_1``, ``base_2``…"""
-    taken = graph.meta.setdefault("qonnx.names", None)
+    """A name not yet used in ``graph`` for a value or a node: ``base`` or ``base_1``, ``base_2``…
+
+    The names in use are collected once per graph and kept in its metadata; every name handed out
+    here joins them.
+    """
+    taken = graph.meta.get("qonnx.names")
     if taken is None:
         taken = {v.name for v in graph.inputs} | set(graph.initializers)
-        taken |= {out.name for node in ir.traversal.RecursiveGraphIterator(graph) for out in node.outputs}
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            taken.add(node.name)
+            taken.update(v.name for v in node.outputs)
         graph.meta["qonnx.names"] = taken
     name, i = base, 0
     while name in taken:
@@ -221,6 +241,62 @@ def unique_name(graph: ir.Graph, base: str) -> str:
         name = f"{base}_{i}"
     taken.add(name)
     return name
+
+
+def name_unnamed_nodes(model: ir.Model) -> bool:
+    """Give every unnamed node of every graph a name no other node has (``<OpType>_<n>``)."""
+    nodes = list(all_nodes(model))
+    taken = {n.name for n in nodes if n.name}
+    named = False
+    counter = 0
+    for node in nodes:
+        if node.name:
+            continue
+        while f"{node.op_type}_{counter}" in taken:
+            counter += 1
+        node.name = f"{node.op_type}_{counter}"
+        taken.add(node.name)
+        named = True
+    return named
+
+
+def output_channel_axis(node: ir.Node) -> int | None:
+    """The axis of ``node``'s weight (input 1) that indexes its output channels.
+
+    Conv: 0 of [M, C/g, k…]; ConvTranspose: 1 of [C, M/g, k…] (None when grouped: the channels
+    of each group sit at axis 1 separately); Gemm: 0 with transB, else 1; MatMul: the last axis.
+    """
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1 if node.attributes.get_int("group", 1) == 1 else None
+    if node.op_type == "Gemm":
+        return 0 if node.attributes.get_int("transB", 0) else 1
+    if node.op_type == "MatMul":
+        weight = node.inputs[1] if len(node.inputs) > 1 else None
+        rank = len(weight.shape) if weight is not None and weight.shape is not None else 0
+        return rank - 1 if rank >= 2 else None
+    return None
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file through ``write(f)`` into a temporary file beside it, fsync, then rename.
+
+    On any failure the temporary file is removed and an existing file at ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def make_initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:

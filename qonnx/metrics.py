@@ -42,7 +42,7 @@ class Accumulator:
     """SQNR and cosine over many samples, pooled (signal and noise energies summed first)."""
 
     def __init__(self):
-        self.signal = self.noise = self.dot = self.ref_sq = self.test_sq = 0.0
+        self.signal = self.noise = self.dot = self.test_sq = 0.0
         self.samples = 0
 
     def update(self, reference: np.ndarray, test: np.ndarray) -> None:
@@ -52,7 +52,6 @@ class Accumulator:
         self.signal += float(np.dot(ref, ref))
         self.noise += float(np.dot(err, err))
         self.dot += float(np.dot(ref, tst))
-        self.ref_sq += float(np.dot(ref, ref))
         self.test_sq += float(np.dot(tst, tst))
         self.samples += 1
 
@@ -64,5 +63,7 @@ class Accumulator:
         return float(min(10 * np.log10(self.signal / self.noise), _MAX_DB))
 
     def cosine(self) -> float:
-        denom = np.sqrt(self.ref_sq * self.test_sq)
-        return float(self.dot / denom) if denom else 1.0
+        denom = np.sqrt(self.signal * self.test_sq)
+        if denom:
+            return float(self.dot / denom)
+        return float(self.signal == self.test_sq == 0)  # as ``cosine``: 1 only when both are zero

@@ -19,6 +19,7 @@ import inspect
 import logging
 import re
 import time
+import types
 import typing
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -60,8 +61,6 @@ class Context:
     policy: str | None = None  # a policy or plan JSON file replacing the target's default policy
     calib: Any = None  # a qonnx.calib.sources.Source, or None
     samples: int | None = None
-    seed: int = 0
-    debug: bool = False
     progress: bool = False
     analyses: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -132,7 +131,7 @@ _STEP = re.compile(r"\s*([A-Za-z0-9_\-]+)\s*(?:\(([^()]*)\))?\s*(?:,|$)")
 
 def _convert(value: str, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+    if origin is typing.Union or origin is types.UnionType:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value.lower() == "none":
             return None

@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import typing
 from collections.abc import Iterable
 from typing import Any, Literal
 
-__all__ = ["QuantSpec", "Rule", "MixedPrecisionPolicy", "FLOAT", "SPEC_KEY", "node_spec"]
+__all__ = ["QuantSpec", "Rule", "MixedPrecisionPolicy", "FLOAT", "SPEC_KEY", "PLAN_KEY", "node_spec"]
 
 SPEC_KEY = "qonnx.spec"
+PLAN_KEY = "qonnx.plan"
 
 Format = Literal["float", "int8", "fp16", "bf16"]
 
@@ -36,6 +38,17 @@ class QuantSpec:
     weight_dtype: Literal["int8"] = "int8"
     symmetric_activations: bool = False
     per_channel: bool = True
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self), globalns={"Literal": Literal, "Format": Format})
+        for field in dataclasses.fields(self):
+            allowed = typing.get_args(hints[field.name])
+            value = getattr(self, field.name)
+            if hints[field.name] is bool:
+                if not isinstance(value, bool):
+                    raise ValueError(f"spec field {field.name} must be true or false, not {value!r}")
+            elif allowed and value not in allowed:
+                raise ValueError(f"spec field {field.name} must be one of {', '.join(allowed)}, not {value!r}")
 
     @property
     def quantized(self) -> bool:

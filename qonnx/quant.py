@@ -40,6 +40,8 @@ __all__ = [
     "quantize",
     "dequantize",
     "per_channel_symmetric",
+    "min_weight_scale_for_bias",
+    "bias_fits_int32",
     "bias_to_int32",
 ]
 
@@ -96,12 +98,38 @@ def dequantize(q: np.ndarray, scale, zero_point, axis: int | None = None) -> np.
     return ((q.astype(np.int64) - z) * s).astype(np.float32)
 
 
-def per_channel_symmetric(w: np.ndarray, axis: int, dtype=np.int8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Quantize a weight per output channel: returns ``(q, scale[C], zero_point[C])``."""
+def per_channel_symmetric(
+    w: np.ndarray, axis: int, dtype=np.int8, min_scale: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quantize a weight per output channel: returns ``(q, scale[C], zero_point[C])``.
+
+    ``min_scale`` (per channel) raises a scale where the INT32 bias needs it (see
+    ``min_weight_scale_for_bias``).
+    """
     reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
     max_abs = np.abs(w).max(axis=reduce_axes) if reduce_axes else np.abs(w)
     scale, zero_point = symmetric_params(max_abs, dtype)
+    if min_scale is not None:
+        scale = np.maximum(scale, np.asarray(min_scale, np.float32)).astype(np.float32)
     return quantize(w, scale, zero_point, dtype, axis), scale, zero_point
+
+
+_INT32_MAX = float(np.iinfo(np.int32).max)
+
+
+def min_weight_scale_for_bias(bias: np.ndarray, input_scale) -> np.ndarray:
+    """The smallest weight scale per channel for which ``bias / (input_scale * scale)`` fits INT32.
+
+    A channel whose weights are all zero gets the 1e-12 floor scale, and then any bias overflows:
+    such a channel's scale is free (zeros are exact at any scale), so it is raised to this bound.
+    """
+    needed = np.abs(bias.astype(np.float64)) / (float(np.asarray(input_scale).reshape(-1)[0]) * _INT32_MAX)
+    return (needed * (1 + 1e-6)).astype(np.float32)
+
+
+def bias_fits_int32(bias: np.ndarray, input_scale, weight_scale) -> bool:
+    scale = np.asarray(input_scale, np.float64) * np.asarray(weight_scale, np.float64)
+    return bool(np.all(np.abs(bias.astype(np.float64)) / np.maximum(scale, 1e-45) <= _INT32_MAX))
 
 
 def bias_to_int32(bias: np.ndarray, input_scale, weight_scale) -> tuple[np.ndarray, np.ndarray]:

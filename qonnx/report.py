@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from qonnx.ir import atomic_write
 
 __all__ = ["SCHEMA", "write_json", "summary_table"]
 
@@ -14,14 +15,9 @@ SCHEMA = "qonnx.report/1"
 
 
 def write_json(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``report`` atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
-        json.dump(report, f, indent=2, sort_keys=False)
-        f.write("\n")
-    os.replace(f.name, path)
-    return path
+    """Write ``report`` atomically (temporary file in the same folder, fsync, rename)."""
+    text = json.dumps(report, indent=2, sort_keys=False) + "\n"  # fails before anything is written
+    return atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _mib(n: int) -> str:

@@ -55,8 +55,9 @@ def _options(threads: int | None, optimized_path: str | None = None, disable_opt
 class Session:
     """An onnxruntime session with named outputs and a numpy interface."""
 
-    def __init__(self, inner: ort.InferenceSession):
+    def __init__(self, inner: ort.InferenceSession, keep_alive: object = None):
         self._inner = inner
+        self._keep_alive = keep_alive  # the temporary folder of a model written out for onnxruntime
         self.input_names = [i.name for i in inner.get_inputs()]
         self.output_names = [o.name for o in inner.get_outputs()]
 
@@ -65,14 +66,39 @@ class Session:
         try:
             values = self._inner.run(names, dict(feed))
         except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
-            raise UserError(f"onnxruntime rejected the input: {str(exc).splitlines()[0]}") from exc
+            raise UserError(f"onnxruntime failed on this input: {str(exc).splitlines()[0]}") from exc
         return dict(zip(names, values))
 
 
-def _serialized(model: ir.Model | str | os.PathLike) -> bytes | str:
-    if isinstance(model, ir.Model):
-        return ir.to_proto(model).SerializeToString()
-    return str(model)
+# Above this many bytes of tensors a model goes to onnxruntime as files, not as one protobuf.
+_INLINE_LIMIT = 1 << 30
+
+
+def _needs_files(model: ir.Model) -> bool:
+    total = 0
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                return True
+            total += tensor.nbytes if tensor is not None else 0
+    return total > _INLINE_LIMIT
+
+
+def _model_source(model: ir.Model | str | os.PathLike) -> tuple[bytes | str, object]:
+    """What onnxruntime loads: bytes of a small in-memory model, else a path (and what keeps it).
+
+    A model with external data (or past the protobuf limit) is written to a temporary folder with
+    its data beside it: onnxruntime cannot resolve external data for a model given as bytes.
+    """
+    if not isinstance(model, ir.Model):
+        return str(model), None
+    if not _needs_files(model):
+        return ir.to_proto(model).SerializeToString(), None
+    folder = tempfile.TemporaryDirectory(prefix="qonnx-session-")
+    path = Path(folder.name) / "model.onnx"
+    ir.save(model, path, external_data="model.onnx.data")
+    return str(path), folder
 
 
 def session(
@@ -83,15 +109,16 @@ def session(
     disable_optimizations: bool = False,
 ) -> Session:
     """A session for an in-memory model or a model file."""
+    source, keep_alive = _model_source(model)
     try:
         inner = ort.InferenceSession(
-            _serialized(model),
+            source,
             sess_options=_options(threads, disable_optimizations=disable_optimizations),
             providers=list(providers),
         )
     except Exception as exc:
         raise RuntimeError(f"onnxruntime could not load the model: {str(exc).splitlines()[0]}") from exc
-    return Session(inner)
+    return Session(inner, keep_alive)
 
 
 def tapped_model(model: ir.Model, tensors: Iterable[str]) -> ir.Model:
@@ -136,11 +163,11 @@ def measure_latency(
 
 def optimized_model(model: ir.Model | str | os.PathLike, *, threads: int = 1) -> ir.Model:
     """The graph onnxruntime's CPU provider actually runs, after its own fusions (QDQ → QLinear*)."""
+    source, keep_alive = _model_source(model)
     with tempfile.TemporaryDirectory(prefix="qonnx-ort-") as tmp:
         path = Path(tmp) / "optimized.onnx"
-        ort.InferenceSession(
-            _serialized(model), sess_options=_options(threads, str(path)), providers=["CPUExecutionProvider"]
-        )
+        ort.InferenceSession(source, sess_options=_options(threads, str(path)), providers=["CPUExecutionProvider"])
+        del keep_alive
         loaded = ir.load(path)
         # Materialize everything before the folder is removed.
         for graph in loaded.graphs():

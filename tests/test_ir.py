@@ -429,3 +429,25 @@ def test_model_hash_changes_with_an_attribute_value():
     conv = next(n for n in b.graph if n.name == "conv0")
     conv.attributes["pads"] = onnx_ir.AttrInt64s("pads", [0, 0, 0, 0])
     assert qir.model_hash(a) != qir.model_hash(b)
+
+
+def test_save_never_deletes_data_it_did_not_write(tmp_path):
+    # out.onnx is another tool's file that reads the input's data file: replacing out.onnx must not
+    # delete that data file, which the protected input still needs.
+    proto = tiny.conv_chain()
+    onnx.save(tiny.conv_chain(), tmp_path / "m.onnx", save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    (tmp_path / "out.onnx").write_bytes((tmp_path / "m.onnx").read_bytes())
+    qir.save(qir.load(tmp_path / "m.onnx"), tmp_path / "out.onnx", protect=(tmp_path / "m.onnx",))
+    assert (tmp_path / "m.onnx.data").exists()
+    np.testing.assert_array_equal(_initializers(onnx.load(str(tmp_path / "m.onnx")))["W0"], _initializers(proto)["W0"])
+    np.testing.assert_array_equal(_ir_arrays(qir.load(tmp_path / "out.onnx"))["W0"], _initializers(proto)["W0"])
+
+
+def test_replacing_our_own_external_model_removes_its_old_data(tmp_path, monkeypatch):
+    monkeypatch.setattr(qir, "_EXTERNAL_THRESHOLD", 16)
+    path = tmp_path / "m.onnx"
+    qir.save(_ir(tiny.conv_chain(seed=0)), path)
+    (old,) = qir.external_data_files(path)
+    qir.save(_ir(tiny.conv_chain(seed=1)), path)
+    (new,) = qir.external_data_files(path)
+    assert new != old and not old.exists() and new.exists()

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from qonnx.calib.collect import collect_ranges
-from qonnx.calib.observers import MinMaxObserver, PerChannelMinMaxObserver
+from qonnx.calib.observers import MinMaxObserver
 from qonnx.calib.ranges import RangeTable, TensorRange
 from qonnx.calib.sources import ListSource, input_specs
 from qonnx.errors import UserError
@@ -53,13 +53,6 @@ def test_round_trip_through_dict():
     observer = MinMaxObserver()
     observer.update(np.array([1.0, -3.0], np.float32))
     assert MinMaxObserver.from_dict(observer.to_dict()) == observer
-
-
-def test_per_channel_minmax():
-    observer = PerChannelMinMaxObserver(axis=1)
-    observer.update(np.array([[1.0, -2.0], [3.0, np.nan]], np.float32))
-    lo, hi = observer.compute_range()
-    assert lo.tolist() == [1.0, -2.0] and hi.tolist() == [3.0, -2.0]
 
 
 def test_collect_ranges_matches_the_tensors_onnxruntime_computes():

@@ -306,7 +306,7 @@ def test_verify_runs_after_every_pass_of_the_default_pipeline():
     proto = tiny.conv_chain()
     model = _ir(proto)
     feeds = [tiny.random_feed(proto, seed=i) for i in range(4)]
-    context = Context(calib=ListSource(feeds, input_specs(model)), debug=True)
+    context = Context(calib=ListSource(feeds, input_specs(model)))
     passes = build(parse_pipeline(pipeline.DEFAULT_PIPELINE), context)
     verified = []
 

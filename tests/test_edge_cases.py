@@ -1,0 +1,134 @@
+"""Models that real exporters produce and that a quantizer easily gets wrong."""
+
+import json
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import qonnx
+from qonnx import ir as qir
+from qonnx import runtime
+from qonnx.errors import UserError
+from qonnx.metrics import sqnr_db
+from qonnx.models import tiny
+
+from conftest import run_text
+
+F = TensorProto.FLOAT
+
+
+def _model(nodes, inputs, outputs, initializers, opset=13):
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, initializers), opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_a_model_with_external_data_quantizes_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(qir, "_EXTERNAL_THRESHOLD", 16)  # write the tiny weights as external data
+    proto = tiny.conv_chain()
+    source = tmp_path / "in" / "m.onnx"
+    qir.save(ir.serde.deserialize_model(proto), source)
+    assert qir.external_data_files(source)
+    monkeypatch.setattr(qir, "_EXTERNAL_THRESHOLD", 2**40)
+    feeds = [tiny.random_feed(proto, seed=i) for i in range(6)]
+    result = qonnx.quantize(source, tmp_path / "out" / "q.onnx", feeds)
+    assert qir.external_data_files(result.output) == []  # small: written inline, self-contained
+    assert result.report["fidelity"]["outputs"]["y"]["sqnr_db"] > 30
+
+
+def test_an_overridable_initializer_is_not_a_constant():
+    proto = tiny.conv_bn_relu()
+    proto.graph.input.append(helper.make_tensor_value_info("bn_gamma", F, [8]))  # a graph input with a default
+    model, _, _ = run_text(proto, "normalize")
+    assert "BatchNormalization" in [n.op_type for n in model.graph]
+    feed = tiny.random_feed(proto)
+    feed["bn_gamma"] = np.full(8, 3.0, np.float32)
+    expected = runtime.session(ir.serde.deserialize_model(proto)).run(feed)["y"]
+    np.testing.assert_allclose(runtime.session(model).run(feed)["y"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_generated_node_names_never_collide():
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), n) for n in ("W0", "W1")]
+    nodes = [helper.make_node("Conv", ["x", "W0"], ["a"]), helper.make_node("Conv", ["a", "W1"], ["y"], name="Conv_0")]
+    proto = _model(nodes, [helper.make_tensor_value_info("x", F, [1, 4, 4, 4])], [helper.make_tensor_value_info("y", F, [1, 4, 4, 4])], weights)
+    model, _, _ = run_text(proto, "resolve-policy")
+    names = [n.name for n in model.graph]
+    assert len(set(names)) == 2 and "Conv_0" in names
+    assert len(json.loads(model.metadata_props["qonnx.plan"])["nodes"]) == 2
+
+
+def test_a_zero_weight_channel_keeps_its_bias():
+    # A pruned channel (or one left by a BatchNormalization with gamma 0): weights all zero, bias
+    # not. Its weight scale is free, and must be raised until the INT32 bias holds the bias.
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w[2] = 0
+    b = np.array([0.1, -0.2, 0.5, 0.3], np.float32)
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+    proto = _model(
+        nodes,
+        [helper.make_tensor_value_info("x", F, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", F, [1, 4, 8, 8])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+    )
+    model, _, _ = run_text(proto, "normalize,resolve-policy,calibrate,insert-qdq")
+    feed = tiny.random_feed(proto, seed=3)
+    got = runtime.session(model).run(feed)["y"]
+    np.testing.assert_allclose(got[0, 2], 0.5, atol=1e-3)  # the bias, within INT32 rounding
+
+
+def test_a_shared_weight_is_stored_once():
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "W")
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["a"], name="mm1"),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "W"], ["y"], name="mm2"),
+    ]
+    proto = _model(nodes, [helper.make_tensor_value_info("x", F, [1, 64])], [helper.make_tensor_value_info("y", F, [1, 64])], [weight])
+    model, _, _ = run_text(proto, "normalize,resolve-policy,calibrate,insert-qdq,remove-dead")
+    int8 = [v for v in model.graph.initializers.values() if v.const_value.dtype == ir.DataType.INT8]
+    assert len(int8) == 1
+    feed = tiny.random_feed(proto, seed=1)
+    assert sqnr_db(runtime.session(ir.serde.deserialize_model(proto)).run(feed)["y"], runtime.session(model).run(feed)["y"]) > 25
+
+
+def test_fold_constants_skips_a_node_with_an_omitted_output():
+    c = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), "c")
+    scale, bias = numpy_helper.from_array(np.ones(3, np.float32), "s"), numpy_helper.from_array(np.zeros(3, np.float32), "b")
+    nodes = [helper.make_node("LayerNormalization", ["c", "s", "b"], ["v", "", "istd"], name="ln"), helper.make_node("Add", ["x", "v"], ["y"], name="add")]
+    proto = _model(nodes, [helper.make_tensor_value_info("x", F, [2, 3])], [helper.make_tensor_value_info("y", F, [2, 3])], [c, scale, bias], opset=17)
+    model, records, _ = run_text(proto, "fold-constants")
+    assert [n.op_type for n in model.graph] == ["LayerNormalization", "Add"]
+    assert not records[0].modified
+
+
+@pytest.mark.parametrize("spec", [{"format": "int-8"}, {"format": "int8", "activation_dtype": "int16"}, {"format": "int8", "per_channel": "yes"}])
+def test_a_policy_with_an_invalid_spec_is_refused(tmp_path, spec):
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps({"rules": [{"op_type": "Conv", "spec": spec}]}))
+    with pytest.raises(UserError, match="not a usable policy file"):
+        run_text(tiny.conv_chain(), f"resolve-policy(policy={path})")
+
+
+def test_a_plan_with_two_int8_specs_replays_exactly(tmp_path):
+    policy = {
+        "rules": [
+            {"op_type": "Conv", "spec": {"format": "int8", "per_channel": True}},
+            {"name": "conv2", "spec": {"format": "int8", "per_channel": False}},
+        ]
+    }
+    (tmp_path / "policy.json").write_text(json.dumps(policy))
+    first, _, _ = run_text(tiny.conv_chain(), f"resolve-policy(policy={tmp_path / 'policy.json'}),calibrate,insert-qdq")
+    (tmp_path / "plan.json").write_text(first.metadata_props["qonnx.plan"])
+    again, _, _ = run_text(tiny.conv_chain(), f"resolve-policy(policy={tmp_path / 'plan.json'}),calibrate,insert-qdq")
+
+    def weight_scale_sizes(model):
+        return {n.name: n.inputs[1].producer().inputs[1].const_value.size for n in model.graph if n.op_type == "Conv"}
+
+    assert weight_scale_sizes(first) == weight_scale_sizes(again) == {"conv0": 4, "conv1": 4, "conv2": 1}
