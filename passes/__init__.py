@@ -8,6 +8,7 @@ from qonnx.passes import (  # noqa: F401
     fold_bias_add,
     fold_constants,
     infer_shapes,
+    inline_functions,
     insert_qdq,
     remove_dead,
     resolve_policy,

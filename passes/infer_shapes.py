@@ -5,7 +5,8 @@ tensor without a type or a rank (custom shapes, ops it cannot see through), and 
 at hand, one real sample is run through onnxruntime with those tensors tapped and their observed
 dtype and rank are filled in. Dimensions observed on one sample are recorded as concrete only when
 every model input is static; otherwise they stay symbolic, so the model keeps accepting other
-sizes. The observed shapes are kept as the ``shapes`` analysis.
+sizes. The observed shapes are kept as the ``shapes`` analysis. Only main-graph values are filled
+from the sample: a subgraph's values cannot be tapped as graph outputs.
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ For a node whose spec (``qonnx.spec`` metadata, from ``resolve-policy``) is INT8
    the clamp's output is quantized instead (see ``output_to_quantize``).
 
 Already-quantized inputs (produced by DequantizeLinear) and outputs (read by QuantizeLinear) are left
-alone, so running the pass twice changes nothing the second time.
+alone, so running the pass twice changes nothing the second time. Only main-graph nodes carry an
+INT8 spec: calibration cannot tap tensors inside If/Loop bodies, so ``resolve-policy`` keeps those
+nodes float and says why in the plan; ``inline-functions`` has already removed local functions.
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ registry: dict[str, type[Pass]] = {}
 
 # Names that stand for a sequence of passes in a text pipeline.
 aliases: dict[str, str] = {
-    "normalize": "upgrade-opset,constants-to-initializers,fold-constants,infer-shapes,fold-bias-add,fold-batchnorm,remove-dead",
+    "normalize": "inline-functions,upgrade-opset,constants-to-initializers,fold-constants,infer-shapes,fold-bias-add,fold-batchnorm,remove-dead",
 }
 
 DEFAULT_PIPELINE = "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,finalize,verify"

@@ -132,3 +132,27 @@ def test_a_plan_with_two_int8_specs_replays_exactly(tmp_path):
         return {n.name: n.inputs[1].producer().inputs[1].const_value.size for n in model.graph if n.op_type == "Conv"}
 
     assert weight_scale_sizes(first) == weight_scale_sizes(again) == {"conv0": 4, "conv1": 4, "conv2": 1}
+
+
+def test_a_conv_inside_a_local_function_is_inlined_and_quantized():
+    rng = np.random.default_rng(0)
+    body = [
+        helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")),
+        helper.make_node("Conv", ["inp", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["out"]),
+    ]
+    function = helper.make_function("local", "ConvRelu", ["inp"], ["out"], body, [helper.make_opsetid("", 13)])
+    graph = helper.make_graph(
+        [helper.make_node("ConvRelu", ["x"], ["y"], domain="local", name="block")],
+        "g",
+        [helper.make_tensor_value_info("x", F, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", F, [1, 4, 8, 8])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("local", 1)], functions=[function])
+    proto.ir_version = 8
+    model, _, _ = run_text(proto, "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,verify")
+    assert not model.functions
+    conv = next(n for n in model.graph if n.op_type == "Conv")
+    assert conv.inputs[1].producer().op_type == "DequantizeLinear"
+    feed = tiny.random_feed(proto, seed=2)
+    assert sqnr_db(runtime.session(ir.serde.deserialize_model(proto)).run(feed)["y"], runtime.session(model).run(feed)["y"]) > 30
