@@ -23,7 +23,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "version",
-    "available_providers",
     "Session",
     "session",
     "tapped_model",
@@ -33,10 +32,6 @@ __all__ = [
 
 version = ort.__version__
 ort.set_default_logger_severity(3)
-
-
-def available_providers() -> list[str]:
-    return ort.get_available_providers()
 
 
 def _options(threads: int | None, optimized_path: str | None = None, disable_optimizations: bool = False):
