@@ -17,6 +17,8 @@ __all__ = [
     "matmul_model",
     "constants_model",
     "if_model",
+    "detector_neck",
+    "embedding_model",
     "random_feed",
 ]
 
@@ -178,6 +180,67 @@ def if_model(seed: int = 0) -> onnx.ModelProto:
     )
 
 
+def detector_neck(seed: int = 0) -> onnx.ModelProto:
+    """A YOLO-like neck: SiLU convolutions, nearest Resize, Concat, MaxPool, x / 6, Reshape + Transpose.
+
+    x[1,3,16,16] → Conv → SiLU (x·Sigmoid(x)) = a; a → Conv(stride 2) → SiLU → Resize(×2, nearest) = u;
+    Concat(a, u) → MaxPool(3, pad 1) → Div(6) → Conv(1x1) → Reshape[1,4,256] → Transpose → y[1,256,4].
+    """
+    rng = np.random.default_rng(seed)
+    inits = [
+        _init(rng, "W0", (4, 3, 3, 3)), _init(rng, "B0", (4,), 0.1),
+        _init(rng, "W1", (4, 4, 3, 3)), _init(rng, "B1", (4,), 0.1),
+        _init(rng, "W2", (4, 8, 1, 1)), _init(rng, "B2", (4,), 0.1),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+        numpy_helper.from_array(np.float32(6.0), "six"),
+        numpy_helper.from_array(np.array([1, 4, 256], np.int64), "shape"),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "W0", "B0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c0"], ["s0"], name="sig0"),
+        helper.make_node("Mul", ["c0", "s0"], ["a"], name="silu0"),
+        helper.make_node("Conv", ["a", "W1", "B1"], ["c1"], name="conv1", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Sigmoid", ["c1"], ["s1"], name="sig1"),
+        helper.make_node("Mul", ["c1", "s1"], ["d"], name="silu1"),
+        helper.make_node("Resize", ["d", "", "scales"], ["u"], name="up", mode="nearest"),
+        helper.make_node("Concat", ["a", "u"], ["cat"], name="cat", axis=1),
+        helper.make_node("MaxPool", ["cat"], ["p"], name="pool", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Div", ["p", "six"], ["p6"], name="sixth"),
+        helper.make_node("Conv", ["p6", "W2", "B2"], ["c2"], name="conv2"),
+        helper.make_node("Reshape", ["c2", "shape"], ["r"], name="flat"),
+        helper.make_node("Transpose", ["r"], ["y"], name="swap", perm=[0, 2, 1]),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", F, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", F, [1, 256, 4])],
+        inits,
+    )
+
+
+def embedding_model(seed: int = 0, vocab: int = 50, width: int = 16) -> onnx.ModelProto:
+    """ids[1,6] (int64) → Gather(table[vocab,width]) + position → MatMul(W[width,8]) → Add(bias) → y."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        _init(rng, "table", (vocab, width)),
+        _init(rng, "position", (1, 6, width), 0.1),
+        _init(rng, "W", (width, 8)),
+        _init(rng, "bias", (8,), 0.1),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+        helper.make_node("Add", ["e", "position"], ["h"], name="add_position"),
+        helper.make_node("MatMul", ["h", "W"], ["m"], name="proj"),
+        helper.make_node("Add", ["m", "bias"], ["y"], name="add_bias"),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 6])],
+        [helper.make_tensor_value_info("y", F, [1, 6, 8])],
+        inits,
+    )
+
+
 def random_feed(model: onnx.ModelProto, seed: int = 0, dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """A feed of standard-normal FP32 inputs; symbolic dimensions take values from ``dims`` (else 8)."""
     rng = np.random.default_rng(seed)
@@ -187,5 +250,8 @@ def random_feed(model: onnx.ModelProto, seed: int = 0, dims: dict[str, int] | No
         if value.name in initializers:
             continue
         shape = [d.dim_value if d.HasField("dim_value") else (dims or {}).get(d.dim_param, 8) for d in value.type.tensor_type.shape.dim]
-        feed[value.name] = rng.standard_normal(shape).astype(np.float32)
+        if value.type.tensor_type.elem_type == TensorProto.INT64:
+            feed[value.name] = rng.integers(0, 8, shape, dtype=np.int64)  # indices valid for every tiny table
+        else:
+            feed[value.name] = rng.standard_normal(shape).astype(np.float32)
     return feed

@@ -2,6 +2,7 @@
 
 from qonnx.passes import (  # noqa: F401
     calibrate,
+    div_to_mul,
     constants_to_initializers,
     finalize,
     fold_batchnorm,
@@ -10,6 +11,7 @@ from qonnx.passes import (  # noqa: F401
     infer_shapes,
     inline_functions,
     insert_qdq,
+    observe_means,
     remove_dead,
     resolve_policy,
     upgrade_opset,

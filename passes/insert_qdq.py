@@ -1,22 +1,23 @@
-"""QDQ insertion: QuantizeLinear/DequantizeLinear around every node that the policy put in INT8.
+"""QDQ insertion: QuantizeLinear/DequantizeLinear where ``qdq_placement`` put them; weights as integers.
 
-For a node whose spec (``qonnx.spec`` metadata, from ``resolve-policy``) is INT8:
+For the nodes whose spec (``qonnx.spec`` metadata, from ``resolve-policy``) is INT8:
 
-1. each float activation input x gets ``DQ(Q(x))`` with the calibrated range of x (UINT8
-   asymmetric or INT8 symmetric, as the spec says); one Q/DQ pair per tensor, shared by all readers;
+1. every tensor that the placement chose gets ``DQ(Q(x))`` right after its producer, shared by
+   all readers, with the parameters of its scale group (UINT8 asymmetric or INT8 symmetric, as the
+   spec says; a passthrough op's outputs reuse its input's parameters);
 2. a constant weight (Conv/ConvTranspose/Gemm input 1, MatMul's constant operand) is stored as an
    INT8 initializer, symmetric and per output channel, read through a DequantizeLinear: the float
    weight leaves the file, which is what makes the model about 4x smaller;
 3. a constant bias of Conv/ConvTranspose/Gemm becomes INT32 with ``scale = s_x * s_w`` and zero
    point 0, the layout onnxruntime's QLinearConv/QGemm accumulate in;
-4. when the target wants it, the node's output gets ``DQ(Q(y))`` too, so that onnxruntime can fuse
-   ``DQ → op → Q`` into one integer kernel; after a Relu / Clip(0, …) that is the op's only reader,
-   the clamp's output is quantized instead (see ``output_to_quantize``).
+4. a float constant operand of Add/Mul is stored quantized per tensor in the activation type, and a
+   Gather's constant table (a word embedding) with its group's parameters, so that onnxruntime
+   gathers int8 rows instead of dequantizing the whole table.
 
-Already-quantized inputs (produced by DequantizeLinear) and outputs (read by QuantizeLinear) are left
-alone, so running the pass twice changes nothing the second time. Only main-graph nodes carry an
-INT8 spec: calibration cannot tap tensors inside If/Loop bodies, so ``resolve-policy`` keeps those
-nodes float and says why in the plan; ``inline-functions`` has already removed local functions.
+Already-quantized tensors (produced by DequantizeLinear) are left alone, so running the pass twice
+changes nothing the second time. Only main-graph nodes carry an INT8 spec: calibration cannot tap
+tensors inside If/Loop bodies, so ``resolve-policy`` keeps those nodes float and says why in the
+plan; ``inline-functions`` has already removed local functions.
 """
 
 from __future__ import annotations
@@ -30,102 +31,53 @@ import onnx_ir as ir
 from qonnx import ir as qir
 from qonnx import quant
 from qonnx.errors import UserError
-from qonnx.policy import QuantSpec, node_spec
+from qonnx.passes.observe_means import correctable_nodes
+from qonnx.passes.qdq_placement import (
+    activation_inputs,
+    constant_operands,
+    is_dequantized,
+    is_float_constant,
+    output_to_quantize,
+    plan_placement,
+    quantized_nodes,
+)
+from qonnx.policy import QuantSpec
 from qonnx.pipeline import Pass, register
 from qonnx.targets import Target, get_target
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["InsertQDQ", "NodeRoles", "node_roles", "tensors_to_calibrate"]
+__all__ = ["InsertQDQ", "NodeRoles", "node_roles", "tensors_to_calibrate", "output_to_quantize"]
 
 
 @dataclasses.dataclass
 class NodeRoles:
-    activations: list[int]
     weight: int | None = None
     weight_axis: int | None = None
     bias: int | None = None
 
 
-def _is_float_constant(value: ir.Value | None) -> bool:
-    return qir.is_constant_initializer(value) and value.const_value.dtype == ir.DataType.FLOAT
-
-
-def _is_dequantized(value: ir.Value | None) -> bool:
-    producer = value.producer() if value is not None else None
-    return producer is not None and producer.op_type == "DequantizeLinear"
-
-
 def node_roles(node: ir.Node) -> NodeRoles:
-    """Which inputs of a quantized node are activations, the weight and the bias."""
+    """Which inputs of a weighted node are its constant weight and bias."""
+    roles = NodeRoles()
+    if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        return roles
     inputs = list(node.inputs)
-    roles = NodeRoles(activations=[])
-    weight_index = 1 if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") else None
-    for index, value in enumerate(inputs):
-        if value is None or value.dtype not in (None, ir.DataType.FLOAT):
-            continue
-        if index == weight_index and (_is_float_constant(value) or _is_dequantized(value)):
-            roles.weight = index
-            roles.weight_axis = qir.output_channel_axis(node)
-        elif index == 2 and node.op_type in ("Conv", "ConvTranspose", "Gemm"):
-            if _is_float_constant(value) and value.const_value.numpy().ndim == 1 or _is_dequantized(value):
-                roles.bias = index
-        elif node.op_type == "MatMul" and index == 0 and _is_float_constant(value):
-            roles.weight, roles.weight_axis = 0, None  # constant A: per-tensor
-        elif index < 2 and not value.is_initializer():
-            roles.activations.append(index)
+    weight = inputs[1] if len(inputs) > 1 else None
+    if is_float_constant(weight) or (weight is not None and is_dequantized(weight)):
+        roles.weight, roles.weight_axis = 1, qir.output_channel_axis(node)
+    elif node.op_type == "MatMul" and is_float_constant(inputs[0]):
+        roles.weight, roles.weight_axis = 0, None  # constant A: per tensor
+    if len(inputs) > 2 and node.op_type != "MatMul" and inputs[2] is not None:
+        bias = inputs[2]
+        if (is_float_constant(bias) and bias.const_value.numpy().ndim == 1) or is_dequantized(bias):
+            roles.bias = 2
     return roles
 
 
-def _quantized_nodes(model: ir.Model) -> list[tuple[ir.Node, QuantSpec]]:
-    return [(n, s) for n in model.graph if (s := node_spec(n.metadata_props)).quantized]
-
-
-def _output_quantized(value: ir.Value) -> bool:
-    return any(user.op_type == "QuantizeLinear" for user, _ in value.uses())
-
-
-def _absorbs_clamp(node: ir.Node) -> bool:
-    """Relu, or Clip with a constant lower bound >= 0: a UINT8 Q right after it clamps the same."""
-    if node.op_type == "Relu":
-        return True
-    if node.op_type == "Clip" and len(node.inputs) > 1 and node.inputs[1] is not None:
-        low = qir.constant_array(node.inputs[1])
-        return low is not None and low.size == 1 and float(low) >= 0
-    return False
-
-
-def output_to_quantize(node: ir.Node, spec: QuantSpec) -> ir.Value:
-    """The tensor that carries the node's quantized output.
-
-    ``Conv → Relu`` (or ``Clip(0, 6)``) is quantized after the clamp: onnxruntime removes a Relu/Clip
-    that feeds a UINT8 QuantizeLinear whose range starts at 0 and fuses ``DQ → Conv → Q`` into one
-    QLinearConv, and the clamped range wastes no codes on negative values.
-    """
-    out = node.outputs[0]
-    uses = list(out.uses())
-    if spec.symmetric_activations or out.is_graph_output() or len(uses) != 1:
-        return out
-    user = uses[0][0]
-    if uses[0][1] == 0 and _absorbs_clamp(user) and user.graph is node.graph:
-        return user.outputs[0]
-    return out
-
-
 def tensors_to_calibrate(model: ir.Model, target: Target) -> list[str]:
-    """Names of the activations that insert-qdq will quantize and that have no Q/DQ yet."""
-    names: dict[str, None] = {}
-    for node, spec in _quantized_nodes(model):
-        roles = node_roles(node)
-        for index in roles.activations:
-            value = node.inputs[index]
-            if not _is_dequantized(value):
-                names[value.name] = None
-        if target.quantize_outputs:
-            out = output_to_quantize(node, spec)
-            if out.dtype in (None, ir.DataType.FLOAT) and out.uses() and not _output_quantized(out):
-                names[out.name] = None
-    return list(names)
+    """Names of the activations that insert-qdq will quantize with a calibrated range."""
+    return plan_placement(model, target).calibrated
 
 
 @register
@@ -134,9 +86,10 @@ class InsertQDQ(Pass):
     summary = "insert QuantizeLinear/DequantizeLinear for INT8 nodes; weights become INT8 initializers"
     preserves = frozenset({"shapes", "ranges"})
 
-    def __init__(self, context=None) -> None:
+    def __init__(self, context=None, *, bias_correction: bool = True) -> None:
         super().__init__(context)
         self.target = get_target(self.context.target)
+        self.bias_correction = bias_correction
 
     def requires(self, model: ir.Model) -> None:
         needed = tensors_to_calibrate(model, self.target)
@@ -148,52 +101,91 @@ class InsertQDQ(Pass):
             raise UserError(f"no calibration ranges for tensor {missing[0]!r} ({len(missing)} tensors lack one)")
 
     def ensures(self, model: ir.Model) -> None:
-        for node, _ in _quantized_nodes(model):
+        for node, _ in quantized_nodes(model):
+            if node.op_type not in self.target.weighted_ops:
+                continue
             roles = node_roles(node)
-            for index in roles.activations + [i for i in (roles.weight,) if i is not None]:
-                if not _is_dequantized(node.inputs[index]):
+            for index in activation_inputs(node, self.target) + [i for i in (roles.weight,) if i is not None]:
+                if not is_dequantized(node.inputs[index]):
                     raise ir.passes.PostconditionError(f"input {index} of {node.name} has no DequantizeLinear producer")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        self._activation_params: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        placement = plan_placement(model, self.target)
+        self._placement, self._graph = placement, graph
+        # Before activations and weights get their DQ producers, which renames what the nodes read.
+        self._mean_of_input = {node: node.inputs[0].name for node in correctable_nodes(model)}
+        self._group_params: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._group_initializers: dict[str, tuple[ir.Value, ir.Value]] = {}
         self._dequantized_weights: dict[tuple[str, int | None], ir.Value] = {}
+        self._dequantized_operands: dict[tuple, ir.Value] = {}
         self._replaced: list[ir.Value] = []
         modified = False
-        for node, spec in _quantized_nodes(model):
-            roles = node_roles(node)
-            for index in roles.activations:
-                modified |= self._quantize_activation(graph, node.inputs[index], spec)
-            if roles.weight is not None:
-                modified |= self._quantize_weight(graph, node, roles, spec)
-            if roles.bias is not None and roles.activations:
-                modified |= self._quantize_bias(graph, node, roles)
-            if self.target.quantize_outputs:
-                modified |= self._quantize_activation(graph, output_to_quantize(node, spec), spec)
+        values = {v.name: v for v in graph.inputs}
+        for node in graph:
+            values.update((v.name, v) for v in node.outputs if v is not None)
+        # Tensors in graph order, so that a passthrough output follows its input's DQ.
+        for name in [*placement.calibrated, *placement.passthrough]:
+            value = values.get(name)
+            if value is not None:
+                modified |= self._quantize_activation(graph, value, placement.spec_of[name])
+        for table_root, table in placement.tables.items():
+            modified |= self._quantize_table(graph, table, table_root)
+        for node, spec in quantized_nodes(model):
+            if node.op_type in self.target.weighted_ops:
+                roles = node_roles(node)
+                if roles.weight is not None:
+                    modified |= self._quantize_weight(graph, node, roles, spec)
+                if roles.bias is not None:
+                    modified |= self._quantize_bias(graph, node, roles)
+            for index in constant_operands(node):
+                if any(is_dequantized(v) for v in node.inputs if v is not None):
+                    modified |= self._quantize_operand(graph, node, index, spec)
         for value in self._replaced:  # the float weights and biases now stored as integers
             if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
                 graph.initializers.pop(value.name, None)
         return ir.passes.PassResult(model, modified)
 
+    def _group_range(self, name: str) -> tuple[float, float]:
+        ranges = self.context.analyses.get("ranges")
+        placement = self._placement
+        root = placement.group_of.get(name, name)
+        lo, hi = np.inf, -np.inf
+        for member in placement.members(name):
+            if ranges is not None and member in ranges:
+                lo, hi = min(lo, ranges[member].lo), max(hi, ranges[member].hi)
+        table = placement.tables.get(root)
+        if table is not None:
+            data = self._table_values(table)
+            lo, hi = min(lo, float(data.min())), max(hi, float(data.max()))
+        if not np.isfinite(lo) or not np.isfinite(hi):
+            raise UserError(f"no calibration range for tensor {name!r} or its scale group")
+        return lo, hi
+
+    def _table_values(self, name: str) -> np.ndarray:
+        return self._graph.initializers[name].const_value.numpy()
+
     def _params(self, name: str, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
-        if name not in self._activation_params:
-            r = self.context.analyses["ranges"][name]
+        root = self._placement.group_of.get(name, name)
+        if root not in self._group_params:
+            lo, hi = self._group_range(name)
             if spec.symmetric_activations:
-                params = quant.symmetric_params(max(abs(r.lo), abs(r.hi)), np.dtype(spec.activation_dtype))
+                params = quant.symmetric_params(max(abs(lo), abs(hi)), np.dtype(spec.activation_dtype))
             else:
-                params = quant.asymmetric_params(r.lo, r.hi, np.dtype(spec.activation_dtype))
-            self._activation_params[name] = params
-        return self._activation_params[name]
+                params = quant.asymmetric_params(lo, hi, np.dtype(spec.activation_dtype))
+            self._group_params[root] = params
+        return self._group_params[root]
 
     def _quantize_activation(self, graph: ir.Graph, value: ir.Value, spec: QuantSpec) -> bool:
-        if value.dtype not in (None, ir.DataType.FLOAT) or _is_dequantized(value) or _output_quantized(value):
+        if value.dtype not in (None, ir.DataType.FLOAT) or is_dequantized(value):
+            return False
+        if any(user.op_type == "QuantizeLinear" for user, _ in value.uses()):
             return False
         if not value.uses():  # only a graph output reads it: a Q/DQ pair would feed nobody
             return False
         scale, zero_point = self._params(value.name, spec)
         users = list(value.uses())  # before the Q node below becomes a user too
-        scale_v = qir.make_initializer(graph, f"{value.name}_scale", scale)
-        zp_v = qir.make_initializer(graph, f"{value.name}_zp", zero_point)
+        scale_v, zp_v = self._group_initializers_of(graph, value.name, scale, zero_point)
         q = ir.node("QuantizeLinear", [value, scale_v, zp_v], name=qir.unique_name(graph, f"{value.name}_Q"))
         q.outputs[0].name = qir.unique_name(graph, f"{value.name}_q")
         q.outputs[0].dtype = ir.DataType.from_numpy(zero_point.dtype)
@@ -211,18 +203,62 @@ class InsertQDQ(Pass):
             user.replace_input_with(index, dq.outputs[0])
         return True
 
-    def _input_scale(self, node: ir.Node, roles: NodeRoles) -> np.ndarray | None:
-        """The scale of the node's first activation input, once it has its DequantizeLinear."""
-        if not roles.activations:
-            return None
-        producer = node.inputs[roles.activations[0]].producer()
+    def _group_initializers_of(self, graph, name, scale, zero_point) -> tuple[ir.Value, ir.Value]:
+        """One scale and one zero-point initializer per scale group, shared by all its Q/DQ nodes."""
+        root = self._placement.group_of.get(name, name)
+        if root not in self._group_initializers:
+            self._group_initializers[root] = (
+                qir.make_initializer(graph, f"{name}_scale", scale),
+                qir.make_initializer(graph, f"{name}_zp", zero_point),
+            )
+        return self._group_initializers[root]
+
+    def _quantize_table(self, graph: ir.Graph, name: str, root: str) -> bool:
+        """A Gather's constant table, stored in its group's integer type (the Gather output's parameters)."""
+        value = graph.initializers.get(name)
+        if value is None or not is_float_constant(value):
+            return False
+        spec = next(self._placement.spec_of[t] for t in self._placement.members(root) if t in self._placement.spec_of)
+        scale, zero_point = self._params(root, spec)
+        q = quant.quantize(value.const_value.numpy(), scale, zero_point, zero_point.dtype)
+        scale_v, zp_v = self._group_initializers_of(graph, root, scale, zero_point)
+        q_v = qir.make_initializer(graph, f"{name}_q", q)
+        dq = ir.node("DequantizeLinear", [q_v, scale_v, zp_v], name=qir.unique_name(graph, f"{name}_DQ"))
+        dq.outputs[0].name = qir.unique_name(graph, f"{name}_dq")
+        dq.outputs[0].dtype, dq.outputs[0].shape = ir.DataType.FLOAT, ir.Shape(q.shape)
+        graph.insert_before(graph.node(0), [dq])
+        for user, index in list(value.uses()):
+            user.replace_input_with(index, dq.outputs[0])
+        self._replaced.append(value)
+        return True
+
+    def _quantize_operand(self, graph: ir.Graph, node: ir.Node, index: int, spec: QuantSpec) -> bool:
+        """A float constant input of Add/Mul, per tensor in the activation type, so QLinearAdd/Mul can take it."""
+        value = node.inputs[index]
+        data = value.const_value.numpy()
+        lo, hi = min(float(data.min()), 0.0), max(float(data.max()), 0.0)
+        if spec.symmetric_activations:
+            scale, zero_point = quant.symmetric_params(max(abs(lo), abs(hi)), np.dtype(spec.activation_dtype))
+        else:
+            scale, zero_point = quant.asymmetric_params(lo, hi, np.dtype(spec.activation_dtype))
+        key = (data.dtype.str, data.shape, data.tobytes(), spec.activation_dtype, spec.symmetric_activations)
+        if key not in self._dequantized_operands:  # HardSwish's "+3" and "/6" recur in every block: store once
+            q = quant.quantize(data, scale, zero_point, zero_point.dtype)
+            self._dequantized_operands[key] = self._dequantize_constant(graph, value.name, q, scale, None, zero_point)
+        node.replace_input_with(index, self._dequantized_operands[key])
+        self._replaced.append(value)
+        return True
+
+    def _input_scale(self, node: ir.Node) -> np.ndarray | None:
+        """The scale of the node's first input, once it has its DequantizeLinear."""
+        producer = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
         if producer is None or producer.op_type != "DequantizeLinear":
             return None
         return producer.inputs[1].const_value.numpy()
 
     def _quantize_weight(self, graph: ir.Graph, node: ir.Node, roles: NodeRoles, spec: QuantSpec) -> bool:
         value = node.inputs[roles.weight]
-        if _is_dequantized(value):
+        if is_dequantized(value):
             return False
         axis = roles.weight_axis if spec.per_channel else None
         key = (value.name, axis)
@@ -233,7 +269,7 @@ class InsertQDQ(Pass):
         dtype = np.dtype(spec.weight_dtype)
         min_scale = None
         bias = qir.constant_array(node.inputs[roles.bias]) if roles.bias is not None else None
-        x_scale = self._input_scale(node, roles)
+        x_scale = self._input_scale(node) if roles.weight == 1 else None
         if bias is not None and x_scale is not None and len(value.uses()) == 1:
             min_scale = quant.min_weight_scale_for_bias(bias, x_scale)
         if axis is not None and weight.ndim > axis and (min_scale is None or min_scale.size == weight.shape[axis]):
@@ -244,18 +280,52 @@ class InsertQDQ(Pass):
             if min_scale is not None:
                 scale = np.maximum(scale, min_scale.max()).astype(np.float32)
             q = quant.quantize(weight, scale, zero_point, dtype)
+        if self.bias_correction and roles.weight == 1:
+            self._correct_bias(graph, node, roles, weight, quant.dequantize(q, scale, np.zeros_like(scale, dtype), axis))
         dq = self._dequantize_constant(graph, value.name, q, scale, axis)
         self._dequantized_weights[key] = dq
         node.replace_input_with(roles.weight, dq)
         self._replaced.append(value)
         return True
 
+    def _correct_bias(self, graph: ir.Graph, node: ir.Node, roles: NodeRoles, weight: np.ndarray, dequantized: np.ndarray) -> None:
+        """Subtract the mean output shift that quantizing the weight causes (see ``observe-means``)."""
+        means = self.context.analyses.get("input_means", {}).get(self._mean_of_input.get(node, ""))
+        if means is None:
+            return
+        error = dequantized.astype(np.float64) - weight.astype(np.float64)
+        if node.op_type == "Conv":
+            groups = node.attributes.get_int("group", 1)
+            per_group_in = error.shape[1]
+            if means.size != groups * per_group_in:
+                return
+            error = error.reshape(error.shape[0], per_group_in, -1).sum(axis=2)  # [O, C/g]
+            group_means = np.repeat(means.reshape(groups, per_group_in), error.shape[0] // groups, axis=0)
+            shift = (error * group_means).sum(axis=1)
+        else:  # Gemm, y = x · B or x · Bᵀ
+            error = error if node.attributes.get_int("transB", 0) else error.T  # [N, K]
+            if means.size != error.shape[1]:
+                return
+            shift = error @ means
+        bias_value = node.inputs[2] if roles.bias is not None else None
+        bias = qir.constant_array(bias_value) if bias_value is not None else np.zeros(shift.size, np.float32)
+        if bias is None or bias.size != shift.size:
+            return
+        corrected = (bias.astype(np.float64).reshape(-1) - shift).astype(np.float32)
+        name = bias_value.name if bias_value is not None else f"{node.name}_bias"
+        if len(node.inputs) < 3:
+            node.resize_inputs(3)
+        node.replace_input_with(2, qir.make_initializer(graph, f"{name}_corrected", corrected))
+        if bias_value is not None and not bias_value.uses():
+            graph.initializers.pop(bias_value.name, None)
+        roles.bias = 2
+
     def _quantize_bias(self, graph: ir.Graph, node: ir.Node, roles: NodeRoles) -> bool:
         value = node.inputs[roles.bias]
-        if _is_dequantized(value):
+        if is_dequantized(value):
             return False
-        w_dq = node.inputs[roles.weight].producer() if roles.weight is not None else None
-        x_scale = self._input_scale(node, roles)
+        w_dq = node.inputs[roles.weight].producer() if roles.weight == 1 else None
+        x_scale = self._input_scale(node)
         if x_scale is None or w_dq is None or w_dq.op_type != "DequantizeLinear":
             return False
         w_scale = w_dq.inputs[1].const_value.numpy()
@@ -273,16 +343,19 @@ class InsertQDQ(Pass):
         self._replaced.append(value)
         return True
 
-    def _dequantize_constant(self, graph, base, q, scale, axis) -> ir.Value:
-        """``DequantizeLinear(q, scale)`` of a symmetric constant; the absent zero point means 0.
+    def _dequantize_constant(self, graph, base, q, scale, axis, zero_point=None) -> ir.Value:
+        """``DequantizeLinear(q, scale[, zero_point])`` of a constant.
 
-        Leaving the zero point out saves a byte (INT8) or four (INT32 bias) per channel, and
-        onnxruntime fuses the group all the same.
+        A symmetric constant leaves the zero point out (it means 0): that saves a byte (INT8) or
+        four (INT32 bias) per channel, and onnxruntime fuses the group all the same.
         """
         q_v = qir.make_initializer(graph, f"{base}_q", q)
         s_v = qir.make_initializer(graph, f"{base}_scale", np.asarray(scale, np.float32))
+        inputs = [q_v, s_v]
+        if zero_point is not None:
+            inputs.append(qir.make_initializer(graph, f"{base}_zp", np.asarray(zero_point)))
         attributes = {"axis": axis} if axis is not None else {}
-        dq = ir.node("DequantizeLinear", [q_v, s_v], attributes=attributes, name=qir.unique_name(graph, f"{base}_DQ"))
+        dq = ir.node("DequantizeLinear", inputs, attributes=attributes, name=qir.unique_name(graph, f"{base}_DQ"))
         dq.outputs[0].name = qir.unique_name(graph, f"{base}_dq")
         dq.outputs[0].dtype = ir.DataType.FLOAT
         dq.outputs[0].shape = ir.Shape(q.shape)

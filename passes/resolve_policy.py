@@ -25,9 +25,16 @@ from qonnx.targets import get_target
 
 logger = logging.getLogger(__name__)
 
-def _refusal(node: ir.Node) -> str | None:
-    data = [v for v in node.inputs[:2] if v is not None]
-    if any(v.dtype is not None and v.dtype != ir.DataType.FLOAT for v in data):
+def _refusal(node: ir.Node, target) -> str | None:
+    """Why ``node`` cannot run in INT8, or None. Only data inputs count: Reshape's shape, Resize's
+    scales and Gather's indices are not quantized."""
+    if node.op_type in target.passthrough_ops:
+        data = node.inputs[:1]
+    elif node.op_type in target.weighted_ops:
+        data = node.inputs[:2]
+    else:
+        data = node.inputs
+    if any(v is not None and v.dtype is not None and v.dtype != ir.DataType.FLOAT for v in data):
         return "inputs are not FP32"
     if node.outputs[0].dtype not in (None, ir.DataType.FLOAT):
         return "output is not FP32"
@@ -72,7 +79,7 @@ class ResolvePolicy(Pass):
                 continue
             spec = policy.resolve(node.op_type, node.name)
             entry = spec.to_dict()
-            if spec.quantized and (reason := _refusal(node)):
+            if spec.quantized and (reason := _refusal(node, self.target)):
                 entry = {"format": "float", "reason": reason}
             text = json.dumps(entry, sort_keys=True)
             if node.metadata_props.get(SPEC_KEY) != text:

@@ -2,6 +2,10 @@
 
 Changes nothing. It raises when the model is invalid, so that a broken rewrite is caught at the
 pass that made it (the manager runs it after every pass in debug mode) instead of at deployment.
+For the CPU target the pass also reads back onnxruntime's optimized graph (``qonnx.fusion``) and
+puts the counts of integer kernels, leftover Q/DQ and float islands into the report
+(``notes["fusion"]``); in debug mode a quantized Conv/MatMul/Gemm that did not become an integer
+kernel fails the pass.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import onnx
 import onnx_ir as ir
 
 from qonnx import runtime
+from qonnx.fusion import check_fusion
 from qonnx.ir import PROTOBUF_LIMIT
 from qonnx.pipeline import Pass, register
 
@@ -38,6 +43,17 @@ class Verify(Pass):
     summary = "check the model with the onnx checker and load it in onnxruntime"
     preserves = frozenset({"shapes", "ranges"})
 
+    def __init__(self, context=None, *, fusion: bool = True) -> None:
+        super().__init__(context)
+        self.fusion = fusion
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         verify_model(model)
+        quantized = any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in model.graph)
+        if self.fusion and quantized and self.context.target == "cpu":
+            report = check_fusion(model)
+            self.context.notes["fusion"] = report
+            if self.context.debug and report["unfused"]:
+                names = ", ".join(report["unfused"][:5])
+                raise VerificationError(f"{len(report['unfused'])} quantized nodes did not become integer kernels in onnxruntime: {names}")
         return ir.passes.PassResult(model, modified=False)

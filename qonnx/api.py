@@ -155,7 +155,7 @@ def quantize(
     steps = parse_pipeline(pipeline or DEFAULT_PIPELINE)
     if policy is not None and not Path(policy).is_file():
         raise UserError(f"policy file not found: {policy}")
-    context = Context(target=target, precision=precision, policy=None if policy is None else str(policy), calib=calib_source, samples=samples, progress=progress)
+    context = Context(target=target, precision=precision, policy=None if policy is None else str(policy), calib=calib_source, samples=samples, progress=progress, debug=debug)
     passes = build(steps, context)
     verify = None
     if debug:
@@ -181,6 +181,7 @@ def quantize(
         "pipeline": ",".join(str(s) for s in steps),
         "passes": [r.to_dict() for r in records],
         "calibration": context.notes.get("calibration"),
+        "fusion": context.notes.get("fusion"),
         "uncalibrated": uncalibrated,
         "nodes": _node_formats(quantized),
     }

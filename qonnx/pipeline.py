@@ -62,6 +62,7 @@ class Context:
     calib: Any = None  # a qonnx.calib.sources.Source, or None
     samples: int | None = None
     progress: bool = False
+    debug: bool = False  # stricter checks (verify fails on unfused quantized nodes)
     analyses: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -94,10 +95,10 @@ registry: dict[str, type[Pass]] = {}
 
 # Names that stand for a sequence of passes in a text pipeline.
 aliases: dict[str, str] = {
-    "normalize": "inline-functions,upgrade-opset,constants-to-initializers,fold-constants,infer-shapes,fold-bias-add,fold-batchnorm,remove-dead",
+    "normalize": "inline-functions,upgrade-opset,constants-to-initializers,fold-constants,infer-shapes,fold-bias-add,fold-batchnorm,div-to-mul,remove-dead",
 }
 
-DEFAULT_PIPELINE = "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,finalize,verify"
+DEFAULT_PIPELINE = "normalize,resolve-policy,calibrate,observe-means,insert-qdq,remove-dead,finalize,verify"
 
 
 def register(cls: type[Pass]) -> type[Pass]:

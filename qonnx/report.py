@@ -39,6 +39,14 @@ def summary_table(report: dict[str, Any]) -> str:
     for entry in report["nodes"].values():
         counts[entry["format"]] = counts.get(entry["format"], 0) + 1
     lines.append("nodes      " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    fusion = report.get("fusion")
+    if fusion:
+        kernels = sum(fusion["integer_kernels"].values())
+        islands = sum(fusion["float_islands"].values())
+        lines.append(
+            f"fusion     {kernels} integer kernels in onnxruntime, {fusion['quantize_linear']} Q / "
+            f"{fusion['dequantize_linear']} DQ left, {islands} float islands, {len(fusion['unfused'])} unfused"
+        )
     fidelity = report.get("fidelity")
     if fidelity:
         lines.append(f"fidelity   on {fidelity['samples']} held-out samples ({fidelity['data']})")

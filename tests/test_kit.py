@@ -24,9 +24,10 @@ pytestmark = pytest.mark.kit
 # (the anchors reach 2.5 dB); raising it is the placement work, not a property of this pipeline.
 SQNR_FLOOR_DB = {"yolov8n": 25.0, "ppocr-cls": 16.0, "ppocr-rec": 11.0, "ppocr-det": 1.5}
 # INT8 weights are a quarter of FP32; per-channel scales, INT32 biases and the Q/DQ structure come
-# on top. PP-OCR cls has only 145k parameters against ~500 graph nodes, so its structure weighs
-# more (measured 0.40x).
-SIZE_CEILING = {"yolov8n": 0.30, "ppocr-det": 0.30, "ppocr-rec": 0.30, "ppocr-cls": 0.42}
+# on top. The integer chains of the PP-OCR models (HardSwish as QLinearAdd/QLinearMul) need ~850
+# Q/DQ nodes in det, ~6% of its file (measured 0.303x). PP-OCR cls has only 145k parameters against
+# ~500 graph nodes, so its structure weighs more (measured 0.45x).
+SIZE_CEILING = {"yolov8n": 0.30, "ppocr-det": 0.31, "ppocr-rec": 0.30, "ppocr-cls": 0.47}
 
 
 @pytest.fixture(scope="module")

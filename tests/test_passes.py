@@ -150,7 +150,7 @@ def test_remove_dead_keeps_the_signature():
 def test_resolve_policy_writes_a_spec_per_node_and_the_plan():
     model, _, ctx = run_text(tiny.conv_chain(), "resolve-policy")
     specs = {n.name: json.loads(n.metadata_props[SPEC_KEY])["format"] for n in model.graph if SPEC_KEY in n.metadata_props}
-    assert specs == {"conv0": "int8", "conv1": "int8", "conv2": "int8"}
+    assert specs == {"conv0": "int8", "conv1": "int8", "conv2": "int8", "residual": "int8"}  # Add: QLinearAdd
     plan = json.loads(model.metadata_props["qonnx.plan"])
     assert plan["nodes"] == specs and plan["specs"]["int8"]["activation_dtype"] == "uint8"
 
@@ -265,4 +265,4 @@ def test_an_edited_plan_replays_with_its_edits(tmp_path):
     path.write_text(json.dumps(plan))
     replayed, _, _ = run_text(tiny.conv_chain(), f"resolve-policy(policy={path}),calibrate,insert-qdq")
     formats = {n.name: json.loads(n.metadata_props[SPEC_KEY])["format"] for n in replayed.graph if SPEC_KEY in n.metadata_props}
-    assert formats == {"conv0": "int8", "conv1": "int8", "conv2": "float"}
+    assert formats == {"conv0": "int8", "conv1": "int8", "conv2": "float", "residual": "int8"}

@@ -1,0 +1,199 @@
+"""QDQ placement: which tensors get a QuantizeLinear/DequantizeLinear pair, and which share scales.
+
+onnxruntime fuses ``DQ → op → Q`` groups into integer kernels; a Q/DQ pair that no group uses
+costs a float round trip and buys nothing. Placement therefore follows the target's three lists
+of ops (see ``qonnx.targets``):
+
+* **weighted** ops (Conv, Gemm, MatMul…): activation inputs are quantized with their calibrated
+  ranges; the output too when the target fuses the output Q (``Target.quantize_outputs``);
+* **integer** ops (Add, Mul, Concat, Sigmoid, GlobalAveragePool… where onnxruntime has a QLinear
+  kernel): the same, so that ``Conv → Sigmoid → Mul`` becomes an integer chain instead of float
+  islands between quantized convolutions;
+* **passthrough** ops (Reshape, Transpose, MaxPool, Slice, Resize…), which only move or select
+  values: when their data input is quantized, their outputs get the *same* scale and zero point
+  (onnxruntime drops such a ``DQ → op → Q`` group and moves int8 data), never a new calibration.
+
+Tensors joined by a passthrough op, and the inputs and output of a quantized Concat, form one
+*scale group*: every member is quantized with the union of the members' calibrated ranges, so
+a Concat copies bytes instead of requantizing. After Relu or Clip(0, …) the clamp's output is
+quantized in place of the op's (see ``output_to_quantize``).
+
+A tensor that already has a DequantizeLinear producer (a model quantized before) is left alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx_ir as ir
+
+from qonnx import ir as qir
+from qonnx.policy import QuantSpec, node_spec
+from qonnx.targets import Target
+
+__all__ = ["Placement", "plan_placement", "output_to_quantize", "is_dequantized", "is_float_constant", "quantized_nodes"]
+
+
+def is_float_constant(value: ir.Value | None) -> bool:
+    return qir.is_constant_initializer(value) and value.const_value.dtype == ir.DataType.FLOAT
+
+
+def is_dequantized(value: ir.Value | None) -> bool:
+    producer = value.producer() if value is not None else None
+    return producer is not None and producer.op_type in ("DequantizeLinear", "DynamicQuantizeLinear")
+
+
+def _is_float(value: ir.Value | None) -> bool:
+    return value is not None and value.dtype in (None, ir.DataType.FLOAT)
+
+
+def quantized_nodes(model: ir.Model) -> list[tuple[ir.Node, QuantSpec]]:
+    return [(n, s) for n in model.graph if (s := node_spec(n.metadata_props)).quantized]
+
+
+def _absorbs_clamp(node: ir.Node) -> bool:
+    """Relu, or Clip with a constant lower bound >= 0: a UINT8 Q right after it clamps the same."""
+    if node.op_type == "Relu":
+        return True
+    if node.op_type == "Clip" and len(node.inputs) > 1 and node.inputs[1] is not None:
+        low = qir.constant_array(node.inputs[1])
+        return low is not None and low.size == 1 and float(low) >= 0
+    return False
+
+
+def output_to_quantize(node: ir.Node, spec: QuantSpec) -> ir.Value:
+    """The tensor that carries the node's quantized output.
+
+    ``Conv → Relu`` (or ``Clip(0, 6)``) is quantized after the clamp: onnxruntime removes a Relu/Clip
+    that feeds a UINT8 QuantizeLinear whose range starts at 0 and fuses ``DQ → Conv → Q`` into one
+    QLinearConv, and the clamped range wastes no codes on negative values.
+    """
+    out = node.outputs[0]
+    uses = list(out.uses())
+    if spec.symmetric_activations or out.is_graph_output() or len(uses) != 1:
+        return out
+    user = uses[0][0]
+    if uses[0][1] == 0 and _absorbs_clamp(user) and user.graph is node.graph:
+        return user.outputs[0]
+    return out
+
+
+def activation_inputs(node: ir.Node, target: Target) -> list[int]:
+    """Indices of the inputs of a weighted or integer op that are quantized as activations."""
+    if node.op_type in target.weighted_ops:
+        candidates = [0, 1]
+    elif node.op_type in ("Add", "Mul", "Concat"):
+        candidates = range(len(node.inputs))
+    else:
+        candidates = [0]
+    return [i for i in candidates if i < len(node.inputs) and _is_float(node.inputs[i]) and not node.inputs[i].is_initializer()]
+
+
+def constant_operands(node: ir.Node) -> list[int]:
+    """Float constant inputs of Add/Mul: quantized per tensor in the activation type (QLinearAdd/Mul want both sides quantized)."""
+    if node.op_type not in ("Add", "Mul"):
+        return []
+    return [i for i, v in enumerate(node.inputs) if is_float_constant(v)]
+
+
+def _integer_op_usable(node: ir.Node) -> bool:
+    """Concat needs every input quantized with the shared scale: a constant input would break the group."""
+    if node.op_type == "Concat":
+        return all(v is not None and _is_float(v) and not v.is_initializer() for v in node.inputs)
+    return True
+
+
+@dataclasses.dataclass
+class Placement:
+    """Tensors to quantize, in graph order, and their scale groups.
+
+    ``calibrated``: tensors whose range is observed; ``passthrough``: tensors quantized with the
+    group's parameters only (outputs of passthrough ops); ``group_of``: tensor → group root;
+    ``spec_of``: tensor → the spec it is quantized under; ``tables``: group root → the constant
+    table (a Gather's data, e.g. a word embedding) whose parameters the group takes.
+    """
+
+    calibrated: list[str] = dataclasses.field(default_factory=list)
+    passthrough: list[str] = dataclasses.field(default_factory=list)
+    group_of: dict[str, str] = dataclasses.field(default_factory=dict)
+    spec_of: dict[str, QuantSpec] = dataclasses.field(default_factory=dict)
+    tables: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def members(self, name: str) -> list[str]:
+        root = self.group_of.get(name, name)
+        return [t for t, r in self.group_of.items() if r == root] or [name]
+
+
+class _Groups:
+    """Union-find over tensor names."""
+
+    def __init__(self):
+        self.parent: dict[str, str] = {}
+
+    def find(self, name: str) -> str:
+        self.parent.setdefault(name, name)
+        while self.parent[name] != name:
+            self.parent[name] = self.parent[self.parent[name]]
+            name = self.parent[name]
+        return name
+
+    def union(self, a: str, b: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def plan_placement(model: ir.Model, target: Target) -> Placement:
+    """Decide the quantized tensors of ``model`` (main graph) for ``target``."""
+    placement = Placement()
+    calibrated: dict[str, None] = {}
+    passthrough: dict[str, None] = {}
+    groups = _Groups()
+
+    def mark(value: ir.Value, spec: QuantSpec) -> None:
+        if not _is_float(value) or is_dequantized(value) or value.is_initializer() or value.name in passthrough:
+            return
+        calibrated[value.name] = None
+        placement.spec_of.setdefault(value.name, spec)
+
+    nodes = quantized_nodes(model)
+    for node, spec in nodes:
+        if node.op_type in target.passthrough_ops:
+            continue
+        if node.op_type in target.integer_ops and not _integer_op_usable(node):
+            continue
+        for index in activation_inputs(node, target):
+            mark(node.inputs[index], spec)
+        if target.quantize_outputs and (node.op_type in target.integer_ops or node.op_type in target.weighted_ops):
+            out = output_to_quantize(node, spec)
+            if out.uses() and not any(user.op_type == "QuantizeLinear" for user, _ in out.uses()):
+                mark(out, spec)
+        if node.op_type == "Concat" and node.op_type in target.integer_ops:
+            for value in [*node.inputs, node.outputs[0]]:
+                groups.union(node.outputs[0].name, value.name)
+
+    # Passthrough ops carry their input's parameters forward, in graph order so that chains
+    # (Reshape → Transpose → Reshape) pass them along.
+    for node, spec in nodes:
+        if node.op_type not in target.passthrough_ops or not node.inputs or node.inputs[0] is None:
+            continue
+        data = node.inputs[0]
+        table = node.op_type == "Gather" and is_float_constant(data)
+        if not table and data.name not in calibrated and data.name not in passthrough:
+            continue
+        for out in node.outputs:
+            if out is None or not _is_float(out) or not out.uses():
+                continue
+            calibrated.pop(out.name, None)
+            passthrough[out.name] = None
+            placement.spec_of[out.name] = placement.spec_of.get(data.name, spec)
+            groups.union(data.name, out.name)
+        if table:
+            placement.tables[data.name] = data.name
+
+    placement.calibrated = list(calibrated)
+    placement.passthrough = list(passthrough)
+    for name in [*calibrated, *passthrough]:
+        placement.group_of[name] = groups.find(name)
+    placement.tables = {groups.find(name): name for name in placement.tables}
+    return placement
