@@ -18,6 +18,7 @@ __all__ = [
     "constants_model",
     "if_model",
     "detector_neck",
+    "same_padded_conv",
     "embedding_model",
     "random_feed",
 ]
@@ -214,6 +215,28 @@ def detector_neck(seed: int = 0) -> onnx.ModelProto:
         nodes,
         [helper.make_tensor_value_info("x", F, [1, 3, 16, 16])],
         [helper.make_tensor_value_info("y", F, [1, 256, 4])],
+        inits,
+    )
+
+
+def same_padded_conv(seed: int = 0) -> onnx.ModelProto:
+    """TensorFlow-style "same" padding: x[1,3,9,9] → Pad(0 / 1 top-left, 2 bottom-right) → Conv(3x3, stride 2) → Div(6)."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        _init(rng, "W", (4, 3, 3, 3)),
+        _init(rng, "B", (4,), 0.1),
+        numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 2, 2], np.int64), "pads"),
+        numpy_helper.from_array(np.float32(6.0), "six"),
+    ]
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["padded"], name="pad", mode="constant"),
+        helper.make_node("Conv", ["padded", "W", "B"], ["c"], name="conv", strides=[2, 2]),
+        helper.make_node("Div", ["c", "six"], ["y"], name="sixth"),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", F, [1, 3, 9, 9])],
+        [helper.make_tensor_value_info("y", F, [1, 4, 5, 5])],
         inits,
     )
 

@@ -8,6 +8,7 @@ from qonnx.passes import (  # noqa: F401
     fold_batchnorm,
     fold_bias_add,
     fold_constants,
+    fold_pad,
     infer_shapes,
     inline_functions,
     insert_qdq,

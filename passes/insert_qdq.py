@@ -146,6 +146,10 @@ class InsertQDQ(Pass):
                 graph.initializers.pop(value.name, None)
         return ir.passes.PassResult(model, modified)
 
+    def _holds_nonfinite(self, name: str) -> bool:
+        ranges = self.context.analyses.get("ranges")
+        return ranges is not None and any(m in ranges and ranges[m].nonfinite for m in self._placement.members(name))
+
     def _group_range(self, name: str) -> tuple[float, float]:
         ranges = self.context.analyses.get("ranges")
         placement = self._placement
@@ -182,6 +186,11 @@ class InsertQDQ(Pass):
         if any(user.op_type == "QuantizeLinear" for user, _ in value.uses()):
             return False
         if not value.uses():  # only a graph output reads it: a Q/DQ pair would feed nobody
+            return False
+        if self._holds_nonfinite(value.name):
+            # An attention mask's -inf (or -3.4e38) would be clamped to the range's low end, and
+            # masked positions would then get weight in the Softmax: such tensors stay float.
+            logger.info("%s held non-finite values in calibration; left in float", value.name)
             return False
         scale, zero_point = self._params(value.name, spec)
         users = list(value.uses())  # before the Q node below becomes a user too
@@ -282,7 +291,9 @@ class InsertQDQ(Pass):
             q = quant.quantize(weight, scale, zero_point, dtype)
         if self.bias_correction and roles.weight == 1:
             self._correct_bias(graph, node, roles, weight, quant.dequantize(q, scale, np.zeros_like(scale, dtype), axis))
-        dq = self._dequantize_constant(graph, value.name, q, scale, axis)
+        # onnxruntime (1.32) forms QGemm only when the weight's DequantizeLinear names its zero point.
+        zero_point = np.zeros(np.shape(scale), dtype) if node.op_type == "Gemm" else None
+        dq = self._dequantize_constant(graph, value.name, q, scale, axis, zero_point)
         self._dequantized_weights[key] = dq
         node.replace_input_with(roles.weight, dq)
         self._replaced.append(value)

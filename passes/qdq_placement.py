@@ -103,6 +103,37 @@ def _integer_op_usable(node: ir.Node) -> bool:
     return True
 
 
+def _active_integer_ops(nodes: list[tuple[ir.Node, QuantSpec]], target: Target) -> set[ir.Node]:
+    """The integer ops worth quantizing: those whose output reaches a quantized consumer.
+
+    An integer kernel needs a Q on its output; when every reader is float (a residual Add feeding
+    LayerNorm, the model's last Add), that Q would only add rounding, so the op stays float.
+    Readers are followed through passthrough ops. Visited in reverse graph order, so every
+    reader is decided before its producer.
+    """
+    quantized = {node for node, _ in nodes}
+    wants: dict[ir.Node, bool] = {}
+    active: set[ir.Node] = set()
+
+    def reader_wants_quantized(user: ir.Node) -> bool:
+        if user not in quantized:
+            return False
+        if user.op_type in target.weighted_ops:
+            return True
+        return wants.get(user, False)
+
+    for node, _ in reversed(nodes):
+        if node.op_type in target.weighted_ops:
+            continue
+        readers = [user for out in node.outputs if out is not None for user, _ in out.uses()]
+        wants[node] = any(reader_wants_quantized(user) for user in readers)
+        if node.op_type in target.integer_ops and wants[node] and _integer_op_usable(node):
+            active.add(node)
+        elif node.op_type in target.integer_ops:
+            wants[node] = False
+    return active
+
+
 @dataclasses.dataclass
 class Placement:
     """Tensors to quantize, in graph order, and their scale groups.
@@ -157,10 +188,11 @@ def plan_placement(model: ir.Model, target: Target) -> Placement:
         placement.spec_of.setdefault(value.name, spec)
 
     nodes = quantized_nodes(model)
+    active = _active_integer_ops(nodes, target)
     for node, spec in nodes:
         if node.op_type in target.passthrough_ops:
             continue
-        if node.op_type in target.integer_ops and not _integer_op_usable(node):
+        if node.op_type in target.integer_ops and node not in active:
             continue
         for index in activation_inputs(node, target):
             mark(node.inputs[index], spec)

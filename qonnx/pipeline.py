@@ -95,7 +95,7 @@ registry: dict[str, type[Pass]] = {}
 
 # Names that stand for a sequence of passes in a text pipeline.
 aliases: dict[str, str] = {
-    "normalize": "inline-functions,upgrade-opset,constants-to-initializers,fold-constants,infer-shapes,fold-bias-add,fold-batchnorm,div-to-mul,remove-dead",
+    "normalize": "inline-functions,upgrade-opset,constants-to-initializers,fold-constants,infer-shapes,fold-bias-add,fold-batchnorm,fold-pad,div-to-mul,remove-dead",
 }
 
 DEFAULT_PIPELINE = "normalize,resolve-policy,calibrate,observe-means,insert-qdq,remove-dead,finalize,verify"

@@ -9,6 +9,7 @@ models, so 30 dB is a floor that only a broken rewrite falls under.
 import json
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 
@@ -35,14 +36,34 @@ def _modified(records, name):
 
 @pytest.mark.parametrize(
     "make",
-    [tiny.conv_bn_relu, tiny.conv_transpose_bn, tiny.gemm_bn, lambda: tiny.gemm_bn(trans_b=0), tiny.constants_model, tiny.if_model, tiny.matmul_model],
-)
+    [
+        tiny.conv_bn_relu, tiny.conv_transpose_bn, tiny.gemm_bn, lambda: tiny.gemm_bn(trans_b=0), tiny.constants_model,
+        tiny.if_model, tiny.matmul_model, tiny.same_padded_conv, tiny.detector_neck, tiny.embedding_model,
+    ],
+)  # fmt: skip
 def test_normalize_keeps_the_function_and_is_idempotent(make):
     proto = make()
     model, _, _ = run_text(proto, "normalize")
     _same_function(proto, model)
     _, records, _ = run_text(model, "normalize")
     assert not any(r.modified for r in records if r.name != "infer-shapes")
+
+
+def test_zero_pad_folds_into_the_conv_and_division_by_a_constant_becomes_mul():
+    proto = tiny.same_padded_conv()
+    model, records, _ = run_text(proto, "fold-pad,div-to-mul,remove-dead")
+    assert op_types(model) == ["Conv", "Mul"]
+    assert list(model.graph.node(0).attributes.get_ints("pads")) == [1, 1, 2, 2]
+    _same_function(proto, model)
+    assert _modified(records, "fold-pad") == [True] and _modified(records, "div-to-mul") == [True]
+
+
+def test_a_nonzero_pad_stays():
+    proto = tiny.same_padded_conv()
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.float32(1.0), "one"))
+    proto.graph.node[0].input.append("one")
+    model, records, _ = run_text(proto, "fold-pad")
+    assert op_types(model)[0] == "Pad" and _modified(records, "fold-pad") == [False]
 
 
 def test_constants_become_initializers_also_in_subgraphs():

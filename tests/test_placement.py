@@ -152,3 +152,12 @@ def _strip_activation_qdq(model: ir.Model) -> None:
         if node.op_type == "QuantizeLinear":
             for user, _ in list(node.outputs[0].uses()):
                 ir.convenience.replace_all_uses_with(user.outputs[0], node.inputs[0])
+
+
+@pytest.mark.parametrize("trans_b", [1, 0])
+def test_gemm_becomes_qgemm(trans_b):
+    proto = tiny.gemm_bn(trans_b=trans_b)
+    model, _, ctx = run_text(proto, QUANTIZE)
+    assert ctx.notes["fusion"]["integer_kernels"] == {"QGemm": 1} and ctx.notes["fusion"]["unfused"] == []
+    feed = tiny.random_feed(proto, seed=99)
+    assert sqnr_db(outputs(proto, feed)[0], outputs(model, feed)[0]) >= FLOOR_DB
