@@ -139,6 +139,8 @@ class BenchCase:
     eval_data: Callable[[], Any]
     preprocess: ImagePreprocess | None = None
     task_metrics: tuple[TaskMetric, ...] = ()
+    # Transformers: also qonnx --mode dynamic and the anchor's quantize_dynamic (per-channel).
+    dynamic: bool = False
 
 
 def _kit_image_case(name: str, task_metrics: tuple[TaskMetric, ...] = ()) -> BenchCase:
@@ -226,6 +228,7 @@ CASES: dict[str, BenchCase] = {
             calib_data=lambda: _sentence_split("calib"),
             eval_data=lambda: _sentence_split("eval"),
             task_metrics=(embedding_cosine(), neighbour_agreement()),
+            dynamic=True,
         ),
     ]
 }
@@ -258,13 +261,13 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, the best left
 
 
-def quantize_with_qonnx(case_name: str, model_path: str, output_path: str) -> dict[str, Any]:
+def quantize_with_qonnx(case_name: str, model_path: str, output_path: str, mode: str = "static") -> dict[str, Any]:
     import qonnx.api
 
     case = CASES[case_name]
     started = time.perf_counter()
     result = qonnx.api.quantize(
-        model_path, output_path, calib=case.calib_data(), eval_data=case.eval_data(), preprocess=case.preprocess
+        model_path, output_path, calib=case.calib_data(), eval_data=case.eval_data(), preprocess=case.preprocess, mode=mode
     )
     wall_s = time.perf_counter() - started
     timing = result.report.get("timing", {})
@@ -275,7 +278,29 @@ def quantize_with_qonnx(case_name: str, model_path: str, output_path: str) -> di
         "pipeline": result.report.get("pipeline"),
         "self_reported_sqnr_db": {k: v["sqnr_db"] for k, v in fidelity.get("outputs", {}).items()},
         "calibration": result.report.get("calibration"),
+        "fusion": result.report.get("fusion"),
     }
+
+
+def quantize_dynamic_with_onnxruntime(case_name: str, model_path: str, output_path: str) -> dict[str, Any]:
+    """The anchor's best for transformers: quantize_dynamic, per-channel S8 weights, after quant_pre_process."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    started = time.perf_counter()
+    preprocessed = Path(output_path).parent / "preprocessed.onnx"
+    quant_input = model_path
+    try:
+        quant_pre_process(model_path, str(preprocessed))
+        quant_input = str(preprocessed)
+    except Exception:  # as for quantize_static: fall back to the raw model
+        pass
+    quantize_dynamic(quant_input, output_path, per_channel=True, weight_type=QuantType.QInt8)
+    quant_s = time.perf_counter() - started
+    runtime.session(output_path)
+    if preprocessed.exists():
+        preprocessed.unlink()
+    return {"quant_s": quant_s, "quantized_input": "pre-processed" if quant_input != model_path else "raw"}
 
 
 def quantize_with_onnxruntime(
@@ -573,8 +598,12 @@ def bench_case(case: BenchCase, scratch: Path, settings: Settings) -> dict[str, 
         return variant
 
     quantize("qonnx", "qonnx", quantize_with_qonnx)
+    if case.dynamic:
+        quantize("qonnx dynamic", "qonnx", quantize_with_qonnx, "dynamic")
     for method in ANCHOR_METHODS:
         quantize(f"ORT {method}", "anchor", quantize_with_onnxruntime, method, settings.anchor_preprocess)
+    if case.dynamic:
+        quantize("ORT dynamic", "anchor", quantize_dynamic_with_onnxruntime)
 
     progress(f"{case.name}: fidelity on {len(feeds)} held-out samples")
     reference = run_outputs(model_path, feeds)
@@ -765,18 +794,70 @@ def _case_notes(case: dict[str, Any]) -> list[str]:
         found += [f"{attempt} model: failed in {_clip(error)}" for attempt, error in (quant.get("attempt_errors") or {}).items()]
         if quant.get("quantized_input"):
             found.append(f"quantized the {quant['quantized_input']} model")
+        fusion = quant.get("fusion")
+        if fusion:
+            kernels = ", ".join(f"{n} {op}" for op, n in fusion["integer_kernels"].items())
+            islands = ", ".join(f"{n} {op}" for op, n in fusion["float_islands"].items()) or "none"
+            found.append(
+                f"onnxruntime runs {kernels}; {fusion['quantize_linear']} Q and {fusion['dequantize_linear']} DQ left; "
+                f"float islands: {islands}; unfused quantized nodes: {len(fusion['unfused'])}"
+            )
         if quant.get("stray_files"):
             names = sorted({re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "<uuid>", n) for n in quant["stray_files"]})
             found.append(f"left scratch files in its working directory: {', '.join(names)}")
         for note in found:
             variants_by_note.setdefault(note, []).append(row["variant"])
     notes = [f"{', '.join(names)}: {note}" for note, names in variants_by_note.items()]
+    notes += _target_notes(case)
     fp32_ms = next((r["latency_ms"] for r in case["variants"] if r["kind"] == "fp32"), None)
     plan = case["latency_plans"][str(LATENCY_THREADS)]
     return notes + [
         (f"FP32 latency {_fmt(fp32_ms, '.2f')} ms; {plan['timed_runs_per_variant']} timed runs per variant "
         f"in {plan['cycles']} cycles of {plan['runs_per_visit']}")
     ]
+
+
+# The INT8 CPU targets: SQNR above the anchor's best by 3 dB (PP-OCRv4 det: 20 dB absolute), task
+# floors, at least 1.5x FP32's speed and never slower than the anchor, at most 0.28x FP32's size.
+SQNR_MARGIN_DB = 3.0
+SQNR_ABSOLUTE_DB = {"ppocr-det": 20.0}
+TASK_FLOORS = {"efficientnet-lite0": {"top1_agreement": 0.97}, "minilm": {"embedding_cosine": 0.995, "nn_agreement": 0.95}}
+SPEED_FLOOR = 1.5
+SIZE_CEILING = 0.28
+
+
+def _target_notes(case: dict[str, Any]) -> list[str]:
+    """Met / not met, per qonnx variant, against the targets above (speed from the 1-thread figures)."""
+    rows = {r["variant"]: r for r in case["variants"] if r["error"] is None}
+    anchor = rows.get(case["best_anchor"]) if case["best_anchor"] else None
+    notes = []
+    for row in rows.values():
+        if row["kind"] != "qonnx":
+            continue
+        checks = []
+        worst = min(row["sqnr_db"].values()) if row["sqnr_db"] else None
+        if case["model"] in SQNR_ABSOLUTE_DB:
+            floor = SQNR_ABSOLUTE_DB[case["model"]]
+        elif anchor and anchor["sqnr_db"]:
+            floor = min(anchor["sqnr_db"].values()) + SQNR_MARGIN_DB
+        else:
+            floor = None
+        if floor is not None and worst is not None:
+            checks.append((f"SQNR {worst:.1f} ≥ {floor:.1f} dB", worst >= floor))
+        for key, minimum in TASK_FLOORS.get(case["model"], {}).items():
+            if key in row["task"]:
+                checks.append((f"{key} {row['task'][key]:.3f} ≥ {minimum}", row["task"][key] >= minimum))
+        speed, versus = row["steady_speed_vs_fp32"], row["steady_speed_vs_anchor"]
+        if speed is not None:
+            checks.append((f"speed {speed:.2f}x ≥ {SPEED_FLOOR}x FP32", speed >= SPEED_FLOOR))
+        if versus is not None:
+            checks.append((f"speed {versus:.2f}x ≥ 1x anchor", versus >= 1.0))
+        if row["size_vs_fp32"] is not None:
+            checks.append((f"size {row['size_vs_fp32']:.2f} ≤ {SIZE_CEILING}", row["size_vs_fp32"] <= SIZE_CEILING))
+        met = [text for text, ok in checks if ok]
+        missed = [text for text, ok in checks if not ok]
+        notes.append(f"{row['variant']} targets: met {'; '.join(met) or 'none'}; not met {'; '.join(missed) or 'none'}")
+    return notes
 
 
 def markdown(doc: dict[str, Any]) -> str:

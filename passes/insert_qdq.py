@@ -41,7 +41,7 @@ from qonnx.passes.qdq_placement import (
     plan_placement,
     quantized_nodes,
 )
-from qonnx.policy import QuantSpec
+from qonnx.policy import QuantSpec, node_spec
 from qonnx.pipeline import Pass, register
 from qonnx.targets import Target, get_target
 
@@ -129,6 +129,9 @@ class InsertQDQ(Pass):
             value = values.get(name)
             if value is not None:
                 modified |= self._quantize_activation(graph, value, placement.spec_of[name])
+        for name in placement.dynamic:
+            if name in values:
+                modified |= self._quantize_dynamically(graph, values[name])
         for table_root, table in placement.tables.items():
             modified |= self._quantize_table(graph, table, table_root)
         for node, spec in quantized_nodes(model):
@@ -212,6 +215,31 @@ class InsertQDQ(Pass):
             user.replace_input_with(index, dq.outputs[0])
         return True
 
+    def _quantize_dynamically(self, graph: ir.Graph, value: ir.Value) -> bool:
+        """``DQ(DynamicQuantizeLinear(x))`` for the readers of x whose spec is dynamic.
+
+        onnxruntime fuses it with the weight's DequantizeLinear and the MatMul into
+        DynamicQuantizeMatMul; float readers of x keep reading the exact x.
+        """
+        users = [(u, i) for u, i in value.uses() if node_spec(u.metadata_props).dynamic]
+        if not users or is_dequantized(value):
+            return False
+        dynamic = ir.node("DynamicQuantizeLinear", [value], num_outputs=3, name=qir.unique_name(graph, f"{value.name}_DynQ"))
+        for out, suffix, dtype in zip(dynamic.outputs, ("q", "scale", "zp"), (ir.DataType.UINT8, ir.DataType.FLOAT, ir.DataType.UINT8)):
+            out.name, out.dtype = qir.unique_name(graph, f"{value.name}_dyn_{suffix}"), dtype
+        dynamic.outputs[0].shape = value.shape
+        dq = ir.node("DequantizeLinear", list(dynamic.outputs), name=qir.unique_name(graph, f"{value.name}_DQ"))
+        dq.outputs[0].name = qir.unique_name(graph, f"{value.name}_dq")
+        dq.outputs[0].dtype, dq.outputs[0].shape = ir.DataType.FLOAT, value.shape
+        producer = value.producer()
+        if producer is not None:
+            graph.insert_after(producer, [dynamic, dq])
+        else:
+            graph.insert_before(graph.node(0), [dynamic, dq])
+        for user, index in users:
+            user.replace_input_with(index, dq.outputs[0])
+        return True
+
     def _group_initializers_of(self, graph, name, scale, zero_point) -> tuple[ir.Value, ir.Value]:
         """One scale and one zero-point initializer per scale group, shared by all its Q/DQ nodes."""
         root = self._placement.group_of.get(name, name)
@@ -261,8 +289,8 @@ class InsertQDQ(Pass):
     def _input_scale(self, node: ir.Node) -> np.ndarray | None:
         """The scale of the node's first input, once it has its DequantizeLinear."""
         producer = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
-        if producer is None or producer.op_type != "DequantizeLinear":
-            return None
+        if producer is None or producer.op_type != "DequantizeLinear" or producer.inputs[1].const_value is None:
+            return None  # not quantized, or quantized at run time
         return producer.inputs[1].const_value.numpy()
 
     def _quantize_weight(self, graph: ir.Graph, node: ir.Node, roles: NodeRoles, spec: QuantSpec) -> bool:

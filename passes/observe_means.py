@@ -29,8 +29,8 @@ __all__ = ["ObserveMeans", "correctable_nodes"]
 def correctable_nodes(model: ir.Model) -> list[ir.Node]:
     """INT8 Conv and plain Gemm nodes with a constant weight: the ops whose bias can absorb the shift."""
     nodes = []
-    for node, _ in quantized_nodes(model):
-        if len(node.inputs) < 2 or not is_float_constant(node.inputs[1]) or len(node.inputs[1].uses()) != 1:
+    for node, spec in quantized_nodes(model):
+        if spec.dynamic or len(node.inputs) < 2 or not is_float_constant(node.inputs[1]) or len(node.inputs[1].uses()) != 1:
             continue
         if node.op_type == "Conv":
             nodes.append(node)

@@ -111,13 +111,13 @@ def _active_integer_ops(nodes: list[tuple[ir.Node, QuantSpec]], target: Target) 
     Readers are followed through passthrough ops. Visited in reverse graph order, so every
     reader is decided before its producer.
     """
-    quantized = {node for node, _ in nodes}
+    static = {node for node, spec in nodes if not spec.dynamic}
     wants: dict[ir.Node, bool] = {}
     active: set[ir.Node] = set()
 
     def reader_wants_quantized(user: ir.Node) -> bool:
-        if user not in quantized:
-            return False
+        if user not in static:
+            return False  # float, or quantizing its own inputs at run time
         if user.op_type in target.weighted_ops:
             return True
         return wants.get(user, False)
@@ -138,13 +138,15 @@ def _active_integer_ops(nodes: list[tuple[ir.Node, QuantSpec]], target: Target) 
 class Placement:
     """Tensors to quantize, in graph order, and their scale groups.
 
-    ``calibrated``: tensors whose range is observed; ``passthrough``: tensors quantized with the
+    ``calibrated``: tensors whose range is observed; ``dynamic``: activations of nodes with a
+    dynamic spec, quantized at run time for those nodes only; ``passthrough: tensors quantized with the
     group's parameters only (outputs of passthrough ops); ``group_of``: tensor → group root;
     ``spec_of``: tensor → the spec it is quantized under; ``tables``: group root → the constant
     table (a Gather's data, e.g. a word embedding) whose parameters the group takes.
     """
 
     calibrated: list[str] = dataclasses.field(default_factory=list)
+    dynamic: list[str] = dataclasses.field(default_factory=list)
     passthrough: list[str] = dataclasses.field(default_factory=list)
     group_of: dict[str, str] = dataclasses.field(default_factory=dict)
     spec_of: dict[str, QuantSpec] = dataclasses.field(default_factory=dict)
@@ -189,8 +191,15 @@ def plan_placement(model: ir.Model, target: Target) -> Placement:
 
     nodes = quantized_nodes(model)
     active = _active_integer_ops(nodes, target)
+    dynamic: dict[str, None] = {}
     for node, spec in nodes:
         if node.op_type in target.passthrough_ops:
+            continue
+        if spec.dynamic:
+            for index in activation_inputs(node, target):
+                value = node.inputs[index]
+                if not is_dequantized(value):
+                    dynamic[value.name] = None
             continue
         if node.op_type in target.integer_ops and node not in active:
             continue
@@ -224,6 +233,7 @@ def plan_placement(model: ir.Model, target: Target) -> Placement:
             placement.tables[data.name] = data.name
 
     placement.calibrated = list(calibrated)
+    placement.dynamic = list(dynamic)
     placement.passthrough = list(passthrough)
     for name in [*calibrated, *passthrough]:
         placement.group_of[name] = groups.find(name)

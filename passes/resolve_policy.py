@@ -71,7 +71,7 @@ class ResolvePolicy(Pass):
         self.target = get_target(self.context.target)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        policy = load_policy(self.policy_path) if self.policy_path else self.target.policy(self.context.precision)
+        policy = load_policy(self.policy_path) if self.policy_path else self.target.policy(self.context.precision, self.context.mode)
         modified = qir.name_unnamed_nodes(model)
         plan = _Plan()
         for node in model.graph:

@@ -84,7 +84,7 @@ def _node_formats(model: ir.Model) -> dict[str, dict[str, Any]]:
     formats = {name: specs.get(spec_id, {"format": spec_id})["format"] for name, spec_id in plan.get("nodes", {}).items()}
     result = {}
     for index, node in enumerate(model.graph):
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"):
             continue
         name = node.name or f"{node.op_type}_{index}"
         entry = {"op_type": node.op_type, "format": formats.get(name, "float")}
@@ -114,6 +114,7 @@ def quantize(
     eval_data: Data | None = None,
     precision: str = "int8",
     target: str = "cpu",
+    mode: str = "static",
     samples: int | None = None,
     pipeline: str | None = None,
     policy: str | os.PathLike | None = None,
@@ -155,7 +156,9 @@ def quantize(
     steps = parse_pipeline(pipeline or DEFAULT_PIPELINE)
     if policy is not None and not Path(policy).is_file():
         raise UserError(f"policy file not found: {policy}")
-    context = Context(target=target, precision=precision, policy=None if policy is None else str(policy), calib=calib_source, samples=samples, progress=progress, debug=debug)
+    if mode not in ("static", "dynamic"):
+        raise UserError(f"unknown mode {mode!r}; known modes: static, dynamic")
+    context = Context(target=target, precision=precision, mode=mode, policy=None if policy is None else str(policy), calib=calib_source, samples=samples, progress=progress, debug=debug)
     passes = build(steps, context)
     verify = None
     if debug:
@@ -178,6 +181,7 @@ def quantize(
         "output": _model_facts(output_path, quantized),
         "target": target,
         "precision": precision,
+        "mode": mode,
         "pipeline": ",".join(str(s) for s in steps),
         "passes": [r.to_dict() for r in records],
         "calibration": context.notes.get("calibration"),

@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--eval", dest="eval_data", help="held-out data for fidelity (default: last quarter of --calib)")
     q.add_argument("--precision", default="int8", choices=["int8"])
     q.add_argument("--target", default="cpu", choices=["cpu", "tensorrt"])
+    q.add_argument(
+        "--mode",
+        default="static",
+        choices=["static", "dynamic"],
+        help="static: calibrated activation ranges (default); dynamic: MatMul activations quantized at run time, no calibration data needed",
+    )
     q.add_argument("--samples", type=int, help="use at most N calibration samples")
     q.add_argument("--report", type=Path, help="write the JSON report here")
     q.add_argument("--pipeline", help="text pipeline, e.g. 'normalize,resolve-policy,calibrate,insert-qdq,verify'")
@@ -123,6 +129,7 @@ def _quantize(args) -> int:
         eval_data=args.eval_data,
         precision=args.precision,
         target=args.target,
+        mode=args.mode,
         samples=args.samples,
         pipeline=args.pipeline,
         policy=args.policy,

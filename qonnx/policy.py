@@ -30,7 +30,9 @@ class QuantSpec:
 
     ``format`` "int8" quantizes inputs through QuantizeLinear/DequantizeLinear: activations as
     ``activation_dtype`` (asymmetric unless ``symmetric_activations``), weights as symmetric
-    ``weight_dtype``, per output channel when ``per_channel``.
+    ``weight_dtype``, per output channel when ``per_channel``. ``dynamic`` activations are
+    quantized at run time from each input's own min/max (DynamicQuantizeLinear, always UINT8
+    asymmetric) instead of calibrated ranges.
     """
 
     format: Format = "float"
@@ -38,6 +40,7 @@ class QuantSpec:
     weight_dtype: Literal["int8"] = "int8"
     symmetric_activations: bool = False
     per_channel: bool = True
+    dynamic: bool = False
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self), globalns={"Literal": Literal, "Format": Format})

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 
 from qonnx.errors import UserError
-from qonnx.policy import MixedPrecisionPolicy, QuantSpec
+from qonnx.policy import MixedPrecisionPolicy, QuantSpec, Rule
 
 __all__ = ["Target", "TARGETS", "get_target", "WEIGHT_AXIS_OPS"]
 
@@ -56,10 +56,23 @@ class Target:
     def quantized_ops(self) -> tuple[str, ...]:
         return self.weighted_ops + self.integer_ops + self.passthrough_ops
 
-    def policy(self, precision: str) -> MixedPrecisionPolicy:
-        if precision == "int8":
+    def policy(self, precision: str, mode: str = "static") -> MixedPrecisionPolicy:
+        """The default policy: every op the target quantizes, in INT8.
+
+        ``mode="dynamic"``: MatMul activations quantized at run time (onnxruntime fuses
+        ``DynamicQuantizeLinear → DQ → MatMul`` into DynamicQuantizeMatMul), Gather tables stored in
+        8 bits; everything else, convolutions included, stays float and needs no calibration.
+        """
+        if precision != "int8":
+            raise UserError(f"precision {precision!r} is not supported yet for target {self.name!r} (supported: int8)")
+        if mode == "static":
             return MixedPrecisionPolicy.for_ops(self.quantized_ops, self.int8)
-        raise UserError(f"precision {precision!r} is not supported yet for target {self.name!r} (supported: int8)")
+        if mode == "dynamic":
+            dynamic = dataclasses.replace(self.int8, activation_dtype="uint8", symmetric_activations=False, dynamic=True)
+            policy = MixedPrecisionPolicy.for_ops(("MatMul",), dynamic)
+            policy.rules.append(Rule(self.int8, op_type="Gather"))
+            return policy
+        raise UserError(f"unknown mode {mode!r}; known modes: static, dynamic")
 
 
 TARGETS = {

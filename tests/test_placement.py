@@ -13,7 +13,9 @@ from qonnx.fusion import check_fusion
 from qonnx.metrics import sqnr_db
 from qonnx.models import tiny
 
-from conftest import outputs, run_text
+from qonnx.pipeline import Context, build, parse_pipeline, run_pipeline
+
+from conftest import outputs, run_text, to_ir
 
 QUANTIZE = "normalize,resolve-policy,calibrate,observe-means,insert-qdq,remove-dead,finalize,verify"
 FLOOR_DB = 25.0
@@ -161,3 +163,22 @@ def test_gemm_becomes_qgemm(trans_b):
     assert ctx.notes["fusion"]["integer_kernels"] == {"QGemm": 1} and ctx.notes["fusion"]["unfused"] == []
     feed = tiny.random_feed(proto, seed=99)
     assert sqnr_db(outputs(proto, feed)[0], outputs(model, feed)[0]) >= FLOOR_DB
+
+
+def test_dynamic_mode_quantizes_matmuls_at_run_time_without_calibration_data():
+    proto = tiny.matmul_model()
+    model = to_ir(proto)
+    ctx = Context(mode="dynamic")  # no calibration data at all
+    run_pipeline(model, build(parse_pipeline(QUANTIZE), ctx), ctx)
+    fusion = ctx.notes["fusion"]
+    assert fusion["integer_kernels"] == {"DynamicQuantizeMatMul": 2} and fusion["unfused"] == []
+    feed = tiny.random_feed(proto, seed=5)
+    assert sqnr_db(outputs(proto, feed)[0], outputs(model, feed)[0]) >= FLOOR_DB
+
+
+def test_dynamic_mode_still_stores_gather_tables_in_eight_bits():
+    model = to_ir(tiny.embedding_model())
+    ctx = Context(mode="dynamic")
+    run_pipeline(model, build(parse_pipeline(QUANTIZE), ctx), ctx)
+    assert "table" not in model.graph.initializers
+    assert _node(model, "MatMul").inputs[0].producer().inputs[0].producer().op_type == "DynamicQuantizeLinear"
