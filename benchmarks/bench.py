@@ -141,9 +141,11 @@ class BenchCase:
     task_metrics: tuple[TaskMetric, ...] = ()
     # Transformers: also qonnx --mode dynamic and the anchor's quantize_dynamic (per-channel).
     dynamic: bool = False
+    # Where pure INT8 falls short: rank the nodes whose activations cost most (qonnx --sensitivity).
+    sensitivity: int = 0
 
 
-def _kit_image_case(name: str, task_metrics: tuple[TaskMetric, ...] = ()) -> BenchCase:
+def _kit_image_case(name: str, task_metrics: tuple[TaskMetric, ...] = (), sensitivity: int = 0) -> BenchCase:
     entry = KIT[name]
     return BenchCase(
         name=name,
@@ -153,6 +155,7 @@ def _kit_image_case(name: str, task_metrics: tuple[TaskMetric, ...] = ()) -> Ben
         eval_data=lambda: photo_folders()[1],
         preprocess=entry.preprocess,
         task_metrics=task_metrics,
+        sensitivity=sensitivity,
     )
 
 
@@ -206,7 +209,7 @@ CASES: dict[str, BenchCase] = {
     case.name: case
     for case in [
         _kit_image_case("yolov8n"),
-        _kit_image_case("ppocr-det"),
+        _kit_image_case("ppocr-det", sensitivity=2),
         _kit_image_case("ppocr-cls", task_metrics=(top1_agreement(),)),
         _kit_image_case("ppocr-rec"),
         BenchCase(
@@ -267,7 +270,8 @@ def quantize_with_qonnx(case_name: str, model_path: str, output_path: str, mode:
     case = CASES[case_name]
     started = time.perf_counter()
     result = qonnx.api.quantize(
-        model_path, output_path, calib=case.calib_data(), eval_data=case.eval_data(), preprocess=case.preprocess, mode=mode
+        model_path, output_path, calib=case.calib_data(), eval_data=case.eval_data(), preprocess=case.preprocess, mode=mode,
+        sensitivity=case.sensitivity if mode == "static" else 0,
     )
     wall_s = time.perf_counter() - started
     timing = result.report.get("timing", {})
@@ -279,6 +283,7 @@ def quantize_with_qonnx(case_name: str, model_path: str, output_path: str, mode:
         "self_reported_sqnr_db": {k: v["sqnr_db"] for k, v in fidelity.get("outputs", {}).items()},
         "calibration": result.report.get("calibration"),
         "fusion": result.report.get("fusion"),
+        "sensitivity": result.report.get("sensitivity"),
     }
 
 
@@ -801,6 +806,14 @@ def _case_notes(case: dict[str, Any]) -> list[str]:
             found.append(
                 f"onnxruntime runs {kernels}; {fusion['quantize_linear']} Q and {fusion['dequantize_linear']} DQ left; "
                 f"float islands: {islands}; unfused quantized nodes: {len(fusion['unfused'])}"
+            )
+        sensitivity = quant.get("sensitivity")
+        if sensitivity:
+            worst = ", ".join(f"{e['node']} {e['sqnr_db']:.1f} dB" for e in sensitivity["nodes"][:5])
+            found.append(
+                f"activations cost the most fidelity at (output SQNR with only that node's activations in 8 bits, "
+                f"weights-only {sensitivity['weights_only_db']:.1f} dB, all {sensitivity['all_db']:.1f} dB, "
+                f"{sensitivity['samples']} samples): {worst}"
             )
         if quant.get("stray_files"):
             names = sorted({re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "<uuid>", n) for n in quant["stray_files"]})

@@ -121,6 +121,7 @@ def quantize(
     preprocess: ImagePreprocess | None = None,
     report: str | os.PathLike | None = None,
     latency: bool = False,
+    sensitivity: int = 0,
     debug: bool = False,
     progress: bool = False,
     dump_after: Iterable[str] = (),
@@ -194,7 +195,12 @@ def quantize(
     if eval_source is not None:
         doc["fidelity"] = evaluate_fidelity(model_path, output_path, eval_source)
         doc["fidelity"]["held_out"] = not eval_on_calibration
-    fidelity_s = time.perf_counter() - t0
+    if sensitivity and eval_source is not None:
+        from qonnx.sensitivity import activation_sensitivity
+
+        feeds = [eval_source[i] for i in range(min(sensitivity, len(eval_source)))]
+        doc["sensitivity"] = activation_sensitivity(model_path, quantized, feeds, progress=progress)
+    fidelity_s = time.perf_counter() - t0  # measuring, not quantizing
     if latency and eval_source is not None:
         feed = eval_source[0]
         fp32 = runtime.measure_latency(model_path, feed)

@@ -73,6 +73,13 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--layout", default="NCHW", choices=["NCHW", "NHWC"])
     q.add_argument("--bgr", action="store_true", help="feed images in BGR channel order")
     q.add_argument("--latency", action="store_true", help="also time FP32 and quantized models (2 threads)")
+    q.add_argument(
+        "--sensitivity",
+        type=int,
+        default=0,
+        metavar="N",
+        help="rank the weighted nodes whose 8-bit activations cost most fidelity, on N held-out samples (one session per node)",
+    )
     q.add_argument("--dump-after", action="append", default=[], metavar="PASS", help="save the model after PASS")
     q.add_argument("--seed", type=int, default=0, help="seed for --calib random")
     q.add_argument("--debug", action="store_true", help="verify after every pass; show tracebacks")
@@ -136,6 +143,7 @@ def _quantize(args) -> int:
         preprocess=ImagePreprocess(size=args.size, mean=args.mean, std=args.std, layout=args.layout, bgr=args.bgr),
         report=args.report,
         latency=args.latency,
+        sensitivity=args.sensitivity,
         debug=args.debug,
         progress=not args.quiet and sys.stderr.isatty(),
         dump_after=args.dump_after,

@@ -52,6 +52,14 @@ def summary_table(report: dict[str, Any]) -> str:
         lines.append(f"fidelity   on {fidelity['samples']} held-out samples ({fidelity['data']})")
         for name, m in fidelity["outputs"].items():
             lines.append(f"  {name:<30} SQNR {m['sqnr_db']:7.2f} dB   cosine {m['cosine']:.5f}")
+    sensitivity = report.get("sensitivity")
+    if sensitivity:
+        lines.append(
+            f"activations weights only {sensitivity['weights_only_db']:.1f} dB, all {sensitivity['all_db']:.1f} dB; "
+            "one node's activations at a time, worst first:"
+        )
+        for entry in sensitivity["nodes"][:5]:
+            lines.append(f"  {entry['node']:<30} {entry['op_type']:<8} {entry['sqnr_db']:7.2f} dB")
     latency = report.get("latency")
     if latency:
         lines.append(

@@ -406,3 +406,29 @@ def test_policy_file_keeps_named_nodes_float(inproc, tmp_path, model_path, calib
 def test_missing_policy_file_is_a_user_error(inproc, tmp_path, model_path, calib_npz):
     result = inproc("quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", calib_npz, "--policy", tmp_path / "none.json")
     _assert_user_error(result, "policy file not found")
+
+
+def test_quantize_reports_fusion_and_sensitivity(inproc, tmp_path, model_path, calib_npz):
+    report_path = tmp_path / "r.json"
+    result = inproc("quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", calib_npz, "--report", report_path, "--sensitivity", "2")
+    assert result.rc == 0, result.err
+    report = json.loads(report_path.read_text())
+    assert report["fusion"]["integer_kernels"]["QLinearConv"] == 3 and report["fusion"]["unfused"] == []
+    sensitivity = report["sensitivity"]
+    assert sensitivity["samples"] == 2 and {e["node"] for e in sensitivity["nodes"]} == {"conv0", "conv1", "conv2"}
+    # One node's 8-bit activations cost no more than all of them together (5 dB of slack for rounding noise).
+    assert all(e["sqnr_db"] >= sensitivity["all_db"] - 5 for e in sensitivity["nodes"])
+    assert "fusion" in result.out and "one node's activations at a time" in result.out
+
+
+def test_quantize_dynamic_mode_writes_a_run_time_quantized_model(inproc, tmp_path, calib_npz):
+    path = tmp_path / "mm.onnx"
+    onnx.save(tiny.matmul_model(), str(path))
+    feeds = tmp_path / "mm.npz"
+    np.savez(feeds, x=np.random.default_rng(0).standard_normal((8, 1, 4, 16)).astype(np.float32))
+    report_path = tmp_path / "r.json"
+    result = inproc("quantize", path, "-o", tmp_path / "q.onnx", "--calib", feeds, "--mode", "dynamic", "--report", report_path)
+    assert result.rc == 0, result.err
+    report = json.loads(report_path.read_text())
+    assert report["mode"] == "dynamic" and report["fusion"]["integer_kernels"] == {"DynamicQuantizeMatMul": 2}
+    assert "DynamicQuantizeLinear" in {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
