@@ -101,11 +101,13 @@ class StreamingHistogram:
         lo = float(values.min()) if lo is None else lo
         hi = float(values.max()) if hi is None else hi
         self._fit(lo, hi)
-        # values * 2**-e is exact in float32 and |.| <= 2**20, so floor and the integer cast are exact.
+        # values * 2**-e is exact and |.| <= 2**20, so floor and the integer cast are exact. Scaling
+        # down (e > 0) could flush a tiny negative value to -0.0 in float32: float64 then.
         # Chunks keep the scratch arrays in cache.
-        inverse = np.float32(math.ldexp(1.0, -self.exponent))
+        scratch = np.float64 if self.exponent > 0 else np.float32
+        inverse = scratch(math.ldexp(1.0, -self.exponent))
         size = min(values.size, _CHUNK)
-        scaled, index = np.empty(size, np.float32), np.empty(size, np.int64)
+        scaled, index = np.empty(size, scratch), np.empty(size, np.int64)
         for begin in range(0, values.size, _CHUNK):
             chunk = values[begin : begin + _CHUNK]
             f, i = scaled[: chunk.size], index[: chunk.size]

@@ -336,25 +336,22 @@ class HistogramObserver(Observer):
         return max(self.histogram.lo, -threshold), min(self.histogram.hi, threshold)
 
 
-def _quantile(counts: np.ndarray, first_edge: float, width: float, q: float) -> float:
-    """The value below which a fraction ``q`` of the histogram lies, linear inside a bin."""
+def _quantile_bin(counts: np.ndarray, q: float) -> int:
+    """The bin in which the fraction ``q`` of the histogram's count is reached."""
     cumulative = np.cumsum(counts, dtype=np.float64)
-    total = cumulative[-1]
-    target = q * total
-    k = int(np.searchsorted(cumulative, target, side="left"))
+    k = int(np.searchsorted(cumulative, q * cumulative[-1], side="left"))
     k = min(k, counts.size - 1)
     while k < counts.size - 1 and counts[k] == 0:  # land on a bin that holds something
         k += 1
-    before = cumulative[k] - counts[k]
-    fraction = 0.0 if counts[k] == 0 else min(max((target - before) / counts[k], 0.0), 1.0)
-    return first_edge + (k + fraction) * width
+    return k
 
 
 class PercentileObserver(HistogramObserver):
     """Percentiles of the streamed values.
 
     Two-sided (default): ``hi = Q(P / 100)``, ``lo = Q(1 - P / 100)``, with ``Q`` the quantile
-    function of the histogram, linear inside a bin (so a post-ReLU tensor keeps ``lo = 0``).
+    read off the histogram, rounded outwards to the edge of its bin (so it is within one bin of the
+    exact quantile, never clips more than ``P`` says, and a post-ReLU tensor keeps ``lo = 0``).
     Symmetric: ``t = Q_|x|(P / 100)``, the quantile of the magnitudes, and ``(-t, t)``.
     Both ends move monotonically with ``P``; ``P = 100`` gives the exact extremes.
     """
@@ -372,13 +369,19 @@ class PercentileObserver(HistogramObserver):
 
     def _range(self) -> tuple[float, float]:
         h, q = self.histogram, self.percentile / 100
+        if q == 1:
+            t = max(abs(h.lo), abs(h.hi))
+            return (-t, t) if self.symmetric else (h.lo, h.hi)
         if self.symmetric:
             counts, width = h.folded()
-            t = _quantile(counts, 0.0, width, q) if q < 1 else max(abs(h.lo), abs(h.hi))
+            t = (_quantile_bin(counts, q) + 1) * width
             return -t, t
-        hi = _quantile(h.counts, h.start * h.width, h.width, q) if q < 1 else h.hi
-        lo = _quantile(h.counts, h.start * h.width, h.width, 1 - q) if q < 1 else h.lo
+        hi = (h.start + _quantile_bin(h.counts, q) + 1) * h.width
+        lo = (h.start + _quantile_bin(h.counts, 1 - q)) * h.width
         return lo, hi
+
+
+_KL_TIE = 1e-9  # divergences closer than this are equal (they are sums of ~n terms rounded)
 
 
 def kl_threshold_bins(histogram: np.ndarray, quantized_bins: int = 128) -> int:
@@ -426,7 +429,9 @@ def kl_threshold_bins(histogram: np.ndarray, quantized_bins: int = 128) -> int:
         cross = np.where(p_mass > 0, p_mass * q_log, 0.0)
         cross = np.where((p_mass > 0) & (sums == 0), -np.inf, cross).sum(axis=1)
     divergence = (p_log_p - cross) / total - math.log(total)
-    return int(i[np.argmin(divergence)])
+    # Ties (equal up to rounding) go to the fewest bins, the finest resolution.
+    best = divergence.min()
+    return int(i[np.argmax(divergence <= best + _KL_TIE)])
 
 
 class EntropyObserver(HistogramObserver):
