@@ -440,14 +440,16 @@ def test_batch_size_and_memory_budget_reach_the_report(inproc, tmp_path, calib_n
 
 
 def _strict_conv(path: Path) -> Path:
-    """x[n, 3, h, w] → Conv 3x3 without padding → Relu: onnxruntime refuses images under 3x3."""
+    """x[n, 3, h, w] → Conv 3x3 without padding → Relu → Conv 1x1: onnxruntime refuses images under 3x3."""
     w = onnx.numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "W")
+    w2 = onnx.numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "W2")
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Conv", ["x", "W"], ["c"], name="conv"), onnx.helper.make_node("Relu", ["c"], ["y"], name="relu")],
+        [onnx.helper.make_node("Conv", ["x", "W"], ["c"], name="conv"), onnx.helper.make_node("Relu", ["c"], ["r"], name="relu"),
+         onnx.helper.make_node("Conv", ["r", "W2"], ["y"], name="conv2")],
         "strict",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3, "h", "w"])],
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
-        [w],
+        [w, w2],
     )
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)]), str(path))
     return path
