@@ -9,18 +9,23 @@ dimension is dynamic (a model with a static batch dimension refuses ``batch_size
 whose shape differs from the batch being built (other sequence length, other image size) starts a
 new batch, so variable shapes need no padding.
 
+Overlap: onnxruntime computes batch ``k + 1`` in a background thread (it releases the GIL) while
+the observers take in batch ``k``, so at most two batches of tapped outputs are alive at once.
+
 Memory budget: the first sample runs alone with every tensor tapped, which measures the bytes each
-tensor takes per row of batch. When the tapped outputs of one batch would exceed ``memory_budget``
-bytes, the tensors are split into groups that fit, and the remaining samples go through one
-session per group (one pass over the data each) rather than holding batches. Observers are
-independent of batching, so the table is the same whichever way the work is split.
+tensor takes per row of batch. When the tapped outputs of two batches would exceed
+``memory_budget`` bytes, the tensors are split into groups that fit, and the remaining samples go
+through one session per group (one pass over the data each) rather than holding batches.
+Observers are independent of batching, so the table is the same whichever way the work is split.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import re
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -124,6 +129,50 @@ def _check_batchable(model: ir.Model, batch_size: int) -> None:
             )
 
 
+_IN_FLIGHT = 2  # batches whose tapped outputs may be alive at once (one observed, one computed)
+
+
+def _ahead(produce: Iterator[Any]) -> Iterator[Any]:
+    """The items of ``produce``, computed one ahead in a background thread.
+
+    The consumer's ``next()`` after an item means it is done with it: at most ``_IN_FLIGHT`` items
+    exist at any time. An exception in the producer is raised in the consumer.
+    """
+    slots = threading.Semaphore(_IN_FLIGHT)
+    handoff: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    done = object()
+
+    def work():
+        try:
+            while True:
+                slots.acquire()
+                if stop.is_set():
+                    return
+                item = next(produce, done)
+                handoff.put((item, None))
+                if item is done:
+                    return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            handoff.put((done, exc))
+
+    thread = threading.Thread(target=work, name="qonnx-calibration", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = handoff.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+            slots.release()
+    finally:
+        stop.set()
+        slots.release()
+        thread.join()
+
+
 def _run(session: runtime.Session, feed: Mapping[str, np.ndarray], names: Sequence[str], samples: list[int]) -> dict:
     try:
         return session.run(feed, names) if names else {}
@@ -176,11 +225,11 @@ def collect_ranges(
     per_row = {name: -(-outputs[name].nbytes // rows) for name in tapped}
     del outputs
     batch_rows = rows * batch_size
-    groups = plan_groups({name: size * batch_rows for name, size in per_row.items()}, budget) or [[]]
+    groups = plan_groups({name: size * batch_rows * _IN_FLIGHT for name, size in per_row.items()}, budget) or [[]]
     if len(groups) > 1:
         logger.info(
-            "tapped outputs of a batch take %.1f MiB, over the %.1f MiB budget: %d passes over the data",
-            sum(per_row.values()) * batch_rows / 2**20, budget / 2**20, len(groups),
+            "tapped outputs of %d batches take %.1f MiB, over the %.1f MiB budget: %d passes over the data",
+            _IN_FLIGHT, sum(per_row.values()) * batch_rows * _IN_FLIGHT / 2**20, budget / 2**20, len(groups),
         )
         session = None  # the next group's session replaces it
     label = "calibrating" if len(groups) == 1 else "calibrating, pass {} of " + str(len(groups))
@@ -193,11 +242,13 @@ def collect_ranges(
         with Progress(total, label.format(number + 1), enabled=progress) as bar:
             if number == 0:
                 bar.advance()
-            for indices, feed in _batches(source, rest, batch_size, hasher if number == 0 else None):
-                outputs = _run(session, feed, [n for n in names if n not in graph_inputs], indices)
+            fetch = [n for n in names if n not in graph_inputs]
+            batches = _batches(source, rest, batch_size, hasher if number == 0 else None)
+            computed = ((indices, feed, _run(session, feed, fetch, indices)) for indices, feed in batches)
+            for indices, feed, outputs in _ahead(computed):
                 observe(feed, outputs, names)
-                del outputs
                 bar.advance(len(indices))
+                del feed, outputs
         session = None
 
     ranges = {}

@@ -506,17 +506,25 @@ class MSEObserver(HistogramObserver):
         occupied = np.nonzero(h.counts)[0]
         n = h.counts[occupied].astype(np.float64)
         centres = np.clip((occupied + h.start + 0.5) * h.width, h.lo, h.hi)
-        alpha = np.arange(1, self.steps + 1, dtype=np.float64)[:, None] / self.steps
+        alpha = np.arange(1, self.steps + 1, dtype=np.float64) / self.steps
         if grid.symmetric:
             m = max(abs(h.lo), abs(h.hi))
             lo, hi = -alpha * m, alpha * m
         else:
             lo, hi = alpha * min(h.lo, 0.0), alpha * max(h.hi, 0.0)
         step = (hi - lo) / (grid.levels - 1)
-        clipped = np.maximum(lo - centres, 0.0) + np.maximum(centres - hi, 0.0)
-        error = np.where(clipped > 0, clipped**2, step**2 / 12.0) @ n
+        # Prefix sums of n, n·c and n·c² turn each candidate's sums over the clipped bins (below lo,
+        # above hi) into differences: Σ n (c - t)² = Σ n c² - 2 t Σ n c + t² Σ n.
+        zero = np.zeros(1)
+        s0, s1, s2 = (np.concatenate([zero, np.cumsum(n * centres**k)]) for k in (0, 1, 2))
+        below = np.searchsorted(centres, lo, side="left")  # bins [0, below) have c < lo
+        above = np.searchsorted(centres, hi, side="right")  # bins [above, M) have c > hi
+        low_cost = s2[below] - 2 * lo * s1[below] + lo**2 * s0[below]
+        high_cost = (s2[-1] - s2[above]) - 2 * hi * (s1[-1] - s1[above]) + hi**2 * (s0[-1] - s0[above])
+        inside = s0[above] - s0[below]
+        error = low_cost + high_cost + inside * step**2 / 12.0
         best = int(np.argmin(error))
-        return float(lo[best, 0]), float(hi[best, 0])
+        return float(lo[best]), float(hi[best])
 
 
 OBSERVERS: dict[str, type[Observer]] = {
