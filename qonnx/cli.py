@@ -102,7 +102,7 @@ def _random_feeds(model_path: Path, count: int, seed: int):
     import numpy as np
 
     from qonnx import ir as qir
-    from qonnx.calib.sources import input_specs
+    from qonnx.calib.sources import ListSource, input_specs
 
     specs = input_specs(qir.load(model_path))
     rng = np.random.default_rng(seed)
@@ -114,7 +114,9 @@ def _random_feeds(model_path: Path, count: int, seed: int):
                 raise UserError(f"--calib random needs static input shapes; {spec.name!r} is {list(spec.shape or [])}")
             feed[spec.name] = rng.standard_normal(spec.shape).astype(spec.dtype)
         feeds.append(feed)
-    return feeds
+    source = ListSource(feeds, specs)
+    source.description = f"{count} random standard-normal feeds (seed {seed}): uncalibrated"
+    return source
 
 
 def _quantize(args) -> int:

@@ -247,6 +247,7 @@ def test_quantize_random_calibration(qonnx_cmd, tmp_path, model_path):
     _check_quantized_model(out)
     report = json.loads(report_path.read_text())
     assert report["uncalibrated"] is True
+    assert "random" in report["calibration"]["data"]  # also in a range table saved from this run
 
 
 def test_quantize_random_calibration_needs_static_shapes(inproc, tmp_path):
