@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench bench-calib clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ $(BENCH_INSTALLED): $(INSTALLED)
 
 bench: $(BENCH_INSTALLED)
 	$(PY) benchmarks/bench.py --out benchmarks/results
+	$(PY) benchmarks/calib_bench.py --out benchmarks/results
+
+# Calibration time and memory beside onnxruntime's calibrators (about 20 minutes on 2 cores).
+bench-calib: $(INSTALLED)
+	$(PY) benchmarks/calib_bench.py --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

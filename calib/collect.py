@@ -1,27 +1,184 @@
 """Range collection: run calibration samples through onnxruntime and feed the observers.
 
-One session over the model with the needed tensors added as outputs, one run per sample, each
-observer updated as its tensor arrives; nothing of a batch is kept after its observers saw it, so
-memory does not grow with the number of samples.
+The model runs with the tensors to calibrate added as graph outputs, one ``session.run`` per batch,
+each observer updated as its tensor arrives; nothing of a batch is kept once its observers saw it,
+so memory does not grow with the number of samples.
+
+Batches: ``batch_size`` consecutive samples are concatenated along axis 0 when every input's first
+dimension is dynamic (a model with a static batch dimension refuses ``batch_size > 1``); a sample
+whose shape differs from the batch being built (other sequence length, other image size) starts a
+new batch, so variable shapes need no padding.
+
+Overlap: onnxruntime computes batch ``k + 1`` in a background thread (it releases the GIL) while
+the observers take in batch ``k``, so at most two batches of tapped outputs are alive at once.
+
+Memory budget: the first sample runs alone with every tensor tapped, which measures the bytes each
+tensor takes per row of batch. When the tapped outputs of two batches would exceed
+``memory_budget`` bytes, the tensors are split into groups that fit, and the remaining samples go
+through one session per group (one pass over the data each) rather than holding batches.
+Observers are independent of batching, so the table is the same whichever way the work is split.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Sequence
+import queue
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 from qonnx import runtime
-from qonnx.calib.observers import OBSERVERS, Observer
+from qonnx.calib.observers import Observer, make_observer
 from qonnx.calib.ranges import RangeTable, TensorRange
-from qonnx.calib.sources import Source
+from qonnx.calib.sources import Source, input_specs
 from qonnx.errors import UserError
 from qonnx.progress import Progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["collect_ranges"]
+__all__ = ["collect_ranges", "parse_bytes", "DEFAULT_MEMORY_BUDGET", "plan_groups"]
+
+DEFAULT_MEMORY_BUDGET = 2 << 30  # 2 GiB of tapped outputs per batch
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 1 << 10, "m": 1e6, "mb": 1e6, "mib": 1 << 20,
+          "g": 1e9, "gb": 1e9, "gib": 1 << 30, "t": 1e12, "tb": 1e12, "tib": 1 << 40}
+
+
+def parse_bytes(text: str | int) -> int:
+    """``"2GiB"``, ``"512MB"``, ``"1.5g"`` or a plain number of bytes."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _UNITS:
+        raise UserError(f"cannot read {text!r} as a size; write it like 2GiB, 512MB or 1073741824")
+    value = int(float(match.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise UserError(f"a memory budget must be positive, not {text!r}")
+    return value
+
+
+def plan_groups(sizes: Mapping[str, int], budget: int) -> list[list[str]]:
+    """Tensors packed, in order, into groups whose bytes stay within ``budget`` (a bigger tensor alone)."""
+    groups: list[list[str]] = []
+    used = budget + 1
+    for name, size in sizes.items():
+        if used + size > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(name)
+        used += size
+    return groups
+
+
+def _rows(feed: Mapping[str, np.ndarray]) -> int:
+    first = next(iter(feed.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
+
+
+def _batches(
+    source: Source, indices: range, batch_size: int, hasher: Any | None
+) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+    """``(sample indices, feed)`` with up to ``batch_size`` samples of one shape concatenated on axis 0."""
+    pending: list[tuple[int, dict[str, np.ndarray]]] = []
+
+    def flush():
+        if len(pending) == 1:
+            return [pending[0][0]], pending[0][1]
+        feed = {name: np.concatenate([f[name] for _, f in pending]) for name in pending[0][1]}
+        return [i for i, _ in pending], feed
+
+    def shapes(feed):
+        return {k: v.shape[1:] for k, v in feed.items()}
+
+    for index in indices:
+        feed = source[index]
+        if hasher is not None:
+            _hash_feed(hasher, feed)
+        if pending and (len(pending) == batch_size or shapes(feed) != shapes(pending[0][1])):
+            yield flush()
+            pending = []
+        pending.append((index, feed))
+    if pending:
+        yield flush()
+
+
+def _hash_feed(hasher: Any, feed: Mapping[str, np.ndarray]) -> None:
+    for name in sorted(feed):
+        array = np.ascontiguousarray(feed[name])
+        hasher.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        hasher.update(memoryview(array).cast("B"))
+
+
+def _check_batchable(model: ir.Model, batch_size: int) -> None:
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be a positive number, not {batch_size}")
+    if batch_size == 1:
+        return
+    for spec in input_specs(model):
+        if spec.shape is not None and (not spec.shape or isinstance(spec.shape[0], int)):
+            first = list(spec.shape[:1]) or "none (a scalar)"
+            raise UserError(
+                f"--batch-size {batch_size} needs a dynamic first dimension on every input; "
+                f"input {spec.name!r} has {first}: use --batch-size 1"
+            )
+
+
+_IN_FLIGHT = 2  # batches whose tapped outputs may be alive at once (one observed, one computed)
+
+
+def _ahead(produce: Iterator[Any]) -> Iterator[Any]:
+    """The items of ``produce``, computed one ahead in a background thread.
+
+    The consumer's ``next()`` after an item means it is done with it: at most ``_IN_FLIGHT`` items
+    exist at any time. An exception in the producer is raised in the consumer.
+    """
+    slots = threading.Semaphore(_IN_FLIGHT)
+    handoff: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    done = object()
+
+    def work():
+        try:
+            while True:
+                slots.acquire()
+                if stop.is_set():
+                    return
+                item = next(produce, done)
+                handoff.put((item, None))
+                if item is done:
+                    return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            handoff.put((done, exc))
+
+    thread = threading.Thread(target=work, name="qonnx-calibration", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = handoff.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+            slots.release()
+    finally:
+        stop.set()
+        slots.release()
+        thread.join()
+
+
+def _run(session: runtime.Session, feed: Mapping[str, np.ndarray], names: Sequence[str], samples: list[int]) -> dict:
+    try:
+        return session.run(feed, names) if names else {}
+    except UserError as exc:
+        where = f"sample {samples[0]}" if len(samples) == 1 else f"samples {samples[0]}-{samples[-1]}"
+        raise UserError(f"calibration {where}: {exc}") from None
 
 
 def collect_ranges(
@@ -30,36 +187,88 @@ def collect_ranges(
     tensors: Sequence[str],
     *,
     method: str = "minmax",
+    settings: Mapping[str, Any] | None = None,
     samples: int | None = None,
+    batch_size: int = 1,
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
     progress: bool | None = False,
     model_hash: str = "",
 ) -> RangeTable:
-    """Observe ``tensors`` over the first ``samples`` feeds of ``source`` with ``method``."""
-    if method not in OBSERVERS:
-        raise UserError(f"unknown calibration method {method!r}; known: {', '.join(OBSERVERS)}")
+    """Observe ``tensors`` over the first ``samples`` feeds of ``source`` with ``method``.
+
+    ``settings`` are the observer's keyword arguments (``percentile=99.9``…); ``memory_budget`` the
+    bytes the tapped outputs of one batch may take (an int, or text such as ``"2GiB"``).
+    """
+    settings = dict(settings or {})
+    make_observer(method, **settings)  # an unknown method or setting fails before any work
+    budget = parse_bytes(memory_budget)
+    _check_batchable(model, batch_size)
     count = len(source) if samples is None else min(samples, len(source))
     if count <= 0:
         raise UserError("no calibration samples")
-    observers: dict[str, Observer] = {name: OBSERVERS[method]() for name in tensors}
+    observers: dict[str, Observer] = {name: make_observer(method, **settings) for name in tensors}
     graph_inputs = {v.name for v in model.graph.inputs}
     tapped = [t for t in tensors if t not in graph_inputs]
+    hasher = hashlib.sha256()
+
+    def observe(feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], names: Sequence[str]) -> None:
+        for name in names:
+            observers[name].update(feed[name] if name in graph_inputs else outputs[name])
+
+    # The first sample alone, every tensor tapped: what each tensor weighs per row of batch.
+    first = source[0]
+    _hash_feed(hasher, first)
     session = runtime.session(runtime.tapped_model(model, tapped))
-    with Progress(count, "calibrating", enabled=progress) as bar:
-        for index in range(count):
-            feed = source[index]
-            outputs = session.run(feed, tapped) if tapped else {}
-            for name, observer in observers.items():
-                observer.update(feed[name] if name in graph_inputs else outputs[name])
-            bar.advance()
+    outputs = _run(session, first, tapped, [0])
+    observe(first, outputs, list(observers))
+    rows = _rows(first)
+    per_row = {name: -(-outputs[name].nbytes // rows) for name in tapped}
+    del outputs
+    batch_rows = rows * batch_size
+    groups = plan_groups({name: size * batch_rows * _IN_FLIGHT for name, size in per_row.items()}, budget) or [[]]
+    if len(groups) > 1:
+        logger.info(
+            "tapped outputs of %d batches take %.1f MiB, over the %.1f MiB budget: %d passes over the data",
+            _IN_FLIGHT, sum(per_row.values()) * batch_rows * _IN_FLIGHT / 2**20, budget / 2**20, len(groups),
+        )
+        session = None  # the next group's session replaces it
+    label = "calibrating" if len(groups) == 1 else "calibrating, pass {} of " + str(len(groups))
+    rest = range(1, count)
+    for number, group in enumerate(groups):
+        if session is None:
+            session = runtime.session(runtime.tapped_model(model, group))
+        names = [*group, *(t for t in tensors if t in graph_inputs)] if number == 0 else group
+        total = count if number == 0 else count - 1
+        with Progress(total, label.format(number + 1), enabled=progress) as bar:
+            if number == 0:
+                bar.advance()
+            fetch = [n for n in names if n not in graph_inputs]
+            batches = _batches(source, rest, batch_size, hasher if number == 0 else None)
+            computed = ((indices, feed, _run(session, feed, fetch, indices)) for indices, feed in batches)
+            for indices, feed, outputs in _ahead(computed):
+                observe(feed, outputs, names)
+                bar.advance(len(indices))
+                del feed, outputs
+        session = None
+
     ranges = {}
     for name, observer in observers.items():
         try:
             lo, hi = observer.compute_range()
         except ValueError:
             raise UserError(f"tensor {name!r} held no finite value in {count} calibration samples") from None
-        ranges[name] = TensorRange(lo, hi, observer.nonfinite)
+        ranges[name] = TensorRange(lo, hi, observer.nonfinite, observer.resolution)
         if observer.nonfinite:
             logger.warning("tensor %s: %d non-finite values excluded from its range", name, observer.nonfinite)
-    return RangeTable(ranges, model_hash=model_hash, method=method, samples=count, data=source.description)
-
-
+    any_observer = next(iter(observers.values()), None) or make_observer(method, **settings)
+    return RangeTable(
+        ranges,
+        model_hash=model_hash,
+        method=method,
+        samples=count,
+        data=source.description,
+        data_hash=hasher.hexdigest(),
+        observer=any_observer.settings(),
+        batch_size=batch_size,
+        passes=len(groups),
+    )

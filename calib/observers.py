@@ -2,34 +2,85 @@
 
 Contract (after torch.ao's observers): ``update(batch)`` folds a batch in; ``merge(other)`` combines
 two observers of the same tensor as if one had seen both streams; ``compute_range()`` answers
-``(lo, hi)``; ``to_dict()`` / ``from_dict()`` round-trip. Memory does not grow with the number of
-samples. Non-finite values (NaN, ±inf) and the ±3.4e38 fill values of attention masks never reach
-a range: they are counted in ``nonfinite`` and reported.
+``(lo, hi)``; ``to_dict()`` / ``from_dict()`` round-trip; ``settings()`` are the keyword arguments
+that rebuild an empty twin. Memory does not grow with the number of samples. Non-finite values (NaN,
+±inf) and the ±3.4e38 fill values of attention masks never reach a range: they are counted in
+``nonfinite`` and reported.
+
+Methods (``OBSERVERS``):
+
+* ``minmax``: the exact extremes;
+* ``moving-minmax``: exponential moving averages of the per-batch extremes (torch's
+  MovingAverageMinMaxObserver);
+* ``percentile``, ``entropy``, ``mse``: read off one streaming histogram per tensor
+  (``calib.histogram.StreamingHistogram``), whose bins depend on the data seen and not on batch
+  size or order.
+
+Ranges come back as ``(lo, hi)`` inside the observed ``[min, max]``. For the asymmetric UINT8
+activations of the CPU target that is the range to quantize; the symmetric targets take
+``max(|lo|, |hi|)``. A post-ReLU tensor (``min >= 0``) gets ``(min, t)``; a two-sided one gets its
+lower and upper ends clipped separately (or, with ``symmetric=True``, ``(-t, t)``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
 from typing import Any, ClassVar
 
 import numpy as np
 
-__all__ = ["Observer", "MinMaxObserver", "OBSERVERS", "FILL_LIMIT"]
+from qonnx.calib.histogram import StreamingHistogram
+from qonnx.errors import UserError
+
+__all__ = [
+    "Observer",
+    "MinMaxObserver",
+    "MovingAverageMinMaxObserver",
+    "PerChannelMinMaxObserver",
+    "HistogramObserver",
+    "PercentileObserver",
+    "EntropyObserver",
+    "MSEObserver",
+    "OBSERVERS",
+    "FILL_LIMIT",
+    "finite_part",
+    "make_observer",
+    "observer_from_dict",
+    "kl_threshold_bins",
+]
 
 # Masks fill with float32's lowest value or -1e30-ish constants; no real activation gets near.
 FILL_LIMIT = np.float32(1e30)
 
 
 def finite_part(batch: np.ndarray) -> tuple[np.ndarray, int]:
-    """The values of ``batch`` that are finite and not fill values, and how many were dropped."""
+    """The values of ``batch`` (flat float32) that are finite and not fill values, and how many were dropped."""
+    values, dropped, _, _ = _finite(batch)
+    return values, dropped
+
+
+def _finite(batch: np.ndarray) -> tuple[np.ndarray, int, float, float]:
+    """``finite_part`` plus the extremes of what is kept (inf, -inf when nothing is)."""
     flat = np.asarray(batch, dtype=np.float32).reshape(-1)
-    keep = np.isfinite(flat) & (np.abs(flat) < FILL_LIMIT)
-    dropped = int(flat.size - np.count_nonzero(keep))
-    return (flat if dropped == 0 else flat[keep]), dropped
+    if flat.size == 0:
+        return flat, 0, math.inf, -math.inf
+    lo, hi = flat.min(), flat.max()  # NaN propagates, so one check covers the common all-finite case
+    if not (np.isfinite(lo) and np.isfinite(hi) and -FILL_LIMIT < lo and hi < FILL_LIMIT):
+        keep = np.isfinite(flat) & (np.abs(flat) < FILL_LIMIT)
+        dropped = int(flat.size - np.count_nonzero(keep))
+        flat = flat[keep]
+        if flat.size == 0:
+            return flat, dropped, math.inf, -math.inf
+        lo, hi = flat.min(), flat.max()
+        return flat, dropped, float(lo), float(hi)
+    return flat, 0, float(lo), float(hi)
 
 
 class Observer:
     name: ClassVar[str] = ""
+    nonfinite: int = 0
 
     def update(self, batch: np.ndarray) -> None:
         raise NotImplementedError
@@ -38,10 +89,27 @@ class Observer:
         raise NotImplementedError
 
     def compute_range(self) -> tuple[float, float]:
+        """``(lo, hi)``; raises ValueError when no finite value was observed."""
         raise NotImplementedError
+
+    @property
+    def resolution(self) -> float:
+        """How finely the observer resolves values (a histogram's bin width; 0 when exact)."""
+        return 0.0
+
+    def settings(self) -> dict[str, Any]:
+        return {}
 
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Observer:
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact extremes
 
 
 @dataclasses.dataclass
@@ -58,11 +126,10 @@ class MinMaxObserver(Observer):
     nonfinite: int = 0
 
     def update(self, batch: np.ndarray) -> None:
-        values, dropped = finite_part(batch)
+        values, dropped, lo, hi = _finite(batch)
         self.nonfinite += dropped
         if values.size:
-            self.lo = min(self.lo, float(values.min()))
-            self.hi = max(self.hi, float(values.max()))
+            self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
             self.count += int(values.size)
 
     def merge(self, other: MinMaxObserver) -> None:
@@ -83,4 +150,402 @@ class MinMaxObserver(Observer):
         return cls(float(data["lo"]), float(data["hi"]), int(data["count"]), int(data["nonfinite"]))
 
 
-OBSERVERS: dict[str, type[Observer]] = {MinMaxObserver.name: MinMaxObserver}
+@dataclasses.dataclass
+class MovingAverageMinMaxObserver(Observer):
+    """Exponential moving averages of the per-batch extremes, as torch's MovingAverageMinMaxObserver.
+
+    ``lo ← lo + c · (min(batch) - lo)`` and ``hi ← hi + c · (max(batch) - hi)`` with
+    ``c = averaging_constant``; the first batch sets both. The result lies inside the observed
+    ``[min, max]``. It depends on the batch order by design, so ``merge`` can only weight the two
+    averages by the batches behind them: ``lo = (b₁ lo₁ + b₂ lo₂) / (b₁ + b₂)``.
+    """
+
+    name: ClassVar[str] = "moving-minmax"
+    averaging_constant: float = 0.01
+    lo: float = float("inf")
+    hi: float = float("-inf")
+    batches: int = 0
+    nonfinite: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.averaging_constant <= 1:
+            raise UserError(f"averaging_constant must be in (0, 1], not {self.averaging_constant}")
+
+    def update(self, batch: np.ndarray) -> None:
+        values, dropped, lo, hi = _finite(batch)
+        self.nonfinite += dropped
+        if not values.size:
+            return
+        if self.batches == 0:
+            self.lo, self.hi = lo, hi
+        else:
+            c = self.averaging_constant
+            self.lo, self.hi = self.lo + c * (lo - self.lo), self.hi + c * (hi - self.hi)
+        self.batches += 1
+
+    def merge(self, other: MovingAverageMinMaxObserver) -> None:
+        total = self.batches + other.batches
+        if other.batches:
+            mine, theirs = self.batches / total, other.batches / total
+            self.lo = other.lo if not self.batches else mine * self.lo + theirs * other.lo
+            self.hi = other.hi if not self.batches else mine * self.hi + theirs * other.hi
+        self.batches = total
+        self.nonfinite += other.nonfinite
+
+    def compute_range(self) -> tuple[float, float]:
+        if self.batches == 0:
+            raise ValueError("no finite values observed")
+        return self.lo, self.hi
+
+    def settings(self) -> dict[str, Any]:
+        return {"averaging_constant": self.averaging_constant}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"observer": self.name, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MovingAverageMinMaxObserver:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+class PerChannelMinMaxObserver(Observer):
+    """Exact extremes per slice along ``axis`` (weights: the output-channel axis).
+
+    ``lo[c] = min over finite x[..., c, ...]``, ``hi[c]`` likewise; ``compute_range`` returns two
+    arrays of one entry per channel. A channel without a finite value makes it raise.
+    """
+
+    name: ClassVar[str] = "per-channel-minmax"
+
+    def __init__(self, axis: int = 0):
+        self.axis = axis
+        self.lo: np.ndarray | None = None
+        self.hi: np.ndarray | None = None
+        self.nonfinite = 0
+
+    def update(self, batch: np.ndarray) -> None:
+        array = np.asarray(batch, dtype=np.float32)
+        rows = np.moveaxis(array, self.axis, 0).reshape(array.shape[self.axis], -1)
+        keep = np.isfinite(rows) & (np.abs(rows) < FILL_LIMIT)
+        self.nonfinite += int(keep.size - np.count_nonzero(keep))
+        lo = np.where(keep, rows, np.inf).min(axis=1, initial=np.inf).astype(np.float64)
+        hi = np.where(keep, rows, -np.inf).max(axis=1, initial=-np.inf).astype(np.float64)
+        if self.lo is not None and self.lo.shape != lo.shape:
+            raise ValueError(f"{lo.size} channels along axis {self.axis}, {self.lo.size} before")
+        self.lo = lo if self.lo is None else np.minimum(self.lo, lo)
+        self.hi = hi if self.hi is None else np.maximum(self.hi, hi)
+
+    def merge(self, other: PerChannelMinMaxObserver) -> None:
+        if other.lo is not None:
+            self.lo = other.lo.copy() if self.lo is None else np.minimum(self.lo, other.lo)
+            self.hi = other.hi.copy() if self.hi is None else np.maximum(self.hi, other.hi)
+        self.nonfinite += other.nonfinite
+
+    def compute_range(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.lo is None or not np.all(np.isfinite(self.lo)):
+            raise ValueError("a channel held no finite value")
+        return self.lo.copy(), self.hi.copy()
+
+    def settings(self) -> dict[str, Any]:
+        return {"axis": self.axis}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "observer": self.name,
+            "axis": self.axis,
+            "lo": None if self.lo is None else self.lo.tolist(),
+            "hi": None if self.hi is None else self.hi.tolist(),
+            "nonfinite": self.nonfinite,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PerChannelMinMaxObserver:
+        observer = cls(int(data["axis"]))
+        if data["lo"] is not None:
+            observer.lo, observer.hi = np.asarray(data["lo"], np.float64), np.asarray(data["hi"], np.float64)
+        observer.nonfinite = int(data["nonfinite"])
+        return observer
+
+
+# ----------------------------------------------------------------------------------------------
+# Histogram methods
+
+
+class HistogramObserver(Observer):
+    """Base of the methods read off a ``StreamingHistogram`` of ``bins`` counters."""
+
+    def __init__(self, bins: int = 4096):
+        self.histogram = StreamingHistogram(bins)
+        self.nonfinite = 0
+
+    @property
+    def count(self) -> int:
+        return self.histogram.total
+
+    @property
+    def resolution(self) -> float:
+        return self.histogram.width
+
+    def update(self, batch: np.ndarray) -> None:
+        values, dropped, lo, hi = _finite(batch)
+        self.nonfinite += dropped
+        self.histogram.update(values, lo, hi)
+
+    def merge(self, other: HistogramObserver) -> None:
+        self.histogram.merge(other.histogram)
+        self.nonfinite += other.nonfinite
+
+    def compute_range(self) -> tuple[float, float]:
+        if self.count == 0:
+            raise ValueError("no finite values observed")
+        lo, hi = self._range()
+        h = self.histogram
+        lo, hi = min(max(lo, h.lo), h.hi), min(max(hi, h.lo), h.hi)  # inside the observed range
+        return float(min(lo, hi)), float(max(lo, hi))
+
+    def _range(self) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        return {"bins": self.histogram.bins}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "observer": self.name,
+            "settings": self.settings(),
+            "histogram": self.histogram.to_dict(),
+            "nonfinite": self.nonfinite,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HistogramObserver:
+        observer = cls(**data["settings"])
+        observer.histogram = StreamingHistogram.from_dict(data["histogram"])
+        observer.nonfinite = int(data["nonfinite"])
+        return observer
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    def _two_sided(self, threshold: float, symmetric: bool) -> tuple[float, float]:
+        """``(-t, t)``, or each end of the observed range clipped at ``t`` in magnitude."""
+        if symmetric:
+            return -threshold, threshold
+        return max(self.histogram.lo, -threshold), min(self.histogram.hi, threshold)
+
+
+def _quantile_bin(counts: np.ndarray, q: float) -> int:
+    """The bin in which the fraction ``q`` of the histogram's count is reached."""
+    cumulative = np.cumsum(counts, dtype=np.float64)
+    k = int(np.searchsorted(cumulative, q * cumulative[-1], side="left"))
+    k = min(k, counts.size - 1)
+    while k < counts.size - 1 and counts[k] == 0:  # land on a bin that holds something
+        k += 1
+    return k
+
+
+class PercentileObserver(HistogramObserver):
+    """Percentiles of the streamed values.
+
+    Two-sided (default): ``hi = Q(P / 100)``, ``lo = Q(1 - P / 100)``, with ``Q`` the quantile
+    read off the histogram, rounded outwards to the edge of its bin (so it is within one bin of the
+    exact quantile, never clips more than ``P`` says, and a post-ReLU tensor keeps ``lo = 0``).
+    Symmetric: ``t = Q_|x|(P / 100)``, the quantile of the magnitudes, and ``(-t, t)``.
+    Both ends move monotonically with ``P``; ``P = 100`` gives the exact extremes.
+    """
+
+    name: ClassVar[str] = "percentile"
+
+    def __init__(self, percentile: float = 99.99, symmetric: bool = False, bins: int = 4096):
+        if not 50 < percentile <= 100:
+            raise UserError(f"percentile must be in (50, 100], not {percentile}")
+        super().__init__(bins)
+        self.percentile, self.symmetric = float(percentile), bool(symmetric)
+
+    def settings(self) -> dict[str, Any]:
+        return {"percentile": self.percentile, "symmetric": self.symmetric, **super().settings()}
+
+    def _range(self) -> tuple[float, float]:
+        h, q = self.histogram, self.percentile / 100
+        if q == 1:
+            t = max(abs(h.lo), abs(h.hi))
+            return (-t, t) if self.symmetric else (h.lo, h.hi)
+        if self.symmetric:
+            counts, width = h.folded()
+            t = (_quantile_bin(counts, q) + 1) * width
+            return -t, t
+        hi = (h.start + _quantile_bin(h.counts, q) + 1) * h.width
+        lo = (h.start + _quantile_bin(h.counts, 1 - q)) * h.width
+        return lo, hi
+
+
+_KL_TIE = 1e-9  # divergences closer than this are equal (they are sums of ~n terms rounded)
+
+
+def kl_threshold_bins(histogram: np.ndarray, quantized_bins: int = 128) -> int:
+    """How many leading bins of a histogram of ``|x|`` TensorRT's entropy calibration keeps.
+
+    For every candidate ``i`` in ``quantized_bins .. n`` (vectorized, no loop over candidates):
+
+    * ``P``: the first ``i`` bins, with the count of all later bins (the clipped outliers) added to
+      bin ``i - 1``;
+    * ``Q``: the first ``i`` bins merged into ``quantized_bins`` groups (bin ``j`` in group
+      ``floor(j · quantized_bins / i)``), each group's count spread evenly over its bins where
+      ``P`` is non-zero;
+    * ``KL(P || Q) = Σ_j p_j log(p_j / q_j)`` with both normalized,
+
+    and the ``i`` with the smallest divergence wins. Groups are contiguous, so every sum is a
+    difference of cumulative sums: ``Σ_j p̂_j log p̂_j`` from ``cumsum(h log h)`` and
+    ``Σ_j p̂_j log q̂_j = Σ_g P_g log(S_g / (Z_g · S))`` from group sums ``S_g`` and non-zero counts
+    ``Z_g``, an array of ``candidates × quantized_bins``. A ``q_j = 0`` under ``p_j > 0`` makes the
+    divergence infinite (that candidate loses); ``i = n`` is always finite.
+    """
+    h = np.asarray(histogram, dtype=np.float64)
+    n = h.size
+    if n <= quantized_bins or h.sum() == 0:
+        return n
+    total = h.sum()
+    cum = np.concatenate([[0.0], np.cumsum(h)])
+    nonzero = np.concatenate([[0], np.cumsum(h > 0)])
+    safe = np.where(h > 0, h, 1.0)
+    cum_hlogh = np.concatenate([[0.0], np.cumsum(h * np.log(safe))])
+
+    i = np.arange(quantized_bins, n + 1)
+    groups = np.arange(quantized_bins + 1)
+    bounds = -((-groups[None, :] * i[:, None]) // quantized_bins)  # ceil(g · i / Q)
+    sums = cum[bounds[:, 1:]] - cum[bounds[:, :-1]]  # S_g: counts of h in group g of the first i bins
+    counts = nonzero[bounds[:, 1:]] - nonzero[bounds[:, :-1]]  # Z_g: non-zero bins of h in group g
+    outliers = total - cum[i]
+    last = h[i - 1]
+    counts[:, -1] += ((last == 0) & (outliers > 0)).astype(counts.dtype)  # p_{i-1} is non-zero then
+    p_mass = sums.copy()
+    p_mass[:, -1] += outliers
+    p_last = last + outliers
+    p_log_p = cum_hlogh[i - 1] + p_last * np.log(np.where(p_last > 0, p_last, 1.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q_log = np.log(sums / np.maximum(counts, 1)) - np.log(cum[i])[:, None]
+        cross = np.where(p_mass > 0, p_mass * q_log, 0.0)
+        cross = np.where((p_mass > 0) & (sums == 0), -np.inf, cross).sum(axis=1)
+    divergence = (p_log_p - cross) / total - math.log(total)
+    # Ties (equal up to rounding) go to the fewest bins, the finest resolution.
+    best = divergence.min()
+    return int(i[np.argmax(divergence <= best + _KL_TIE)])
+
+
+class EntropyObserver(HistogramObserver):
+    """TensorRT's entropy calibration: the clipping threshold whose INT8 histogram loses least.
+
+    The magnitudes ``|x|`` are histogrammed exactly from the streaming histogram (negative bin ``k``
+    is magnitude bin ``-k - 1``), coarsened by powers of two to at most ``fine_bins`` (2048) bins of
+    width ``w``; ``kl_threshold_bins`` picks the number of kept bins ``i`` against
+    ``quantized_bins`` (128) levels, and ``t = i · w``. The range is ``(max(min, -t), min(max, t))``,
+    or ``(-t, t)`` with ``symmetric=True``.
+    """
+
+    name: ClassVar[str] = "entropy"
+
+    def __init__(self, quantized_bins: int = 128, fine_bins: int = 2048, symmetric: bool = False, bins: int = 4096):
+        if not 2 <= quantized_bins <= fine_bins:
+            raise UserError(f"quantized_bins must be in [2, fine_bins={fine_bins}], not {quantized_bins}")
+        super().__init__(bins)
+        self.quantized_bins, self.fine_bins, self.symmetric = int(quantized_bins), int(fine_bins), bool(symmetric)
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "quantized_bins": self.quantized_bins,
+            "fine_bins": self.fine_bins,
+            "symmetric": self.symmetric,
+            **super().settings(),
+        }
+
+    def _range(self) -> tuple[float, float]:
+        counts, width = self.histogram.folded(self.fine_bins)
+        kept = kl_threshold_bins(counts, self.quantized_bins)
+        return self._two_sided(kept * width, self.symmetric)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Grid:
+    """A uniform integer grid: ``levels - 1`` steps across the range, symmetric or not."""
+
+    levels: int
+    symmetric: bool
+
+
+# Target formats of MSE calibration. A non-uniform format (FP8 E4M3) needs its own noise model:
+# the rounding noise of a value depends on its magnitude there, not on one step size.
+MSE_FORMATS = {"uint8": _Grid(256, symmetric=False), "int8": _Grid(255, symmetric=True)}
+
+
+class MSEObserver(HistogramObserver):
+    """The clipping range that minimizes the expected squared quantization error, from the histogram.
+
+    Candidates shrink the observed range by ``α = k / steps`` (``k = 1 … steps``): ``[α·a, α·b]``
+    with ``a = min(lo, 0)``, ``b = max(hi, 0)`` for UINT8 (asymmetric, step ``s = α(b - a) / 255``),
+    ``[-α·m, α·m]`` with ``m = max|x|`` for INT8 (symmetric, ``s = α·m / 127``). A value ``x``
+    (each bin counted at its centre, weighted by its count) costs ``s² / 12`` inside the range
+    (uniform rounding noise) and ``d²`` outside, ``d`` its distance to the range (clipping):
+    ``E(α) = Σ_bins n · (d² if clipped else s² / 12)``; the ``α`` with the smallest ``E`` wins.
+    """
+
+    name: ClassVar[str] = "mse"
+
+    def __init__(self, dtype: str = "uint8", steps: int = 256, bins: int = 4096):
+        if dtype not in MSE_FORMATS:
+            raise UserError(f"MSE calibration supports {', '.join(MSE_FORMATS)}, not {dtype!r}")
+        super().__init__(bins)
+        self.dtype, self.steps = dtype, int(steps)
+
+    def settings(self) -> dict[str, Any]:
+        return {"dtype": self.dtype, "steps": self.steps, **super().settings()}
+
+    def _range(self) -> tuple[float, float]:
+        h, grid = self.histogram, MSE_FORMATS[self.dtype]
+        occupied = np.nonzero(h.counts)[0]
+        n = h.counts[occupied].astype(np.float64)
+        centres = np.clip((occupied + h.start + 0.5) * h.width, h.lo, h.hi)
+        alpha = np.arange(1, self.steps + 1, dtype=np.float64) / self.steps
+        if grid.symmetric:
+            m = max(abs(h.lo), abs(h.hi))
+            lo, hi = -alpha * m, alpha * m
+        else:
+            lo, hi = alpha * min(h.lo, 0.0), alpha * max(h.hi, 0.0)
+        step = (hi - lo) / (grid.levels - 1)
+        # Prefix sums of n, n·c and n·c² turn each candidate's sums over the clipped bins (below lo,
+        # above hi) into differences: Σ n (c - t)² = Σ n c² - 2 t Σ n c + t² Σ n.
+        zero = np.zeros(1)
+        s0, s1, s2 = (np.concatenate([zero, np.cumsum(n * centres**k)]) for k in (0, 1, 2))
+        below = np.searchsorted(centres, lo, side="left")  # bins [0, below) have c < lo
+        above = np.searchsorted(centres, hi, side="right")  # bins [above, M) have c > hi
+        low_cost = s2[below] - 2 * lo * s1[below] + lo**2 * s0[below]
+        high_cost = (s2[-1] - s2[above]) - 2 * hi * (s1[-1] - s1[above]) + hi**2 * (s0[-1] - s0[above])
+        inside = s0[above] - s0[below]
+        error = low_cost + high_cost + inside * step**2 / 12.0
+        best = int(np.argmin(error))
+        return float(lo[best]), float(hi[best])
+
+
+OBSERVERS: dict[str, type[Observer]] = {
+    cls.name: cls
+    for cls in (MinMaxObserver, MovingAverageMinMaxObserver, PercentileObserver, EntropyObserver, MSEObserver)
+}
+
+
+def make_observer(method: str, **settings: Any) -> Observer:
+    """An empty observer of ``method``; settings given as None keep their defaults."""
+    if method not in OBSERVERS:
+        raise UserError(f"unknown calibration method {method!r}; known: {', '.join(OBSERVERS)}")
+    cls = OBSERVERS[method]
+    accepted = {n for n, p in inspect.signature(cls).parameters.items() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
+    given = {k: v for k, v in settings.items() if v is not None}
+    unknown = sorted(set(given) - accepted)
+    if unknown:
+        raise UserError(f"calibration method {method!r} takes no {', '.join(unknown)} setting")
+    return cls(**given)
+
+
+def observer_from_dict(data: dict[str, Any]) -> Observer:
+    cls = {c.name: c for c in (*OBSERVERS.values(), PerChannelMinMaxObserver)}[data["observer"]]
+    return cls.from_dict(data)

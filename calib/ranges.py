@@ -1,7 +1,11 @@
 """The range table: calibrated ``(lo, hi)`` per tensor, saved as JSON and reused.
 
-A table records the hash of the model it was made for and how it was made (method, samples, data
-description), so that ``--ranges`` can refuse a table made for another model.
+A table records the hash of the model it was made for and how it was made: method, observer
+settings, samples, batch size, a description and a sha256 of the calibration data actually fed (in
+order, names, dtypes, shapes and bytes), so that ``--ranges`` can refuse a table made for another
+model and two tables can be told apart. Each tensor's entry has its range, the number of non-finite
+values left out of it, and the resolution of the observer (a histogram's bin width, 0 for exact
+extremes).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class TensorRange:
     lo: float
     hi: float
     nonfinite: int = 0
+    resolution: float = 0.0
 
 
 @dataclasses.dataclass
@@ -34,6 +39,10 @@ class RangeTable:
     method: str = "minmax"
     samples: int = 0
     data: str = ""
+    data_hash: str = ""
+    observer: dict[str, Any] = dataclasses.field(default_factory=dict)
+    batch_size: int = 1
+    passes: int = 1
 
     def __getitem__(self, name: str) -> TensorRange:
         return self.ranges[name]
@@ -48,6 +57,10 @@ class RangeTable:
             "method": self.method,
             "samples": self.samples,
             "data": self.data,
+            "data_hash": self.data_hash,
+            "observer": self.observer,
+            "batch_size": self.batch_size,
+            "passes": self.passes,
             "ranges": {k: dataclasses.asdict(v) for k, v in sorted(self.ranges.items())},
         }
 
@@ -56,7 +69,17 @@ class RangeTable:
         if data.get("format") != FORMAT:
             raise UserError(f"not a qonnx range table (format {data.get('format')!r}, expected {FORMAT!r})")
         ranges = {k: TensorRange(**v) for k, v in data["ranges"].items()}
-        return cls(ranges, data["model_hash"], data["method"], data["samples"], data["data"])
+        return cls(
+            ranges,
+            data["model_hash"],
+            data["method"],
+            data["samples"],
+            data["data"],
+            data.get("data_hash", ""),
+            data.get("observer", {}),
+            data.get("batch_size", 1),
+            data.get("passes", 1),
+        )
 
     def save(self, path: str | os.PathLike) -> None:
         text = json.dumps(self.to_dict(), indent=1)

@@ -4,6 +4,11 @@ Reads the node specs that ``resolve-policy`` wrote, runs the calibration samples
 onnxruntime with exactly those tensors tapped, and stores the ``ranges`` analysis (a RangeTable).
 Changes nothing in the model. ``ranges=FILE`` reuses a saved table instead (refused when it was made
 for another model); ``save=FILE`` writes the table for later reuse.
+
+Options: ``method`` (minmax, moving-minmax, percentile, entropy, mse), ``percentile`` (percentile
+only, default 99.99), ``batch_size`` (samples per onnxruntime run), ``memory`` (budget for the
+tapped outputs of one batch, e.g. ``2GiB``). MSE minimizes the error of the target's activation
+type (UINT8 for cpu, INT8 for tensorrt).
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from qonnx import ir as qir
-from qonnx.calib.collect import collect_ranges
+from qonnx.calib.collect import collect_ranges, parse_bytes
+from qonnx.calib.observers import make_observer
 from qonnx.calib.ranges import RangeTable
 from qonnx.errors import UserError
 from qonnx.passes.insert_qdq import tensors_to_calibrate
@@ -30,12 +36,24 @@ class Calibrate(Pass):
         context=None,
         *,
         method: str = "minmax",
+        percentile: float | None = None,
+        batch_size: int = 1,
+        memory: str = "2GiB",
         ranges: str | None = None,
         save: str | None = None,
     ) -> None:
         super().__init__(context)
         self.method, self.ranges_path, self.save_path = method, ranges, save
+        self.batch_size, self.memory = batch_size, parse_bytes(memory)
         self.target = get_target(self.context.target)
+        if percentile is not None and method != "percentile":
+            raise UserError(f"a percentile applies to --method percentile, not {method}")
+        self.settings: dict[str, object] = {}
+        if method == "percentile" and percentile is not None:
+            self.settings["percentile"] = percentile
+        if method == "mse":
+            self.settings["dtype"] = self.target.int8.activation_dtype
+        make_observer(method, **self.settings)  # unknown methods and bad settings fail here
 
     def requires(self, model: ir.Model) -> None:
         if self.ranges_path is None and self.context.calib is None and tensors_to_calibrate(model, self.target):
@@ -52,7 +70,10 @@ class Calibrate(Pass):
                 self.context.calib,
                 tensors,
                 method=self.method,
+                settings=self.settings,
                 samples=self.context.samples,
+                batch_size=self.batch_size,
+                memory_budget=self.memory,
                 progress=self.context.progress,
                 model_hash=digest,
             )
@@ -63,8 +84,13 @@ class Calibrate(Pass):
         self.context.analyses["ranges"] = table
         self.context.notes["calibration"] = {
             "method": table.method,
+            "observer": table.observer,
             "samples": table.samples,
+            "batch_size": table.batch_size,
+            "passes": table.passes,
             "data": table.data,
+            "data_hash": table.data_hash,
+            "reused_table": self.ranges_path,
             "tensors": len(table.ranges),
             "nonfinite_tensors": sorted(k for k, v in table.ranges.items() if v.nonfinite),
         }

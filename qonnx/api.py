@@ -23,7 +23,7 @@ from qonnx import ir as qir
 from qonnx import metrics, runtime
 from qonnx.calib.sources import ImagePreprocess, Source, open_source
 from qonnx.errors import UserError
-from qonnx.pipeline import DEFAULT_PIPELINE, Context, build, parse_pipeline, run_pipeline
+from qonnx.pipeline import DEFAULT_PIPELINE, Context, PipelineStep, build, parse_pipeline, run_pipeline
 from qonnx.policy import PLAN_KEY
 from qonnx.report import SCHEMA, write_json
 
@@ -106,6 +106,18 @@ def _check_writable(path: Path, what: str) -> None:
         raise UserError(f"cannot write the {what} into {path.parent}: {exc.strerror or exc}") from None
 
 
+def _with_options(step: PipelineStep, options: Mapping[str, Any]) -> PipelineStep:
+    """``step`` with the given (not None) options added; an option the pipeline text sets differently is an error."""
+    merged = dict(step.options)
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key in merged and merged[key] != value:
+            raise UserError(f"{step.name}: option {key}={value} conflicts with {key}={merged[key]} in the pipeline")
+        merged[key] = value
+    return dataclasses.replace(step, options=merged)
+
+
 def quantize(
     model: str | os.PathLike,
     output: str | os.PathLike,
@@ -126,12 +138,22 @@ def quantize(
     progress: bool = False,
     dump_after: Iterable[str] = (),
     uncalibrated: bool = False,
+    method: str | None = None,
+    percentile: float | None = None,
+    batch_size: int | None = None,
+    calib_memory: str | None = None,
+    ranges: str | os.PathLike | None = None,
+    save_ranges: str | os.PathLike | None = None,
 ) -> QuantizeResult:
     """Quantize ``model`` into ``output`` and return the report (also written to ``report``).
 
     ``calib`` and ``eval_data``: a .npz file, a folder of .npz files or images, a Source, or an
     iterable of feed dicts. Without ``eval_data`` the last quarter of ``calib`` is held out for the
     fidelity figures and not used for calibration.
+
+    ``method``, ``percentile``, ``batch_size``, ``calib_memory``, ``ranges`` (a saved range table to
+    reuse) and ``save_ranges`` are the options of the pipeline's ``calibrate`` pass; given here they
+    fill the options the pipeline text leaves out.
     """
     started = time.perf_counter()
     model_path, output_path = Path(model), Path(output)
@@ -155,6 +177,19 @@ def quantize(
             calib_source, eval_source, eval_on_calibration = split_holdout(calib_source)
 
     steps = parse_pipeline(pipeline or DEFAULT_PIPELINE)
+    calibrate_options = {
+        "method": method,
+        "percentile": percentile,
+        "batch_size": batch_size,
+        "memory": calib_memory,
+        "ranges": None if ranges is None else str(ranges),
+        "save": None if save_ranges is None else str(save_ranges),
+    }
+    steps = [_with_options(step, calibrate_options) if step.name == "calibrate" else step for step in steps]
+    if ranges is not None and not Path(ranges).is_file():
+        raise UserError(f"range table not found: {ranges}")
+    if save_ranges is not None:
+        _check_writable(Path(save_ranges), "range table")
     if policy is not None and not Path(policy).is_file():
         raise UserError(f"policy file not found: {policy}")
     if mode not in ("static", "dynamic"):

@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize a model with calibration data")
     q.add_argument("model", type=Path)
     q.add_argument("-o", "--output", type=Path, required=True, help="where to write the quantized model")
-    q.add_argument("--calib", required=True, help=".npz file, folder of .npz files, folder of images, or 'random'")
+    q.add_argument("--calib", help=".npz file, folder of .npz files, folder of images, or 'random' (not needed with --ranges)")
     q.add_argument("--eval", dest="eval_data", help="held-out data for fidelity (default: last quarter of --calib)")
     q.add_argument("--precision", default="int8", choices=["int8"])
     q.add_argument("--target", default="cpu", choices=["cpu", "tensorrt"])
@@ -64,6 +64,16 @@ def _parser() -> argparse.ArgumentParser:
         help="static: calibrated activation ranges (default); dynamic: MatMul activations quantized at run time, no calibration data needed",
     )
     q.add_argument("--samples", type=int, help="use at most N calibration samples")
+    q.add_argument(
+        "--method",
+        choices=["minmax", "moving-minmax", "percentile", "entropy", "mse"],
+        help="how activation ranges are chosen from the calibration data (default minmax)",
+    )
+    q.add_argument("--percentile", type=float, metavar="P", help="with --method percentile: keep P%% of values (default 99.99)")
+    q.add_argument("--batch-size", type=int, metavar="B", help="calibration samples per onnxruntime run (default 1; needs a dynamic batch dimension)")
+    q.add_argument("--calib-memory", metavar="SIZE", help="memory for the tapped tensors of one batch, e.g. 2GiB (default); more splits them over several passes")
+    q.add_argument("--ranges", type=Path, metavar="FILE", help="reuse a saved range table instead of calibrating (refused if made for another model)")
+    q.add_argument("--save-ranges", type=Path, metavar="FILE", help="save the calibrated range table for reuse with --ranges")
     q.add_argument("--report", type=Path, help="write the JSON report here")
     q.add_argument("--pipeline", help="text pipeline, e.g. 'normalize,resolve-policy,calibrate,insert-qdq,verify'")
     q.add_argument("--policy", help="a policy or plan JSON to replay instead of the target's default")
@@ -105,7 +115,7 @@ def _random_feeds(model_path: Path, count: int, seed: int):
     import numpy as np
 
     from qonnx import ir as qir
-    from qonnx.calib.sources import input_specs
+    from qonnx.calib.sources import ListSource, input_specs
 
     specs = input_specs(qir.load(model_path))
     rng = np.random.default_rng(seed)
@@ -117,7 +127,9 @@ def _random_feeds(model_path: Path, count: int, seed: int):
                 raise UserError(f"--calib random needs static input shapes; {spec.name!r} is {list(spec.shape or [])}")
             feed[spec.name] = rng.standard_normal(spec.shape).astype(spec.dtype)
         feeds.append(feed)
-    return feeds
+    source = ListSource(feeds, specs)
+    source.description = f"{count} random standard-normal feeds (seed {seed}): uncalibrated"
+    return source
 
 
 def _quantize(args) -> int:
@@ -126,6 +138,8 @@ def _quantize(args) -> int:
     from qonnx.report import summary_table
 
     calib, uncalibrated = args.calib, False
+    if calib is None and args.ranges is None:
+        raise UserError("quantize needs calibration data: give --calib DATA (or --ranges FILE)")
     if calib == "random":
         print("WARNING: calibrating on random data; ranges will not match real inputs", file=sys.stderr)
         calib, uncalibrated = _random_feeds(args.model, args.samples or 16, args.seed), True
@@ -148,6 +162,12 @@ def _quantize(args) -> int:
         progress=not args.quiet and sys.stderr.isatty(),
         dump_after=args.dump_after,
         uncalibrated=uncalibrated,
+        method=args.method,
+        percentile=args.percentile,
+        batch_size=args.batch_size,
+        calib_memory=args.calib_memory,
+        ranges=args.ranges,
+        save_ranges=args.save_ranges,
     )
     if not args.quiet:
         print(summary_table(result.report))

@@ -247,6 +247,7 @@ def test_quantize_random_calibration(qonnx_cmd, tmp_path, model_path):
     _check_quantized_model(out)
     report = json.loads(report_path.read_text())
     assert report["uncalibrated"] is True
+    assert "random" in report["calibration"]["data"]  # also in a range table saved from this run
 
 
 def test_quantize_random_calibration_needs_static_shapes(inproc, tmp_path):
@@ -432,3 +433,116 @@ def test_quantize_dynamic_mode_writes_a_run_time_quantized_model(inproc, tmp_pat
     report = json.loads(report_path.read_text())
     assert report["mode"] == "dynamic" and report["fusion"]["integer_kernels"] == {"DynamicQuantizeMatMul": 2}
     assert "DynamicQuantizeLinear" in {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+# --------------------------------------------------------------------------------------------
+# calibration options
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy", "mse"])
+def test_quantize_with_a_method_saves_a_table_that_replays(inproc, tmp_path, model_path, calib_npz, method):
+    table_path, first, again = tmp_path / "ranges.json", tmp_path / "a.onnx", tmp_path / "b.onnx"
+    extra = ["--percentile", "99.9"] if method == "percentile" else []
+    result = inproc("quantize", model_path, "-o", first, "--calib", calib_npz, "--method", method, *extra, "--save-ranges", table_path, "-q")
+    assert result.rc == 0, result.err
+    table = json.loads(table_path.read_text())
+    assert table["method"] == method and table["data_hash"] and table["samples"] == 6  # 8 minus the held-out quarter
+    if method == "percentile":
+        assert table["observer"]["percentile"] == 99.9
+    # The saved table replaces calibration (no --calib needed) and gives the same model.
+    result = inproc("quantize", model_path, "-o", again, "--ranges", table_path, "-q")
+    assert result.rc == 0, result.err
+    assert onnx.load(str(first)).graph == onnx.load(str(again)).graph
+
+
+def test_batch_size_and_memory_budget_reach_the_report(inproc, tmp_path, calib_npz):
+    path = tmp_path / "dyn.onnx"
+    onnx.save(tiny.conv_chain(dynamic=True), str(path))
+    report = tmp_path / "r.json"
+    result = inproc("quantize", path, "-o", tmp_path / "q.onnx", "--calib", calib_npz, "--method", "entropy",
+                    "--batch-size", "4", "--calib-memory", "1KiB", "--report", report, "-q")
+    assert result.rc == 0, result.err
+    calibration = json.loads(report.read_text())["calibration"]
+    assert calibration["batch_size"] == 4 and calibration["passes"] > 1 and calibration["method"] == "entropy"
+
+
+def _strict_conv(path: Path) -> Path:
+    """x[n, 3, h, w] → Conv 3x3 without padding → Relu → Conv 1x1: onnxruntime refuses images under 3x3."""
+    w = onnx.numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "W")
+    w2 = onnx.numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "W2")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Conv", ["x", "W"], ["c"], name="conv"), onnx.helper.make_node("Relu", ["c"], ["r"], name="relu"),
+         onnx.helper.make_node("Conv", ["r", "W2"], ["y"], name="conv2")],
+        "strict",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [w, w2],
+    )
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+@_case
+def nan_only_calibration(tmp, model, calib):
+    np.savez(tmp / "nan.npz", x=np.full((4, 1, 3, 16, 16), np.nan, np.float32))
+    return ["quantize", model, "-o", tmp / "q.onnx", "--calib", tmp / "nan.npz"], "held no finite value"
+
+
+@_case
+def shape_the_model_rejects(tmp, model, calib):
+    np.savez(tmp / "tiny.npz", x=np.zeros((4, 1, 3, 2, 2), np.float32))
+    strict = _strict_conv(tmp / "strict.onnx")
+    return ["quantize", strict, "-o", tmp / "q.onnx", "--calib", tmp / "tiny.npz"], "calibration sample 0: onnxruntime failed"
+
+
+@_case
+def batch_size_on_a_static_batch(tmp, model, calib):
+    return ["quantize", model, "-o", tmp / "q.onnx", "--calib", calib, "--batch-size", "4"], "dynamic first dimension"
+
+
+@_case
+def percentile_without_percentile_method(tmp, model, calib):
+    return ["quantize", model, "-o", tmp / "q.onnx", "--calib", calib, "--method", "entropy", "--percentile", "99"], "--method percentile"
+
+
+@_case
+def percentile_out_of_range(tmp, model, calib):
+    return ["quantize", model, "-o", tmp / "q.onnx", "--calib", calib, "--method", "percentile", "--percentile", "120"], "percentile must be"
+
+
+@_case
+def bad_memory_budget(tmp, model, calib):
+    return ["quantize", model, "-o", tmp / "q.onnx", "--calib", calib, "--calib-memory", "plenty"], "2GiB"
+
+
+@_case
+def unknown_method(tmp, model, calib):
+    return ["quantize", model, "-o", tmp / "q.onnx", "--calib", calib, "--method", "kl"], "invalid choice"
+
+
+@_case
+def no_calibration_data(tmp, model, calib):
+    return ["quantize", model, "-o", tmp / "q.onnx"], "give --calib DATA (or --ranges FILE)"
+
+
+@_case
+def ranges_of_another_model(tmp, model, calib):
+    other = tmp / "other.onnx"
+    onnx.save(tiny.conv_chain(seed=1), str(other))
+    table = tmp / "other.json"
+    assert cli.main(["quantize", str(other), "-o", str(tmp / "other.q.onnx"), "--calib", str(calib), "--save-ranges", str(table), "-q"]) == 0
+    return ["quantize", model, "-o", tmp / "q.onnx", "--ranges", table], "made for another model"
+
+
+@_case
+def missing_range_table(tmp, model, calib):
+    return ["quantize", model, "-o", tmp / "q.onnx", "--ranges", tmp / "none.json"], "range table not found"
+
+
+@pytest.mark.parametrize("case", [c for c in _BAD if c in {
+    "nan_only_calibration", "shape_the_model_rejects", "batch_size_on_a_static_batch", "percentile_without_percentile_method",
+    "percentile_out_of_range", "bad_memory_budget", "unknown_method", "no_calibration_data", "ranges_of_another_model",
+    "missing_range_table"}])
+def test_calibration_user_errors(inproc, tmp_path, model_path, calib_npz, case):
+    args, match = _BAD[case](tmp_path, model_path, calib_npz)
+    result = inproc(*args)
+    _assert_user_error(result, match)
+    assert not (tmp_path / "q.onnx").exists()
