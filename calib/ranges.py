@@ -43,6 +43,8 @@ class RangeTable:
     observer: dict[str, Any] = dataclasses.field(default_factory=dict)
     batch_size: int = 1
     passes: int = 1
+    # Mean per channel of the inputs of bias-corrected nodes (see calib/means.py): tensor -> values.
+    channel_means: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
     def __getitem__(self, name: str) -> TensorRange:
         return self.ranges[name]
@@ -62,6 +64,7 @@ class RangeTable:
             "batch_size": self.batch_size,
             "passes": self.passes,
             "ranges": {k: dataclasses.asdict(v) for k, v in sorted(self.ranges.items())},
+            "channel_means": {k: list(v) for k, v in sorted(self.channel_means.items())},
         }
 
     @classmethod
@@ -79,6 +82,7 @@ class RangeTable:
             data.get("observer", {}),
             data.get("batch_size", 1),
             data.get("passes", 1),
+            {k: [float(x) for x in v] for k, v in data.get("channel_means", {}).items()},
         )
 
     def save(self, path: str | os.PathLike) -> None:

@@ -12,7 +12,6 @@ from qonnx.passes import (  # noqa: F401
     infer_shapes,
     inline_functions,
     insert_qdq,
-    observe_means,
     remove_dead,
     resolve_policy,
     upgrade_opset,

@@ -2,8 +2,10 @@
 
 Reads the node specs that ``resolve-policy`` wrote, runs the calibration samples through
 onnxruntime with exactly those tensors tapped, and stores the ``ranges`` analysis (a RangeTable).
-Changes nothing in the model. ``ranges=FILE`` reuses a saved table instead (refused when it was made
-for another model); ``save=FILE`` writes the table for later reuse.
+It also records, in the same table, the mean input per channel of the INT8 Conv/Gemm nodes whose
+bias ``insert-qdq`` corrects for the weights' rounding (``qonnx.calib.means``). Changes nothing in
+the model. ``ranges=FILE`` reuses a saved table instead (refused when it was made for another
+model); ``save=FILE`` writes the table for later reuse.
 
 Options: ``method`` (minmax, moving-minmax, percentile, entropy, mse), ``percentile`` (percentile
 only, default 99.99), ``batch_size`` (samples per onnxruntime run), ``memory`` (budget for the
@@ -20,7 +22,8 @@ from qonnx.calib.collect import collect_ranges, parse_bytes
 from qonnx.calib.observers import make_observer
 from qonnx.calib.ranges import RangeTable
 from qonnx.errors import UserError
-from qonnx.passes.insert_qdq import tensors_to_calibrate
+from qonnx.calib.means import collect_channel_means
+from qonnx.passes.insert_qdq import bias_correction_inputs, tensors_to_calibrate
 from qonnx.pipeline import Pass, register
 from qonnx.targets import get_target
 
@@ -79,6 +82,10 @@ class Calibrate(Pass):
             )
         else:
             table = RangeTable({}, model_hash=digest, method=self.method)
+        means_needed = bias_correction_inputs(model)
+        if not self.ranges_path and means_needed and self.context.calib is not None:
+            means = collect_channel_means(model, self.context.calib, means_needed, samples=self.context.samples, progress=self.context.progress)
+            table.channel_means = {name: [float(v) for v in values] for name, values in means.items()}
         if self.save_path:
             table.save(self.save_path)
         self.context.analyses["ranges"] = table

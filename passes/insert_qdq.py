@@ -31,7 +31,6 @@ import onnx_ir as ir
 from qonnx import ir as qir
 from qonnx import quant
 from qonnx.errors import UserError
-from qonnx.passes.observe_means import correctable_nodes
 from qonnx.passes.qdq_placement import (
     activation_inputs,
     constant_operands,
@@ -73,6 +72,25 @@ def node_roles(node: ir.Node) -> NodeRoles:
         if (is_float_constant(bias) and bias.const_value.numpy().ndim == 1) or is_dequantized(bias):
             roles.bias = 2
     return roles
+
+
+def correctable_nodes(model: ir.Model) -> list[ir.Node]:
+    """INT8 Conv and plain Gemm nodes with a constant weight: the ops whose bias can absorb the shift."""
+    nodes = []
+    for node, spec in quantized_nodes(model):
+        if spec.dynamic or len(node.inputs) < 2 or not is_float_constant(node.inputs[1]) or len(node.inputs[1].uses()) != 1:
+            continue
+        if node.op_type == "Conv":
+            nodes.append(node)
+        elif node.op_type == "Gemm" and not node.attributes.get_int("transA", 0):
+            if node.attributes.get_float("alpha", 1.0) == 1.0 and node.attributes.get_float("beta", 1.0) == 1.0:
+                nodes.append(node)
+    return nodes
+
+
+def bias_correction_inputs(model: ir.Model) -> list[str]:
+    """The tensors whose mean per channel bias correction needs (see ``qonnx.calib.means``)."""
+    return list(dict.fromkeys(node.inputs[0].name for node in correctable_nodes(model)))
 
 
 def tensors_to_calibrate(model: ir.Model, target: Target) -> list[str]:
@@ -328,10 +346,12 @@ class InsertQDQ(Pass):
         return True
 
     def _correct_bias(self, graph: ir.Graph, node: ir.Node, roles: NodeRoles, weight: np.ndarray, dequantized: np.ndarray) -> None:
-        """Subtract the mean output shift that quantizing the weight causes (see ``observe-means``)."""
-        means = self.context.analyses.get("input_means", {}).get(self._mean_of_input.get(node, ""))
+        """Subtract the mean output shift that quantizing the weight causes (see ``qonnx.calib.means``)."""
+        table = self.context.analyses.get("ranges")
+        means = table.channel_means.get(self._mean_of_input.get(node, "")) if table is not None else None
         if means is None:
             return
+        means = np.asarray(means, np.float64)
         error = dequantized.astype(np.float64) - weight.astype(np.float64)
         if node.op_type == "Conv":
             groups = node.attributes.get_int("group", 1)

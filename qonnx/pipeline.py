@@ -99,7 +99,7 @@ aliases: dict[str, str] = {
     "normalize": "inline-functions,upgrade-opset,constants-to-initializers,fold-constants,infer-shapes,fold-bias-add,fold-batchnorm,fold-pad,div-to-mul,remove-dead",
 }
 
-DEFAULT_PIPELINE = "normalize,resolve-policy,calibrate,observe-means,insert-qdq,remove-dead,finalize,verify"
+DEFAULT_PIPELINE = "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,finalize,verify"
 
 
 def register(cls: type[Pass]) -> type[Pass]:
