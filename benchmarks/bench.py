@@ -264,14 +264,17 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, the best left
 
 
-def quantize_with_qonnx(case_name: str, model_path: str, output_path: str, mode: str = "static") -> dict[str, Any]:
+def quantize_with_qonnx(case_name: str, model_path: str, output_path: str, mode: str = "static", method: str = "") -> dict[str, Any]:
+    """qonnx.api.quantize with its defaults, or with calibration ``method`` ("percentile:99.999" sets P)."""
     import qonnx.api
 
     case = CASES[case_name]
+    name, _, percentile = method.partition(":")
     started = time.perf_counter()
     result = qonnx.api.quantize(
         model_path, output_path, calib=case.calib_data(), eval_data=case.eval_data(), preprocess=case.preprocess, mode=mode,
-        sensitivity=case.sensitivity if mode == "static" else 0,
+        sensitivity=case.sensitivity if mode == "static" and not method else 0,
+        method=name or None, percentile=float(percentile) if percentile else None,
     )
     wall_s = time.perf_counter() - started
     timing = result.report.get("timing", {})
@@ -526,6 +529,7 @@ class Settings:
     min_timed_s: float  # timed seconds per variant, at least
     timeout_s: float  # per quantization
     anchor_preprocess: str  # a key of ANCHOR_PREPROCESS_ATTEMPTS
+    methods: tuple[str, ...] = ()  # extra qonnx variants, one per calibration method (fidelity only)
 
 
 WARMUP_RUNS = 3
@@ -603,6 +607,10 @@ def bench_case(case: BenchCase, scratch: Path, settings: Settings) -> dict[str, 
         return variant
 
     quantize("qonnx", "qonnx", quantize_with_qonnx)
+    # Each calibration method once more, for fidelity only (same graph, same speed): the figures
+    # the cpu target's default method is chosen from.
+    for method in settings.methods:
+        quantize(f"qonnx {method}", "method", quantize_with_qonnx, "static", method)
     if case.dynamic:
         quantize("qonnx dynamic", "qonnx", quantize_with_qonnx, "dynamic")
     for method in ANCHOR_METHODS:
@@ -621,7 +629,7 @@ def bench_case(case: BenchCase, scratch: Path, settings: Settings) -> dict[str, 
             variant.error = f"evaluation: {_first_line(exc)}"
             progress(f"{case.name}: {variant.name} {variant.error}")
 
-    working = [v for v in variants if v.error is None]
+    working = [v for v in variants if v.error is None and v.kind != "method"]
     plans = {}
     for threads in (LATENCY_THREADS, STEADY_THREADS):
         progress(f"{case.name}: interleaved latency of {len(working)} variants, {threads} intra-op thread(s)")
@@ -953,7 +961,31 @@ def markdown(doc: dict[str, Any]) -> str:
                 ]
             lines.append("| " + " | ".join(cells) + " |")
         lines += [""] + [f"- {note}" for note in _case_notes(case)]
+    lines += method_table(doc)
     return "\n".join(lines) + "\n"
+
+
+def method_table(doc: dict[str, Any]) -> list[str]:
+    """Worst-output SQNR of every calibration method on every model, and its mean margin over the anchor."""
+    cases = [c for c in doc["models"] if any(r["kind"] == "method" for r in c["variants"])]
+    if not cases:
+        return []
+    methods = list(dict.fromkeys(r["variant"] for c in cases for r in c["variants"] if r["kind"] == "method"))
+    lines = ["", "## Calibration methods (qonnx, static INT8; worst-output SQNR dB)", ""]
+    lines.append("| method | " + " | ".join(c["model"] for c in cases) + " | mean margin over the anchor dB |")
+    lines.append("|---|" + "---:|" * (len(cases) + 1))
+    for method in methods:
+        cells, margins = [], []
+        for case in cases:
+            rows = {r["variant"]: r for r in case["variants"]}
+            row, anchor = rows.get(method), rows.get(case["best_anchor"])
+            worst = min(row["sqnr_db"].values()) if row and row["sqnr_db"] else None
+            cells.append(_fmt(worst, ".1f"))
+            if worst is not None and anchor and anchor["sqnr_db"]:
+                margins.append(worst - min(anchor["sqnr_db"].values()))
+        mean = sum(margins) / len(margins) if margins else None
+        lines.append(f"| {method.removeprefix('qonnx ')} | " + " | ".join(cells) + f" | {_fmt(mean, '+.1f')} |")
+    return lines
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -970,6 +1002,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-timed-s", type=float, default=3.0, help="timed seconds per variant, at least")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed to one quantization")
+    parser.add_argument(
+        "--methods",
+        default="minmax,mse,percentile:99.99,percentile:99.999,entropy",
+        help="calibration methods to compare, fidelity only ('' for none); percentile:P sets P",
+    )
     parser.add_argument(
         "--anchor-preprocess",
         choices=sorted(ANCHOR_PREPROCESS_ATTEMPTS),
@@ -988,7 +1025,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if skipped:
             progress(f"skipping {', '.join(skipped)}: exporting them needs {export.INSTALL_HINT}")
         names = [n for n in names if n not in EXPORTED]
-    settings = Settings(args.runs, args.min_timed_s, args.timeout, args.anchor_preprocess)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    settings = Settings(args.runs, args.min_timed_s, args.timeout, args.anchor_preprocess, methods)
 
     started = time.perf_counter()
     doc: dict[str, Any] = {"environment": environment(settings), "models": []}
