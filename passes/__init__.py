@@ -3,7 +3,10 @@
 from qonnx.passes import (  # noqa: F401
     calibrate,
     constants_to_initializers,
+    convert_float,
+    emulate_float,
     finalize,
+    float_islands,
     fold_batchnorm,
     fold_bias_add,
     fold_constants,

@@ -14,9 +14,15 @@ from qonnx import ir as qir
 from qonnx.calib.collect import collect_ranges
 from qonnx.calib.ranges import RangeTable
 from qonnx.errors import UserError
+from qonnx.passes.float_islands import float_tensors_to_observe
 from qonnx.passes.insert_qdq import tensors_to_calibrate
 from qonnx.pipeline import Pass, register
 from qonnx.targets import get_target
+
+
+def _tensors(model: ir.Model, target) -> list[str]:
+    """The tensors to observe: INT8 nodes' inputs and outputs, and FP16/BF16 nodes' float tensors."""
+    return list(dict.fromkeys([*tensors_to_calibrate(model, target), *float_tensors_to_observe(model)]))
 
 
 @register
@@ -38,11 +44,11 @@ class Calibrate(Pass):
         self.target = get_target(self.context.target)
 
     def requires(self, model: ir.Model) -> None:
-        if self.ranges_path is None and self.context.calib is None and tensors_to_calibrate(model, self.target):
+        if self.ranges_path is None and self.context.calib is None and _tensors(model, self.target):
             raise UserError("calibration needs data: give --calib DATA (or --ranges FILE)")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        tensors = tensors_to_calibrate(model, self.target)
+        tensors = _tensors(model, self.target)
         digest = qir.model_hash(model)
         if self.ranges_path:
             table = RangeTable.load(self.ranges_path, model_hash=digest)

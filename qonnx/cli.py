@@ -53,10 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize a model with calibration data")
     q.add_argument("model", type=Path)
     q.add_argument("-o", "--output", type=Path, required=True, help="where to write the quantized model")
-    q.add_argument("--calib", required=True, help=".npz file, folder of .npz files, folder of images, or 'random'")
+    q.add_argument("--calib", help=".npz file, folder of .npz files, folder of images, or 'random' (optional for fp16/bf16)")
     q.add_argument("--eval", dest="eval_data", help="held-out data for fidelity (default: last quarter of --calib)")
-    q.add_argument("--precision", default="int8", choices=["int8"])
-    q.add_argument("--target", default="cpu", choices=["cpu", "tensorrt"])
+    q.add_argument("--precision", default="int8", choices=["int8", "fp16", "bf16"])
+    q.add_argument("--target", choices=["cpu", "tensorrt", "cuda"], help="default: cpu for int8, cuda for fp16/bf16")
+    q.add_argument("--io-types", default="float32", choices=["float32", "fp16", "bf16"], help="fp16/bf16: graph inputs and outputs in the low type too (default: keep float32)")
     q.add_argument("--samples", type=int, help="use at most N calibration samples")
     q.add_argument("--report", type=Path, help="write the JSON report here")
     q.add_argument("--pipeline", help="text pipeline, e.g. 'normalize,resolve-policy,calibrate,insert-qdq,verify'")
@@ -113,6 +114,8 @@ def _quantize(args) -> int:
     from qonnx.report import summary_table
 
     calib, uncalibrated = args.calib, False
+    if calib is None and args.precision == "int8" and args.pipeline is None:
+        raise UserError("quantizing to int8 needs calibration data: give --calib DATA")
     if calib == "random":
         print("WARNING: calibrating on random data; ranges will not match real inputs", file=sys.stderr)
         calib, uncalibrated = _random_feeds(args.model, args.samples or 16, args.seed), True
@@ -123,6 +126,7 @@ def _quantize(args) -> int:
         eval_data=args.eval_data,
         precision=args.precision,
         target=args.target,
+        io_types=args.io_types,
         samples=args.samples,
         pipeline=args.pipeline,
         policy=args.policy,

@@ -41,6 +41,7 @@ __all__ = [
     "registry",
     "aliases",
     "DEFAULT_PIPELINE",
+    "default_pipeline",
     "parse_pipeline",
     "build",
     "run_pipeline",
@@ -98,6 +99,22 @@ aliases: dict[str, str] = {
 }
 
 DEFAULT_PIPELINE = "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,finalize,verify"
+
+
+def default_pipeline(precision: str = "int8", *, calibrated: bool = True, keep_io_types: bool = True) -> str:
+    """The pipeline a precision runs when none is given.
+
+    INT8: ``DEFAULT_PIPELINE``. FP16/BF16: calibration only when data is given (its ranges are then
+    the evidence for FP32 islands), then ``float-islands`` and ``convert-float``.
+    """
+    if precision == "int8":
+        return DEFAULT_PIPELINE
+    steps = ["normalize", "resolve-policy"]
+    if calibrated:
+        steps.append("calibrate")
+    steps += ["float-islands", "convert-float" if keep_io_types else "convert-float(keep_io_types=false)"]
+    steps += ["remove-dead", "finalize", "verify"]
+    return ",".join(steps)
 
 
 def register(cls: type[Pass]) -> type[Pass]:
