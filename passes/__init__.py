@@ -7,6 +7,7 @@ from qonnx.passes import (  # noqa: F401
     emulate_float,
     finalize,
     float_islands,
+    float_sensitivity,
     fold_batchnorm,
     fold_bias_add,
     fold_constants,

@@ -202,6 +202,7 @@ def quantize(
     }
     if precision in FLOAT_PRECISIONS:
         doc["float_islands"] = context.notes.get("float_islands")
+        doc["float_sensitivity"] = context.notes.get("float_sensitivity")
         doc["conversion"] = context.notes.get("conversion")
     doc["size_ratio"] = round(doc["output"]["bytes"] / doc["input"]["bytes"], 4)
     t0 = time.perf_counter()

@@ -105,14 +105,18 @@ def default_pipeline(precision: str = "int8", *, calibrated: bool = True, keep_i
     """The pipeline a precision runs when none is given.
 
     INT8: ``DEFAULT_PIPELINE``. FP16/BF16: calibration only when data is given (its ranges are then
-    the evidence for FP32 islands), then ``float-islands`` and ``convert-float``.
+    the evidence for FP32 islands, and ``float-sensitivity`` measures the converted graph on it),
+    then ``float-islands`` and ``convert-float``.
     """
     if precision == "int8":
         return DEFAULT_PIPELINE
     steps = ["normalize", "resolve-policy"]
     if calibrated:
         steps.append("calibrate")
-    steps += ["float-islands", "convert-float" if keep_io_types else "convert-float(keep_io_types=false)"]
+    steps.append("float-islands")
+    if calibrated:
+        steps.append("float-sensitivity")
+    steps.append("convert-float" if keep_io_types else "convert-float(keep_io_types=false)")
     steps += ["remove-dead", "finalize", "verify"]
     return ",".join(steps)
 
