@@ -125,6 +125,7 @@ class ConvertFloat(Pass):
         graph = model.graph
         opset = model.opset_imports.get("", 1)
         holders = _holders(graph)
+        holder_nodes = set(holders.values())
 
         slots: dict[ir.Node, NodeSlots] = {}
         kinds: dict[ir.Node, str] = {}
@@ -133,14 +134,14 @@ class ConvertFloat(Pass):
             if not node_slots.slots:
                 continue
             slots[node] = node_slots
-            if set(holders.values()) and node in set(holders.values()):
+            if node in holder_nodes:
                 kinds[node] = "fp32"
             elif any(s.role == "node" for s in node_slots.slots):
                 wanted = node_spec(node.metadata_props).format == precision and node_slots.convertible
                 if node.op_type == "Constant" and "value" not in node.attributes:
                     wanted = False
                 kinds[node] = ("low" if node.op_type in COMPUTE_OPS else "free") if wanted else "fp32"
-        for holder in set(holders.values()):
+        for holder in holder_nodes:
             kinds[holder] = "fp32"
             slots.setdefault(holder, NodeSlots((), False))
 
