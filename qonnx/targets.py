@@ -11,8 +11,10 @@ with ``scale = input_scale * weight_scale``.
 for the low-precision type there would make the session fall back to the CPU provider, which has
 FP16 kernels for few ops (it computes the rest in FP32 behind inserted Casts) and none at all for
 BF16 compute (onnxruntime 1.32: Conv, MatMul, Add, Relu... in BF16 fail to load). Such nodes stay
-FP32. The kernel tables below follow onnxruntime's ``docs/OperatorKernels.md`` (CUDA section):
-FP16 has a kernel for nearly every float op, BF16 for a short list that leaves out Conv.
+FP32. The kernel tables below follow the CUDA section of onnxruntime's ``docs/OperatorKernels.md``:
+FP16 has a kernel for nearly every float op; BF16 for the arithmetic, activations, MatMul/Gemm,
+Softmax and data movement, but not for Pad, Clip, ReduceMean, pooling, Resize or comparisons, and
+for Conv only from opset 22 (which the ONNX schema requires for a BF16 Conv anyway).
 """
 
 from __future__ import annotations
@@ -69,17 +71,14 @@ class Target:
         return MixedPrecisionPolicy(QuantSpec(precision))
 
 
-# Data movement: any element type is fine, so every provider registers the 16-bit types.
-_ANY_TYPE_OPS = frozenset(
-    "Cast CastLike Concat ConstantOfShape DepthToSpace Expand Flatten Gather GatherElements GatherND Identity "
-    "Pad Reshape Shape Size Slice SpaceToDepth Split Squeeze Tile Transpose Unsqueeze Where".split()
-)
-# CUDA provider ops registered for float and double but not float16.
-_CUDA_NO_FP16 = frozenset("Range RoiAlign NonMaxSuppression DFT STFT Det Col2Im".split())
-# CUDA provider ops registered for bfloat16 (besides data movement).
-_CUDA_BF16 = _ANY_TYPE_OPS | frozenset(
-    "Add Sub Mul Div MatMul Gemm Relu Sigmoid Tanh Softmax LayerNormalization ReduceSum ReduceMean Neg Sqrt Erf "
-    "Equal Less Greater".split()
+# CUDA provider ops registered for float (and double) but not float16.
+_CUDA_NO_FP16 = frozenset("Range RoiAlign NonMaxSuppression GridSample EyeLike DFT STFT Det Col2Im".split())
+# CUDA provider ops registered for bfloat16.
+_CUDA_BF16 = frozenset(
+    "Cast CastLike Concat ConstantOfShape Expand Flatten Gather GatherElements GatherND Identity Reshape Shape Size "
+    "Slice Split Squeeze Tile Transpose Unsqueeze Where "
+    "Add Sub Mul Div Neg Sqrt Erf Exp Pow Sign Sum Min Max Relu Sigmoid Tanh HardSigmoid HardSwish Gelu Softmax "
+    "LayerNormalization ReduceSum MatMul Gemm Conv Dropout".split()
 )
 
 
