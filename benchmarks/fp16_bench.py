@@ -93,7 +93,7 @@ def _reason_counts(nodes: dict[str, Any]) -> dict[str, int]:
         if entry["format"] != "float" or not reason:
             continue
         for kind in ("cast placement", "may exceed", "on the calibration data", "flushes to zero", "holds |x|", "no bfloat16 form",
-                     "no float16 form", "kernel", "subgraph", "overflows FP16", "accumulator", "rounding"):
+                     "no float16 form", "kernel", "subgraph", "overflows FP16", "accumulator", "rounding", "residual", "infinite"):
             if kind in reason:
                 counts[kind] = counts.get(kind, 0) + 1
                 break

@@ -13,7 +13,8 @@ Reads the node specs (``resolve-policy``, then ``float-islands`` for the FP32 is
    that read such constants FP32, so this happens only without it);
 3. the formats of the *free* nodes (data movement and cheap element-wise ops) are chosen by a
    minimum cut (``qonnx.cast_placement``) so that the Casts at island boundaries move the fewest
-   bytes; each tensor that crosses a boundary gets one Cast, shared by all its readers there;
+   bytes; each tensor that crosses a boundary gets one Cast, shared by all its readers there. A
+   constant an FP32 node reads counts the bytes its FP32 copy keeps in the file the same way;
 4. the graph's inputs and outputs keep FP32 (a Cast after each input / before each output that
    needs one, the output keeping its name) unless ``keep_io_types=false``, which makes them FP16/BF16;
 5. identity Casts and cascades (a Cast reading a lossless Cast) are folded away.
@@ -32,7 +33,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qonnx import ir as qir
-from qonnx.cast_placement import FP32, LOW, Tensor, place_casts
+from qonnx.cast_placement import FP32, LOW, Tensor, cast_bytes, place_casts
 from qonnx.errors import UserError
 from qonnx.float_formats import FloatFormat, get_format
 from qonnx.float_slots import NodeSlots, float_slots
@@ -174,7 +175,15 @@ class ConvertFloat(Pass):
                 readers.append(io_side)
             readers = tuple(r for r in readers if r is not None)
             tensors.append(Tensor(producer_of(value), readers, 4 * _elements(value, self.unknown_dim)))
-        placement = place_casts(kinds, tensors)
+        # A constant is stored in the low format unless an FP32 reader needs it: then its FP32 copy
+        # costs the bytes it would have saved, so a free node reading a large table (an embedding
+        # Gather) does not stay FP32 just to spare a small Cast of its output.
+        constant_tensors = []
+        for value in graph.initializers.values():
+            if qir.is_constant_initializer(value) and value.const_value.dtype == ir.DataType.FLOAT:
+                readers = tuple(r for r in (reader_of(user, index) for user, index in value.uses()) if r is not None)
+                constant_tensors.append(Tensor(LOW, readers, value.const_value.nbytes // 2))
+        placement = place_casts(kinds, [*tensors, *constant_tensors])
         low = placement.low | {LOW}
 
         # 1. node formats: types of the slots that follow the node, type-setting attributes
@@ -232,7 +241,7 @@ class ConvertFloat(Pass):
             "fp32_nodes": sum(1 for n in kinds if n not in low),
             "casts_before": casts_before,
             "casts_after": sum(1 for n in graph if n.op_type == "Cast"),
-            "cast_bytes": placement.cast_bytes,
+            "cast_bytes": cast_bytes(tensors, placement.low),
             "constants_converted": converted,
             "constants_clipped": clipped,
         }
