@@ -9,7 +9,7 @@ formats so that the bytes cast are fewest.
 
 This is a minimum cut. Source ``FP32``, sink ``LOW``; a node on the source side runs in FP32.
 Forced nodes hang on their terminal by an infinite edge. For a tensor t of b bytes, produced by p
-and read by c1..ck, two helper vertices model the one shared Cast in either direction:
+and read by c1..ck, two auxiliary vertices model the one shared Cast in either direction:
 
 * ``p → up(t)`` with capacity b and ``up(t) → ci`` infinite: when p is FP32 and any reader is
   low, ``up(t)`` must be on the low side and the edge from p is cut once;

@@ -152,7 +152,7 @@ def _inspect(args) -> int:
 
 
 def _passes(args) -> int:
-    from qonnx.pipeline import DEFAULT_PIPELINE, _load_builtin_passes, aliases, registry
+    from qonnx.pipeline import DEFAULT_PIPELINE, _load_builtin_passes, aliases, default_pipeline, registry
 
     _load_builtin_passes()
     width = max(len(n) for n in [*registry, *aliases])
@@ -162,6 +162,7 @@ def _passes(args) -> int:
     for name, expansion in aliases.items():
         print(f"{name:<{width}}  = {expansion}")
     print(f"\ndefault pipeline: {DEFAULT_PIPELINE}")
+    print(f"fp16/bf16 pipeline: {default_pipeline('fp16', calibrated=True)} (calibrate and float-sensitivity only with --calib)")
     return 0
 
 
