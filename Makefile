@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test demo bench bench-calib clean
+.PHONY: install test demo bench bench-calib bench-fp16 clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +26,22 @@ $(BENCH_INSTALLED): $(INSTALLED)
 	$(PY) -m pip install -q -e ".[cpu,test,export]"
 	touch $@
 
-bench: $(BENCH_INSTALLED)
+bench: $(BENCH_INSTALLED) bench-fp16
 	$(PY) benchmarks/bench.py --out benchmarks/results
 	$(PY) benchmarks/calib_bench.py --out benchmarks/results
 
 # Calibration time and memory beside onnxruntime's calibrators (about 20 minutes on 2 cores).
 bench-calib: $(INSTALLED)
 	$(PY) benchmarks/calib_bench.py --out benchmarks/results
+
+# FP16/BF16 conversion beside onnxconverter-common (the bench extra).
+FP16_BENCH_INSTALLED := $(VENV)/.bench-fp16-installed
+$(FP16_BENCH_INSTALLED): $(BENCH_INSTALLED)
+	$(PY) -m pip install -q -e ".[cpu,test,export,bench]"
+	touch $@
+
+bench-fp16: $(FP16_BENCH_INSTALLED)
+	$(PY) benchmarks/fp16_bench.py --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -23,9 +23,15 @@ from qonnx.calib.observers import make_observer
 from qonnx.calib.ranges import RangeTable
 from qonnx.errors import UserError
 from qonnx.calib.means import collect_channel_means
+from qonnx.passes.float_islands import float_tensors_to_observe
 from qonnx.passes.insert_qdq import bias_correction_inputs, tensors_to_calibrate
 from qonnx.pipeline import Pass, register
 from qonnx.targets import get_target
+
+
+def _tensors(model: ir.Model, target) -> list[str]:
+    """The tensors to observe: INT8 nodes' inputs and outputs, and FP16/BF16 nodes' float tensors."""
+    return list(dict.fromkeys([*tensors_to_calibrate(model, target), *float_tensors_to_observe(model)]))
 
 
 @register
@@ -59,11 +65,11 @@ class Calibrate(Pass):
         make_observer(method, **self.settings)  # unknown methods and bad settings fail here
 
     def requires(self, model: ir.Model) -> None:
-        if self.ranges_path is None and self.context.calib is None and tensors_to_calibrate(model, self.target):
+        if self.ranges_path is None and self.context.calib is None and _tensors(model, self.target):
             raise UserError("calibration needs data: give --calib DATA (or --ranges FILE)")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        tensors = tensors_to_calibrate(model, self.target)
+        tensors = _tensors(model, self.target)
         digest = qir.model_hash(model)
         if self.ranges_path:
             table = RangeTable.load(self.ranges_path, model_hash=digest)

@@ -21,7 +21,7 @@ from qonnx import ir as qir
 from qonnx.errors import UserError
 from qonnx.policy import PLAN_KEY, SPEC_KEY, MixedPrecisionPolicy, QuantSpec, Rule
 from qonnx.pipeline import Pass, register
-from qonnx.targets import get_target
+from qonnx.targets import FLOAT_PRECISIONS, get_target
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ def _refusal(node: ir.Node, target) -> str | None:
     if node.outputs[0].dtype not in (None, ir.DataType.FLOAT):
         return "output is not FP32"
     return None
+
+
+def _has_fp32_data(node: ir.Node) -> bool:
+    return any(v is not None and v.dtype == ir.DataType.FLOAT for v in [*node.inputs, *node.outputs])
 
 
 def load_policy(path: str) -> MixedPrecisionPolicy:
@@ -74,8 +78,12 @@ class ResolvePolicy(Pass):
         policy = load_policy(self.policy_path) if self.policy_path else self.target.policy(self.context.precision, self.context.mode)
         modified = qir.name_unnamed_nodes(model)
         plan = _Plan()
+        float_format = self.context.precision in FLOAT_PRECISIONS
         for node in model.graph:
-            if node.op_type not in self.target.quantized_ops or node.domain not in ("", "ai.onnx"):
+            if float_format:
+                if not _has_fp32_data(node):
+                    continue
+            elif node.op_type not in self.target.quantized_ops or node.domain not in ("", "ai.onnx"):
                 continue
             spec = policy.resolve(node.op_type, node.name)
             entry = spec.to_dict()
@@ -87,13 +95,28 @@ class ResolvePolicy(Pass):
                 modified = True
             plan.add(node.name, entry)
         for node in model.graph.all_nodes():
-            if node.graph is not model.graph and node.op_type in self.target.quantized_ops:
+            if node.graph is not model.graph and (float_format or node.op_type in self.target.quantized_ops):
                 plan.add(node.name, {"format": "float", "reason": "inside a subgraph"})
         document = plan.to_json(self.target.name, policy)
         if model.metadata_props.get(PLAN_KEY) != document:
             model.metadata_props[PLAN_KEY] = document
             modified = True
         return ir.passes.PassResult(model, modified)
+
+
+def record_formats(model: ir.Model, entries: dict[str, dict]) -> None:
+    """Change the plan's entries (``{"format": ..., "reason": ...}``) of the named nodes.
+
+    For passes that decide a node's format after ``resolve-policy`` (FP32 islands, cast placement):
+    the plan in the model's metadata stays the one record of every node's format and reason.
+    """
+    document = json.loads(model.metadata_props.get(PLAN_KEY, "{}"))
+    plan = _Plan()
+    plan.specs, plan.nodes, plan.reasons = document.get("specs", {}), document.get("nodes", {}), document.get("reasons", {})
+    for node, entry in entries.items():
+        plan.add(node, entry)
+    document.update(specs=plan.specs, nodes=plan.nodes, reasons=plan.reasons)
+    model.metadata_props[PLAN_KEY] = json.dumps(document, sort_keys=True, separators=(",", ":"))
 
 
 class _Plan:
@@ -109,6 +132,7 @@ class _Plan:
 
     def add(self, node: str, entry: dict) -> None:
         entry = dict(entry)
+        self.reasons.pop(node, None)
         if reason := entry.pop("reason", None):
             self.reasons[node] = reason
         spec_id = next((key for key, spec in self.specs.items() if spec == entry), None)

@@ -16,6 +16,7 @@ import onnx_ir as ir
 from qonnx import runtime
 from qonnx.fusion import check_fusion
 from qonnx.ir import PROTOBUF_LIMIT
+from qonnx.passes.emulate_float import emulated
 from qonnx.pipeline import Pass, register
 
 
@@ -34,7 +35,22 @@ def verify_model(model: ir.Model, after: str = "") -> None:
     try:
         runtime.session(model)
     except Exception as exc:
-        raise VerificationError(f"onnxruntime cannot load the model{where}: {exc}") from exc
+        if not _has_bf16(model):
+            raise VerificationError(f"onnxruntime cannot load the model{where}: {exc}") from exc
+        # The CPU provider has no BF16 compute kernels: check the same graph with its roundings in FP32.
+        try:
+            runtime.session(emulated(model))
+        except Exception as inner:
+            raise VerificationError(f"onnxruntime cannot load the FP32 emulation of the BF16 model{where}: {inner}") from inner
+
+
+def _has_bf16(model: ir.Model) -> bool:
+    bf16 = ir.DataType.BFLOAT16
+    return (
+        any(v.const_value is not None and v.const_value.dtype == bf16 for v in model.graph.initializers.values())
+        or any(n.op_type == "Cast" and n.attributes.get_int("to") == bf16 for n in model.graph)
+        or any(v.dtype == bf16 for v in [*model.graph.inputs, *model.graph.outputs])
+    )
 
 
 @register

@@ -23,9 +23,10 @@ from qonnx import ir as qir
 from qonnx import metrics, runtime
 from qonnx.calib.sources import ImagePreprocess, Source, open_source
 from qonnx.errors import UserError
-from qonnx.pipeline import DEFAULT_PIPELINE, Context, PipelineStep, build, parse_pipeline, run_pipeline
+from qonnx.pipeline import Context, PipelineStep, build, default_pipeline, parse_pipeline, run_pipeline
 from qonnx.policy import PLAN_KEY
 from qonnx.report import SCHEMA, write_json
+from qonnx.targets import FLOAT_PRECISIONS, default_target
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +126,9 @@ def quantize(
     *,
     eval_data: Data | None = None,
     precision: str = "int8",
-    target: str = "cpu",
+    target: str | None = None,
     mode: str = "static",
+    io_types: str = "float32",
     samples: int | None = None,
     pipeline: str | None = None,
     policy: str | os.PathLike | None = None,
@@ -154,8 +156,17 @@ def quantize(
     ``method``, ``percentile``, ``batch_size``, ``calib_memory``, ``ranges`` (a saved range table to
     reuse) and ``save_ranges`` are the options of the pipeline's ``calibrate`` pass; given here they
     fill the options the pipeline text leaves out.
+
+    ``precision`` "fp16" or "bf16" converts instead of quantizing (target ``cuda`` unless named):
+    ``calib`` is then optional (its ranges, when given, are the evidence for FP32 islands) and
+    ``io_types`` set to the precision makes the graph's inputs and outputs 16-bit too.
     """
     started = time.perf_counter()
+    target = target or default_target(precision)
+    if precision not in ("int8", *FLOAT_PRECISIONS):
+        raise UserError(f"unknown precision {precision!r}; known: int8, {', '.join(FLOAT_PRECISIONS)}")
+    if io_types not in ("float32", precision) or (io_types != "float32" and precision not in FLOAT_PRECISIONS):
+        raise UserError(f"--io-types {io_types} does not go with --precision {precision} (choose float32 or {precision})")
     model_path, output_path = Path(model), Path(output)
     if output_path.exists() and model_path.exists() and output_path.resolve() == model_path.resolve():
         raise UserError(f"refusing to overwrite the input model {model_path}; choose another output path")
@@ -175,8 +186,11 @@ def quantize(
             eval_source = open_source(eval_data, ir_model, preprocess)
         else:
             calib_source, eval_source, eval_on_calibration = split_holdout(calib_source)
+    elif eval_data is not None:
+        eval_source = open_source(eval_data, ir_model, preprocess)
 
-    steps = parse_pipeline(pipeline or DEFAULT_PIPELINE)
+    text = pipeline or default_pipeline(precision, calibrated=calib_source is not None, keep_io_types=io_types == "float32")
+    steps = parse_pipeline(text)
     calibrate_options = {
         "method": method,
         "percentile": percentile,
@@ -225,12 +239,24 @@ def quantize(
         "uncalibrated": uncalibrated,
         "nodes": _node_formats(quantized),
     }
+    if precision in FLOAT_PRECISIONS:
+        doc["float_islands"] = context.notes.get("float_islands")
+        doc["float_sensitivity"] = context.notes.get("float_sensitivity")
+        doc["conversion"] = context.notes.get("conversion")
     doc["size_ratio"] = round(doc["output"]["bytes"] / doc["input"]["bytes"], 4)
     t0 = time.perf_counter()
     if eval_source is not None:
-        doc["fidelity"] = evaluate_fidelity(model_path, output_path, eval_source)
+        test: ir.Model | Path = output_path
+        if precision == "bf16":
+            # onnxruntime's CPU provider has no BF16 kernels: measure the same roundings in FP32.
+            from qonnx.passes.emulate_float import emulated
+
+            test = emulated(qir.load(output_path))
+        doc["fidelity"] = evaluate_fidelity(model_path, test, eval_source)
         doc["fidelity"]["held_out"] = not eval_on_calibration
-    if sensitivity and eval_source is not None:
+        if precision == "bf16":
+            doc["fidelity"]["emulated"] = True
+    if sensitivity and eval_source is not None and precision == "int8":
         from qonnx.sensitivity import activation_sensitivity
 
         feeds = [eval_source[i] for i in range(min(sensitivity, len(eval_source)))]

@@ -53,16 +53,17 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize a model with calibration data")
     q.add_argument("model", type=Path)
     q.add_argument("-o", "--output", type=Path, required=True, help="where to write the quantized model")
-    q.add_argument("--calib", help=".npz file, folder of .npz files, folder of images, or 'random' (not needed with --ranges)")
+    q.add_argument("--calib", help=".npz file, folder of .npz files, folder of images, or 'random' (optional with --ranges, --mode dynamic, fp16/bf16)")
     q.add_argument("--eval", dest="eval_data", help="held-out data for fidelity (default: last quarter of --calib)")
-    q.add_argument("--precision", default="int8", choices=["int8"])
-    q.add_argument("--target", default="cpu", choices=["cpu", "tensorrt"])
+    q.add_argument("--precision", default="int8", choices=["int8", "fp16", "bf16"])
+    q.add_argument("--target", choices=["cpu", "tensorrt", "cuda"], help="default: cpu for int8, cuda for fp16/bf16")
     q.add_argument(
         "--mode",
         default="static",
         choices=["static", "dynamic"],
-        help="static: calibrated activation ranges (default); dynamic: MatMul activations quantized at run time, no calibration data needed",
+        help="int8: static, calibrated activation ranges (default); dynamic, MatMul activations quantized at run time, no calibration data needed",
     )
+    q.add_argument("--io-types", default="float32", choices=["float32", "fp16", "bf16"], help="fp16/bf16: graph inputs and outputs in the low type too (default: keep float32)")
     q.add_argument("--samples", type=int, help="use at most N calibration samples")
     q.add_argument(
         "--method",
@@ -138,8 +139,8 @@ def _quantize(args) -> int:
     from qonnx.report import summary_table
 
     calib, uncalibrated = args.calib, False
-    if calib is None and args.ranges is None:
-        raise UserError("quantize needs calibration data: give --calib DATA (or --ranges FILE)")
+    if calib is None and args.precision == "int8" and args.mode == "static" and args.ranges is None and args.pipeline is None:
+        raise UserError("quantizing to int8 needs calibration data: give --calib DATA (or --ranges FILE); --mode dynamic needs none")
     if calib == "random":
         print("WARNING: calibrating on random data; ranges will not match real inputs", file=sys.stderr)
         calib, uncalibrated = _random_feeds(args.model, args.samples or 16, args.seed), True
@@ -151,6 +152,7 @@ def _quantize(args) -> int:
         precision=args.precision,
         target=args.target,
         mode=args.mode,
+        io_types=args.io_types,
         samples=args.samples,
         pipeline=args.pipeline,
         policy=args.policy,
@@ -183,7 +185,7 @@ def _inspect(args) -> int:
 
 
 def _passes(args) -> int:
-    from qonnx.pipeline import DEFAULT_PIPELINE, _load_builtin_passes, aliases, registry
+    from qonnx.pipeline import DEFAULT_PIPELINE, _load_builtin_passes, aliases, default_pipeline, registry
 
     _load_builtin_passes()
     width = max(len(n) for n in [*registry, *aliases])
@@ -193,6 +195,7 @@ def _passes(args) -> int:
     for name, expansion in aliases.items():
         print(f"{name:<{width}}  = {expansion}")
     print(f"\ndefault pipeline: {DEFAULT_PIPELINE}")
+    print(f"fp16/bf16 pipeline: {default_pipeline('fp16', calibrated=True)} (calibrate and float-sensitivity only with --calib)")
     return 0
 
 

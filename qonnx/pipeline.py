@@ -41,6 +41,7 @@ __all__ = [
     "registry",
     "aliases",
     "DEFAULT_PIPELINE",
+    "default_pipeline",
     "parse_pipeline",
     "build",
     "run_pipeline",
@@ -96,10 +97,30 @@ registry: dict[str, type[Pass]] = {}
 
 # Names that stand for a sequence of passes in a text pipeline.
 aliases: dict[str, str] = {
-    "normalize": "inline-functions,upgrade-opset,constants-to-initializers,fold-constants,infer-shapes,fold-bias-add,fold-batchnorm,fold-pad,div-to-mul,remove-dead",
+    "normalize": "inline-functions,upgrade-opset,constants-to-initializers,fold-constants,infer-shapes,fold-bias-add,fold-batchnorm,fold-pad,remove-dead",
 }
 
-DEFAULT_PIPELINE = "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,finalize,verify"
+DEFAULT_PIPELINE = "normalize,div-to-mul,resolve-policy,calibrate,insert-qdq,remove-dead,finalize,verify"
+
+
+def default_pipeline(precision: str = "int8", *, calibrated: bool = True, keep_io_types: bool = True) -> str:
+    """The pipeline a precision runs when none is given.
+
+    INT8: ``DEFAULT_PIPELINE``. FP16/BF16: calibration only when data is given (its ranges are then
+    the evidence for FP32 islands, and ``float-sensitivity`` measures the converted graph on it),
+    then ``float-islands`` and ``convert-float``.
+    """
+    if precision == "int8":
+        return DEFAULT_PIPELINE
+    steps = ["normalize", "resolve-policy"]
+    if calibrated:
+        steps.append("calibrate")
+    steps.append("float-islands")
+    if calibrated:
+        steps.append("float-sensitivity")
+    steps.append("convert-float" if keep_io_types else "convert-float(keep_io_types=false)")
+    steps += ["remove-dead", "finalize", "verify"]
+    return ",".join(steps)
 
 
 def register(cls: type[Pass]) -> type[Pass]:

@@ -17,6 +17,15 @@ to zero.
 
 ``tensorrt``: symmetric INT8 for activations and weights (zero point 0), per-channel weights, Q/DQ
 on the inputs of weighted ops and of residual Adds; TensorRT chooses output precisions itself.
+
+``cuda``: onnxruntime's CUDA provider, the target of FP16 and BF16 graphs. A node that has no kernel
+for the low-precision type there would make the session fall back to the CPU provider, which has
+FP16 kernels for few ops (it computes the rest in FP32 behind inserted Casts) and none at all for
+BF16 compute (onnxruntime 1.32: Conv, MatMul, Add, Relu... in BF16 fail to load). Such nodes stay
+FP32. The kernel tables below follow the CUDA section of onnxruntime's ``docs/OperatorKernels.md``:
+FP16 has a kernel for nearly every float op; BF16 for the arithmetic, activations, MatMul/Gemm,
+Softmax and data movement, but not for Pad, Clip, ReduceMean, pooling, Resize or comparisons, and
+for Conv only from opset 22 (which the ONNX schema requires for a BF16 Conv anyway).
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ import dataclasses
 from qonnx.errors import UserError
 from qonnx.policy import MixedPrecisionPolicy, QuantSpec, Rule
 
-__all__ = ["Target", "TARGETS", "get_target", "WEIGHT_AXIS_OPS"]
+__all__ = ["Target", "TARGETS", "get_target", "WEIGHT_AXIS_OPS", "FLOAT_PRECISIONS", "default_target"]
+
+FLOAT_PRECISIONS = ("fp16", "bf16")
 
 # Ops with a weight input whose output channels are the quantization axis.
 WEIGHT_AXIS_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -51,20 +62,45 @@ class Target:
     integer_ops: tuple[str, ...] = ()
     passthrough_ops: tuple[str, ...] = ()
     quantize_outputs: bool = True
+    # Standard-domain ops that have no kernel for the format in this provider ("fp16": ops without
+    # one), or the only ops that have one ("bf16": ops with one). Empty: the format is not offered.
+    no_fp16_kernel: frozenset[str] | None = None
+    bf16_kernels: frozenset[str] | None = None
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        offered = ["int8"]
+        if self.no_fp16_kernel is not None:
+            offered.append("fp16")
+        if self.bf16_kernels is not None:
+            offered.append("bf16")
+        return tuple(offered)
+
+    def has_kernel(self, op_type: str, precision: str) -> bool:
+        """Whether this provider runs ``op_type`` (standard domain) in ``precision`` ("fp16"/"bf16")."""
+        if precision == "fp16":
+            return self.no_fp16_kernel is not None and op_type not in self.no_fp16_kernel
+        if precision == "bf16":
+            return self.bf16_kernels is not None and op_type in self.bf16_kernels
+        raise ValueError(precision)
 
     @property
     def quantized_ops(self) -> tuple[str, ...]:
         return self.weighted_ops + self.integer_ops + self.passthrough_ops
 
     def policy(self, precision: str, mode: str = "static") -> MixedPrecisionPolicy:
-        """The default policy: every op the target quantizes, in INT8.
+        """The default policy: every op the target quantizes, in INT8; or the whole graph in FP16/BF16.
 
-        ``mode="dynamic"``: MatMul activations quantized at run time (onnxruntime fuses
+        ``mode="dynamic"`` (INT8): MatMul activations quantized at run time (onnxruntime fuses
         ``DynamicQuantizeLinear → DQ → MatMul`` into DynamicQuantizeMatMul), Gather tables stored in
         8 bits; everything else, convolutions included, stays float and needs no calibration.
         """
+        if precision not in self.precisions:
+            raise UserError(
+                f"precision {precision!r} is not supported for target {self.name!r} (supported: {', '.join(self.precisions)})"
+            )
         if precision != "int8":
-            raise UserError(f"precision {precision!r} is not supported yet for target {self.name!r} (supported: int8)")
+            return MixedPrecisionPolicy(QuantSpec(precision))
         if mode == "static":
             return MixedPrecisionPolicy.for_ops(self.quantized_ops, self.int8)
         if mode == "dynamic":
@@ -73,6 +109,17 @@ class Target:
             policy.rules.append(Rule(self.int8, op_type="Gather"))
             return policy
         raise UserError(f"unknown mode {mode!r}; known modes: static, dynamic")
+
+
+# CUDA provider ops registered for float (and double) but not float16.
+_CUDA_NO_FP16 = frozenset("Range RoiAlign NonMaxSuppression GridSample EyeLike DFT STFT Det Col2Im".split())
+# CUDA provider ops registered for bfloat16.
+_CUDA_BF16 = frozenset(
+    "Cast CastLike Concat ConstantOfShape Expand Flatten Gather GatherElements GatherND Identity Reshape Shape Size "
+    "Slice Split Squeeze Tile Transpose Unsqueeze Where "
+    "Add Sub Mul Div Neg Sqrt Erf Exp Pow Sign Sum Min Max Relu Sigmoid Tanh HardSigmoid HardSwish Gelu Softmax "
+    "LayerNormalization ReduceSum MatMul Gemm Conv Dropout".split()
+)
 
 
 TARGETS = {
@@ -90,7 +137,20 @@ TARGETS = {
         integer_ops=("Add",),
         quantize_outputs=False,
     ),
+    "cuda": Target(
+        name="cuda",
+        providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
+        int8=QuantSpec("int8", activation_dtype="int8", symmetric_activations=True, per_channel=True),
+        quantize_outputs=False,
+        no_fp16_kernel=_CUDA_NO_FP16,
+        bf16_kernels=_CUDA_BF16,
+    ),
 }
+
+
+def default_target(precision: str) -> str:
+    """The target a precision gets when none is named: FP16/BF16 graphs are for the CUDA provider."""
+    return "cuda" if precision in FLOAT_PRECISIONS else "cpu"
 
 
 def get_target(name: str) -> Target:

@@ -20,7 +20,7 @@ from qonnx.policy import SPEC_KEY
 
 from conftest import op_types, outputs, run_text
 
-QUANTIZE = "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,finalize,verify"
+QUANTIZE = "normalize,div-to-mul,resolve-policy,calibrate,insert-qdq,remove-dead,finalize,verify"
 NORMALIZE_TOLERANCE = 1e-5
 
 

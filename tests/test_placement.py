@@ -17,7 +17,7 @@ from qonnx.pipeline import Context, build, parse_pipeline, run_pipeline
 
 from conftest import outputs, run_text, to_ir
 
-QUANTIZE = "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,finalize,verify"
+QUANTIZE = "normalize,div-to-mul,resolve-policy,calibrate,insert-qdq,remove-dead,finalize,verify"
 FLOOR_DB = 25.0
 
 
