@@ -44,7 +44,7 @@ class Calibrate(Pass):
         self,
         context=None,
         *,
-        method: str = "minmax",
+        method: str | None = None,
         percentile: float | None = None,
         batch_size: int = 1,
         memory: str = "2GiB",
@@ -52,9 +52,10 @@ class Calibrate(Pass):
         save: str | None = None,
     ) -> None:
         super().__init__(context)
+        self.target = get_target(self.context.target)
+        method = method or self.target.calibration  # the target's default, chosen from the benchmark
         self.method, self.ranges_path, self.save_path = method, ranges, save
         self.batch_size, self.memory = batch_size, parse_bytes(memory)
-        self.target = get_target(self.context.target)
         if percentile is not None and method != "percentile":
             raise UserError(f"a percentile applies to --method percentile, not {method}")
         self.settings: dict[str, object] = {}

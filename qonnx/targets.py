@@ -62,6 +62,9 @@ class Target:
     integer_ops: tuple[str, ...] = ()
     passthrough_ops: tuple[str, ...] = ()
     quantize_outputs: bool = True
+    # Default calibration method. cpu: MSE, chosen from `make bench` (README, "Calibration"): it
+    # beat MinMax on every kit model, while Percentile's results swing by several dB with P.
+    calibration: str = "mse"
     # Standard-domain ops that have no kernel for the format in this provider ("fp16": ops without
     # one), or the only ops that have one ("bf16": ops with one). Empty: the format is not offered.
     no_fp16_kernel: frozenset[str] | None = None
