@@ -98,6 +98,21 @@ def tensors_to_calibrate(model: ir.Model, target: Target) -> list[str]:
     return plan_placement(model, target).calibrated
 
 
+def _dequantize_for(graph: ir.Graph, value: ir.Value, quantizer: ir.Node, dq_inputs: list[ir.Value], users) -> None:
+    """Insert ``quantizer → DequantizeLinear(dq_inputs)`` right after ``value``'s producer and make
+    ``users`` (reader, input index) read the dequantized tensor."""
+    dq = ir.node("DequantizeLinear", dq_inputs, name=qir.unique_name(graph, f"{value.name}_DQ"))
+    dq.outputs[0].name = qir.unique_name(graph, f"{value.name}_dq")
+    dq.outputs[0].dtype, dq.outputs[0].shape = ir.DataType.FLOAT, value.shape
+    producer = value.producer()
+    if producer is not None:
+        graph.insert_after(producer, [quantizer, dq])
+    else:
+        graph.insert_before(graph.node(0), [quantizer, dq])
+    for user, index in users:
+        user.replace_input_with(index, dq.outputs[0])
+
+
 @register
 class InsertQDQ(Pass):
     name = "insert-qdq"
@@ -220,17 +235,7 @@ class InsertQDQ(Pass):
         q.outputs[0].name = qir.unique_name(graph, f"{value.name}_q")
         q.outputs[0].dtype = ir.DataType.from_numpy(zero_point.dtype)
         q.outputs[0].shape = value.shape
-        dq = ir.node("DequantizeLinear", [q.outputs[0], scale_v, zp_v], name=qir.unique_name(graph, f"{value.name}_DQ"))
-        dq.outputs[0].name = qir.unique_name(graph, f"{value.name}_dq")
-        dq.outputs[0].dtype = ir.DataType.FLOAT
-        dq.outputs[0].shape = value.shape
-        producer = value.producer()
-        if producer is not None:
-            graph.insert_after(producer, [q, dq])
-        else:
-            graph.insert_before(graph.node(0), [q, dq])
-        for user, index in users:
-            user.replace_input_with(index, dq.outputs[0])
+        _dequantize_for(graph, value, q, [q.outputs[0], scale_v, zp_v], users)
         return True
 
     def _quantize_dynamically(self, graph: ir.Graph, value: ir.Value) -> bool:
@@ -246,16 +251,7 @@ class InsertQDQ(Pass):
         for out, suffix, dtype in zip(dynamic.outputs, ("q", "scale", "zp"), (ir.DataType.UINT8, ir.DataType.FLOAT, ir.DataType.UINT8)):
             out.name, out.dtype = qir.unique_name(graph, f"{value.name}_dyn_{suffix}"), dtype
         dynamic.outputs[0].shape = value.shape
-        dq = ir.node("DequantizeLinear", list(dynamic.outputs), name=qir.unique_name(graph, f"{value.name}_DQ"))
-        dq.outputs[0].name = qir.unique_name(graph, f"{value.name}_dq")
-        dq.outputs[0].dtype, dq.outputs[0].shape = ir.DataType.FLOAT, value.shape
-        producer = value.producer()
-        if producer is not None:
-            graph.insert_after(producer, [dynamic, dq])
-        else:
-            graph.insert_before(graph.node(0), [dynamic, dq])
-        for user, index in users:
-            user.replace_input_with(index, dq.outputs[0])
+        _dequantize_for(graph, value, dynamic, list(dynamic.outputs), users)
         return True
 
     def _group_initializers_of(self, graph, name, scale, zero_point) -> tuple[ir.Value, ir.Value]:
