@@ -323,11 +323,12 @@ class InsertQDQ(Pass):
         x_scale = self._input_scale(node) if roles.weight == 1 else None
         if bias is not None and x_scale is not None and len(value.uses()) == 1:
             min_scale = quant.min_weight_scale_for_bias(bias, x_scale)
+        qmax = 63 if spec.reduce_range else None
         if axis is not None and weight.ndim > axis and (min_scale is None or min_scale.size == weight.shape[axis]):
-            q, scale, _ = quant.per_channel_symmetric(weight, axis, dtype, min_scale)
+            q, scale, _ = quant.per_channel_symmetric(weight, axis, dtype, min_scale, qmax)
         else:
             axis = None
-            scale, zero_point = quant.symmetric_params(np.abs(weight).max(), dtype)
+            scale, zero_point = quant.symmetric_params(np.abs(weight).max(), dtype, qmax)
             if min_scale is not None:
                 scale = np.maximum(scale, min_scale.max()).astype(np.float32)
             q = quant.quantize(weight, scale, zero_point, dtype)

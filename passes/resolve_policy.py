@@ -75,7 +75,7 @@ class ResolvePolicy(Pass):
         self.target = get_target(self.context.target)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        policy = load_policy(self.policy_path) if self.policy_path else self.target.policy(self.context.precision, self.context.mode)
+        policy = load_policy(self.policy_path) if self.policy_path else self.target.policy(self.context.precision, self.context.mode, self.context.reduce_range)
         modified = qir.name_unnamed_nodes(model)
         plan = _Plan()
         float_format = self.context.precision in FLOAT_PRECISIONS

@@ -128,6 +128,7 @@ def quantize(
     precision: str = "int8",
     target: str | None = None,
     mode: str = "static",
+    reduce_range: bool = False,
     io_types: str = "float32",
     samples: int | None = None,
     pipeline: str | None = None,
@@ -208,7 +209,7 @@ def quantize(
         raise UserError(f"policy file not found: {policy}")
     if mode not in ("static", "dynamic"):
         raise UserError(f"unknown mode {mode!r}; known modes: static, dynamic")
-    context = Context(target=target, precision=precision, mode=mode, policy=None if policy is None else str(policy), calib=calib_source, samples=samples, progress=progress, debug=debug)
+    context = Context(target=target, precision=precision, mode=mode, reduce_range=reduce_range, policy=None if policy is None else str(policy), calib=calib_source, samples=samples, progress=progress, debug=debug)
     passes = build(steps, context)
     verify = None
     if debug:
@@ -232,6 +233,7 @@ def quantize(
         "target": target,
         "precision": precision,
         "mode": mode,
+        "reduce_range": reduce_range,
         "pipeline": ",".join(str(s) for s in steps),
         "passes": [r.to_dict() for r in records],
         "calibration": context.notes.get("calibration"),

@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=["static", "dynamic"],
         help="int8: static, calibrated activation ranges (default); dynamic, MatMul activations quantized at run time, no calibration data needed",
     )
+    q.add_argument(
+        "--reduce-range",
+        action="store_true",
+        help="int8: 7-bit weights, for x86 CPUs without VNNI (AVX2 only), where full-range U8xS8 products can saturate",
+    )
     q.add_argument("--io-types", default="float32", choices=["float32", "fp16", "bf16"], help="fp16/bf16: graph inputs and outputs in the low type too (default: keep float32)")
     q.add_argument("--samples", type=int, help="use at most N calibration samples")
     q.add_argument(
@@ -152,6 +157,7 @@ def _quantize(args) -> int:
         precision=args.precision,
         target=args.target,
         mode=args.mode,
+        reduce_range=args.reduce_range,
         io_types=args.io_types,
         samples=args.samples,
         pipeline=args.pipeline,

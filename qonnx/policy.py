@@ -32,7 +32,9 @@ class QuantSpec:
     ``activation_dtype`` (asymmetric unless ``symmetric_activations``), weights as symmetric
     ``weight_dtype``, per output channel when ``per_channel``. ``dynamic`` activations are
     quantized at run time from each input's own min/max (DynamicQuantizeLinear, always UINT8
-    asymmetric) instead of calibrated ranges.
+    asymmetric) instead of calibrated ranges. ``reduce_range`` stores weights in 7 bits
+    (-63..63): on x86 CPUs without VNNI, onnxruntime multiplies U8 by S8 with ``vpmaddubsw``,
+    whose 16-bit sums of two products saturate with full-range weights.
     """
 
     format: Format = "float"
@@ -41,6 +43,7 @@ class QuantSpec:
     symmetric_activations: bool = False
     per_channel: bool = True
     dynamic: bool = False
+    reduce_range: bool = False
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self), globalns={"Literal": Literal, "Format": Format})

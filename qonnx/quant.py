@@ -55,9 +55,10 @@ def qrange(dtype) -> tuple[int, int]:
     return int(info.min), int(info.max)
 
 
-def symmetric_params(max_abs, dtype=np.int8) -> tuple[np.ndarray, np.ndarray]:
-    """Scale ``max|x| / qmax`` and zero point 0 (restricted range: -127..127 for INT8)."""
-    qmax = qrange(dtype)[1]
+def symmetric_params(max_abs, dtype=np.int8, qmax: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Scale ``max|x| / qmax`` and zero point 0 (restricted range: -127..127 for INT8; ``qmax`` 63
+    for the 7-bit weights of ``reduce_range``)."""
+    qmax = qmax or qrange(dtype)[1]
     max_abs = np.asarray(max_abs, np.float32)
     scale = np.maximum(max_abs / np.float32(qmax), _TINY).astype(np.float32)
     return scale, np.zeros(scale.shape, dtype)
@@ -99,16 +100,16 @@ def dequantize(q: np.ndarray, scale, zero_point, axis: int | None = None) -> np.
 
 
 def per_channel_symmetric(
-    w: np.ndarray, axis: int, dtype=np.int8, min_scale: np.ndarray | None = None
+    w: np.ndarray, axis: int, dtype=np.int8, min_scale: np.ndarray | None = None, qmax: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Quantize a weight per output channel: returns ``(q, scale[C], zero_point[C])``.
 
     ``min_scale`` (per channel) raises a scale where the INT32 bias needs it (see
-    ``min_weight_scale_for_bias``).
+    ``min_weight_scale_for_bias``); ``qmax`` narrows the integer range (``reduce_range``).
     """
     reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
     max_abs = np.abs(w).max(axis=reduce_axes) if reduce_axes else np.abs(w)
-    scale, zero_point = symmetric_params(max_abs, dtype)
+    scale, zero_point = symmetric_params(max_abs, dtype, qmax)
     if min_scale is not None:
         scale = np.maximum(scale, np.asarray(min_scale, np.float32)).astype(np.float32)
     return quantize(w, scale, zero_point, dtype, axis), scale, zero_point

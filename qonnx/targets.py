@@ -91,7 +91,7 @@ class Target:
     def quantized_ops(self) -> tuple[str, ...]:
         return self.weighted_ops + self.integer_ops + self.passthrough_ops
 
-    def policy(self, precision: str, mode: str = "static") -> MixedPrecisionPolicy:
+    def policy(self, precision: str, mode: str = "static", reduce_range: bool = False) -> MixedPrecisionPolicy:
         """The default policy: every op the target quantizes, in INT8; or the whole graph in FP16/BF16.
 
         ``mode="dynamic"`` (INT8): MatMul activations quantized at run time (onnxruntime fuses
@@ -104,12 +104,13 @@ class Target:
             )
         if precision != "int8":
             return MixedPrecisionPolicy(QuantSpec(precision))
+        int8 = dataclasses.replace(self.int8, reduce_range=True) if reduce_range else self.int8
         if mode == "static":
-            return MixedPrecisionPolicy.for_ops(self.quantized_ops, self.int8)
+            return MixedPrecisionPolicy.for_ops(self.quantized_ops, int8)
         if mode == "dynamic":
-            dynamic = dataclasses.replace(self.int8, activation_dtype="uint8", symmetric_activations=False, dynamic=True)
+            dynamic = dataclasses.replace(int8, activation_dtype="uint8", symmetric_activations=False, dynamic=True)
             policy = MixedPrecisionPolicy.for_ops(("MatMul",), dynamic)
-            policy.rules.append(Rule(self.int8, op_type="Gather"))
+            policy.rules.append(Rule(int8, op_type="Gather"))
             return policy
         raise UserError(f"unknown mode {mode!r}; known modes: static, dynamic")
 

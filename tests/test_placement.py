@@ -4,6 +4,8 @@ Tiny random models quantize to ~30-40 dB; the floors below (25 dB) catch a broke
 scale or axis costs far more) without depending on rounding details.
 """
 
+import json
+
 import numpy as np
 import onnx_ir as ir
 import pytest
@@ -182,3 +184,15 @@ def test_dynamic_mode_still_stores_gather_tables_in_eight_bits():
     run_pipeline(model, build(parse_pipeline(QUANTIZE), ctx), ctx)
     assert "table" not in model.graph.initializers
     assert _node(model, "MatMul").inputs[0].producer().inputs[0].producer().op_type == "DynamicQuantizeLinear"
+
+
+def test_reduce_range_stores_seven_bit_weights():
+    proto = tiny.conv_chain()
+    model, _, ctx = run_text(proto, QUANTIZE, reduce_range=True)
+    for node in model.graph:
+        if node.op_type == "Conv":
+            q = node.inputs[1].producer().inputs[0].const_value.numpy()
+            assert np.abs(q).max() == 63  # the largest weight of each channel lands on ±63
+    assert json.loads(model.metadata_props["qonnx.plan"])["specs"]["int8"]["reduce_range"] is True
+    feed = tiny.random_feed(proto, seed=99)
+    assert sqnr_db(outputs(proto, feed)[0], outputs(model, feed)[0]) >= FLOOR_DB - 5  # one bit less: ~6 dB less
