@@ -112,7 +112,7 @@ def _hash_feed(hasher: Any, feed: Mapping[str, np.ndarray]) -> None:
     for name in sorted(feed):
         array = np.ascontiguousarray(feed[name])
         hasher.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
-        hasher.update(memoryview(array).cast("B"))
+        hasher.update(array.reshape(-1).view(np.uint8))
 
 
 def _check_batchable(model: ir.Model, batch_size: int) -> None:

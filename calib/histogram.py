@@ -20,6 +20,7 @@ batch size, batch order and ``merge`` change nothing (``x / w`` is exact in floa
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,18 @@ __all__ = ["StreamingHistogram"]
 _MIN_RELATIVE_EXPONENT = 20
 # w >= 2**_MIN_EXPONENT, so that 1 / w is a normal float32 (an all-zero tensor has no other bound).
 _MIN_EXPONENT = -100
-_CHUNK = 1 << 16
+CHUNK = 1 << 16  # values binned at a time: the scratch arrays stay in cache
+_buffers = threading.local()
+
+
+def _scratch(dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Per-thread scratch arrays of CHUNK scaled values and bin numbers."""
+    key = np.dtype(dtype).name
+    buffers = getattr(_buffers, key, None)
+    if buffers is None:
+        buffers = (np.empty(CHUNK, dtype), np.empty(CHUNK, np.int64))
+        setattr(_buffers, key, buffers)
+    return buffers
 
 
 def _exponent_for(lo: float, hi: float, bins: int, at_least: int) -> int:
@@ -106,11 +118,10 @@ class StreamingHistogram:
         # Chunks keep the scratch arrays in cache.
         scratch = np.float64 if self.exponent > 0 else np.float32
         inverse = scratch(math.ldexp(1.0, -self.exponent))
-        size = min(values.size, _CHUNK)
-        scaled, index = np.empty(size, scratch), np.empty(size, np.int64)
-        for begin in range(0, values.size, _CHUNK):
-            chunk = values[begin : begin + _CHUNK]
-            f, i = scaled[: chunk.size], index[: chunk.size]
+        scaled_buffer, index_buffer = _scratch(scratch)
+        for begin in range(0, values.size, CHUNK):
+            chunk = values[begin : begin + CHUNK]
+            f, i = scaled_buffer[: chunk.size], index_buffer[: chunk.size]
             np.multiply(chunk, inverse, out=f)
             np.floor(f, out=f)
             i[...] = f

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from qonnx.calib.histogram import StreamingHistogram
+from qonnx.calib.histogram import CHUNK, StreamingHistogram
 from qonnx.errors import UserError
 
 __all__ = [
@@ -287,9 +287,13 @@ class HistogramObserver(Observer):
         return self.histogram.width
 
     def update(self, batch: np.ndarray) -> None:
-        values, dropped, lo, hi = _finite(batch)
-        self.nonfinite += dropped
-        self.histogram.update(values, lo, hi)
+        # Chunk by chunk, so that the extremes, the finiteness check and the binning read each
+        # value from memory once (a chunk stays in cache); the bins do not depend on the chunks.
+        flat = np.asarray(batch, dtype=np.float32).reshape(-1)
+        for begin in range(0, flat.size, CHUNK):
+            values, dropped, lo, hi = _finite(flat[begin : begin + CHUNK])
+            self.nonfinite += dropped
+            self.histogram.update(values, lo, hi)
 
     def merge(self, other: HistogramObserver) -> None:
         self.histogram.merge(other.histogram)
