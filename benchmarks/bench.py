@@ -54,19 +54,15 @@ import argparse
 import dataclasses
 import datetime
 import json
-import logging
 import math
-import multiprocessing
 import os
 import platform
 import re
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -81,6 +77,8 @@ from qonnx.calib.sources import ImagePreprocess, Source, open_source
 from qonnx.models import export
 from qonnx.models.data import photo_folders, sentences
 from qonnx.models.kit import KIT, fetch
+
+from isolation import first_line, run_isolated  # benchmarks/isolation.py, beside this script
 
 LATENCY_THREADS = 2  # the protocol's figure
 STEADY_THREADS = 1  # also reported: one thread does not suffer when the host takes the second core away
@@ -248,22 +246,6 @@ def open_case_source(case: BenchCase, model_path: Path, which: str) -> Source:
 # Quantizers, each run in a fresh process
 
 
-def _peak_rss_mib() -> float:
-    """This process's peak resident memory since its last exec.
-
-    ``ru_maxrss`` is not used on Linux: exec keeps the high-water mark of the process image it
-    replaces, so a spawned child would report at least its parent's size. ``VmHWM`` belongs to
-    the address space, which exec creates anew.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux, the best left
-
-
 def quantize_with_qonnx(case_name: str, model_path: str, output_path: str, mode: str = "static", method: str = "") -> dict[str, Any]:
     """qonnx.api.quantize with its defaults, or with calibration ``method`` ("percentile:99.999" sets P)."""
     import qonnx.api
@@ -368,7 +350,7 @@ def quantize_with_onnxruntime(
             stage = "loading the result"
             runtime.session(output_path)
         except Exception as exc:
-            attempt_errors[attempt] = f"{stage}: {_first_line(exc)}"
+            attempt_errors[attempt] = f"{stage}: {first_line(exc)}"
             if attempt == attempts[-1][0]:
                 raise
             continue
@@ -383,79 +365,6 @@ def quantize_with_onnxruntime(
         "attempt_errors": attempt_errors,
         "calibration_samples": len(calib_source),
     }
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    if text:
-        # onnxruntime's load errors carry the file path and a full node dump before the reason.
-        text = re.sub(r"Load model from \S+ failed:\s*", "", text.splitlines()[0])
-        text = re.sub(r"In Node, \(.*\) , ", "", text)
-        return f"{type(exc).__name__}: {text}"
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" in {Path(frames[-1].filename).name}:{frames[-1].lineno} ({frames[-1].name})" if frames else ""
-    return f"{type(exc).__name__}{where}"
-
-
-class _LogCollector(logging.Handler):
-    """Keeps the distinct log warnings of a quantizer (with counts) instead of printing them."""
-
-    def __init__(self):
-        super().__init__(logging.WARNING)
-        self.counts: dict[str, int] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        lines = record.getMessage().strip().splitlines()
-        # Messages that differ only in a tensor name count as one kind.
-        kind = re.sub(r"'[^']*'", "'…'", lines[0]) if lines else ""
-        self.counts[kind] = self.counts.get(kind, 0) + 1
-
-
-def _isolated_entry(connection, workdir: str, function_name: str, args: tuple) -> None:
-    os.chdir(workdir)  # quantizers that drop scratch files drop them here, not in the repository
-    # Quantizers' chatter (onnxruntime's calibrators print to stdout) must not mix into the report.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    collector = _LogCollector()
-    logging.basicConfig(handlers=[collector], level=logging.WARNING, force=True)
-    logging.captureWarnings(True)
-    rss_at_start = _peak_rss_mib()
-    try:
-        outcome = {"ok": True, "result": globals()[function_name](*args)}
-    except BaseException as exc:
-        outcome = {"ok": False, "error": _first_line(exc), "traceback": traceback.format_exc(limit=-6)}
-    outcome.update(rss_at_start_mib=rss_at_start, peak_rss_mib=_peak_rss_mib(), log_warnings=collector.counts)
-    try:
-        connection.send(outcome)
-    finally:
-        connection.close()
-
-
-def run_isolated(function: Callable[..., dict[str, Any]], args: tuple, workdir: Path, timeout_s: float) -> dict[str, Any]:
-    """Run ``function(*args)`` in a freshly spawned interpreter; its result, or the failure, plus peak RSS."""
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_isolated_entry, args=(sender, str(workdir), function.__name__, args))
-    started = time.perf_counter()
-    process.start()
-    sender.close()
-    message = None
-    try:
-        if receiver.poll(timeout_s):
-            message = receiver.recv()
-    except EOFError:  # the child died before answering
-        pass
-    process.join(10 if message is not None else 1)
-    timed_out = process.is_alive()
-    if timed_out:
-        process.kill()
-        process.join()
-    wall_s = time.perf_counter() - started
-    if message is None:
-        reason = f"no answer within {timeout_s:g} s" if timed_out else f"process died (exit code {process.exitcode})"
-        return {"ok": False, "error": reason, "process_s": wall_s}
-    message["process_s"] = wall_s
-    return message
 
 
 # ----------------------------------------------------------------------------------------------
@@ -586,7 +495,7 @@ def bench_case(case: BenchCase, scratch: Path, settings: Settings) -> dict[str, 
         folder.mkdir(parents=True)
         output = folder / "model.onnx"
         progress(f"{case.name}: quantizing with {name} ...")
-        outcome = run_isolated(function, (case.name, str(model_path), str(output), *extra), folder, settings.timeout_s)
+        outcome = run_isolated(function, (case.name, str(model_path), str(output), *extra), settings.timeout_s, folder)
         variant = Variant(name, output, kind)
         variant.quantization = {k: v for k, v in outcome.items() if k not in ("ok", "result")}
         variant.quantization.update(outcome.get("result") or {})
@@ -626,7 +535,7 @@ def bench_case(case: BenchCase, scratch: Path, settings: Settings) -> dict[str, 
         try:
             measure_fidelity(variant, case, feeds, reference)
         except Exception as exc:
-            variant.error = f"evaluation: {_first_line(exc)}"
+            variant.error = f"evaluation: {first_line(exc)}"
             progress(f"{case.name}: {variant.name} {variant.error}")
 
     working = [v for v in variants if v.error is None and v.kind != "method"]

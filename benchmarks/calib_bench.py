@@ -46,15 +46,15 @@ import argparse
 import datetime
 import json
 import math
-import multiprocessing
 import os
 import platform
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
+
+from isolation import run_isolated  # benchmarks/isolation.py, beside this script
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CASES = {"yolov8n": (320, 320), "ppocr-det": (480, 480)}
@@ -121,14 +121,6 @@ def make_source(model_name: str, count: int, model):
 # The calibrations, each in a fresh process
 
 
-def _peak_rss_mib() -> float:
-    """This process's peak resident memory since exec (``VmHWM``; see benchmarks/bench.py)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def calibrate_qonnx(model_name: str, count: int, method: str, batch_size: int) -> dict[str, Any]:
     import onnx_ir as ir
 
@@ -187,40 +179,6 @@ def calibrate_onnxruntime(model_name: str, count: int, method: str, workdir: str
     return {"time_s": time.perf_counter() - started, "tensors": len(ranges.data)}
 
 
-def _child(connection, workdir: str, function_name: str, args: tuple) -> None:
-    os.chdir(workdir)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)  # calibrators print progress to stdout
-    rss_at_start = _peak_rss_mib()
-    try:
-        outcome = {"ok": True, "result": globals()[function_name](*args)}
-    except BaseException as exc:
-        outcome = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                   "traceback": traceback.format_exc(limit=-6)}
-    outcome.update(rss_at_start_mib=rss_at_start, peak_rss_mib=_peak_rss_mib())
-    connection.send(outcome)
-    connection.close()
-
-
-def run_isolated(function, args: tuple, workdir: Path, timeout_s: float) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(sender, str(workdir), function.__name__, args))
-    process.start()
-    sender.close()
-    message = None
-    try:
-        if receiver.poll(timeout_s):
-            message = receiver.recv()
-    except EOFError:
-        pass
-    process.join(10 if message is not None else 1)
-    if process.is_alive():
-        process.kill()
-        process.join()
-    if message is None:
-        return {"ok": False, "error": f"no answer within {timeout_s:g} s or the process died (exit {process.exitcode})"}
-    return message
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,7 +215,7 @@ def bench_model(model_name: str, scratch: Path, limit_gb: float, timeout_s: floa
     for count in (*SAMPLE_COUNTS, *EXTRA_OURS.get(model_name, ())):
         for method in OUR_METHODS if count in SAMPLE_COUNTS else EXTRA_METHODS:
             progress(f"{model_name}: qonnx {method}, {count} samples")
-            outcome = run_isolated(calibrate_qonnx, (model_name, count, method, 1), scratch, timeout_s)
+            outcome = run_isolated(calibrate_qonnx, (model_name, count, method, 1), timeout_s, scratch)
             records.append(_record("qonnx", model_name, method, count, outcome))
             if (model_name, count) == BATCH_CHECK[:2] and outcome["ok"]:
                 batch_ranges.setdefault(method, {})[1] = outcome["result"]["ranges"]
@@ -266,7 +224,7 @@ def bench_model(model_name: str, scratch: Path, limit_gb: float, timeout_s: floa
         _, count, batch = BATCH_CHECK
         for method in OUR_METHODS:
             progress(f"{model_name}: qonnx {method}, {count} samples, batch size {batch}")
-            outcome = run_isolated(calibrate_qonnx, (model_name, count, method, batch), scratch, timeout_s)
+            outcome = run_isolated(calibrate_qonnx, (model_name, count, method, batch), timeout_s, scratch)
             records.append(_record("qonnx", model_name, method, count, outcome, batch_size=batch))
             if outcome["ok"] and 1 in batch_ranges.get(method, {}):
                 check_batches[method] = compare_ranges(batch_ranges[method][1], outcome["result"]["ranges"])
@@ -281,18 +239,18 @@ def bench_model(model_name: str, scratch: Path, limit_gb: float, timeout_s: floa
                     records.append(_record("ort", model_name, method, count, {"skipped": f"projected {projected_gb:.1f} GB"}))
                     continue
             progress(f"{model_name}: ORT {method}, {count} samples")
-            outcome = run_isolated(calibrate_onnxruntime, (model_name, count, method, str(scratch)), scratch, timeout_s)
+            outcome = run_isolated(calibrate_onnxruntime, (model_name, count, method, str(scratch)), timeout_s, scratch)
             previous = _record("ort", model_name, method, count, outcome)
             records.append(previous)
     if model_name == BATCH_CHECK[0]:
         count = BATCH_CHECK[1]
         progress(f"{model_name}: ORT Entropy on the same tensors as qonnx, {count} samples")
-        outcome = run_isolated(calibrate_onnxruntime, (model_name, count, "Entropy", str(scratch), QUANTIZED_OPS), scratch, timeout_s)
+        outcome = run_isolated(calibrate_onnxruntime, (model_name, count, "Entropy", str(scratch), QUANTIZED_OPS), timeout_s, scratch)
         records.append(_record("ort-same-tensors", model_name, "Entropy", count, outcome))
         for repeat in (1, 2):  # back-to-back pairs for the speed check
             progress(f"{model_name}: speed pair {repeat}: qonnx entropy and ORT Entropy, {count} samples")
-            ours = run_isolated(calibrate_qonnx, (model_name, count, "entropy", 1), scratch, timeout_s)
-            theirs = run_isolated(calibrate_onnxruntime, (model_name, count, "Entropy", str(scratch)), scratch, timeout_s)
+            ours = run_isolated(calibrate_qonnx, (model_name, count, "entropy", 1), timeout_s, scratch)
+            theirs = run_isolated(calibrate_onnxruntime, (model_name, count, "Entropy", str(scratch)), timeout_s, scratch)
             records.append({**_record("qonnx", model_name, "entropy", count, ours), "repeat": repeat})
             records.append({**_record("ort", model_name, "Entropy", count, theirs), "repeat": repeat})
     return records, check_batches

@@ -36,11 +36,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +48,7 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import CASES, REPO_ROOT, environment, open_case_source, write_atomically  # noqa: E402
+from isolation import run_isolated  # noqa: E402
 
 from qonnx import ir as qir  # noqa: E402
 from qonnx import metrics, runtime  # noqa: E402
@@ -126,41 +125,6 @@ def convert_occ_auto(case_name: str, model_path: str, output_path: str) -> dict[
     return {"convert_s": seconds}
 
 
-def _child(connection, function, args) -> None:
-    import logging
-    import os
-    import warnings
-
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # converters print progress on stdout
-    logging.disable(logging.WARNING)
-    warnings.simplefilter("ignore")
-    try:
-        outcome = {"ok": True, "result": function(*args)}
-    except BaseException as exc:  # noqa: B036 - reported, not raised
-        outcome = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300], "traceback": traceback.format_exc(limit=-4)}
-    connection.send(outcome)
-    connection.close()
-
-
-def isolated(function, args: tuple, timeout_s: float) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(sender, function, args))
-    process.start()
-    sender.close()
-    message = None
-    try:
-        if receiver.poll(timeout_s):
-            message = receiver.recv()
-    except EOFError:
-        pass
-    process.join(5 if message is not None else 1)
-    if process.is_alive():
-        process.kill()
-        process.join()
-    if message is None:
-        return {"ok": False, "error": f"stopped after {timeout_s:g} s (time cap)" if process.exitcode in (None, -9) else f"process died (exit code {process.exitcode})"}
-    return message
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,7 +198,7 @@ def bench_case(name: str, scratch: Path, auto_timeout_s: float, timeout_s: float
     for variant, (function, extra, cap) in plans.items():
         output = scratch / f"{name}.{variant.replace(' ', '_')}.onnx"
         print(f"[fp16-bench] {name}: {variant}", file=sys.stderr, flush=True)
-        outcome = isolated(function, (name, str(model_path), str(output), *extra), cap)
+        outcome = run_isolated(function, (name, str(model_path), str(output), *extra), cap)
         entry: dict[str, Any] = {"converted": outcome["ok"]}
         if outcome["ok"]:
             entry.update(outcome["result"])
