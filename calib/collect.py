@@ -33,6 +33,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qonnx import runtime
+from qonnx.calib.means import ChannelMean
 from qonnx.calib.observers import Observer, make_observer
 from qonnx.calib.ranges import RangeTable, TensorRange
 from qonnx.calib.sources import Source, input_specs
@@ -193,11 +194,14 @@ def collect_ranges(
     memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
     progress: bool | None = False,
     model_hash: str = "",
+    channel_means: Sequence[str] = (),
 ) -> RangeTable:
     """Observe ``tensors`` over the first ``samples`` feeds of ``source`` with ``method``.
 
     ``settings`` are the observer's keyword arguments (``percentile=99.9``…); ``memory_budget`` the
     bytes the tapped outputs of one batch may take (an int, or text such as ``"2GiB"``).
+    ``channel_means``: tensors whose mean per channel (axis 1) is taken in the same runs, for bias
+    correction (``RangeTable.channel_means``).
     """
     settings = dict(settings or {})
     make_observer(method, **settings)  # an unknown method or setting fails before any work
@@ -207,20 +211,26 @@ def collect_ranges(
     if count <= 0:
         raise UserError("no calibration samples")
     observers: dict[str, Observer] = {name: make_observer(method, **settings) for name in tensors}
+    means = {name: ChannelMean() for name in channel_means}
     graph_inputs = {v.name for v in model.graph.inputs}
-    tapped = [t for t in tensors if t not in graph_inputs]
+    watched = list(dict.fromkeys([*tensors, *channel_means]))
+    tapped = [t for t in watched if t not in graph_inputs]
     hasher = hashlib.sha256()
 
     def observe(feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], names: Sequence[str]) -> None:
         for name in names:
-            observers[name].update(feed[name] if name in graph_inputs else outputs[name])
+            value = feed[name] if name in graph_inputs else outputs[name]
+            if name in observers:
+                observers[name].update(value)
+            if name in means:
+                means[name].update(value)
 
     # The first sample alone, every tensor tapped: what each tensor weighs per row of batch.
     first = source[0]
     _hash_feed(hasher, first)
     session = runtime.session(runtime.tapped_model(model, tapped))
     outputs = _run(session, first, tapped, [0])
-    observe(first, outputs, list(observers))
+    observe(first, outputs, watched)
     rows = _rows(first)
     per_row = {name: -(-outputs[name].nbytes // rows) for name in tapped}
     del outputs
@@ -237,7 +247,7 @@ def collect_ranges(
     for number, group in enumerate(groups):
         if session is None:
             session = runtime.session(runtime.tapped_model(model, group))
-        names = [*group, *(t for t in tensors if t in graph_inputs)] if number == 0 else group
+        names = [*group, *(t for t in watched if t in graph_inputs)] if number == 0 else group
         total = count if number == 0 else count - 1
         with Progress(total, label.format(number + 1), enabled=progress) as bar:
             if number == 0:
@@ -271,4 +281,5 @@ def collect_ranges(
         observer=any_observer.settings(),
         batch_size=batch_size,
         passes=len(groups),
+        channel_means={name: [float(v) for v in m] for name, acc in means.items() if (m := acc.mean()) is not None},
     )

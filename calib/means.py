@@ -3,9 +3,10 @@
 Quantizing a weight moves each output channel's mean: with ``ΔW = Q(W) - W`` the output of a
 convolution shifts on average by ``Δb[o] = Σ_{c,k} ΔW[o, c, k] · E[x_c]``, a systematic error that
 the following layers amplify (depthwise convolutions, with few weights per channel, suffer most).
-``collect_channel_means`` runs the calibration samples through the float model with the inputs of
-the INT8 Conv/Gemm nodes tapped and returns ``E[x_c]`` per input channel; the ``calibrate`` pass
-keeps them in the range table, and ``insert-qdq`` subtracts ``Δb`` from the bias it stores. This is
+``ChannelMean`` accumulates ``E[x_c]`` per channel (axis 1) of the inputs of the INT8 Conv/Gemm
+nodes; ``collect_ranges`` feeds it in the same onnxruntime runs that feed the range observers, the
+``calibrate`` pass keeps the means in the range table, and ``insert-qdq`` subtracts ``Δb`` from the
+bias it stores. This is
 the bias correction of Nagel et al., "Data-Free Quantization Through Weight Equalization and Bias
 Correction" (ICCV 2019), with the expectation measured instead of derived from BatchNorm. Zero
 padding is not counted (the mean is over the input tensor), which slightly overstates the shift
@@ -14,42 +15,29 @@ at the borders.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
-import onnx_ir as ir
 
-from qonnx import runtime
-from qonnx.calib.sources import Source
-from qonnx.progress import Progress
-
-__all__ = ["collect_channel_means"]
+__all__ = ["ChannelMean"]
 
 
-def collect_channel_means(
-    model: ir.Model, source: Source, tensors: Sequence[str], *, samples: int | None = None, progress: bool | None = False
-) -> dict[str, np.ndarray]:
-    """``{tensor: mean over every axis but 1}`` (float64) over the first ``samples`` feeds of ``source``."""
-    tensors = list(dict.fromkeys(tensors))
-    if not tensors:
-        return {}
-    count = len(source) if samples is None else min(samples, len(source))
-    graph_inputs = {v.name for v in model.graph.inputs}
-    tapped = [t for t in tensors if t not in graph_inputs]
-    session = runtime.session(runtime.tapped_model(model, tapped))
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = dict.fromkeys(tensors, 0)
-    with Progress(count, "channel means", enabled=progress) as bar:
-        for index in range(count):
-            feed = source[index]
-            outputs = session.run(feed, tapped) if tapped else {}
-            for name in tensors:
-                x = np.asarray(feed[name] if name in graph_inputs else outputs[name], np.float64)
-                if x.ndim < 2:
-                    continue
-                axes = tuple(i for i in range(x.ndim) if i != 1)
-                per_channel = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).sum(axis=axes)
-                sums[name] = per_channel if name not in sums else sums[name] + per_channel
-                counts[name] += x.size // x.shape[1]
-            bar.advance()
-    return {name: sums[name] / counts[name] for name in sums if counts[name]}
+class ChannelMean:
+    """Streaming mean over every axis but 1 (float64 sums, so the order of batches does not matter
+    beyond rounding); NaN and ±inf count as 0, as a masked position contributes nothing."""
+
+    def __init__(self):
+        self.sums: np.ndarray | None = None
+        self.count = 0
+
+    def update(self, batch: np.ndarray) -> None:
+        x = np.asarray(batch)
+        if x.ndim < 2:
+            return
+        axes = tuple(i for i in range(x.ndim) if i != 1)
+        sums = np.nan_to_num(x.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0).sum(axis=axes)
+        if self.sums is not None and sums.shape != self.sums.shape:
+            return  # another channel count: not an input a bias can correct
+        self.sums = sums if self.sums is None else self.sums + sums
+        self.count += x.size // x.shape[1]
+
+    def mean(self) -> np.ndarray | None:
+        return None if self.sums is None or not self.count else self.sums / self.count

@@ -22,7 +22,6 @@ from qonnx.calib.collect import collect_ranges, parse_bytes
 from qonnx.calib.observers import make_observer
 from qonnx.calib.ranges import RangeTable
 from qonnx.errors import UserError
-from qonnx.calib.means import collect_channel_means
 from qonnx.passes.float_islands import float_tensors_to_observe
 from qonnx.passes.insert_qdq import bias_correction_inputs, tensors_to_calibrate
 from qonnx.pipeline import Pass, register
@@ -86,13 +85,10 @@ class Calibrate(Pass):
                 memory_budget=self.memory,
                 progress=self.context.progress,
                 model_hash=digest,
+                channel_means=bias_correction_inputs(model),
             )
         else:
             table = RangeTable({}, model_hash=digest, method=self.method)
-        means_needed = bias_correction_inputs(model)
-        if not self.ranges_path and means_needed and self.context.calib is not None:
-            means = collect_channel_means(model, self.context.calib, means_needed, samples=self.context.samples, progress=self.context.progress)
-            table.channel_means = {name: [float(v) for v in values] for name, values in means.items()}
         if self.save_path:
             table.save(self.save_path)
         self.context.analyses["ranges"] = table

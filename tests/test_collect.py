@@ -54,6 +54,22 @@ def test_variable_shapes_batches_and_a_split_give_one_table(method):
     assert one.data_hash == batched.data_hash == split.data_hash
 
 
+def test_channel_means_come_from_the_same_runs_and_match_numpy():
+    """Means per channel (for bias correction) of a graph input and an intermediate tensor, the
+    latter not calibrated itself, taken in the calibration runs, batched and split alike. Tolerance:
+    float64 sums of float32 values, 1e-9 relative."""
+    proto, model = _dynamic_chain()
+    feeds = _feeds(proto, [(8, 8), (12, 16), (8, 8)])
+    source = ListSource(feeds, input_specs(model))
+    whole = collect_ranges(model, source, ["x"], channel_means=["x", "r1"])
+    split = collect_ranges(model, source, ["x"], channel_means=["x", "r1"], memory_budget=512, batch_size=2)
+    expected = np.concatenate([f["x"].transpose(1, 0, 2, 3).reshape(3, -1) for f in feeds], axis=1).astype(np.float64).mean(axis=1)
+    np.testing.assert_allclose(whole.channel_means["x"], expected, rtol=1e-9)
+    assert set(whole.channel_means) == {"x", "r1"} and len(whole.channel_means["r1"]) == 4
+    assert min(whole.channel_means["r1"]) >= 0  # after a Relu
+    np.testing.assert_allclose(split.channel_means["r1"], whole.channel_means["r1"], rtol=1e-6)
+
+
 def test_the_table_records_data_and_observer_settings(tmp_path):
     proto, model = _dynamic_chain()
     feeds = _feeds(proto, [(8, 8)] * 3)
