@@ -139,8 +139,9 @@ class Placement:
     """Tensors to quantize, in graph order, and their scale groups.
 
     ``calibrated``: tensors whose range is observed; ``dynamic``: activations of nodes with a
-    dynamic spec, quantized at run time for those nodes only; ``passthrough: tensors quantized with the
-    group's parameters only (outputs of passthrough ops); ``group_of``: tensor → group root;
+    dynamic spec, quantized at run time for those nodes only; ``passthrough``: tensors quantized with
+    the group's parameters only (outputs of passthrough ops); ``group_of``: tensor → group root and
+    ``by_group`` its inverse;
     ``spec_of``: tensor → the spec it is quantized under; ``tables``: group root → the constant
     table (a Gather's data, e.g. a word embedding) whose parameters the group takes.
     """
@@ -151,10 +152,11 @@ class Placement:
     group_of: dict[str, str] = dataclasses.field(default_factory=dict)
     spec_of: dict[str, QuantSpec] = dataclasses.field(default_factory=dict)
     tables: dict[str, str] = dataclasses.field(default_factory=dict)
+    by_group: dict[str, list[str]] = dataclasses.field(default_factory=dict, repr=False)
 
     def members(self, name: str) -> list[str]:
-        root = self.group_of.get(name, name)
-        return [t for t, r in self.group_of.items() if r == root] or [name]
+        """The tensors that share ``name``'s scale and zero point (``name`` alone when it has no group)."""
+        return self.by_group.get(self.group_of.get(name, name), [name])
 
 
 class _Groups:
@@ -238,4 +240,6 @@ def plan_placement(model: ir.Model, target: Target) -> Placement:
     for name in [*calibrated, *passthrough]:
         placement.group_of[name] = groups.find(name)
     placement.tables = {groups.find(name): name for name in placement.tables}
+    for name, root in placement.group_of.items():
+        placement.by_group.setdefault(root, []).append(name)
     return placement
