@@ -24,7 +24,8 @@ class VerificationError(RuntimeError):
     """The model failed the onnx checker or onnxruntime refused it."""
 
 
-def verify_model(model: ir.Model, after: str = "") -> None:
+def verify_model(model: ir.Model, after: str = "", *, load: bool = True) -> None:
+    """The onnx checker, then (``load``) an onnxruntime session; raises VerificationError."""
     where = f" after {after}" if after else ""
     proto = ir.to_proto(model)
     if proto.ByteSize() < PROTOBUF_LIMIT:
@@ -32,6 +33,8 @@ def verify_model(model: ir.Model, after: str = "") -> None:
             onnx.checker.check_model(proto, full_check=True)
         except Exception as exc:
             raise VerificationError(f"onnx checker rejected the model{where}: {str(exc).splitlines()[0]}") from exc
+    if not load:
+        return
     try:
         runtime.session(model)
     except Exception as exc:
@@ -64,10 +67,15 @@ class Verify(Pass):
         self.fusion = fusion
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        verify_model(model)
         quantized = any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in model.graph)
-        if self.fusion and quantized and self.context.target == "cpu":
-            report = check_fusion(model)
+        fusion = self.fusion and quantized and self.context.target == "cpu"
+        # With the fusion check, its session (which writes the optimized graph) is the load check too.
+        verify_model(model, load=not fusion)
+        if fusion:
+            try:
+                report = check_fusion(model)
+            except Exception as exc:
+                raise VerificationError(f"onnxruntime cannot load the model: {exc}") from exc
             self.context.notes["fusion"] = report
             if self.context.debug and report["unfused"]:
                 names = ", ".join(report["unfused"][:5])

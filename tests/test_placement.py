@@ -196,3 +196,18 @@ def test_reduce_range_stores_seven_bit_weights():
     assert json.loads(model.metadata_props["qonnx.plan"])["specs"]["int8"]["reduce_range"] is True
     feed = tiny.random_feed(proto, seed=99)
     assert sqnr_db(outputs(proto, feed)[0], outputs(model, feed)[0]) >= FLOOR_DB - 5  # one bit less: ~6 dB less
+
+
+def test_verify_reports_a_quantized_model_onnxruntime_cannot_load():
+    """The fusion check's session doubles as the load check: a failure there is a verification error."""
+    from qonnx.passes.verify import Verify, VerificationError
+
+    model, _, ctx = run_text(tiny.conv_chain(), QUANTIZE.replace(",finalize,verify", ",finalize"))
+    out = model.graph.outputs[0]
+    odd = ir.node("Unknown", [out], domain="com.example", name="odd")
+    odd.outputs[0].name, odd.outputs[0].dtype, odd.outputs[0].shape = "odd_y", out.dtype, out.shape
+    model.graph.append(odd)
+    model.graph.outputs[0] = odd.outputs[0]
+    model.opset_imports["com.example"] = 1
+    with pytest.raises(VerificationError, match="onnxruntime cannot load"):
+        Verify(ctx)(model)
