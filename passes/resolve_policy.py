@@ -17,6 +17,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
+from qonnx import host
 from qonnx import ir as qir
 from qonnx.errors import UserError
 from qonnx.policy import PLAN_KEY, SPEC_KEY, MixedPrecisionPolicy, QuantSpec, Rule
@@ -75,6 +76,10 @@ class ResolvePolicy(Pass):
         self.target = get_target(self.context.target)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        if self.context.reduce_range is None:
+            self.context.reduce_range = self.context.precision == "int8" and self.target.name == "cpu" and host.u8s8_saturates()
+            if self.context.reduce_range:
+                logger.info("7-bit weights: onnxruntime's U8S8 kernels saturate on this CPU (no VNNI)")
         policy = load_policy(self.policy_path) if self.policy_path else self.target.policy(self.context.precision, self.context.mode, self.context.reduce_range)
         modified = qir.name_unnamed_nodes(model)
         plan = _Plan()

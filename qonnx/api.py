@@ -128,7 +128,7 @@ def quantize(
     precision: str = "int8",
     target: str | None = None,
     mode: str = "static",
-    reduce_range: bool = False,
+    reduce_range: bool | None = None,
     io_types: str = "float32",
     samples: int | None = None,
     pipeline: str | None = None,
@@ -157,6 +157,9 @@ def quantize(
     ``method``, ``percentile``, ``batch_size``, ``calib_memory``, ``ranges`` (a saved range table to
     reuse) and ``save_ranges`` are the options of the pipeline's ``calibrate`` pass; given here they
     fill the options the pipeline text leaves out.
+
+    ``reduce_range``: 7-bit INT8 weights; None chooses them where onnxruntime's U8S8 kernels
+    saturate (x86 CPUs without VNNI, see ``qonnx.host``) for the ``cpu`` target.
 
     ``precision`` "fp16" or "bf16" converts instead of quantizing (target ``cuda`` unless named):
     ``calib`` is then optional (its ranges, when given, are the evidence for FP32 islands) and
@@ -233,7 +236,7 @@ def quantize(
         "target": target,
         "precision": precision,
         "mode": mode,
-        "reduce_range": reduce_range,
+        "reduce_range": bool(context.reduce_range),
         "pipeline": ",".join(str(s) for s in steps),
         "passes": [r.to_dict() for r in records],
         "calibration": context.notes.get("calibration"),

@@ -65,8 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     q.add_argument(
         "--reduce-range",
-        action="store_true",
-        help="int8: 7-bit weights, for x86 CPUs without VNNI (AVX2 only), where full-range U8xS8 products can saturate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="int8: 7-bit weights, for x86 CPUs without VNNI (AVX2 only), where full-range U8xS8 products saturate "
+        "(default: on for the cpu target when this machine lacks VNNI; --no-reduce-range forces full-range weights)",
     )
     q.add_argument("--io-types", default="float32", choices=["float32", "fp16", "bf16"], help="fp16/bf16: graph inputs and outputs in the low type too (default: keep float32)")
     q.add_argument("--samples", type=int, help="use at most N calibration samples")

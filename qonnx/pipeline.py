@@ -60,7 +60,7 @@ class Context:
     target: str = "cpu"
     precision: str = "int8"
     mode: str = "static"  # "dynamic": activations of MatMul quantized at run time
-    reduce_range: bool = False  # 7-bit weights, for CPUs without VNNI
+    reduce_range: bool | None = None  # 7-bit weights, for CPUs without VNNI; None: chosen for this CPU
     policy: str | None = None  # a policy or plan JSON file replacing the target's default policy
     calib: Any = None  # a qonnx.calib.sources.Source, or None
     samples: int | None = None
