@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test demo bench bench-calib bench-fp16 clean
+.PHONY: install test demo bench bench-calib bench-fp16 mutate mutate-quick clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,5 +43,18 @@ $(FP16_BENCH_INSTALLED): $(BENCH_INSTALLED)
 bench-fp16: $(FP16_BENCH_INSTALLED)
 	$(PY) benchmarks/fp16_bench.py --out benchmarks/results
 
+# Mutation testing of the numerical core (mutmut, the mutate extra); see tools/mutate.py.
+MUTATE_INSTALLED := $(VENV)/.mutate-installed
+$(MUTATE_INSTALLED): $(INSTALLED)
+	$(PY) -m pip install -q -e ".[cpu,test,mutate]"
+	touch $@
+
+mutate: $(MUTATE_INSTALLED)
+	$(PY) tools/mutate.py --out benchmarks/results --check
+
+# The smallest modules only (a few minutes): CI runs it so that the set-up cannot rot.
+mutate-quick: $(MUTATE_INSTALLED)
+	$(PY) tools/mutate.py --quick --check
+
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache build
