@@ -76,13 +76,16 @@ class ResolvePolicy(Pass):
         self.target = get_target(self.context.target)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        if self.context.reduce_range is None:
-            self.context.reduce_range = self.context.precision == "int8" and self.target.name == "cpu" and host.u8s8_saturates()
-            if self.context.reduce_range:
-                logger.info("7-bit weights: onnxruntime's U8S8 kernels saturate on this CPU (no VNNI)")
-        policy = load_policy(self.policy_path) if self.policy_path else self.target.policy(self.context.precision, self.context.mode, self.context.reduce_range)
+        if self.policy_path:
+            policy = load_policy(self.policy_path)
+        else:
+            saturating = self.context.reduce_range is None and host.u8s8_saturates()
+            if saturating:
+                logger.info("onnxruntime's U8S8 kernels saturate on this CPU (no VNNI): 7-bit weights where the target says so")
+            policy = self.target.policy(self.context.precision, self.context.mode, self.context.reduce_range, saturating_cpu=saturating)
         modified = qir.name_unnamed_nodes(model)
         plan = _Plan()
+        seven_bit: set[str] = set()
         float_format = self.context.precision in FLOAT_PRECISIONS
         for node in model.graph:
             if float_format:
@@ -99,6 +102,9 @@ class ResolvePolicy(Pass):
                 node.metadata_props[SPEC_KEY] = text
                 modified = True
             plan.add(node.name, entry)
+            if entry.get("reduce_range"):
+                seven_bit.add(node.op_type)
+        self.context.notes["reduce_range_ops"] = sorted(seven_bit)
         for node in model.graph.all_nodes():
             if node.graph is not model.graph and (float_format or node.op_type in self.target.quantized_ops):
                 plan.add(node.name, {"format": "float", "reason": "inside a subgraph"})

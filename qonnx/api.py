@@ -158,8 +158,9 @@ def quantize(
     reuse) and ``save_ranges`` are the options of the pipeline's ``calibrate`` pass; given here they
     fill the options the pipeline text leaves out.
 
-    ``reduce_range``: 7-bit INT8 weights; None chooses them where onnxruntime's U8S8 kernels
-    saturate (x86 CPUs without VNNI, see ``qonnx.host``) for the ``cpu`` target.
+    ``reduce_range``: 7-bit INT8 weights (True), full-range (False), or None: the target's choice
+    for this machine (``cpu``: Conv and Gemm weights in 7 bits where onnxruntime's U8S8 kernels
+    saturate, on x86 CPUs without VNNI; see ``qonnx.host`` and ``Target.seven_bit_ops_without_vnni``).
 
     ``precision`` "fp16" or "bf16" converts instead of quantizing (target ``cuda`` unless named):
     ``calib`` is then optional (its ranges, when given, are the evidence for FP32 islands) and
@@ -236,7 +237,8 @@ def quantize(
         "target": target,
         "precision": precision,
         "mode": mode,
-        "reduce_range": bool(context.reduce_range),
+        "reduce_range": bool(context.notes.get("reduce_range_ops")),
+        "reduce_range_ops": context.notes.get("reduce_range_ops", []),
         "pipeline": ",".join(str(s) for s in steps),
         "passes": [r.to_dict() for r in records],
         "calibration": context.notes.get("calibration"),

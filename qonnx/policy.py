@@ -13,7 +13,6 @@ import dataclasses
 import json
 import re
 import typing
-from collections.abc import Iterable
 from typing import Any, Literal
 
 __all__ = ["QuantSpec", "Rule", "MixedPrecisionPolicy", "FLOAT", "SPEC_KEY", "PLAN_KEY", "node_spec"]
@@ -122,10 +121,6 @@ class MixedPrecisionPolicy:
             if rule.rank >= best_rank and rule.matches(op_type, node_name):
                 best, best_rank = rule.spec, rule.rank
         return best
-
-    @classmethod
-    def for_ops(cls, op_types: Iterable[str], spec: QuantSpec) -> MixedPrecisionPolicy:
-        return cls(FLOAT, [Rule(spec, op_type=op) for op in op_types])
 
     def to_dict(self) -> dict[str, Any]:
         return {"default": self.default.to_dict(), "rules": [r.to_dict() for r in self.rules]}

@@ -65,6 +65,12 @@ class Target:
     # Default calibration method. cpu: MSE, chosen from `make bench` (README, "Calibration"): it
     # beat MinMax on every kit model, while Percentile's results swing by several dB with P.
     calibration: str = "mse"
+    # Ops whose weights go to 7 bits when the CPU lacks VNNI and the user did not choose
+    # (``reduce_range=None``). Measured on an AVX2 CPU (output SQNR, full-range / 7-bit weights):
+    # convolutional models lose to saturation (EfficientNet-Lite0 6.0 / 16.2 dB, PP-OCR cls
+    # 10.7 / 20.5, YOLOv8n 29.4 / 30.3), while MiniLM's MatMuls lose more to the coarser weights
+    # than to saturation (static 6.0 / 2.9 dB, dynamic 14.2 / 5.1): only Conv and Gemm weights.
+    seven_bit_ops_without_vnni: tuple[str, ...] = ()
     # Standard-domain ops that have no kernel for the format in this provider ("fp16": ops without
     # one), or the only ops that have one ("bf16": ops with one). Empty: the format is not offered.
     no_fp16_kernel: frozenset[str] | None = None
@@ -91,12 +97,17 @@ class Target:
     def quantized_ops(self) -> tuple[str, ...]:
         return self.weighted_ops + self.integer_ops + self.passthrough_ops
 
-    def policy(self, precision: str, mode: str = "static", reduce_range: bool = False) -> MixedPrecisionPolicy:
+    def policy(
+        self, precision: str, mode: str = "static", reduce_range: bool | None = False, *, saturating_cpu: bool = False
+    ) -> MixedPrecisionPolicy:
         """The default policy: every op the target quantizes, in INT8; or the whole graph in FP16/BF16.
 
         ``mode="dynamic"`` (INT8): MatMul activations quantized at run time (onnxruntime fuses
         ``DynamicQuantizeLinear → DQ → MatMul`` into DynamicQuantizeMatMul), Gather tables stored in
         8 bits; everything else, convolutions included, stays float and needs no calibration.
+
+        ``reduce_range``: 7-bit weights for every op (True), none (False), or, with None, for
+        ``seven_bit_ops_without_vnni`` when ``saturating_cpu`` (see ``qonnx.host``).
         """
         if precision not in self.precisions:
             raise UserError(
@@ -104,14 +115,19 @@ class Target:
             )
         if precision != "int8":
             return MixedPrecisionPolicy(QuantSpec(precision))
-        int8 = dataclasses.replace(self.int8, reduce_range=True) if reduce_range else self.int8
+        if reduce_range is None:
+            seven_bit = set(self.seven_bit_ops_without_vnni) if saturating_cpu else set()
+        else:
+            seven_bit = set(self.quantized_ops) | {"MatMul", "Gather"} if reduce_range else set()
+
+        def int8(op_type: str, **changes) -> QuantSpec:
+            return dataclasses.replace(self.int8, reduce_range=op_type in seven_bit, **changes)
+
         if mode == "static":
-            return MixedPrecisionPolicy.for_ops(self.quantized_ops, int8)
+            return MixedPrecisionPolicy(rules=[Rule(int8(op), op_type=op) for op in self.quantized_ops])
         if mode == "dynamic":
-            dynamic = dataclasses.replace(int8, activation_dtype="uint8", symmetric_activations=False, dynamic=True)
-            policy = MixedPrecisionPolicy.for_ops(("MatMul",), dynamic)
-            policy.rules.append(Rule(int8, op_type="Gather"))
-            return policy
+            dynamic = int8("MatMul", activation_dtype="uint8", symmetric_activations=False, dynamic=True)
+            return MixedPrecisionPolicy(rules=[Rule(dynamic, op_type="MatMul"), Rule(int8("Gather"), op_type="Gather")])
         raise UserError(f"unknown mode {mode!r}; known modes: static, dynamic")
 
 
@@ -133,6 +149,7 @@ TARGETS = {
         int8=QuantSpec("int8", activation_dtype="uint8", symmetric_activations=False, per_channel=True),
         integer_ops=CPU_INTEGER_OPS,
         passthrough_ops=DATA_MOVEMENT_OPS,
+        seven_bit_ops_without_vnni=("Conv", "ConvTranspose", "Gemm"),
     ),
     "tensorrt": Target(
         name="tensorrt",

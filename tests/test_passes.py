@@ -173,7 +173,8 @@ def test_resolve_policy_writes_a_spec_per_node_and_the_plan():
     specs = {n.name: json.loads(n.metadata_props[SPEC_KEY])["format"] for n in model.graph if SPEC_KEY in n.metadata_props}
     assert specs == {"conv0": "int8", "conv1": "int8", "conv2": "int8", "residual": "int8"}  # Add: QLinearAdd
     plan = json.loads(model.metadata_props["qonnx.plan"])
-    assert plan["nodes"] == specs and plan["specs"]["int8"]["activation_dtype"] == "uint8"
+    assert {node: plan["specs"][spec_id]["format"] for node, spec_id in plan["nodes"].items()} == specs
+    assert all(spec["activation_dtype"] == "uint8" for spec in plan["specs"].values())
 
 
 def test_policy_file_replays_and_exact_names_win(tmp_path):
@@ -242,7 +243,8 @@ def test_weight_axis_follows_the_output_channels(make, axis):
 
 def test_matmul_quantizes_the_constant_and_both_activations():
     proto = tiny.matmul_model()
-    model, _, _ = run_text(proto, QUANTIZE)
+    # 7-bit weights: every CPU then computes the same integers (no U8S8 saturation without VNNI).
+    model, _, _ = run_text(proto, QUANTIZE, reduce_range=True)
     proj = next(n for n in model.graph if n.name == "proj")
     scores = next(n for n in model.graph if n.name == "scores")
     assert proj.inputs[1].producer().inputs[0].const_value.dtype == ir.DataType.INT8
