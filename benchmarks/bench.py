@@ -653,7 +653,8 @@ def source_revision() -> str | None:
     return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 
-def environment(settings: Settings) -> dict[str, Any]:
+def environment_facts() -> dict[str, Any]:
+    """What a measurement depends on: date, versions, source revision, CPU, load."""
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "qonnx_version": qonnx.__version__,
@@ -664,6 +665,12 @@ def environment(settings: Settings) -> dict[str, Any]:
         "python_version": platform.python_version(),
         "cpu": cpu_facts(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def environment(settings: Settings) -> dict[str, Any]:
+    return {
+        **environment_facts(),
         "latency": {
             "intra_op_threads": LATENCY_THREADS,
             "steady_intra_op_threads": STEADY_THREADS,

@@ -22,7 +22,7 @@ from qonnx import ir as qir
 from qonnx.errors import UserError
 from qonnx.policy import PLAN_KEY, SPEC_KEY, MixedPrecisionPolicy, QuantSpec, Rule
 from qonnx.pipeline import Pass, register
-from qonnx.targets import FLOAT_PRECISIONS, get_target
+from qonnx.targets import FLOAT_PRECISIONS, WEIGHT_AXIS_OPS, get_target
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class ResolvePolicy(Pass):
                 node.metadata_props[SPEC_KEY] = text
                 modified = True
             plan.add(node.name, entry)
-            if entry.get("reduce_range"):
+            if entry.get("reduce_range") and node.op_type in WEIGHT_AXIS_OPS:
                 seven_bit.add(node.op_type)
         self.context.notes["reduce_range_ops"] = sorted(seven_bit)
         for node in model.graph.all_nodes():
