@@ -1,6 +1,7 @@
 """The ``qonnx`` command: quantize, inspect, passes.
 
-Exit codes: 0 success, 2 bad input or usage, 1 internal error. No traceback unless ``--debug``.
+Exit codes: 0 success, 2 bad input or usage, 1 internal error; either failure is one line on
+stderr, without a traceback unless ``--debug``.
 """
 
 from __future__ import annotations
@@ -205,6 +206,11 @@ def _passes(args) -> int:
     return 0
 
 
+def _one_line(text: str) -> str:
+    """A message on one line: some libraries' messages (the onnx checker's, onnx-ir's) span several."""
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
@@ -215,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             traceback.print_exc()
-        print(f"qonnx: error: {exc}", file=sys.stderr)
+        print(f"qonnx: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:  # a path the user gave
         if debug:
@@ -228,5 +234,5 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # an internal error: say so, keep the traceback for --debug
         if debug:
             traceback.print_exc()
-        print(f"qonnx: internal error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)
+        print(f"qonnx: internal error: {type(exc).__name__}: {_one_line(str(exc))} (run with --debug for details)", file=sys.stderr)
         return 1
