@@ -6,13 +6,17 @@ models are judged by SQNR: 8-bit activations and weights give ~40 dB on these ra
 models, so 30 dB is a floor that only a broken rewrite falls under.
 """
 
+import dataclasses
 import json
+from collections.abc import Callable
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
 
+from qonnx import pipeline
+from qonnx.calib.sources import ListSource, input_specs
 from qonnx.errors import UserError
 from qonnx.metrics import sqnr_db
 from qonnx.models import tiny
@@ -287,3 +291,83 @@ def test_an_edited_plan_replays_with_its_edits(tmp_path):
     replayed, _, _ = run_text(tiny.conv_chain(), f"resolve-policy(policy={path}),calibrate,insert-qdq")
     formats = {n.name: json.loads(n.metadata_props[SPEC_KEY])["format"] for n in replayed.graph if SPEC_KEY in n.metadata_props}
     assert formats == {"conv0": "int8", "conv1": "int8", "conv2": "float", "residual": "int8"}
+
+
+# --------------------------------------------------------------------------------------------
+# Idempotence of every registered pass: a second run reports no change and changes no byte.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Twice:
+    step: str  # the pass, with options, as pipeline text
+    make: Callable[[], onnx.ModelProto]
+    before: str  # the passes it needs first
+    changes: bool  # whether the first run rewrites this model (else the case would prove nothing)
+    context: dict = dataclasses.field(default_factory=dict)
+
+
+def _dynamic_conv_chain() -> onnx.ModelProto:
+    return tiny.conv_chain(dynamic=True)
+
+
+_FP16 = {"precision": "fp16", "target": "cuda"}
+_BF16 = {"precision": "bf16", "target": "cuda"}
+_FLOAT_PREP = "normalize,resolve-policy,calibrate,float-islands"
+_TWICE = [
+    _Twice("inline-functions", tiny.function_model, "", True),
+    _Twice("upgrade-opset", tiny.constants_model, "", True),  # opset 11
+    _Twice("constants-to-initializers", tiny.constants_model, "", True),
+    _Twice("fold-constants", tiny.constants_model, "constants-to-initializers", True),
+    _Twice("infer-shapes", _dynamic_conv_chain, "", True),
+    _Twice("fold-bias-add", tiny.conv_bias_add, "", True),
+    _Twice("fold-batchnorm", tiny.conv_bn_relu, "", True),
+    _Twice("fold-pad", tiny.same_padded_conv, "", True),
+    _Twice("remove-dead", tiny.constants_model, "constants-to-initializers", True),
+    _Twice("div-to-mul", tiny.detector_neck, "", True),
+    _Twice("resolve-policy", tiny.conv_chain, "normalize", True),
+    _Twice("calibrate", tiny.conv_chain, "normalize,resolve-policy", False),
+    _Twice("insert-qdq", tiny.conv_chain, "normalize,resolve-policy,calibrate", True),
+    _Twice("insert-qdq", tiny.matmul_model, "normalize,resolve-policy,calibrate", True, {"mode": "dynamic"}),
+    _Twice("finalize", tiny.conv_chain, "normalize,resolve-policy,calibrate,insert-qdq", True),
+    _Twice("verify", tiny.conv_chain, "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,finalize", False),
+    _Twice("float-islands", tiny.if_model, "normalize,resolve-policy,calibrate", True, _FP16),
+    _Twice("float-islands", tiny.detector_neck, "normalize,resolve-policy,calibrate", True, _BF16),
+    # A floor of 70 dB, over what all-FP16 reaches here (65.6 dB), and no cap on the share kept FP32.
+    _Twice("float-sensitivity(sqnr_floor=70,max_share=1.0)", tiny.conv_chain, _FLOAT_PREP, True, _FP16),
+    _Twice("convert-float", tiny.detector_neck, _FLOAT_PREP, True, _FP16),
+    _Twice("convert-float(keep_io_types=false)", tiny.detector_neck, _FLOAT_PREP, True, _BF16),
+    _Twice("emulate-float", tiny.detector_neck, f"{_FLOAT_PREP},convert-float", True, _FP16),
+    _Twice("emulate-float", tiny.detector_neck, f"{_FLOAT_PREP},convert-float(keep_io_types=false)", True, _FP16),
+    _Twice("emulate-float", tiny.detector_neck, f"{_FLOAT_PREP},convert-float(keep_io_types=false)", True, _BF16),
+]
+
+
+def _twice_id(case: _Twice) -> str:
+    io = "-16bit-io" if "keep_io_types=false" in case.before else ""
+    return f"{case.step}-{case.context.get('precision', 'int8')}-{case.context.get('mode', 'static')}{io}-{case.make.__name__}"
+
+
+def test_every_registered_pass_has_an_idempotence_case():
+    pipeline._load_builtin_passes()
+    builtin = {name for name, cls in pipeline.registry.items() if cls.__module__.startswith("qonnx.passes")}
+    assert {pipeline.parse_pipeline(case.step)[0].name for case in _TWICE} == builtin
+
+
+def _serialized(model: ir.Model) -> bytes:
+    return ir.to_proto(model).SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize("case", _TWICE, ids=_twice_id)
+def test_a_second_run_of_a_pass_changes_nothing(case):
+    proto = case.make()
+    model = ir.serde.deserialize_model(proto)
+    source = ListSource([tiny.random_feed(proto, seed=i) for i in range(4)], input_specs(model))
+    context = pipeline.Context(calib=source, **case.context)
+    if case.before:
+        pipeline.run_pipeline(model, pipeline.build(pipeline.parse_pipeline(case.before), context), context)
+    (first,) = pipeline.run_pipeline(model, pipeline.build(pipeline.parse_pipeline(case.step), context), context)
+    assert first.modified is case.changes
+    after_first = _serialized(model)
+    (second,) = pipeline.run_pipeline(model, pipeline.build(pipeline.parse_pipeline(case.step), context), context)
+    assert second.modified is False, f"{case.step} reports a change on its own output"
+    assert _serialized(model) == after_first, f"{case.step} rewrote its own output"
