@@ -148,8 +148,8 @@ def _quantize(args) -> int:
     if calib is None and args.precision == "int8" and args.mode == "static" and args.ranges is None and args.pipeline is None:
         raise UserError("quantizing to int8 needs calibration data: give --calib DATA (or --ranges FILE); --mode dynamic needs none")
     if calib == "random":
-        print("WARNING: calibrating on random data; ranges will not match real inputs", file=sys.stderr)
         calib, uncalibrated = _random_feeds(args.model, args.samples or 16, args.seed), True
+        print("WARNING: calibrating on random data; ranges will not match real inputs", file=sys.stderr)
     result = quantize(
         args.model,
         args.output,
