@@ -149,7 +149,6 @@ def _quantize(args) -> int:
         raise UserError("quantizing to int8 needs calibration data: give --calib DATA (or --ranges FILE); --mode dynamic needs none")
     if calib == "random":
         calib, uncalibrated = _random_feeds(args.model, args.samples or 16, args.seed), True
-        print("WARNING: calibrating on random data; ranges will not match real inputs", file=sys.stderr)
     result = quantize(
         args.model,
         args.output,
@@ -180,6 +179,8 @@ def _quantize(args) -> int:
     )
     if not args.quiet:
         print(summary_table(result.report))
+    if uncalibrated:  # after the work, so that a failure stays one line
+        print("WARNING: calibrated on random data; the ranges do not reflect real inputs", file=sys.stderr)
     return 0
 
 
