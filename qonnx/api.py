@@ -59,8 +59,11 @@ def evaluate_fidelity(reference: ir.Model | str | os.PathLike, test: ir.Model | 
     """SQNR (dB) and cosine of every output of ``test`` against ``reference`` over ``data``."""
     ref_session, test_session = runtime.session(reference), runtime.session(test)
     accumulators: dict[str, metrics.Accumulator] = {}
-    for feed in data:
-        ref_out, test_out = ref_session.run(feed), test_session.run(feed)
+    for index, feed in enumerate(data):
+        try:
+            ref_out, test_out = ref_session.run(feed), test_session.run(feed)
+        except UserError as exc:  # onnxruntime refused this sample: say which
+            raise UserError(f"evaluation sample {index}: {exc}") from exc
         for name, value in ref_out.items():
             accumulators.setdefault(name, metrics.Accumulator()).update(value, test_out[name])
     return {
