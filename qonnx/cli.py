@@ -203,7 +203,7 @@ def _passes(args) -> int:
     for name, expansion in aliases.items():
         print(f"{name:<{width}}  = {expansion}")
     print(f"\ndefault pipeline: {DEFAULT_PIPELINE}")
-    print(f"fp16/bf16 pipeline: {default_pipeline('fp16', calibrated=True)} (calibrate and float-sensitivity only with --calib)")
+    print(f"fp16/bf16 pipeline: {default_pipeline('fp16', calibrated=True)} (calibrate and float-sensitivity only with --calib or --ranges)")
     return 0
 
 
