@@ -32,6 +32,12 @@ class TensorRange:
     resolution: float = 0.0
 
 
+def _tensor_range(entry: dict[str, Any]) -> TensorRange:
+    """A table entry with its numbers checked: a string or a list where a number belongs raises."""
+    raw = TensorRange(**entry)
+    return TensorRange(float(raw.lo), float(raw.hi), int(raw.nonfinite), float(raw.resolution))
+
+
 @dataclasses.dataclass
 class RangeTable:
     ranges: dict[str, TensorRange]
@@ -70,8 +76,8 @@ class RangeTable:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RangeTable:
         if data.get("format") != FORMAT:
-            raise UserError(f"not a qonnx range table (format {data.get('format')!r}, expected {FORMAT!r})")
-        ranges = {k: TensorRange(**v) for k, v in data["ranges"].items()}
+            raise UserError(f"format {data.get('format')!r}, expected {FORMAT!r}")
+        ranges = {k: _tensor_range(v) for k, v in data["ranges"].items()}
         return cls(
             ranges,
             data["model_hash"],
@@ -91,10 +97,26 @@ class RangeTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike, model_hash: str | None = None) -> RangeTable:
+        """Read a table saved by ``save``; every way a file can fail to be one is a UserError."""
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"range table not found: {path}")
         try:
-            table = cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise UserError(f"{path}: cannot read range table ({exc})") from exc
+            data = json.loads(path.read_bytes())
+        except OSError as exc:
+            raise UserError(f"cannot read the range table {path}: {exc.strerror or exc}") from exc
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError: not a JSON text at all
+            raise UserError(f"{path} is not a range table: not JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise UserError(f"{path} is not a range table: a JSON {type(data).__name__}, expected an object")
+        try:
+            table = cls.from_dict(data)
+        except UserError as exc:
+            raise UserError(f"{path} is not a range table: {exc}") from exc
+        except KeyError as exc:
+            raise UserError(f"{path} is not a range table: it has no {exc} entry") from exc
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise UserError(f"{path} is not a range table: {exc}") from exc
         if model_hash is not None and table.model_hash != model_hash:
             raise UserError(f"{path}: range table was made for another model (hash {table.model_hash[:12]}…)")
         return table

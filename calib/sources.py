@@ -144,6 +144,9 @@ class ListSource(Source):
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    # np.load reads whatever the bytes are: a .npy gives one array, anything else is taken for a pickle.
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a readable .npz file (not a zip archive of arrays, as np.savez writes)")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}

@@ -20,6 +20,8 @@ __all__ = [
     "detector_neck",
     "same_padded_conv",
     "embedding_model",
+    "conv_bias_add",
+    "function_model",
     "random_feed",
 ]
 
@@ -262,6 +264,47 @@ def embedding_model(seed: int = 0, vocab: int = 50, width: int = 16) -> onnx.Mod
         [helper.make_tensor_value_info("y", F, [1, 6, 8])],
         inits,
     )
+
+
+def conv_bias_add(seed: int = 0) -> onnx.ModelProto:
+    """Paddle2ONNX's bias: x[1,3,8,8] → Conv(3x3, no bias) → Add(c[1,4,1,1]) → Relu → y."""
+    rng = np.random.default_rng(seed)
+    inits = [_init(rng, "W", (4, 3, 3, 3)), _init(rng, "c", (1, 4, 1, 1), 0.1)]
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["v"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["v", "c"], ["b"], name="bias"),
+        helper.make_node("Relu", ["b"], ["y"], name="relu"),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", F, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", F, [1, 4, 8, 8])],
+        inits,
+    )
+
+
+def function_model(seed: int = 0) -> onnx.ModelProto:
+    """x[1,3,8,8] → ConvRelu (a model-local function: Constant weight, Conv, Relu) → y."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((4, 3, 3, 3)) * 0.5).astype(np.float32)
+    body = [
+        helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(w, "w")),
+        helper.make_node("Conv", ["inp", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["out"]),
+    ]
+    function = helper.make_function("local", "ConvRelu", ["inp"], ["out"], body, [helper.make_opsetid("", 13)])
+    graph = helper.make_graph(
+        [helper.make_node("ConvRelu", ["x"], ["y"], domain="local", name="block")],
+        "tiny",
+        [helper.make_tensor_value_info("x", F, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", F, [1, 4, 8, 8])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("local", 1)], functions=[function], producer_name="qonnx-tiny"
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
 
 
 def random_feed(model: onnx.ModelProto, seed: int = 0, dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:

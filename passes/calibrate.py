@@ -54,6 +54,8 @@ class Calibrate(Pass):
         self.target = get_target(self.context.target)
         method = method or self.target.calibration  # the target's default, chosen from the benchmark
         self.method, self.ranges_path, self.save_path = method, ranges, save
+        if batch_size < 1:
+            raise UserError(f"--batch-size must be a positive number, not {batch_size}")
         self.batch_size, self.memory = batch_size, parse_bytes(memory)
         if percentile is not None and method != "percentile":
             raise UserError(f"a percentile applies to --method percentile, not {method}")

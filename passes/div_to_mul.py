@@ -36,7 +36,9 @@ class DivToMul(Pass):
         mul = ir.node("Mul", [div.inputs[0], reciprocal], name=qir.unique_name(graph, f"{div.name or 'Div'}_mul"))
         out = div.outputs[0]
         mul.outputs[0].name = qir.unique_name(graph, f"{out.name}_mul")
-        mul.outputs[0].dtype, mul.outputs[0].shape = out.dtype, out.shape
+        if out.dtype is not None:  # setting None would leave a type without an element type, which cannot be saved
+            mul.outputs[0].dtype = out.dtype
+        mul.outputs[0].shape = out.shape
         graph.insert_before(div, mul)
         qir.bypass(graph, div, mul.outputs[0])
         return True

@@ -15,6 +15,11 @@ FP16/BF16 tensor to FP32 and rounds it where the low-precision graph would store
 What it does not reproduce: rounding *inside* an op (accumulators), which GPU kernels keep in
 FP32 for Conv, MatMul and reductions anyway. The model is rewritten in place (the pass) or on a
 copy (``emulated``).
+
+The rewrite is idempotent: the low-typed values it leaves are already in emulated form and are
+recognized as such, so a second run changes nothing. These are a ``Cast(to=low)`` of an FP32 tensor
+whose result is only widened back (``Cast(to=FLOAT)``) or is a graph output, and a low-typed graph
+input read only by ``Cast(to=FLOAT)``; either computes exactly the rounding the rewrite would make.
 """
 
 from __future__ import annotations
@@ -36,6 +41,23 @@ def _cast(graph: ir.Graph, value: ir.Value, to: ir.DataType, base: str) -> ir.No
     out = node.outputs[0]
     out.name, out.dtype, out.shape = qir.unique_name(graph, base), to, value.shape
     return node
+
+
+def _widens(node: ir.Node) -> bool:
+    return node.op_type == "Cast" and node.domain in ("", "ai.onnx") and node.attributes.get_int("to") == ir.DataType.FLOAT
+
+
+def _only_widened(value: ir.Value) -> bool:
+    """Every reader of ``value`` casts it to FP32 (true for a graph output nobody reads)."""
+    return all(_widens(user) for user, _ in value.uses())
+
+
+def _is_rounding(node: ir.Node) -> bool:
+    """A ``Cast(to=low)`` of an FP32 tensor that is only widened back or is a graph output: a rounding."""
+    if node.op_type != "Cast" or node.domain not in ("", "ai.onnx") or node.attributes.get_int("to") not in LOW_TYPES:
+        return False
+    source = node.inputs[0] if node.inputs else None
+    return source is not None and source.dtype == ir.DataType.FLOAT and _only_widened(node.outputs[0])
 
 
 def _round_after(graph: ir.Graph, anchor: ir.Node | None, value: ir.Value, low: ir.DataType) -> None:
@@ -73,7 +95,7 @@ def emulate_in_place(model: ir.Model) -> bool:
             value.dtype = ir.DataType.FLOAT
             modified = True
     for value in list(graph.inputs):
-        if value.dtype in LOW_TYPES:
+        if value.dtype in LOW_TYPES and not _only_widened(value):
             uses = list(value.uses())
             widen = _cast(graph, value, ir.DataType.FLOAT, f"{value.name}_fp32")
             graph.insert_before(next(iter(graph)), widen)
@@ -81,12 +103,16 @@ def emulate_in_place(model: ir.Model) -> bool:
                 user.replace_input_with(index, widen.outputs[0])
             modified = True
     for node in list(graph):
+        if _is_rounding(node):
+            continue
         if node.op_type in ("ConstantOfShape", "Constant") and (attr := node.attributes.get("value")) is not None:
             tensor = attr.as_tensor()
             if tensor.dtype in LOW_TYPES:
                 node.attributes["value"] = ir.AttrTensor("value", ir.tensor(tensor.numpy().astype(np.float32)))
+                modified = True
         if node.op_type == "Cast" and node.attributes.get_int("to") in LOW_TYPES:
             node.attributes["to"] = ir.AttrInt64("to", ir.DataType.FLOAT)
+            modified = True
         for value in node.outputs:
             if value.dtype in LOW_TYPES:
                 low = value.dtype

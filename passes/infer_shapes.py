@@ -17,6 +17,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
 from qonnx import runtime
+from qonnx.errors import UserError
 from qonnx.pipeline import Pass, register
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,10 @@ class InferShapes(Pass):
         sample = next(iter(self.context.calib), None)
         if sample is None:
             return ir.passes.PassResult(model, modified)
-        observed = runtime.session(runtime.tapped_model(model, missing)).run(sample, missing)
+        try:
+            observed = runtime.session(runtime.tapped_model(model, missing)).run(sample, missing)
+        except UserError as exc:  # say which sample, and why it ran before calibration
+            raise UserError(f"calibration sample 0 (run to find the types onnx could not infer): {exc}") from exc
         static_inputs = all(_static(v) for v in model.graph.inputs)
         values = ir.convenience.create_value_mapping(model.graph)
         for name, array in observed.items():

@@ -46,20 +46,25 @@ def _has_fp32_data(node: ir.Node) -> bool:
     return any(v is not None and v.dtype == ir.DataType.FLOAT for v in [*node.inputs, *node.outputs])
 
 
-def load_policy(path: str) -> MixedPrecisionPolicy:
+def load_policy(path: str) -> tuple[MixedPrecisionPolicy, MixedPrecisionPolicy]:
     """A policy file (``default`` and ``rules``) or a plan (``qonnx.plan`` metadata of a model).
 
     A plan replays its policy, and its ``nodes`` map (node name → format) becomes exact-name rules
     on top, so that editing one node's format in a plan changes that node.
+
+    Returns the policy to resolve with, and the policy the new plan records: the file's own, without
+    the rules its ``nodes`` added (the new plan's ``nodes`` carry them), so that a replayed plan
+    comes out as the same plan, byte for byte, instead of growing by a rule per node each time.
     """
     try:
         data = json.loads(Path(path).read_text())
+        recorded = MixedPrecisionPolicy.from_dict(data.get("policy", data))
         policy = MixedPrecisionPolicy.from_dict(data.get("policy", data))
         specs = {name: QuantSpec.from_dict(spec) for name, spec in data.get("specs", {}).items()}
         for node, spec_id in data.get("nodes", {}).items():
             spec = specs.get(spec_id) or QuantSpec.from_dict({"format": spec_id})
             policy.rules.append(Rule(spec, name=node))
-        return policy
+        return policy, recorded
     except (OSError, json.JSONDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise UserError(f"{path}: not a usable policy file ({exc})") from exc
 
@@ -77,12 +82,14 @@ class ResolvePolicy(Pass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         if self.policy_path:
-            policy = load_policy(self.policy_path)
+            policy, recorded = load_policy(self.policy_path)
         else:
             saturating = self.context.reduce_range is None and host.u8s8_saturates()
             if saturating:
                 logger.info("onnxruntime's U8S8 kernels saturate on this CPU (no VNNI): 7-bit weights where the target says so")
-            policy = self.target.policy(self.context.precision, self.context.mode, self.context.reduce_range, saturating_cpu=saturating)
+            policy = recorded = self.target.policy(
+                self.context.precision, self.context.mode, self.context.reduce_range, saturating_cpu=saturating
+            )
         modified = qir.name_unnamed_nodes(model)
         plan = _Plan()
         seven_bit: set[str] = set()
@@ -108,7 +115,7 @@ class ResolvePolicy(Pass):
         for node in model.graph.all_nodes():
             if node.graph is not model.graph and (float_format or node.op_type in self.target.quantized_ops):
                 plan.add(node.name, {"format": "float", "reason": "inside a subgraph"})
-        document = plan.to_json(self.target.name, policy)
+        document = plan.to_json(self.target.name, recorded)
         if model.metadata_props.get(PLAN_KEY) != document:
             model.metadata_props[PLAN_KEY] = document
             modified = True

@@ -1,4 +1,4 @@
-"""The Python API: build a pipeline from arguments, run it, save the model, measure, report.
+"""The Python API: check the arguments, build a pipeline, run it, measure the model, then publish it.
 
 Holds no graph logic: everything that rewrites the model is a pass.
 """
@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
@@ -22,8 +23,9 @@ import qonnx
 from qonnx import ir as qir
 from qonnx import metrics, runtime
 from qonnx.calib.sources import ImagePreprocess, Source, open_source
+from qonnx.calib.ranges import RangeTable
 from qonnx.errors import UserError
-from qonnx.pipeline import Context, PipelineStep, build, default_pipeline, parse_pipeline, run_pipeline
+from qonnx.pipeline import Context, PipelineStep, build, check_dump_after, default_pipeline, parse_pipeline, run_pipeline
 from qonnx.policy import PLAN_KEY
 from qonnx.report import SCHEMA, write_json
 from qonnx.targets import FLOAT_PRECISIONS, default_target
@@ -57,8 +59,11 @@ def evaluate_fidelity(reference: ir.Model | str | os.PathLike, test: ir.Model | 
     """SQNR (dB) and cosine of every output of ``test`` against ``reference`` over ``data``."""
     ref_session, test_session = runtime.session(reference), runtime.session(test)
     accumulators: dict[str, metrics.Accumulator] = {}
-    for feed in data:
-        ref_out, test_out = ref_session.run(feed), test_session.run(feed)
+    for index, feed in enumerate(data):
+        try:
+            ref_out, test_out = ref_session.run(feed), test_session.run(feed)
+        except UserError as exc:  # onnxruntime refused this sample: say which
+            raise UserError(f"evaluation sample {index}: {exc}") from exc
         for name, value in ref_out.items():
             accumulators.setdefault(name, metrics.Accumulator()).update(value, test_out[name])
     return {
@@ -96,15 +101,57 @@ def _node_formats(model: ir.Model) -> dict[str, dict[str, Any]]:
 
 
 def _check_writable(path: Path, what: str) -> None:
-    """Fail before the work, not after it, when ``path`` cannot be written."""
+    """Fail before the work, not after it, when ``path`` cannot be written; creates nothing."""
     if path.is_dir():
         raise UserError(f"{what} {path} is a directory")
+    folder = path.parent
+    while not folder.exists():  # the folders still to be made are made when the file is written
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"cannot write the {what} into {path.parent}: {folder} is not a folder")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
+        with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
         raise UserError(f"cannot write the {what} into {path.parent}: {exc.strerror or exc}") from None
+
+
+def _check_loadable(path: Path) -> None:
+    """The input model must be one onnxruntime loads (calibration and fidelity run it): if not, it is
+    the model's fault (an undefined input, an unknown operator or opset, a type or shape error), and
+    it is said before any work. Without graph optimizations a session costs milliseconds."""
+    try:
+        runtime.session(path, disable_optimizations=True)
+    except RuntimeError as exc:
+        reason = re.sub(r"^.*?Load model from .*? failed:\s*", "", str(exc))
+        reason = re.sub(r"^/\S+:\d+ [^(]*\(.*?\) (?=[A-Z])", "", reason)  # the C++ source line and signature
+        raise UserError(f"{path} is not a model onnxruntime can load: {reason}") from exc
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders above ``path`` that do not exist yet, deepest first."""
+    missing = []
+    folder = path.parent
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty(folders: Iterable[Path]) -> None:
+    """Remove the folders a failed run made, deepest first, as long as they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            continue
+
+
+def _withdraw(path: Path) -> None:
+    """Remove a model this run published (with its external data), when a later step failed."""
+    for part in qir.external_data_files(path) if path.is_file() else []:
+        part.unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
 
 
 def _with_options(step: PipelineStep, options: Mapping[str, Any]) -> PipelineStep:
@@ -154,9 +201,13 @@ def quantize(
     iterable of feed dicts. Without ``eval_data`` the last quarter of ``calib`` is held out for the
     fidelity figures and not used for calibration.
 
-    ``method``, ``percentile``, ``batch_size``, ``calib_memory``, ``ranges`` (a saved range table to
-    reuse) and ``save_ranges`` are the options of the pipeline's ``calibrate`` pass; given here they
-    fill the options the pipeline text leaves out.
+    ``method``, ``percentile``, ``batch_size``, ``calib_memory`` and ``ranges`` (a saved range table
+    to reuse) are the options of the pipeline's ``calibrate`` pass; given here they fill the options
+    the pipeline text leaves out. ``save_ranges`` writes the table that pass used.
+
+    Every argument is checked (UserError) before any work. Outputs appear only when everything has
+    succeeded: the model is measured on a temporary file beside ``output`` and renamed into place,
+    then the range table and the report are written; after a failure none of them is left behind.
 
     ``reduce_range``: 7-bit INT8 weights (True), full-range (False), or None: the target's choice
     for this machine (``cpu``: Conv and Gemm weights in 7 bits where onnxruntime's U8S8 kernels
@@ -168,21 +219,63 @@ def quantize(
     """
     started = time.perf_counter()
     target = target or default_target(precision)
+    model_path, output_path = Path(model), Path(output)
+    report_path = None if report is None else Path(report)
+    save_ranges_path = None if save_ranges is None else Path(save_ranges)
+
+    # Every argument is checked before any work: a bad one costs nothing and leaves nothing behind.
     if precision not in ("int8", *FLOAT_PRECISIONS):
         raise UserError(f"unknown precision {precision!r}; known: int8, {', '.join(FLOAT_PRECISIONS)}")
-    if io_types not in ("float32", precision) or (io_types != "float32" and precision not in FLOAT_PRECISIONS):
+    if mode not in ("static", "dynamic"):
+        raise UserError(f"unknown mode {mode!r}; known modes: static, dynamic")
+    if io_types != "float32" and precision not in FLOAT_PRECISIONS:
+        raise UserError(f"--io-types {io_types} applies to --precision fp16 or bf16; with --precision {precision} the graph's inputs and outputs stay float32")
+    if io_types not in ("float32", precision):
         raise UserError(f"--io-types {io_types} does not go with --precision {precision} (choose float32 or {precision})")
-    model_path, output_path = Path(model), Path(output)
-    if output_path.exists() and model_path.exists() and output_path.resolve() == model_path.resolve():
-        raise UserError(f"refusing to overwrite the input model {model_path}; choose another output path")
-    _check_writable(output_path, "output model")
-    if report is not None:
-        _check_writable(Path(report), "report")
     if samples is not None and samples <= 0:
         raise UserError("--samples must be a positive number")
+    if isinstance(sensitivity, bool) or not isinstance(sensitivity, int) or sensitivity < 0:
+        raise UserError(f"--sensitivity must be 0 or a positive number of samples, not {sensitivity}")
+    calibrated = calib is not None or ranges is not None
+    text = pipeline if pipeline is not None else default_pipeline(precision, calibrated=calibrated, keep_io_types=io_types == "float32")
+    steps = parse_pipeline(text)
+    calibrate_options = {
+        "method": method,
+        "percentile": percentile,
+        "batch_size": batch_size,
+        "memory": calib_memory,
+        "ranges": None if ranges is None else str(ranges),
+    }
+    steps = [_with_options(step, calibrate_options) if step.name == "calibrate" else step for step in steps]
+    names = [step.name for step in steps]
+    dump_after = list(dump_after)
+    check_dump_after(dump_after, names)
+    if "calibrate" not in names:
+        flags = {"--method": method, "--percentile": percentile, "--batch-size": batch_size, "--calib-memory": calib_memory, "--ranges": ranges, "--save-ranges": save_ranges}
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            hint = " (give --calib DATA)" if pipeline is None else ""
+            raise UserError(f"{', '.join(given)}: the pipeline has no calibrate pass{hint}")
+    qir.check_file(model_path)  # a missing file, a folder, not ONNX, unsafe external data
+    _check_loadable(model_path)
+    outputs = [("output model", output_path), ("report", report_path), ("range table", save_ranges_path)]
+    outputs = [(what, path) for what, path in outputs if path is not None]
+    for index, (what, path) in enumerate(outputs):
+        if path.exists() and path.resolve() == model_path.resolve():
+            raise UserError(f"refusing to overwrite the input model {model_path}; choose another {what} path")
+        for other_what, other in outputs[:index]:
+            if path.resolve() == other.resolve():
+                raise UserError(f"the {what} and the {other_what} would be the same file {path}")
+        _check_writable(path, what)
+    if ranges is not None:
+        RangeTable.load(ranges)  # a file that is no range table fails here; its model hash is checked by calibrate
+    if policy is not None and not Path(policy).is_file():
+        raise UserError(f"policy file not found: {policy}")
+    context = Context(target=target, precision=precision, mode=mode, reduce_range=reduce_range, policy=None if policy is None else str(policy), samples=samples, progress=progress, debug=debug)
+    passes = build(steps, context)  # the passes check their own options here
+
     ir_model = qir.load(model_path)
     input_facts = _model_facts(model_path, ir_model)
-
     calib_source = eval_source = None
     eval_on_calibration = False
     if calib is not None:
@@ -193,99 +286,105 @@ def quantize(
             calib_source, eval_source, eval_on_calibration = split_holdout(calib_source)
     elif eval_data is not None:
         eval_source = open_source(eval_data, ir_model, preprocess)
+    context.calib = calib_source
 
-    text = pipeline or default_pipeline(precision, calibrated=calib_source is not None, keep_io_types=io_types == "float32")
-    steps = parse_pipeline(text)
-    calibrate_options = {
-        "method": method,
-        "percentile": percentile,
-        "batch_size": batch_size,
-        "memory": calib_memory,
-        "ranges": None if ranges is None else str(ranges),
-        "save": None if save_ranges is None else str(save_ranges),
-    }
-    steps = [_with_options(step, calibrate_options) if step.name == "calibrate" else step for step in steps]
-    if ranges is not None and not Path(ranges).is_file():
-        raise UserError(f"range table not found: {ranges}")
-    if save_ranges is not None:
-        _check_writable(Path(save_ranges), "range table")
-    if policy is not None and not Path(policy).is_file():
-        raise UserError(f"policy file not found: {policy}")
-    if mode not in ("static", "dynamic"):
-        raise UserError(f"unknown mode {mode!r}; known modes: static, dynamic")
-    context = Context(target=target, precision=precision, mode=mode, reduce_range=reduce_range, policy=None if policy is None else str(policy), calib=calib_source, samples=samples, progress=progress, debug=debug)
-    passes = build(steps, context)
-    verify = None
-    if debug:
-        from qonnx.passes.verify import verify_model
+    # From here on outputs appear only at the end. The model is written to a temporary file beside
+    # the output and measured there (fidelity, sensitivity, latency); only then is it renamed onto
+    # the output path, the range table saved and the report written, last. A failure before the
+    # rename leaves no output (and removes the folders made for it); a failure after it withdraws
+    # what this run published.
+    made = sorted({folder for _, path in outputs for folder in _missing_folders(path)}, key=lambda f: len(f.parts), reverse=True)
+    try:
+        verify = None
+        if debug:
+            from qonnx.passes.verify import verify_model
 
-        verify = verify_model
-    t0 = time.perf_counter()
-    records = run_pipeline(ir_model, passes, context, dump_after=dump_after, dump_dir=output_path.parent, verify=verify)
-    pipeline_s = time.perf_counter() - t0
-    quantized = ir_model  # the passes rewrite it in place
-    t0 = time.perf_counter()
-    qir.save(quantized, output_path, protect=(model_path,))
-    save_s = time.perf_counter() - t0
+            verify = verify_model
+        tables = []
 
-    doc: dict[str, Any] = {
-        "schema": SCHEMA,
-        "qonnx_version": qonnx.__version__,
-        "onnxruntime_version": runtime.version,
-        "input": input_facts,
-        "output": _model_facts(output_path, quantized),
-        "target": target,
-        "precision": precision,
-        "mode": mode,
-        "reduce_range": bool(context.notes.get("reduce_range_ops")),
-        "reduce_range_ops": context.notes.get("reduce_range_ops", []),
-        "pipeline": ",".join(str(s) for s in steps),
-        "passes": [r.to_dict() for r in records],
-        "calibration": context.notes.get("calibration"),
-        "fusion": context.notes.get("fusion"),
-        "uncalibrated": uncalibrated,
-        "nodes": _node_formats(quantized),
-    }
-    if precision in FLOAT_PRECISIONS:
-        doc["float_islands"] = context.notes.get("float_islands")
-        doc["float_sensitivity"] = context.notes.get("float_sensitivity")
-        doc["conversion"] = context.notes.get("conversion")
-    doc["size_ratio"] = round(doc["output"]["bytes"] / doc["input"]["bytes"], 4)
-    t0 = time.perf_counter()
-    if eval_source is not None:
-        test: ir.Model | Path = output_path
-        if precision == "bf16":
-            # onnxruntime's CPU provider has no BF16 kernels: measure the same roundings in FP32.
-            from qonnx.passes.emulate_float import emulated
+        def keep_table(record) -> None:
+            if record.name == "calibrate" and "ranges" in context.analyses:
+                tables.append(context.analyses["ranges"])
 
-            test = emulated(qir.load(output_path))
-        doc["fidelity"] = evaluate_fidelity(model_path, test, eval_source)
-        doc["fidelity"]["held_out"] = not eval_on_calibration
-        if precision == "bf16":
-            doc["fidelity"]["emulated"] = True
-    if sensitivity and eval_source is not None and precision == "int8":
-        from qonnx.sensitivity import activation_sensitivity
+        t0 = time.perf_counter()
+        records = run_pipeline(ir_model, passes, context, dump_after=dump_after, dump_dir=output_path.parent, verify=verify, on_pass=keep_table)
+        pipeline_s = time.perf_counter() - t0
+        quantized = ir_model  # the passes rewrite it in place
 
-        feeds = [eval_source[i] for i in range(min(sensitivity, len(eval_source)))]
-        doc["sensitivity"] = activation_sensitivity(model_path, quantized, feeds, progress=progress)
-    fidelity_s = time.perf_counter() - t0  # measuring, not quantizing
-    if latency and eval_source is not None:
-        feed = eval_source[0]
-        fp32 = runtime.measure_latency(model_path, feed)
-        q = runtime.measure_latency(output_path, feed)
-        doc["latency"] = {
-            "fp32_ms": round(fp32["median_s"] * 1e3, 3),
-            "quantized_ms": round(q["median_s"] * 1e3, 3),
-            "speedup": round(fp32["median_s"] / q["median_s"], 3),
-            "runs": q["runs"],
-            "threads": 2,
+        doc: dict[str, Any] = {
+            "schema": SCHEMA,
+            "qonnx_version": qonnx.__version__,
+            "onnxruntime_version": runtime.version,
+            "input": input_facts,
+            "output": None,  # filled from the written file before it is renamed into place
+            "target": target,
+            "precision": precision,
+            "mode": mode,
+            "reduce_range": bool(context.notes.get("reduce_range_ops")),
+            "reduce_range_ops": context.notes.get("reduce_range_ops", []),
+            "pipeline": ",".join(str(s) for s in steps),
+            "passes": [r.to_dict() for r in records],
+            "calibration": context.notes.get("calibration"),
+            "fusion": context.notes.get("fusion"),
+            "uncalibrated": uncalibrated,
+            "nodes": _node_formats(quantized),
         }
-    doc["timing"] = {
-        "pipeline_s": round(pipeline_s, 3),
-        "save_s": round(save_s, 3),
-        "fidelity_s": round(fidelity_s, 3),
-        "total_s": round(time.perf_counter() - started, 3),
-    }
-    if report is not None:
-        write_json(doc, report)
-    return QuantizeResult(output_path, doc)
+        if precision in FLOAT_PRECISIONS:
+            doc["float_islands"] = context.notes.get("float_islands")
+            doc["float_sensitivity"] = context.notes.get("float_sensitivity")
+            doc["conversion"] = context.notes.get("conversion")
+        timing = {"pipeline_s": round(pipeline_s, 3)}
+
+        def measure(written: Path) -> None:
+            """Everything read from the output model, on its temporary file (same bytes, same data names)."""
+            timing["save_s"] = round(time.perf_counter() - save_started, 3)
+            doc["output"] = {**_model_facts(written, quantized), "path": str(output_path)}
+            doc["size_ratio"] = round(doc["output"]["bytes"] / doc["input"]["bytes"], 4)
+            t0 = time.perf_counter()
+            if eval_source is not None:
+                test: ir.Model | Path = written
+                if precision == "bf16":
+                    # onnxruntime's CPU provider has no BF16 kernels: measure the same roundings in FP32.
+                    from qonnx.passes.emulate_float import emulated
+
+                    test = emulated(qir.load(written))
+                doc["fidelity"] = evaluate_fidelity(model_path, test, eval_source)
+                doc["fidelity"]["held_out"] = not eval_on_calibration
+                if precision == "bf16":
+                    doc["fidelity"]["emulated"] = True
+            if sensitivity and eval_source is not None and precision == "int8":
+                from qonnx.sensitivity import activation_sensitivity
+
+                feeds = [eval_source[i] for i in range(min(sensitivity, len(eval_source)))]
+                doc["sensitivity"] = activation_sensitivity(model_path, quantized, feeds, progress=progress)
+            timing["fidelity_s"] = round(time.perf_counter() - t0, 3)  # measuring, not quantizing
+            if latency and eval_source is not None:
+                feed = eval_source[0]
+                fp32 = runtime.measure_latency(model_path, feed)
+                q = runtime.measure_latency(written, feed)
+                doc["latency"] = {
+                    "fp32_ms": round(fp32["median_s"] * 1e3, 3),
+                    "quantized_ms": round(q["median_s"] * 1e3, 3),
+                    "speedup": round(fp32["median_s"] / q["median_s"], 3),
+                    "runs": q["runs"],
+                    "threads": 2,
+                }
+
+        save_started = time.perf_counter()
+        qir.save(quantized, output_path, protect=(model_path,), before_replace=measure)
+        published = [output_path]
+        try:
+            if save_ranges_path is not None and tables:
+                tables[-1].save(save_ranges_path)
+                published.append(save_ranges_path)
+            doc["timing"] = {**timing, "total_s": round(time.perf_counter() - started, 3)}
+            if report_path is not None:
+                write_json(doc, report_path)
+        except BaseException:
+            for path in published:
+                _withdraw(path)
+            raise
+        return QuantizeResult(output_path, doc)
+    except BaseException:
+        _remove_empty(made)
+        raise

@@ -1,6 +1,7 @@
 """The ``qonnx`` command: quantize, inspect, passes.
 
-Exit codes: 0 success, 2 bad input or usage, 1 internal error. No traceback unless ``--debug``.
+Exit codes: 0 success, 2 bad input or usage, 1 internal error; either failure is one line on
+stderr, without a traceback unless ``--debug``.
 """
 
 from __future__ import annotations
@@ -149,7 +150,6 @@ def _quantize(args) -> int:
     if calib is None and args.precision == "int8" and args.mode == "static" and args.ranges is None and args.pipeline is None:
         raise UserError("quantizing to int8 needs calibration data: give --calib DATA (or --ranges FILE); --mode dynamic needs none")
     if calib == "random":
-        print("WARNING: calibrating on random data; ranges will not match real inputs", file=sys.stderr)
         calib, uncalibrated = _random_feeds(args.model, args.samples or 16, args.seed), True
     result = quantize(
         args.model,
@@ -181,6 +181,8 @@ def _quantize(args) -> int:
     )
     if not args.quiet:
         print(summary_table(result.report))
+    if uncalibrated:  # after the work, so that a failure stays one line
+        print("WARNING: calibrated on random data; the ranges do not reflect real inputs", file=sys.stderr)
     return 0
 
 
@@ -203,8 +205,13 @@ def _passes(args) -> int:
     for name, expansion in aliases.items():
         print(f"{name:<{width}}  = {expansion}")
     print(f"\ndefault pipeline: {DEFAULT_PIPELINE}")
-    print(f"fp16/bf16 pipeline: {default_pipeline('fp16', calibrated=True)} (calibrate and float-sensitivity only with --calib)")
+    print(f"fp16/bf16 pipeline: {default_pipeline('fp16', calibrated=True)} (calibrate and float-sensitivity only with --calib or --ranges)")
     return 0
+
+
+def _one_line(text: str) -> str:
+    """A message on one line: some libraries' messages (the onnx checker's, onnx-ir's) span several."""
+    return " ".join(text.split())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             traceback.print_exc()
-        print(f"qonnx: error: {exc}", file=sys.stderr)
+        print(f"qonnx: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
     except (PermissionError, IsADirectoryError, NotADirectoryError) as exc:  # a path the user gave
         if debug:
@@ -230,5 +237,5 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # an internal error: say so, keep the traceback for --debug
         if debug:
             traceback.print_exc()
-        print(f"qonnx: internal error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)
+        print(f"qonnx: internal error: {type(exc).__name__}: {_one_line(str(exc))} (run with --debug for details)", file=sys.stderr)
         return 1

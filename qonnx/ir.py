@@ -4,7 +4,8 @@
   make us read ``../../etc/passwd``).
 * ``save`` never writes over the input model, writes through a temporary file in the destination
   folder and renames it into place, and switches to external data when the protobuf would pass
-  the 2 GB limit.
+  the 2 GB limit. A caller can look at the written file before it is renamed (``before_replace``)
+  and, by raising, leave the destination untouched.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from qonnx.errors import UserError
 __all__ = [
     "PROTOBUF_LIMIT",
     "load",
+    "check_file",
     "save",
     "file_hash",
     "model_hash",
@@ -53,6 +55,8 @@ float_dtypes = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BF
 
 
 def _checked_proto(path: Path) -> onnx.ModelProto:
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not an ONNX model file")
     if not path.is_file():
         raise UserError(f"model file not found: {path}")
     try:
@@ -89,6 +93,12 @@ def external_data_files(path: str | os.PathLike) -> list[Path]:
     return sorted(path.parent / loc for loc in _external_locations(proto))
 
 
+def check_file(path: str | os.PathLike) -> None:
+    """What ``load`` checks first, without building the model: a readable ONNX file whose external
+    data stays inside its folder; a UserError otherwise."""
+    _checked_proto(Path(path))
+
+
 def load(path: str | os.PathLike) -> ir.Model:
     """Load a model (with its external data, read lazily) after checking every data location."""
     path = Path(path)
@@ -109,10 +119,19 @@ def _tensor_bytes(model: ir.Model) -> int:
     return total
 
 
-def save(model: ir.Model, path: str | os.PathLike, *, protect: tuple[str | os.PathLike, ...] = ()) -> Path:
+def save(
+    model: ir.Model,
+    path: str | os.PathLike,
+    *,
+    protect: tuple[str | os.PathLike, ...] = (),
+    before_replace: Callable[[Path], None] | None = None,
+) -> Path:
     """Save ``model`` to ``path`` atomically; external data (``<name>.data``) above 2 GB.
 
     ``protect`` lists files that must never be overwritten (the user's input model).
+    ``before_replace(written)`` is called with the complete temporary file (its external data
+    beside it, under the names it will keep) before anything is renamed into the destination
+    folder; when it raises, the temporary files are removed and ``path`` is left as it was.
     """
     path = Path(path)
     for other in protect:
@@ -133,6 +152,8 @@ def save(model: ir.Model, path: str | os.PathLike, *, protect: tuple[str | os.Pa
             # its own data until the model file itself is renamed over it.
             data_path = path.parent / f"{path.name}.{model_hash(model)[:12]}.data"
             ir.save(model, tmp_model, external_data=data_path.name)
+            if before_replace is not None:
+                before_replace(tmp_model)
             fresh = not data_path.exists()
             os.replace(Path(tmp) / data_path.name, data_path)
             previous_data.discard(data_path)
@@ -146,6 +167,8 @@ def save(model: ir.Model, path: str | os.PathLike, *, protect: tuple[str | os.Pa
             # Tensors still read from the input's external data are written inline.
             ir.external_data.load_to_model(model)
             ir.save(model, tmp_model)
+            if before_replace is not None:
+                before_replace(tmp_model)
             os.replace(tmp_model, path)
     for stale in previous_data:
         stale.unlink(missing_ok=True)

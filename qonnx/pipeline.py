@@ -44,6 +44,7 @@ __all__ = [
     "default_pipeline",
     "parse_pipeline",
     "build",
+    "check_dump_after",
     "run_pipeline",
     "op_histogram",
 ]
@@ -224,6 +225,14 @@ def build(steps: Iterable[PipelineStep], context: Context) -> list[Pass]:
     return [registry[s.name](context, **s.options) for s in steps]
 
 
+def check_dump_after(dump_after: Iterable[str], names: Iterable[str]) -> None:
+    """Refuse a ``--dump-after`` name that no pass of the pipeline has (it would dump nothing)."""
+    names = list(dict.fromkeys(names))
+    for wanted in dump_after:
+        if wanted not in names:
+            raise UserError(f"--dump-after {wanted}: no pass of that name in the pipeline (its passes: {', '.join(names)})")
+
+
 def op_histogram(model: ir.Model) -> collections.Counter:
     return collections.Counter(
         f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in qir.all_nodes(model)
@@ -258,9 +267,11 @@ def run_pipeline(
     """Run ``passes`` over ``model`` in place and return one record per pass.
 
     ``verify(model, after)`` runs after every pass when given (debug mode). ``dump_after`` names
-    passes whose output is saved as ``<dump_dir>/after-<NN>-<name>.onnx``.
+    passes whose output is saved as ``<dump_dir>/after-<NN>-<name>.onnx``; a name that no pass has
+    is refused before the first pass runs.
     """
     dump_after = set(dump_after)
+    check_dump_after(sorted(dump_after), (p.name for p in passes))
     records = []
     for index, pass_ in enumerate(passes):
         before = op_histogram(model)

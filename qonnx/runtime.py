@@ -39,7 +39,7 @@ def _options(threads: int | None, optimized_path: str | None = None, disable_opt
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: an error reaches the user once, as the exception qonnx reports
     if disable_optimizations:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if optimized_path:

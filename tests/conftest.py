@@ -1,8 +1,12 @@
-"""Shared helpers: run a text pipeline on a tiny model, run models in onnxruntime, kit fixtures."""
+"""Shared helpers: run a text pipeline on a tiny model, run models in onnxruntime, run the CLI, kit fixtures."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -63,3 +67,62 @@ def pytest_runtest_makereport(item, call):
     if not reason.removeprefix("Skipped: ").startswith(PLATFORM_SKIP):
         report.outcome = "failed"
         report.longrepr = f"skipped without a platform reason under QONNX_STRICT_SKIPS=1: {reason}"
+
+# --------------------------------------------------------------------------------------------
+# The command line
+
+
+@dataclasses.dataclass
+class Result:
+    """What one run of the CLI gave: exit code, stdout, stderr."""
+
+    rc: int
+    out: str
+    err: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if "qonnx: error:" in line]
+
+
+def run_python(*args, cwd: Path | None = None, timeout: float = 120) -> Result:
+    """``python ARGS`` in a subprocess, with this interpreter (and so this installation of qonnx)."""
+    proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_qonnx(*args, cwd: Path | None = None) -> Result:
+    """The real command, ``python -m qonnx ARGS``, in a subprocess."""
+    return run_python("-m", "qonnx", *args, cwd=cwd)
+
+
+_bad_inputs: list[str] = []
+
+
+def record_bad_input(name: str) -> None:
+    """Count one bad input tried through the command line (reported at the end of the run)."""
+    _bad_inputs.append(name)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _bad_inputs:
+        terminalreporter.write_line(f"qonnx CLI: {len(_bad_inputs)} bad inputs tried, each as the real command in a subprocess")
+
+
+def calib_arrays(n: int = 8, name: str = "x", dtype=np.float32) -> dict[str, np.ndarray]:
+    """``n`` samples for ``tiny.conv_chain()`` (input ``x`` [1, 3, 16, 16]), as a .npz holds them."""
+    return {name: np.random.default_rng(0).standard_normal((n, 1, 3, 16, 16)).astype(dtype)}
+
+
+@pytest.fixture
+def model_path(tmp_path) -> Path:
+    path = tmp_path / "model.onnx"
+    onnx.save(tiny.conv_chain(), str(path))
+    return path
+
+
+@pytest.fixture
+def calib_npz(tmp_path) -> Path:
+    path = tmp_path / "calib.npz"
+    np.savez(path, **calib_arrays())
+    return path

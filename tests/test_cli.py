@@ -7,11 +7,8 @@ error (no traceback unless ``--debug``).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,34 +16,17 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-import qonnx.api
 from qonnx import cli, pipeline
 from qonnx.models import tiny
 
-
-@dataclasses.dataclass
-class Result:
-    rc: int
-    out: str
-    err: str
-
-    @property
-    def error_lines(self) -> list[str]:
-        return [line for line in self.err.splitlines() if "qonnx: error:" in line]
-
-
-def _subprocess(*args) -> Result:
-    proc = subprocess.run(
-        [sys.executable, "-m", "qonnx", *map(str, args)], capture_output=True, text=True, timeout=120
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+from conftest import Result, calib_arrays, run_qonnx
 
 
 @pytest.fixture(params=["subprocess", "inprocess"])
 def qonnx_cmd(request, capsys):
     """Runs the CLI one way or the other and returns rc, stdout and stderr."""
     if request.param == "subprocess":
-        return _subprocess
+        return run_qonnx
 
     def run(*args) -> Result:
         capsys.readouterr()
@@ -66,24 +46,6 @@ def inproc(capsys):
         return Result(rc, out, err)
 
     return run
-
-
-@pytest.fixture
-def model_path(tmp_path) -> Path:
-    path = tmp_path / "model.onnx"
-    onnx.save(tiny.conv_chain(), str(path))
-    return path
-
-
-def _calib(n: int = 8, name: str = "x", dtype=np.float32) -> dict[str, np.ndarray]:
-    return {name: np.random.default_rng(0).standard_normal((n, 1, 3, 16, 16)).astype(dtype)}
-
-
-@pytest.fixture
-def calib_npz(tmp_path) -> Path:
-    path = tmp_path / "calib.npz"
-    np.savez(path, **_calib())
-    return path
 
 
 def _assert_user_error(result: Result, match: str):
@@ -202,7 +164,7 @@ def test_quantize_writes_model_and_report(qonnx_cmd, tmp_path, model_path, calib
     # onnxruntime loads it and it still computes roughly the same function. Cosine > 0.99: INT8
     # with MinMax ranges on a 3-conv chain lands around 0.9999 (SQNR ~35 dB); 0.99 only catches a
     # broken rewrite (wrong scales, wrong axis), it is no quality claim for real models.
-    feed = {"x": _calib()["x"][7]}
+    feed = {"x": calib_arrays()["x"][7]}
     want = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feed)[0]
     assert got.shape == want.shape
@@ -259,7 +221,8 @@ def test_quantize_random_calibration_needs_static_shapes(inproc, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# user errors: exit code 2, one line, no traceback
+# user errors: exit code 2, one line, no traceback. Run in-process here; test_cli_failures.py runs
+# every documented failure as the real command and checks that nothing is written.
 
 _BAD = {}
 
@@ -276,13 +239,13 @@ def missing_model(tmp, model, calib):
 
 @_case
 def wrong_input_name(tmp, model, calib):
-    np.savez(tmp / "bad.npz", **_calib(name="input"))
+    np.savez(tmp / "bad.npz", **calib_arrays(name="input"))
     return ["quantize", model, "-o", tmp / "q.onnx", "--calib", tmp / "bad.npz"], "the model expects inputs: x"
 
 
 @_case
 def wrong_dtype(tmp, model, calib):
-    np.savez(tmp / "bad.npz", **_calib(dtype=np.float64))
+    np.savez(tmp / "bad.npz", **calib_arrays(dtype=np.float64))
     return ["quantize", model, "-o", tmp / "q.onnx", "--calib", tmp / "bad.npz"], "has dtype float64, the model expects float32"
 
 
@@ -340,10 +303,10 @@ def report_folder_cannot_be_made(tmp, model, calib):
 
 
 @pytest.mark.parametrize("case", list(_BAD))
-def test_user_errors(qonnx_cmd, tmp_path, model_path, calib_npz, case):
+def test_user_errors(inproc, tmp_path, model_path, calib_npz, case):
     args, match = _BAD[case](tmp_path, model_path, calib_npz)
     before = model_path.read_bytes()
-    result = qonnx_cmd(*args)
+    result = inproc(*args)
     _assert_user_error(result, match)
     assert model_path.read_bytes() == before, "the input model changed"
     assert not (tmp_path / "q.onnx").exists(), "an output was written although the command failed"
@@ -365,33 +328,6 @@ def test_truncated_calibration_npz_is_a_user_error(inproc, tmp_path, model_path,
 def test_empty_model_file_is_a_user_error(inproc, tmp_path):
     (tmp_path / "empty.onnx").write_bytes(b"")
     _assert_user_error(inproc("inspect", tmp_path / "empty.onnx"), "not an ONNX model")
-
-
-# --------------------------------------------------------------------------------------------
-# internal errors: exit code 1, no traceback unless --debug
-
-
-def _boom(*args, **kwargs):
-    raise RuntimeError("boom")
-
-
-def test_internal_error_without_traceback(inproc, monkeypatch, tmp_path, model_path, calib_npz):
-    monkeypatch.setattr(qonnx.api, "quantize", _boom)
-    result = inproc("quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", calib_npz)
-    assert result.rc == 1
-    assert "Traceback" not in result.err
-    assert "qonnx: internal error: RuntimeError: boom" in result.err
-    assert "--debug" in result.err
-    assert result.error_lines == []
-
-
-def test_internal_error_with_debug_prints_traceback(inproc, monkeypatch, tmp_path, model_path, calib_npz):
-    monkeypatch.setattr(qonnx.api, "quantize", _boom)
-    result = inproc("quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", calib_npz, "--debug")
-    assert result.rc == 1
-    assert "Traceback" in result.err
-    assert "RuntimeError: boom" in result.err
-    assert "internal error" in result.err
 
 
 def test_policy_file_keeps_named_nodes_float(inproc, tmp_path, model_path, calib_npz):

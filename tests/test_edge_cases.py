@@ -1,5 +1,6 @@
 """Models that real exporters produce and that a quantizer easily gets wrong."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -124,14 +125,19 @@ def test_a_plan_with_two_int8_specs_replays_exactly(tmp_path):
         ]
     }
     (tmp_path / "policy.json").write_text(json.dumps(policy))
-    first, _, _ = run_text(tiny.conv_chain(), f"resolve-policy(policy={tmp_path / 'policy.json'}),calibrate,insert-qdq")
-    (tmp_path / "plan.json").write_text(first.metadata_props["qonnx.plan"])
-    again, _, _ = run_text(tiny.conv_chain(), f"resolve-policy(policy={tmp_path / 'plan.json'}),calibrate,insert-qdq")
+    models = [run_text(tiny.conv_chain(), f"resolve-policy(policy={tmp_path / 'policy.json'}),calibrate,insert-qdq")[0]]
+    for replay in range(2):  # the plan of the first model, then the plan of its replay
+        plan = tmp_path / f"plan{replay}.json"
+        plan.write_text(models[-1].metadata_props["qonnx.plan"])
+        models.append(run_text(tiny.conv_chain(), f"resolve-policy(policy={plan}),calibrate,insert-qdq")[0])
 
     def weight_scale_sizes(model):
         return {n.name: n.inputs[1].producer().inputs[1].const_value.size for n in model.graph if n.op_type == "Conv"}
 
-    assert weight_scale_sizes(first) == weight_scale_sizes(again) == {"conv0": 4, "conv1": 4, "conv2": 1}
+    assert weight_scale_sizes(models[0]) == {"conv0": 4, "conv1": 4, "conv2": 1}  # both specs are in use
+    # Same calibration feeds, same plan: the replays are the same model, plan included, byte for byte.
+    digests = [hashlib.sha256(ir.to_proto(m).SerializeToString(deterministic=True)).hexdigest() for m in models]
+    assert digests[1] == digests[0] and digests[2] == digests[0]
 
 
 def test_a_conv_inside_a_local_function_is_inlined_and_quantized():

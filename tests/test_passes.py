@@ -6,13 +6,18 @@ models are judged by SQNR: 8-bit activations and weights give ~40 dB on these ra
 models, so 30 dB is a floor that only a broken rewrite falls under.
 """
 
+import dataclasses
 import json
+from collections.abc import Callable
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
 
+from qonnx import ir as qir
+from qonnx import pipeline
+from qonnx.calib.sources import ListSource, input_specs
 from qonnx.errors import UserError
 from qonnx.metrics import sqnr_db
 from qonnx.models import tiny
@@ -34,19 +39,43 @@ def _modified(records, name):
     return [r.modified for r in records if r.name == name]
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        tiny.conv_bn_relu, tiny.conv_transpose_bn, tiny.gemm_bn, lambda: tiny.gemm_bn(trans_b=0), tiny.constants_model,
-        tiny.if_model, tiny.matmul_model, tiny.same_padded_conv, tiny.detector_neck, tiny.embedding_model,
-    ],
-)  # fmt: skip
-def test_normalize_keeps_the_function_and_is_idempotent(make):
+def _gemm_bn_plain_b() -> onnx.ModelProto:
+    return tiny.gemm_bn(trans_b=0)
+
+
+# Each tiny model, what normalize leaves of it, and the passes that must have rewritten it.
+_NORMALIZED = [
+    (tiny.conv_bn_relu, ["Conv", "Relu"], {"fold-batchnorm", "remove-dead"}),
+    (tiny.conv_transpose_bn, ["ConvTranspose"], {"fold-batchnorm", "remove-dead"}),
+    (tiny.gemm_bn, ["Gemm"], {"fold-batchnorm", "remove-dead"}),
+    (_gemm_bn_plain_b, ["Gemm"], {"fold-batchnorm", "remove-dead"}),
+    (tiny.constants_model, ["Conv", "Relu"], {"upgrade-opset", "constants-to-initializers", "fold-constants", "remove-dead"}),
+    (tiny.if_model, ["ReduceSum", "Greater", "If"], {"constants-to-initializers"}),
+    (tiny.matmul_model, ["MatMul", "Transpose", "MatMul"], {"infer-shapes"}),
+    (tiny.same_padded_conv, ["Conv", "Div"], {"fold-pad", "remove-dead"}),
+    (tiny.detector_neck, [n.op_type for n in tiny.detector_neck().graph.node], {"infer-shapes"}),
+    (tiny.embedding_model, ["Gather", "Add", "MatMul", "Add"], {"infer-shapes"}),
+    (tiny.conv_bias_add, ["Conv", "Relu"], {"fold-bias-add", "remove-dead"}),
+    (tiny.function_model, ["Conv", "Relu"], {"inline-functions", "constants-to-initializers"}),
+]
+
+
+@pytest.mark.parametrize("make,ops,rewriters", _NORMALIZED, ids=[m.__name__ for m, _, _ in _NORMALIZED])
+def test_normalize_reaches_its_normal_form_keeps_the_function_and_is_idempotent(make, ops, rewriters):
     proto = make()
-    model, _, _ = run_text(proto, "normalize")
+    model, records, _ = run_text(proto, "normalize")
+    assert op_types(model) == ops
+    assert rewriters <= {r.name for r in records if r.modified}
+    # The normal form, whatever the model: opset >= 13, no Constant node and no function left, no
+    # initializer nothing reads, a type on every tensor of the main graph.
+    assert model.opset_imports[""] >= 13 and not model.functions
+    assert not [n for n in qir.all_nodes(model) if n.op_type == "Constant"]
+    read = {v.name for n in qir.all_nodes(model) for v in n.inputs if v is not None} | {v.name for v in model.graph.outputs}
+    assert set(model.graph.initializers) <= read
+    assert all(v.dtype is not None for n in model.graph for v in n.outputs)
     _same_function(proto, model)
     _, records, _ = run_text(model, "normalize")
-    assert not any(r.modified for r in records if r.name != "infer-shapes")
+    assert not any(r.modified for r in records)
 
 
 def test_zero_pad_folds_into_the_conv_and_division_by_a_constant_becomes_mul():
@@ -58,12 +87,21 @@ def test_zero_pad_folds_into_the_conv_and_division_by_a_constant_becomes_mul():
     assert _modified(records, "fold-pad") == [True] and _modified(records, "div-to-mul") == [True]
 
 
-def test_a_nonzero_pad_stays():
+def _padded_with(value: float) -> onnx.ModelProto:
     proto = tiny.same_padded_conv()
-    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.float32(1.0), "one"))
-    proto.graph.node[0].input.append("one")
-    model, records, _ = run_text(proto, "fold-pad")
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.float32(value), "pad_value"))
+    proto.graph.node[0].input.append("pad_value")
+    return proto
+
+
+def test_a_nonzero_pad_stays():
+    model, records, _ = run_text(_padded_with(1.0), "fold-pad")
     assert op_types(model)[0] == "Pad" and _modified(records, "fold-pad") == [False]
+    # The same model with an explicit zero value does fold: what keeps the Pad above is its value.
+    proto = _padded_with(0.0)
+    model, records, _ = run_text(proto, "fold-pad")
+    assert op_types(model)[0] == "Conv" and _modified(records, "fold-pad") == [True]
+    _same_function(proto, model)
 
 
 def test_constants_become_initializers_also_in_subgraphs():
@@ -85,17 +123,28 @@ def test_fold_constants_folds_chains_and_removes_the_dead_constant():
     _same_function(proto, model)
 
 
-def test_fold_constants_leaves_dequantize_linear_alone():
-    model, _, _ = run_text(tiny.conv_chain(), QUANTIZE)
-    before = op_types(model).count("DequantizeLinear")
-    _, records, _ = run_text(model, "fold-constants")
-    assert _modified(records, "fold-constants") == [False]
-    assert before > 0
+def test_fold_constants_folds_beside_dequantize_linear_but_leaves_it():
+    quantized, _, _ = run_text(tiny.conv_chain(), QUANTIZE)
+    proto = ir.to_proto(quantized)
+    dequantizers = [n.name for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    # Beside the DequantizeLinear nodes (whose inputs are all constant too), a node that folds: y + 2 * 0.5.
+    proto.graph.initializer.extend([onnx.numpy_helper.from_array(np.float32(2.0), "two"), onnx.numpy_helper.from_array(np.float32(0.5), "half")])
+    y = proto.graph.output[0].name
+    proto.graph.node.extend([onnx.helper.make_node("Mul", ["two", "half"], ["one"], name="one"), onnx.helper.make_node("Add", [y, "one"], ["y_plus_one"], name="plus_one")])
+    proto.graph.output[0].name = "y_plus_one"
+    model, records, _ = run_text(proto, "fold-constants")
+    assert _modified(records, "fold-constants") == [True]
+    assert "one" not in [n.name for n in model.graph]
+    assert [n.name for n in model.graph if n.op_type == "DequantizeLinear"] == dequantizers
+    _same_function(proto, model)
 
 
 def test_fold_constants_respects_the_size_limit():
-    model, records, _ = run_text(tiny.constants_model(), "constants-to-initializers,fold-constants(max_elements=10)")
-    assert "Mul" in op_types(model)  # the folded weight would have 108 elements
+    # The folded weight 2 * W would have 108 elements: a limit under that keeps the Mul, one at it folds it.
+    capped, records, _ = run_text(tiny.constants_model(), "constants-to-initializers,fold-constants(max_elements=107)")
+    assert "Mul" in op_types(capped) and _modified(records, "fold-constants") == [False]
+    folded, records, _ = run_text(tiny.constants_model(), "constants-to-initializers,fold-constants(max_elements=108)")
+    assert "Mul" not in op_types(folded) and _modified(records, "fold-constants") == [True]
 
 
 @pytest.mark.parametrize("make", [tiny.conv_bn_relu, lambda: tiny.conv_bn_relu(bias=False), tiny.conv_transpose_bn, lambda: tiny.conv_transpose_bn(group=1), tiny.gemm_bn, lambda: tiny.gemm_bn(trans_b=0)])
@@ -112,7 +161,10 @@ def test_batchnorm_with_a_second_reader_of_the_conv_output_stays():
     proto = tiny.conv_bn_relu()
     proto.graph.output.add().name = "c"  # the Conv output is now read by BN and by the graph
     model, records, _ = run_text(proto, "fold-batchnorm")
-    assert "BatchNormalization" in op_types(model)
+    assert "BatchNormalization" in op_types(model) and _modified(records, "fold-batchnorm") == [False]
+    # Without the second reader the same BatchNormalization folds: the reader is what keeps it.
+    model, records, _ = run_text(tiny.conv_bn_relu(), "fold-batchnorm")
+    assert "BatchNormalization" not in op_types(model) and _modified(records, "fold-batchnorm") == [True]
 
 
 def test_upgrade_opset_reaches_13_and_keeps_the_function():
@@ -131,31 +183,28 @@ def test_upgrade_opset_fails_with_a_clear_error():
         run_text(proto, "upgrade-opset")
 
 
-class _NoInference:
-    """Stands in for onnx's inference when it cannot see through an op: it infers nothing."""
+def _opaque_chain(dynamic: bool = False) -> onnx.ModelProto:
+    """conv_chain with its first Relu replaced by onnxruntime's com.microsoft Gelu: onnx's shape
+    inference has no schema for it and infers nothing past it; onnxruntime runs it."""
+    proto = tiny.conv_chain(dynamic=dynamic)
+    relu = proto.graph.node[1]
+    assert relu.op_type == "Relu" and list(relu.output) == ["r0"]
+    relu.op_type, relu.domain = "Gelu", "com.microsoft"
+    proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return proto
 
-    def __init__(self, **_):
-        pass
 
-    def __call__(self, model):
-        return ir.passes.PassResult(model, False)
-
-
-def test_infer_shapes_uses_the_sample_when_onnx_inference_leaves_gaps(monkeypatch):
-    from qonnx.passes import infer_shapes
-
-    monkeypatch.setattr(infer_shapes, "ShapeInferencePass", _NoInference)
-    model, records, ctx = run_text(tiny.conv_chain(), "infer-shapes")
+def test_infer_shapes_uses_the_sample_when_onnx_inference_leaves_gaps():
+    model, records, ctx = run_text(_opaque_chain(), "infer-shapes")
     values = ir.convenience.create_value_mapping(model.graph)
-    assert values["c1"].dtype == ir.DataType.FLOAT and list(values["c1"].shape) == [1, 4, 16, 16]
+    for name in ("r0", "c1", "r2"):
+        assert values[name].dtype == ir.DataType.FLOAT and list(values[name].shape) == [1, 4, 16, 16]
     assert ctx.analyses["shapes"]["c1"] == [1, 4, 16, 16]
+    assert _modified(records, "infer-shapes") == [True]
 
 
-def test_infer_shapes_keeps_dynamic_dims_symbolic(monkeypatch):
-    from qonnx.passes import infer_shapes
-
-    monkeypatch.setattr(infer_shapes, "ShapeInferencePass", _NoInference)
-    model, _, _ = run_text(tiny.conv_chain(dynamic=True), "infer-shapes")
+def test_infer_shapes_keeps_dynamic_dims_symbolic():
+    model, _, _ = run_text(_opaque_chain(dynamic=True), "infer-shapes")
     value = ir.convenience.create_value_mapping(model.graph)["c1"]
     assert value.dtype == ir.DataType.FLOAT and len(value.shape) == 4
     assert not any(isinstance(d, int) for d in value.shape)  # one sample's 8x8 must not freeze the model
@@ -289,3 +338,83 @@ def test_an_edited_plan_replays_with_its_edits(tmp_path):
     replayed, _, _ = run_text(tiny.conv_chain(), f"resolve-policy(policy={path}),calibrate,insert-qdq")
     formats = {n.name: json.loads(n.metadata_props[SPEC_KEY])["format"] for n in replayed.graph if SPEC_KEY in n.metadata_props}
     assert formats == {"conv0": "int8", "conv1": "int8", "conv2": "float", "residual": "int8"}
+
+
+# --------------------------------------------------------------------------------------------
+# Idempotence of every registered pass: a second run reports no change and changes no byte.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Twice:
+    step: str  # the pass, with options, as pipeline text
+    make: Callable[[], onnx.ModelProto]
+    before: str  # the passes it needs first
+    changes: bool  # whether the first run rewrites this model (else the case would prove nothing)
+    context: dict = dataclasses.field(default_factory=dict)
+
+
+def _dynamic_conv_chain() -> onnx.ModelProto:
+    return tiny.conv_chain(dynamic=True)
+
+
+_FP16 = {"precision": "fp16", "target": "cuda"}
+_BF16 = {"precision": "bf16", "target": "cuda"}
+_FLOAT_PREP = "normalize,resolve-policy,calibrate,float-islands"
+_TWICE = [
+    _Twice("inline-functions", tiny.function_model, "", True),
+    _Twice("upgrade-opset", tiny.constants_model, "", True),  # opset 11
+    _Twice("constants-to-initializers", tiny.constants_model, "", True),
+    _Twice("fold-constants", tiny.constants_model, "constants-to-initializers", True),
+    _Twice("infer-shapes", _dynamic_conv_chain, "", True),
+    _Twice("fold-bias-add", tiny.conv_bias_add, "", True),
+    _Twice("fold-batchnorm", tiny.conv_bn_relu, "", True),
+    _Twice("fold-pad", tiny.same_padded_conv, "", True),
+    _Twice("remove-dead", tiny.constants_model, "constants-to-initializers", True),
+    _Twice("div-to-mul", tiny.detector_neck, "", True),
+    _Twice("resolve-policy", tiny.conv_chain, "normalize", True),
+    _Twice("calibrate", tiny.conv_chain, "normalize,resolve-policy", False),
+    _Twice("insert-qdq", tiny.conv_chain, "normalize,resolve-policy,calibrate", True),
+    _Twice("insert-qdq", tiny.matmul_model, "normalize,resolve-policy,calibrate", True, {"mode": "dynamic"}),
+    _Twice("finalize", tiny.conv_chain, "normalize,resolve-policy,calibrate,insert-qdq", True),
+    _Twice("verify", tiny.conv_chain, "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,finalize", False),
+    _Twice("float-islands", tiny.if_model, "normalize,resolve-policy,calibrate", True, _FP16),
+    _Twice("float-islands", tiny.detector_neck, "normalize,resolve-policy,calibrate", True, _BF16),
+    # A floor of 70 dB, over what all-FP16 reaches here (65.6 dB), and no cap on the share kept FP32.
+    _Twice("float-sensitivity(sqnr_floor=70,max_share=1.0)", tiny.conv_chain, _FLOAT_PREP, True, _FP16),
+    _Twice("convert-float", tiny.detector_neck, _FLOAT_PREP, True, _FP16),
+    _Twice("convert-float(keep_io_types=false)", tiny.detector_neck, _FLOAT_PREP, True, _BF16),
+    _Twice("emulate-float", tiny.detector_neck, f"{_FLOAT_PREP},convert-float", True, _FP16),
+    _Twice("emulate-float", tiny.detector_neck, f"{_FLOAT_PREP},convert-float(keep_io_types=false)", True, _FP16),
+    _Twice("emulate-float", tiny.detector_neck, f"{_FLOAT_PREP},convert-float(keep_io_types=false)", True, _BF16),
+]
+
+
+def _twice_id(case: _Twice) -> str:
+    io = "-16bit-io" if "keep_io_types=false" in case.before else ""
+    return f"{case.step}-{case.context.get('precision', 'int8')}-{case.context.get('mode', 'static')}{io}-{case.make.__name__}"
+
+
+def test_every_registered_pass_has_an_idempotence_case():
+    pipeline._load_builtin_passes()
+    builtin = {name for name, cls in pipeline.registry.items() if cls.__module__.startswith("qonnx.passes")}
+    assert {pipeline.parse_pipeline(case.step)[0].name for case in _TWICE} == builtin
+
+
+def _serialized(model: ir.Model) -> bytes:
+    return ir.to_proto(model).SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize("case", _TWICE, ids=_twice_id)
+def test_a_second_run_of_a_pass_changes_nothing(case):
+    proto = case.make()
+    model = ir.serde.deserialize_model(proto)
+    source = ListSource([tiny.random_feed(proto, seed=i) for i in range(4)], input_specs(model))
+    context = pipeline.Context(calib=source, **case.context)
+    if case.before:
+        pipeline.run_pipeline(model, pipeline.build(pipeline.parse_pipeline(case.before), context), context)
+    (first,) = pipeline.run_pipeline(model, pipeline.build(pipeline.parse_pipeline(case.step), context), context)
+    assert first.modified is case.changes
+    after_first = _serialized(model)
+    (second,) = pipeline.run_pipeline(model, pipeline.build(pipeline.parse_pipeline(case.step), context), context)
+    assert second.modified is False, f"{case.step} reports a change on its own output"
+    assert _serialized(model) == after_first, f"{case.step} rewrote its own output"
