@@ -43,6 +43,9 @@ __all__ = [
     "min_weight_scale_for_bias",
     "bias_fits_int32",
     "bias_to_int32",
+    "BITS_PER_PARAMETER",
+    "bytes_per_parameter",
+    "model_bytes",
 ]
 
 # The smallest scale we emit: a tensor that is all zeros still needs a positive scale.
@@ -143,3 +146,34 @@ def bias_to_int32(bias: np.ndarray, input_scale, weight_scale) -> tuple[np.ndarr
     info = np.iinfo(np.int32)
     q = np.clip(np.rint(bias.astype(np.float64) / scale), info.min, info.max).astype(np.int32)
     return q, scale.astype(np.float32)
+
+
+# Storage of one parameter per format; INT4 packs two parameters into a byte (ONNX's INT4/UINT4).
+BITS_PER_PARAMETER = {"fp32": 32, "fp16": 16, "bf16": 16, "int8": 8, "uint8": 8, "int4": 4, "uint4": 4}
+
+
+def bytes_per_parameter(fmt: str) -> float:
+    """Bytes one parameter takes in ``fmt``: ``bits / 8``.
+
+    >>> [bytes_per_parameter(f) for f in ("fp32", "fp16", "bf16", "int8", "int4")]
+    [4.0, 2.0, 2.0, 1.0, 0.5]
+    """
+    try:
+        return BITS_PER_PARAMETER[fmt] / 8
+    except KeyError:
+        raise ValueError(f"unknown format {fmt!r}; known: {', '.join(BITS_PER_PARAMETER)}") from None
+
+
+def model_bytes(parameters: int, fmt: str) -> int:
+    """Bytes of ``parameters`` weights stored in ``fmt``: ``ceil(parameters · bits / 8)`` (an odd
+    count of INT4 values still fills its last byte).
+
+    A 13-billion-parameter model, in GB (10⁹ bytes):
+
+    >>> [model_bytes(13_000_000_000, f) / 1e9 for f in ("fp32", "fp16", "bf16", "int8", "int4")]
+    [52.0, 26.0, 26.0, 13.0, 6.5]
+    >>> model_bytes(3, "int4")
+    2
+    """
+    bits = int(bytes_per_parameter(fmt) * 8)
+    return -(-int(parameters) * bits // 8)
