@@ -19,7 +19,8 @@ Methods (``OBSERVERS``):
 Ranges come back as ``(lo, hi)`` inside the observed ``[min, max]``. For the asymmetric UINT8
 activations of the CPU target that is the range to quantize; the symmetric targets take
 ``max(|lo|, |hi|)``. A post-ReLU tensor (``min >= 0``) gets ``(min, t)``; a two-sided one gets its
-lower and upper ends clipped separately (or, with ``symmetric=True``, ``(-t, t)``).
+lower and upper ends clipped separately. With ``symmetric=True`` (percentile, entropy) the range
+is ``(-t, t)`` with ``t <= max|x|``, whatever the signs of the data.
 """
 
 from __future__ import annotations
@@ -272,7 +273,13 @@ class PerChannelMinMaxObserver(Observer):
 
 
 class HistogramObserver(Observer):
-    """Base of the methods read off a ``StreamingHistogram`` of ``bins`` counters."""
+    """Base of the methods read off a ``StreamingHistogram`` of ``bins`` counters.
+
+    ``compute_range`` puts the method's ``(lo, hi)`` inside the observed ``[min, max]``; a
+    ``symmetric`` method's ``(-t, t)`` keeps its shape, with ``t`` capped at ``max|x|``.
+    """
+
+    symmetric: bool = False
 
     def __init__(self, bins: int = 4096):
         self.histogram = StreamingHistogram(bins)
@@ -304,6 +311,9 @@ class HistogramObserver(Observer):
             raise ValueError("no finite values observed")
         lo, hi = self._range()
         h = self.histogram
+        if self.symmetric:
+            t = min(max(abs(lo), abs(hi)), max(abs(h.lo), abs(h.hi)))  # at most max|x|
+            return -float(t), float(t)
         lo, hi = min(max(lo, h.lo), h.hi), min(max(hi, h.lo), h.hi)  # inside the observed range
         return float(min(lo, hi)), float(max(lo, hi))
 
@@ -357,7 +367,8 @@ class PercentileObserver(HistogramObserver):
     read off the histogram, rounded outwards to the edge of its bin (so it is within one bin of the
     exact quantile, never clips more than ``P`` says, and a post-ReLU tensor keeps ``lo = 0``).
     Symmetric: ``t = Q_|x|(P / 100)``, the quantile of the magnitudes, and ``(-t, t)``.
-    Both ends move monotonically with ``P``; ``P = 100`` gives the exact extremes.
+    Both ends move monotonically with ``P``; ``P = 100`` gives the exact extremes (symmetric:
+    ``t = max|x|``).
     """
 
     name: ClassVar[str] = "percentile"
@@ -374,8 +385,7 @@ class PercentileObserver(HistogramObserver):
     def _range(self) -> tuple[float, float]:
         h, q = self.histogram, self.percentile / 100
         if q == 1:
-            t = max(abs(h.lo), abs(h.hi))
-            return (-t, t) if self.symmetric else (h.lo, h.hi)
+            return h.lo, h.hi  # symmetric: compute_range makes it (-max|x|, max|x|)
         if self.symmetric:
             counts, width = h.folded()
             t = (_quantile_bin(counts, q) + 1) * width
