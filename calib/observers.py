@@ -351,13 +351,13 @@ class HistogramObserver(Observer):
 
 
 def _quantile_bin(counts: np.ndarray, q: float) -> int:
-    """The bin in which the fraction ``q`` of the histogram's count is reached."""
+    """The bin in which the fraction ``q`` (``0 < q < 1``) of the histogram's count is reached.
+
+    The first ``k`` with ``cumsum(counts)[k] >= q · total``. As ``0 < q · total <= total``, that
+    bin exists and holds something (the cumulative count rises there).
+    """
     cumulative = np.cumsum(counts, dtype=np.float64)
-    k = int(np.searchsorted(cumulative, q * cumulative[-1], side="left"))
-    k = min(k, counts.size - 1)
-    while k < counts.size - 1 and counts[k] == 0:  # land on a bin that holds something
-        k += 1
-    return k
+    return int(np.searchsorted(cumulative, q * cumulative[-1], side="left"))
 
 
 class PercentileObserver(HistogramObserver):
