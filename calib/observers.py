@@ -65,18 +65,15 @@ def finite_part(batch: np.ndarray) -> tuple[np.ndarray, int]:
 def _finite(batch: np.ndarray) -> tuple[np.ndarray, int, float, float]:
     """``finite_part`` plus the extremes of what is kept (inf, -inf when nothing is)."""
     flat = np.asarray(batch, dtype=np.float32).reshape(-1)
-    if flat.size == 0:
-        return flat, 0, math.inf, -math.inf
-    lo, hi = flat.min(), flat.max()  # NaN propagates, so one check covers the common all-finite case
-    if not (np.isfinite(lo) and np.isfinite(hi) and -FILL_LIMIT < lo and hi < FILL_LIMIT):
+    # NaN propagates through min and max, so one check covers the common all-finite case.
+    lo, hi = flat.min(initial=np.inf), flat.max(initial=-np.inf)
+    dropped = 0
+    if not (-FILL_LIMIT < lo and hi < FILL_LIMIT):  # NaN, ±inf or a fill value (no values: inf, -inf pass)
         keep = np.isfinite(flat) & (np.abs(flat) < FILL_LIMIT)
         dropped = int(flat.size - np.count_nonzero(keep))
         flat = flat[keep]
-        if flat.size == 0:
-            return flat, dropped, math.inf, -math.inf
-        lo, hi = flat.min(), flat.max()
-        return flat, dropped, float(lo), float(hi)
-    return flat, 0, float(lo), float(hi)
+        lo, hi = flat.min(initial=np.inf), flat.max(initial=-np.inf)
+    return flat, dropped, float(lo), float(hi)
 
 
 class Observer:

@@ -48,7 +48,7 @@ def test_a_hand_worked_grid_and_its_rebinning():
     # The old bins merge pairwise: [0.5, 1) → [0, 1), [1.5, 2) → [1, 2).
     assert (h.exponent, h.start, h.width) == (0, 0, 1.0)
     assert h.counts.tolist() == [1, 1, 0, 1]
-    assert h.edges().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert h.edges().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0] and h.edges().dtype == np.float64
     assert (h.lo, h.hi, h.total) == (0.5, 3.5, 3)
 
 
@@ -214,6 +214,8 @@ def test_folding_an_odd_number_of_bins_keeps_the_last():
     assert coarse.tolist() == [4, 1] and coarse_width == 4.0
     one, one_width = h.folded(1)
     assert one.tolist() == [5] and one_width == 8.0
+    with pytest.raises(ValueError, match="at least 1"):
+        h.folded(0)
 
 
 def test_a_tiny_negative_value_keeps_its_bin_when_the_width_is_above_one():
