@@ -636,3 +636,24 @@ def test_make_observer_drops_unset_settings():
         observer = make_observer(method)
         assert observer.name == method
         assert type(make_observer(method, **observer.settings())) is type(observer)
+
+
+def test_kl_search_of_short_or_empty_histograms_keeps_every_bin():
+    # Nothing to merge (n <= quantized_bins) or nothing counted: all n bins are kept.
+    assert kl_threshold_bins(np.array([3, 0, 1, 2]), 8) == 4
+    assert kl_threshold_bins(np.arange(8), 8) == 8
+    assert kl_threshold_bins(np.zeros(200, np.int64), 8) == 200
+
+
+def test_kl_search_by_hand():
+    # h = [4, 4, 0, 1], 2 levels. i = 2: P = [4, 5] (the outlier bins added to the last),
+    # Q = [4, 4] → KL = 4/9 log((4/9)/(1/2)) + 5/9 log((5/9)/(1/2)) = 0.00619. i = 3: P = [4, 4, 1],
+    # groups {0, 1} and {2} (floor(j · 2 / 3)): Q = [4, 4, 0] spread over the non-zero P bins; P's
+    # last bin 1 has q = 0 → infinite. i = 4: groups {0, 1}, {2, 3}: Q = [4, 4, 0, 1] → KL = 0.
+    assert kl_threshold_bins(np.array([4, 4, 0, 1]), 2) == 4
+    # h = [6, 2, 1, 1], 2 levels. i = 2: P = [6, 4] / 10, Q = [6, 2] / 8 → 0.6 log(0.6/0.75) +
+    # 0.4 log(0.4/0.25) = 0.05412. i = 3: P = [6, 2, 2] / 10, Q = [4, 4, 1] / 9 → 0.13792.
+    # i = 4: P = [6, 2, 1, 1] / 10, Q = [4, 4, 1, 1] / 10 → 0.6 log 1.5 + 0.2 log 0.5 = 0.10465.
+    # Two bins win: the two outlier bins are clipped into the second.
+    assert kl_threshold_bins(np.array([6, 2, 1, 1]), 2) == 2
+    assert _kl_reference(np.array([6, 2, 1, 1]), 2) == 2
