@@ -90,8 +90,11 @@ def quantize(x: np.ndarray, scale, zero_point, dtype, axis: int | None = None) -
     """QuantizeLinear: ``clip(round_half_even(x / scale) + zero_point)``; per-channel along ``axis``."""
     qmin, qmax = qrange(dtype)
     s = _broadcast(scale, x.ndim, axis).astype(np.float32)
-    z = _broadcast(zero_point, x.ndim, axis).astype(np.int64)
-    q = np.rint(x.astype(np.float32) / s).astype(np.int64) + z
+    z = _broadcast(zero_point, x.ndim, axis)
+    # Divided in float32, as QuantizeLinear does, and saturated while still a float: a quotient
+    # beyond the int64 range (or an overflow to inf) would wrap in an integer cast.
+    with np.errstate(over="ignore"):
+        q = np.rint(np.asarray(x, np.float32) / s) + z
     return np.clip(q, qmin, qmax).astype(dtype)
 
 

@@ -254,3 +254,11 @@ def test_bias_to_int32():
     # Rounding half to even: 2.5 → 2, 3.5 → 4 (scale 1)
     q, _ = quant.bias_to_int32(np.array([2.5, 3.5], np.float32), np.float32(1.0), np.float32(1.0))
     assert q.tolist() == [2, 4]
+
+
+def test_quantize_saturates_beyond_any_integer_range():
+    # x / scale = 1e30 / 1e-12 overflows float32 to inf: the result saturates, sign kept
+    # (QuantizeLinear saturates), rather than wrapping through a 64-bit integer cast.
+    x = np.array([1e30, -1e30, 3e38, -3e38], np.float32)
+    assert quant.quantize(x, np.float32(1e-12), 0, np.int8).tolist() == [127, -128, 127, -128]
+    assert quant.quantize(x, np.float32(1e-12), 0, np.uint8).tolist() == [255, 0, 255, 0]
