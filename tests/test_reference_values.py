@@ -256,6 +256,64 @@ def test_bias_to_int32():
     assert q.tolist() == [2, 4]
 
 
+# ----------------------------------------------------------------------------------------------
+# quantize / dequantize against onnxruntime's QuantizeLinear / DequantizeLinear
+
+
+def _qdq_model(dtype: np.dtype):
+    """QuantizeLinear and DequantizeLinear per row (axis 0): x[N, 1], scale[N], zero_point[N]."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    graph = helper.make_graph(
+        [
+            helper.make_node("QuantizeLinear", ["x", "scale", "zero_point"], ["q"], axis=0),
+            helper.make_node("DequantizeLinear", ["q_in", "scale", "zero_point"], ["x_out"], axis=0),
+        ],
+        "qdq",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1]),
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, ["n"]),
+            helper.make_tensor_value_info("zero_point", elem, ["n"]),
+            helper.make_tensor_value_info("q_in", elem, ["n", 1]),
+        ],
+        [helper.make_tensor_value_info("q", elem, ["n", 1]), helper.make_tensor_value_info("x_out", TensorProto.FLOAT, ["n", 1])],
+    )
+    return onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_quantize_and_dequantize_match_onnxruntime(dtype):
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(21)
+    n = 4000
+    scale = rng.uniform(1e-3, 0.1, n).astype(np.float32)
+    qmin, qmax = quant.qrange(dtype)
+    zero_point = rng.integers(qmin // 4 if qmin else 0, qmax // 2, n).astype(dtype)
+    # Half the values exactly on a rounding tie in float64, (k + 1/2) · scale, where float32 and
+    # float64 division round differently for about half of them; the rest anywhere, some far
+    # beyond the range (saturation).
+    k = rng.integers(-140, 140, n)
+    x = np.where(np.arange(n) % 2 == 0, (k + 0.5) * scale.astype(np.float64), rng.uniform(-40, 40, n) * scale).astype(np.float32)
+    q_in = rng.integers(qmin, qmax + 1, n).astype(dtype)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(_qdq_model(dtype).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ort_q, ort_x = session.run(None, {"x": x[:, None], "scale": scale, "zero_point": zero_point, "q_in": q_in[:, None]})
+    q = quant.quantize(x[:, None], scale, zero_point, dtype, axis=0)
+    assert q.dtype == dtype and np.array_equal(q, ort_q)  # integers: exact
+    # The float64 quotient would round differently on many of the ties: the check above sees it.
+    assert (np.rint(x.astype(np.float64) / scale) != np.rint(x / scale)).sum() > 100
+    back = quant.dequantize(q_in[:, None], scale, zero_point, axis=0)
+    assert back.dtype == np.float32 and np.array_equal(back, ort_x)  # (q - z) · s in float32: exact
+    # The same values given as float64 (x) and Python floats (a scalar scale): converted to
+    # float32 first, as the model's tensors are.
+    assert np.array_equal(quant.quantize(x.astype(np.float64)[:, None], scale, zero_point, dtype, axis=0), ort_q)
+    assert np.array_equal(quant.dequantize(q_in, 0.1, 0), ((q_in.astype(np.int64)) * np.float32(0.1)).astype(np.float32))
+
+
 def test_quantize_saturates_beyond_any_integer_range():
     # x / scale = 1e30 / 1e-12 overflows float32 to inf: the result saturates, sign kept
     # (QuantizeLinear saturates), rather than wrapping through a 64-bit integer cast.
