@@ -101,8 +101,10 @@ def quantize(x: np.ndarray, scale, zero_point, dtype, axis: int | None = None) -
 def dequantize(q: np.ndarray, scale, zero_point, axis: int | None = None) -> np.ndarray:
     """DequantizeLinear: ``(q - zero_point) * scale``."""
     s = _broadcast(scale, q.ndim, axis).astype(np.float32)
-    z = _broadcast(zero_point, q.ndim, axis).astype(np.int64)
-    return ((q.astype(np.int64) - z) * s).astype(np.float32)
+    z = _broadcast(zero_point, q.ndim, axis)
+    # q - z in int64 (UINT8 would wrap); the product of a small integer and a float32 scale is
+    # exact in float64, so one rounding to float32 gives QuantizeLinear's float32 product.
+    return (np.subtract(q, z, dtype=np.int64) * s).astype(np.float32)
 
 
 def per_channel_symmetric(
@@ -117,7 +119,7 @@ def per_channel_symmetric(
     max_abs = np.abs(w).max(axis=reduce_axes) if reduce_axes else np.abs(w)
     scale, zero_point = symmetric_params(max_abs, dtype, qmax)
     if min_scale is not None:
-        scale = np.maximum(scale, np.asarray(min_scale, np.float32)).astype(np.float32)
+        scale = np.maximum(scale, min_scale).astype(np.float32)
     return quantize(w, scale, zero_point, dtype, axis), scale, zero_point
 
 
@@ -130,13 +132,14 @@ def min_weight_scale_for_bias(bias: np.ndarray, input_scale) -> np.ndarray:
     A channel whose weights are all zero gets the 1e-12 floor scale, and then any bias overflows:
     such a channel's scale is free (zeros are exact at any scale), so it is raised to this bound.
     """
-    needed = np.abs(bias.astype(np.float64)) / (float(np.asarray(input_scale).reshape(-1)[0]) * _INT32_MAX)
-    return (needed * (1 + 1e-6)).astype(np.float32)
+    needed = np.abs(np.asarray(bias, np.float64)) / (float(np.asarray(input_scale).reshape(-1)[0]) * _INT32_MAX)
+    return (needed * (1 + 1e-6)).astype(np.float32)  # float64 throughout, rounded once
 
 
 def bias_fits_int32(bias: np.ndarray, input_scale, weight_scale) -> bool:
+    """Whether ``|bias| / (input_scale · weight_scale) <= 2³¹ - 1`` for every channel (float64)."""
     scale = np.asarray(input_scale, np.float64) * np.asarray(weight_scale, np.float64)
-    return bool(np.all(np.abs(bias.astype(np.float64)) / np.maximum(scale, 1e-45) <= _INT32_MAX))
+    return bool(np.all(np.abs(bias) / np.maximum(scale, 1e-45) <= _INT32_MAX))
 
 
 def bias_to_int32(bias: np.ndarray, input_scale, weight_scale) -> tuple[np.ndarray, np.ndarray]:
@@ -144,11 +147,10 @@ def bias_to_int32(bias: np.ndarray, input_scale, weight_scale) -> tuple[np.ndarr
 
     This is the layout onnxruntime's QLinearConv / QGemm kernels accumulate in.
     """
-    scale = (np.asarray(input_scale, np.float32) * np.asarray(weight_scale, np.float32)).astype(np.float32)
-    scale = np.maximum(scale, _TINY)
+    scale = np.maximum(np.asarray(input_scale, np.float32) * np.asarray(weight_scale, np.float32), _TINY)
     info = np.iinfo(np.int32)
-    q = np.clip(np.rint(bias.astype(np.float64) / scale), info.min, info.max).astype(np.int32)
-    return q, scale.astype(np.float32)
+    q = np.clip(np.rint(np.asarray(bias, np.float64) / scale), info.min, info.max).astype(np.int32)
+    return q, scale
 
 
 # Storage of one parameter per format; INT4 packs two parameters into a byte (ONNX's INT4/UINT4).

@@ -185,9 +185,9 @@ def test_per_channel_reduced_range_and_minimum_scale():
     assert np.array_equal(scale, expected) and np.abs(q).max() == 63
     # A minimum scale raises only the channels below it: max(scale, floor) per channel
     floor = np.array([0.0, 1.0, 0.0, 0.0, 0.0], np.float32)
-    q, scale, _ = quant.per_channel_symmetric(w, 0, min_scale=floor)
+    q, scale, _ = quant.per_channel_symmetric(w, 0, min_scale=floor.astype(np.float64))
     plain = np.abs(w).max(axis=(1, 2, 3)) / np.float32(127)
-    assert np.array_equal(scale, np.maximum(plain, floor))
+    assert scale.dtype == np.float32 and np.array_equal(scale, np.maximum(plain, floor))
     assert scale[1] == 1.0 and np.array_equal(q[1], np.rint(w[1] / np.float32(1.0)))
 
 
@@ -224,6 +224,22 @@ def test_minimum_weight_scale_for_a_bias():
     # With that scale the bias fits; 1% below it does not
     assert quant.bias_fits_int32(bias, 0.5, needed)
     assert not quant.bias_fits_int32(bias, 0.5, needed * 0.99)
+
+
+def test_bias_helpers_compute_in_float64():
+    # Random float32 biases: the bound (float64, rounded once to float32) and the INT32 bias
+    # (float64 quotient, then rounded) against numpy in float64. In float32 the bound differs in
+    # the last bit for about half of them, and quotients near 1e7-1e9 lose their units.
+    rng = np.random.default_rng(2)
+    bias = rng.uniform(-5, 5, 1000).astype(np.float32)
+    expected = (np.abs(bias.astype(np.float64)) / (float(np.float32(0.0123)) * INT32_MAX) * (1 + 1e-6)).astype(np.float32)
+    assert np.array_equal(quant.min_weight_scale_for_bias(bias, np.float32(0.0123)), expected)
+    weight_scale = rng.uniform(1e-9, 1e-7, 1000).astype(np.float32)
+    q, scale = quant.bias_to_int32(bias / 5, np.float32(1.0), weight_scale)
+    assert np.array_equal(q, np.rint((bias / 5).astype(np.float64) / weight_scale.astype(np.float64)))
+    # float32(3e-8) = 2.99999989e-8 and 1 / that = 33333334.52: 33333335, where the float32
+    # quotient (spacing 4 there) gives 33333334
+    assert quant.bias_to_int32(np.array([1.0], np.float32), np.float32(1.0), np.float32(3e-8))[0].tolist() == [33333335]
 
 
 def test_bias_fits_int32_at_the_boundary():
