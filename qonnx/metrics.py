@@ -40,10 +40,8 @@ def cosine(reference: np.ndarray, test: np.ndarray) -> float:
 
 
 def top1_agreement(reference: np.ndarray, test: np.ndarray) -> float:
-    """Share of rows (samples) whose arg-max over the last axis is the same."""
-    ref = np.asarray(reference).reshape(-1, np.asarray(reference).shape[-1])
-    tst = np.asarray(test).reshape(-1, np.asarray(test).shape[-1])
-    return float(np.mean(ref.argmax(-1) == tst.argmax(-1)))
+    """Share of rows (samples) whose arg-max over the last axis is the same; any leading shape."""
+    return float(np.mean(np.asarray(reference).argmax(axis=-1) == np.asarray(test).argmax(axis=-1)))
 
 
 class Accumulator:

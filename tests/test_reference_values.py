@@ -80,7 +80,7 @@ def test_model_size_per_format():
     # An odd number of INT4 values fills the last byte: 3 values → 12 bits → 2 bytes; 1 → 1.
     assert quant.model_bytes(3, "int4") == 2 and quant.model_bytes(1, "int4") == 1
     assert quant.model_bytes(0, "fp32") == 0
-    with pytest.raises(ValueError, match="unknown format 'fp8'"):
+    with pytest.raises(ValueError, match="unknown format 'fp8'; known: fp32, fp16, bf16, int8, uint8, int4, uint4$"):
         quant.bytes_per_parameter("fp8")
 
 
