@@ -1,5 +1,7 @@
 """Observers and range collection."""
 
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -45,7 +47,7 @@ def test_non_finite_values_and_mask_fills_never_reach_the_range():
 def test_a_tensor_without_finite_values_has_no_range():
     observer = MinMaxObserver()
     observer.update(np.array([np.nan, np.inf], np.float32))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^no finite values observed$"):
         observer.compute_range()
 
 
@@ -161,7 +163,7 @@ def test_nan_and_inf_never_reach_a_range(method, batches, bad):
 @FAST
 @given(st.sampled_from(list(OBSERVERS)), st.integers(1, 20).map(lambda n: np.full(n, np.nan, np.float32)))
 def test_a_tensor_of_only_nan_has_no_range(method, batch):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="^no finite values observed$"):
         _fed(method, [batch]).compute_range()
 
 
@@ -657,3 +659,16 @@ def test_kl_search_by_hand():
     # Two bins win: the two outlier bins are clipped into the second.
     assert kl_threshold_bins(np.array([6, 2, 1, 1]), 2) == 2
     assert _kl_reference(np.array([6, 2, 1, 1]), 2) == 2
+
+
+@pytest.mark.parametrize("method", list(OBSERVERS))
+def test_merge_adds_the_non_finite_counts_and_dicts_name_their_observer(method):
+    a, b = make_observer(method), make_observer(method)
+    a.update(np.array([1.0, np.nan], np.float32))
+    b.update(np.array([2.0, np.inf, -np.inf], np.float32))
+    a.merge(b)
+    assert a.nonfinite == 3  # 1 + 2
+    data = a.to_dict()
+    assert data["observer"] == method
+    twin = observer_from_dict(json.loads(json.dumps(data)))  # through JSON, as in a range table
+    assert type(twin) is type(a) and twin.compute_range() == a.compute_range() and twin.nonfinite == 3
