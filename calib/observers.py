@@ -222,12 +222,13 @@ class PerChannelMinMaxObserver(Observer):
         self.nonfinite = 0
 
     def update(self, batch: np.ndarray) -> None:
-        array = np.asarray(batch, dtype=np.float32)
-        rows = np.moveaxis(array, self.axis, 0).reshape(array.shape[self.axis], -1)
+        rows = np.moveaxis(np.asarray(batch, dtype=np.float32), self.axis, 0)  # channels first
+        others = tuple(range(1, rows.ndim))
         keep = np.isfinite(rows) & (np.abs(rows) < FILL_LIMIT)
         self.nonfinite += int(keep.size - np.count_nonzero(keep))
-        lo = np.where(keep, rows, np.inf).min(axis=1, initial=np.inf).astype(np.float64)
-        hi = np.where(keep, rows, -np.inf).max(axis=1, initial=-np.inf).astype(np.float64)
+        # float64, as from_dict gives; a channel of no elements stays (inf, -inf)
+        lo = np.asarray(np.where(keep, rows, np.inf).min(axis=others, initial=np.inf), np.float64)
+        hi = np.asarray(np.where(keep, rows, -np.inf).max(axis=others, initial=-np.inf), np.float64)
         if self.lo is not None and self.lo.shape != lo.shape:
             raise ValueError(f"{lo.size} channels along axis {self.axis}, {self.lo.size} before")
         self.lo = lo if self.lo is None else np.minimum(self.lo, lo)
@@ -272,8 +273,9 @@ class PerChannelMinMaxObserver(Observer):
 class HistogramObserver(Observer):
     """Base of the methods read off a ``StreamingHistogram`` of ``bins`` counters.
 
-    ``compute_range`` puts the method's ``(lo, hi)`` inside the observed ``[min, max]``; a
-    ``symmetric`` method's ``(-t, t)`` keeps its shape, with ``t`` capped at ``max|x|``.
+    A method gives ``_range()``, which ``compute_range`` puts inside the observed ``[min, max]``
+    end by end, and, if it can be ``symmetric``, ``_threshold()``: then the range is ``(-t, t)``
+    with ``t = min(_threshold(), max|x|)``.
     """
 
     symmetric: bool = False
@@ -306,15 +308,20 @@ class HistogramObserver(Observer):
     def compute_range(self) -> tuple[float, float]:
         if self.count == 0:
             raise ValueError("no finite values observed")
-        lo, hi = self._range()
         h = self.histogram
         if self.symmetric:
-            t = min(max(abs(lo), abs(hi)), max(abs(h.lo), abs(h.hi)))  # at most max|x|
-            return -float(t), float(t)
+            t = float(min(self._threshold(), max(-h.lo, h.hi)))  # at most max|x|
+            return -t, t
+        lo, hi = self._range()
         lo, hi = min(max(lo, h.lo), h.hi), min(max(hi, h.lo), h.hi)  # inside the observed range
         return float(min(lo, hi)), float(max(lo, hi))
 
     def _range(self) -> tuple[float, float]:
+        """``(lo, hi)`` before it is put inside the observed range."""
+        raise NotImplementedError
+
+    def _threshold(self) -> float:
+        """``t`` of the symmetric range ``(-t, t)``, before it is capped at ``max|x|``."""
         raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
@@ -340,21 +347,16 @@ class HistogramObserver(Observer):
             return NotImplemented
         return self.to_dict() == other.to_dict()
 
-    def _two_sided(self, threshold: float, symmetric: bool) -> tuple[float, float]:
-        """``(-t, t)``, or each end of the observed range clipped at ``t`` in magnitude."""
-        if symmetric:
-            return -threshold, threshold
-        return max(self.histogram.lo, -threshold), min(self.histogram.hi, threshold)
-
 
 def _quantile_bin(counts: np.ndarray, q: float) -> int:
-    """The bin in which the fraction ``q`` (``0 < q < 1``) of the histogram's count is reached.
+    """The bin in which the fraction ``q`` (``0 <= q <= 1``) of the histogram's count is reached.
 
-    The first ``k`` with ``cumsum(counts)[k] >= q · total``. As ``0 < q · total <= total``, that
-    bin exists and holds something (the cumulative count rises there).
+    The first ``k`` with ``cumsum(counts)[k] >= q · total``. For ``0 < q · total <= total`` that
+    bin exists and holds something (the cumulative count rises there); for ``q = 0`` it is the
+    first bin, which holds the minimum on a streaming histogram (its bins start at the minimum).
     """
-    cumulative = np.cumsum(counts, dtype=np.float64)
-    return int(np.searchsorted(cumulative, q * cumulative[-1], side="left"))
+    cumulative = np.cumsum(counts)
+    return int(np.searchsorted(cumulative, q * cumulative[-1]))
 
 
 class PercentileObserver(HistogramObserver):
@@ -380,16 +382,15 @@ class PercentileObserver(HistogramObserver):
         return {"percentile": self.percentile, "symmetric": self.symmetric, **super().settings()}
 
     def _range(self) -> tuple[float, float]:
+        # P = 100: the bins of the extremes, which compute_range narrows to the extremes themselves
         h, q = self.histogram, self.percentile / 100
-        if q == 1:
-            return h.lo, h.hi  # symmetric: compute_range makes it (-max|x|, max|x|)
-        if self.symmetric:
-            counts, width = h.folded()
-            t = (_quantile_bin(counts, q) + 1) * width
-            return -t, t
         hi = (h.start + _quantile_bin(h.counts, q) + 1) * h.width
         lo = (h.start + _quantile_bin(h.counts, 1 - q)) * h.width
         return lo, hi
+
+    def _threshold(self) -> float:
+        counts, width = self.histogram.folded()
+        return (_quantile_bin(counts, self.percentile / 100) + 1) * width
 
 
 _KL_TIE = 1e-9  # divergences closer than this are equal (they are sums of ~n terms rounded)
@@ -472,9 +473,12 @@ class EntropyObserver(HistogramObserver):
         }
 
     def _range(self) -> tuple[float, float]:
+        t = self._threshold()
+        return -t, t  # compute_range clips each end to the observed range
+
+    def _threshold(self) -> float:
         counts, width = self.histogram.folded(self.fine_bins)
-        kept = kl_threshold_bins(counts, self.quantized_bins)
-        return self._two_sided(kept * width, self.symmetric)
+        return kl_threshold_bins(counts, self.quantized_bins) * width
 
 
 @dataclasses.dataclass(frozen=True)

@@ -433,6 +433,27 @@ def test_symmetric_percentile_is_minus_t_to_t():
     assert two_sided.compute_range() == (-20.0, 100.0)
 
 
+def test_percentile_when_the_last_counter_is_full():
+    # 0..127 over 128 bins: width 1 (width 1/2 needs 254 bins), one value per bin, the last bin
+    # [127, 128) holding 127. P = 90: the 115.2th value is the 116th, 115, rounded up to 116; the
+    # 12.8th is the 13th, 12, rounded down to 12.
+    observer = PercentileObserver(90, bins=128)
+    observer.update(np.arange(128, dtype=np.float32))
+    assert observer.resolution == 1.0 and observer.histogram.counts[-1] == 1
+    assert observer.compute_range() == (12.0, 116.0)
+    assert np.percentile(np.arange(128), 90, method="inverted_cdf") == 115
+
+
+def test_symmetric_threshold_is_capped_at_the_largest_magnitude():
+    # [-5, 1]: P = 100 puts t at the top of the bin of |x| = 5, and an entropy search with as many
+    # levels as bins keeps them all (t = n·w >= 5); capped at max|x| = 5, not at max = 1.
+    entropy = {"quantized_bins": 64, "fine_bins": 64, "bins": 64}
+    for method, settings in (("percentile", {"percentile": 100.0}), ("entropy", entropy)):
+        observer = make_observer(method, symmetric=True, **settings)
+        observer.update(np.array([-5.0, -1.0, 0.5, 1.0], np.float32))
+        assert observer.compute_range() == (-5.0, 5.0), method
+
+
 @pytest.mark.parametrize("p", [90.0, 99.0, 99.9])
 def test_percentile_is_numpy_percentile_within_one_bin(p):
     # N = 20001 (q·N is not an integer, so no tie between two definitions of the quantile).
@@ -579,6 +600,11 @@ def test_per_channel_minmax_is_numpy_per_channel_extremes(axis):
     assert np.array_equal(lo, np.where(kept, both, np.inf).min(axis=others))
     assert np.array_equal(hi, np.where(kept, both, -np.inf).max(axis=others))
     assert lo.dtype == np.float64 and lo.shape == (both.shape[axis + 1],) and observer.nonfinite == 3
+    # The other order (each batch holds some channels' extremes): the same
+    reverse = PerChannelMinMaxObserver(axis)
+    reverse.update(second)
+    reverse.update(first)
+    assert np.array_equal(reverse.compute_range()[0], lo) and np.array_equal(reverse.compute_range()[1], hi)
     assert observer.settings() == {"axis": axis}
     # Merge: as if one observer saw both
     a, b = PerChannelMinMaxObserver(axis), PerChannelMinMaxObserver(axis)
@@ -607,6 +633,30 @@ def test_per_channel_minmax_refuses_what_it_cannot_answer():
         observer.update(np.zeros((3, 2), np.float32))
     empty = observer_from_dict(PerChannelMinMaxObserver(1).to_dict())
     assert empty.lo is None and empty.axis == 1 and empty.nonfinite == 0
+    hollow = PerChannelMinMaxObserver(0)
+    hollow.update(np.zeros((3, 0), np.float32))  # three channels of no elements
+    with pytest.raises(ValueError, match="a channel held no finite value"):
+        hollow.compute_range()
+
+
+def test_per_channel_minmax_defaults_and_conversions():
+    # Axis 0 by default (weights [out, in, ...]); negative axes count from the end.
+    w = np.array([[1.0, -2.0, 3.0], [0.5, 4.0, -6.0]], np.float32)
+    observer = PerChannelMinMaxObserver()
+    observer.update(w)
+    assert observer.compute_range()[0].tolist() == [-2.0, -6.0] and observer.compute_range()[1].tolist() == [3.0, 4.0]
+    last = PerChannelMinMaxObserver(-1)
+    last.update(w)
+    assert last.compute_range()[0].tolist() == [0.5, -2.0, -6.0]
+    # Values are float32 first, as weights are: float64 1e30 becomes float32(1e30), the fill
+    # limit, and is dropped like -1e30; float64 1e-50 becomes 0.
+    fills = PerChannelMinMaxObserver(0)
+    fills.update(np.array([[1e30, 2.0], [-1e30, 1e-50]], np.float64))
+    assert fills.nonfinite == 2 and fills.compute_range()[1].tolist() == [2.0, 0.0]
+    # A range table written elsewhere may hold integers: the ranges are floats all the same
+    loaded = observer_from_dict({"observer": "per-channel-minmax", "axis": 0, "lo": [0, -1], "hi": [2, 3], "nonfinite": 0})
+    lo, hi = loaded.compute_range()
+    assert lo.dtype == hi.dtype == np.float64 and lo.tolist() == [0.0, -1.0] and hi.tolist() == [2.0, 3.0]
 
 
 @pytest.mark.parametrize("method", ["percentile", "entropy", "mse"])
