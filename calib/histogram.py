@@ -154,8 +154,7 @@ class StreamingHistogram:
             raise ValueError(f"max_bins must be at least 1, not {max_bins}")
         absolute = np.arange(self.bins) + self.start
         index = np.where(absolute >= 0, absolute, -absolute - 1)
-        size = int(index.max()) + 1
-        counts = np.bincount(index, weights=self.counts, minlength=size).astype(np.int64)
+        counts = np.bincount(index, weights=self.counts).astype(np.int64)  # up to the largest |x| bin
         width = self.width
         while max_bins is not None and counts.size > max_bins:
             counts = np.add.reduceat(counts, np.arange(0, counts.size, 2))  # pairs; an odd last bin alone

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -396,6 +395,11 @@ class PercentileObserver(HistogramObserver):
 _KL_TIE = 1e-9  # divergences closer than this are equal (they are sums of ~n terms rounded)
 
 
+def _xlogx(v: np.ndarray) -> np.ndarray:
+    """``v · log v``, 0 where ``v = 0``."""
+    return v * np.log(np.where(v > 0, v, 1.0))
+
+
 def kl_threshold_bins(histogram: np.ndarray, quantized_bins: int = 128) -> int:
     """How many leading bins of a histogram of ``|x|`` TensorRT's entropy calibration keeps.
 
@@ -414,15 +418,14 @@ def kl_threshold_bins(histogram: np.ndarray, quantized_bins: int = 128) -> int:
     ``Z_g``, an array of ``candidates × quantized_bins``. A ``q_j = 0`` under ``p_j > 0`` makes the
     divergence infinite (that candidate loses); ``i = n`` is always finite.
     """
-    h = np.asarray(histogram, dtype=np.float64)
+    h = np.asarray(histogram)
     n = h.size
     if n <= quantized_bins or h.sum() == 0:
         return n
     total = h.sum()
     cum = np.concatenate([[0.0], np.cumsum(h)])
     nonzero = np.concatenate([[0], np.cumsum(h > 0)])
-    safe = np.where(h > 0, h, 1.0)
-    cum_hlogh = np.concatenate([[0.0], np.cumsum(h * np.log(safe))])
+    cum_hlogh = np.concatenate([[0.0], np.cumsum(_xlogx(h))])
 
     i = np.arange(quantized_bins, n + 1)
     groups = np.arange(quantized_bins + 1)
@@ -435,12 +438,12 @@ def kl_threshold_bins(histogram: np.ndarray, quantized_bins: int = 128) -> int:
     p_mass = sums.copy()
     p_mass[:, -1] += outliers
     p_last = last + outliers
-    p_log_p = cum_hlogh[i - 1] + p_last * np.log(np.where(p_last > 0, p_last, 1.0))
+    p_log_p = cum_hlogh[i - 1] + _xlogx(p_last)
     with np.errstate(divide="ignore", invalid="ignore"):
         q_log = np.log(sums / np.maximum(counts, 1)) - np.log(cum[i])[:, None]
         cross = np.where(p_mass > 0, p_mass * q_log, 0.0)
         cross = np.where((p_mass > 0) & (sums == 0), -np.inf, cross).sum(axis=1)
-    divergence = (p_log_p - cross) / total - math.log(total)
+    divergence = (p_log_p - cross) / total  # KL(P || Q) + log(total), a constant: same minimum
     # Ties (equal up to rounding) go to the fewest bins, the finest resolution.
     best = divergence.min()
     return int(i[np.argmax(divergence <= best + _KL_TIE)])
