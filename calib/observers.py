@@ -519,12 +519,14 @@ class MSEObserver(HistogramObserver):
     def settings(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "steps": self.steps, **super().settings()}
 
-    def _range(self) -> tuple[float, float]:
+    def candidates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every candidate range and its expected squared error: ``(lo[k], hi[k], E[k])`` for
+        ``α = (k + 1) / steps``, as arrays (``compute_range`` takes the smallest ``E``)."""
         h, grid = self.histogram, MSE_FORMATS[self.dtype]
         occupied = np.nonzero(h.counts)[0]
-        n = h.counts[occupied].astype(np.float64)
+        n = h.counts[occupied]
         centres = np.clip((occupied + h.start + 0.5) * h.width, h.lo, h.hi)
-        alpha = np.arange(1, self.steps + 1, dtype=np.float64) / self.steps
+        alpha = np.arange(1, self.steps + 1) / self.steps
         if grid.symmetric:
             m = max(abs(h.lo), abs(h.hi))
             lo, hi = -alpha * m, alpha * m
@@ -535,12 +537,15 @@ class MSEObserver(HistogramObserver):
         # above hi) into differences: Σ n (c - t)² = Σ n c² - 2 t Σ n c + t² Σ n.
         zero = np.zeros(1)
         s0, s1, s2 = (np.concatenate([zero, np.cumsum(n * centres**k)]) for k in (0, 1, 2))
-        below = np.searchsorted(centres, lo, side="left")  # bins [0, below) have c < lo
+        below = np.searchsorted(centres, lo)  # bins [0, below) have c < lo
         above = np.searchsorted(centres, hi, side="right")  # bins [above, M) have c > hi
         low_cost = s2[below] - 2 * lo * s1[below] + lo**2 * s0[below]
         high_cost = (s2[-1] - s2[above]) - 2 * hi * (s1[-1] - s1[above]) + hi**2 * (s0[-1] - s0[above])
         inside = s0[above] - s0[below]
-        error = low_cost + high_cost + inside * step**2 / 12.0
+        return lo, hi, low_cost + high_cost + inside * step**2 / 12.0
+
+    def _range(self) -> tuple[float, float]:
+        lo, hi, error = self.candidates()
         best = int(np.argmin(error))
         return float(lo[best]), float(hi[best])
 
