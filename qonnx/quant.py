@@ -73,7 +73,8 @@ def asymmetric_params(lo, hi, dtype=np.uint8) -> tuple[np.ndarray, np.ndarray]:
     lo = np.minimum(np.asarray(lo, np.float32), 0)
     hi = np.maximum(np.asarray(hi, np.float32), 0)
     scale = np.maximum((hi - lo) / np.float32(qmax - qmin), _TINY).astype(np.float32)
-    zero_point = np.clip(np.round(qmin - lo / scale), qmin, qmax).astype(dtype)
+    # lo <= 0 <= hi puts -lo / scale in [0, qmax - qmin]: the zero point is in range unclipped
+    zero_point = np.round(qmin - lo / scale).astype(dtype)
     return scale, zero_point
 
 
@@ -116,7 +117,7 @@ def per_channel_symmetric(
     ``min_weight_scale_for_bias``); ``qmax`` narrows the integer range (``reduce_range``).
     """
     reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
-    max_abs = np.abs(w).max(axis=reduce_axes) if reduce_axes else np.abs(w)
+    max_abs = np.abs(w).max(axis=reduce_axes)  # a vector (no other axis): its own magnitudes
     scale, zero_point = symmetric_params(max_abs, dtype, qmax)
     if min_scale is not None:
         scale = np.maximum(scale, min_scale).astype(np.float32)

@@ -110,6 +110,23 @@ def test_symmetric_params_reduced_range_and_floor():
     assert zero_point.shape == (3,) and zero_point.dtype == np.int8
 
 
+def test_parameters_are_float32_arithmetic_on_float32_inputs():
+    # Ranges given as Python floats are float32 first (as the tensors they describe), then
+    # divided in float32: bit for bit the float32 reference. In float64 then rounded, about a
+    # quarter to a third of these would differ in the last bit.
+    rng = np.random.default_rng(3)
+    maxima = rng.uniform(0.01, 10, 1000)
+    scales = np.array([quant.symmetric_params(float(m))[0] for m in maxima])
+    assert np.array_equal(scales, maxima.astype(np.float32) / np.float32(127))
+    lows, highs = -rng.uniform(0.01, 10, 1000), rng.uniform(0.01, 10, 1000)
+    params = [quant.asymmetric_params(float(a), float(b)) for a, b in zip(lows, highs)]
+    expected = (highs.astype(np.float32) - lows.astype(np.float32)) / np.float32(255)
+    assert np.array_equal(np.array([p[0] for p in params]), expected)
+    # Zero points: round(-lo / scale) in float32, inside [0, 255] without clipping
+    zero_points = np.round(-lows.astype(np.float32) / expected)
+    assert np.array_equal(np.array([int(p[1]) for p in params]), zero_points) and 0 <= zero_points.min() and zero_points.max() <= 255
+
+
 def test_asymmetric_params_widen_the_range_to_hold_zero():
     # [0.5, 2.55] widens to [0, 2.55]: scale 2.55 / 255 = 0.01, zero point 0
     scale, zero_point = quant.asymmetric_params(0.5, 2.55, np.uint8)
@@ -124,6 +141,18 @@ def test_asymmetric_params_widen_the_range_to_hold_zero():
     # [0, 0]: the 1e-12 floor, zero point 0
     scale, zero_point = quant.asymmetric_params(0.0, 0.0)
     assert scale == np.float32(1e-12) and zero_point == 0 and zero_point.dtype == np.uint8
+
+
+def test_parameters_without_an_axis_broadcast_as_numpy_does():
+    # A scale per column of a [2, 3] matrix, no axis: numpy broadcasting along the last axis,
+    # the same as axis 1. Column scales 1, 0.5, 0.25: x / s = [[1, 2, 4], [-1, -2, -4]].
+    x = np.array([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]], np.float32)
+    scale = np.array([1.0, 0.5, 0.25], np.float32)
+    zero_point = np.array([0, 1, 2], np.int8)
+    q = quant.quantize(x, scale, zero_point, np.int8)
+    assert q.tolist() == [[1, 3, 6], [-1, -1, -2]]
+    assert np.array_equal(q, quant.quantize(x, scale, zero_point, np.int8, axis=1))
+    assert np.array_equal(quant.dequantize(q, scale, zero_point), x)
 
 
 def test_quantize_rounds_half_to_even_and_saturates():
