@@ -236,3 +236,20 @@ def test_nan_and_infinities_are_counted_and_left_out_of_the_bins():
     finite = np.array([0.5, 2.0, -1.0, 9.9e29], np.float32)  # |x| < 1e30 is kept, 1e30 and beyond are fill values
     assert observer.nonfinite == 5 and observer.count == 4
     assert_matches_reference(observer.histogram, finite)
+
+
+def test_scratch_arrays_are_cached_per_thread_and_type():
+    import threading
+
+    from qonnx.calib.histogram import CHUNK, _scratch
+
+    values, index = _scratch(np.float32)
+    assert values.dtype == np.float32 and index.dtype == np.int64 and values.size == index.size == CHUNK
+    assert _scratch(np.float32)[0] is values  # cached
+    wide, _ = _scratch(np.float64)
+    assert wide.dtype == np.float64 and wide is not values
+    other = []
+    thread = threading.Thread(target=lambda: other.append(_scratch(np.float32)[0]))
+    thread.start()
+    thread.join()
+    assert other[0] is not values and other[0].dtype == np.float32  # one set per thread
