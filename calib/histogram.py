@@ -82,7 +82,7 @@ class StreamingHistogram:
 
     def edges(self) -> np.ndarray:
         """The ``bins + 1`` edges of the counters (float64)."""
-        return (np.arange(self.bins + 1, dtype=np.float64) + self.start) * self.width
+        return (np.arange(self.bins + 1) + self.start) * self.width
 
     def _rebin(self, exponent: int, start: int) -> None:
         """Move the counts onto the grid of 2**exponent starting at bin ``start`` (exact)."""
@@ -147,16 +147,17 @@ class StreamingHistogram:
         """Counts of ``|x|`` on ``[0, n * width)`` and their bin width.
 
         Negative bin ``k`` (values in ``[k w, (k + 1) w)``) lands in bin ``-k - 1`` of ``|x|``, which is
-        exact on the same grid. With ``max_bins`` the result is coarsened by powers of two until it
-        has at most that many bins.
+        exact on the same grid. With ``max_bins`` (at least 1) the result is coarsened by powers of
+        two until it has at most that many bins.
         """
+        if max_bins is not None and max_bins < 1:
+            raise ValueError(f"max_bins must be at least 1, not {max_bins}")
         absolute = np.arange(self.bins) + self.start
         index = np.where(absolute >= 0, absolute, -absolute - 1)
-        size = int(index.max()) + 1
-        counts = np.bincount(index, weights=self.counts, minlength=size).astype(np.int64)
+        counts = np.bincount(index, weights=self.counts).astype(np.int64)  # up to the largest |x| bin
         width = self.width
         while max_bins is not None and counts.size > max_bins:
-            counts = np.add.reduceat(counts, np.arange(0, counts.size, 2)) if counts.size > 1 else counts
+            counts = np.add.reduceat(counts, np.arange(0, counts.size, 2))  # pairs; an odd last bin alone
             width *= 2
         return counts, width
 

@@ -15,6 +15,8 @@ at the borders.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["ChannelMean"]
@@ -29,15 +31,15 @@ class ChannelMean:
         self.count = 0
 
     def update(self, batch: np.ndarray) -> None:
-        x = np.asarray(batch)
+        x = np.asarray(batch, np.float64)
         if x.ndim < 2:
             return
         axes = tuple(i for i in range(x.ndim) if i != 1)
-        sums = np.nan_to_num(x.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0).sum(axis=axes)
+        sums = np.nan_to_num(x, posinf=0.0, neginf=0.0).sum(axis=axes)  # NaN → 0 by default
         if self.sums is not None and sums.shape != self.sums.shape:
             return  # another channel count: not an input a bias can correct
         self.sums = sums if self.sums is None else self.sums + sums
-        self.count += x.size // x.shape[1]
+        self.count += math.prod(x.shape[i] for i in axes)  # positions per channel
 
     def mean(self) -> np.ndarray | None:
         return None if self.sums is None or not self.count else self.sums / self.count

@@ -19,14 +19,14 @@ Methods (``OBSERVERS``):
 Ranges come back as ``(lo, hi)`` inside the observed ``[min, max]``. For the asymmetric UINT8
 activations of the CPU target that is the range to quantize; the symmetric targets take
 ``max(|lo|, |hi|)``. A post-ReLU tensor (``min >= 0``) gets ``(min, t)``; a two-sided one gets its
-lower and upper ends clipped separately (or, with ``symmetric=True``, ``(-t, t)``).
+lower and upper ends clipped separately. With ``symmetric=True`` (percentile, entropy) the range
+is ``(-t, t)`` with ``t <= max|x|``, whatever the signs of the data.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -64,18 +64,15 @@ def finite_part(batch: np.ndarray) -> tuple[np.ndarray, int]:
 def _finite(batch: np.ndarray) -> tuple[np.ndarray, int, float, float]:
     """``finite_part`` plus the extremes of what is kept (inf, -inf when nothing is)."""
     flat = np.asarray(batch, dtype=np.float32).reshape(-1)
-    if flat.size == 0:
-        return flat, 0, math.inf, -math.inf
-    lo, hi = flat.min(), flat.max()  # NaN propagates, so one check covers the common all-finite case
-    if not (np.isfinite(lo) and np.isfinite(hi) and -FILL_LIMIT < lo and hi < FILL_LIMIT):
+    # NaN propagates through min and max, so one check covers the common all-finite case.
+    lo, hi = flat.min(initial=np.inf), flat.max(initial=-np.inf)
+    dropped = 0
+    if not (-FILL_LIMIT < lo and hi < FILL_LIMIT):  # NaN, ±inf or a fill value (no values: inf, -inf pass)
         keep = np.isfinite(flat) & (np.abs(flat) < FILL_LIMIT)
         dropped = int(flat.size - np.count_nonzero(keep))
         flat = flat[keep]
-        if flat.size == 0:
-            return flat, dropped, math.inf, -math.inf
-        lo, hi = flat.min(), flat.max()
-        return flat, dropped, float(lo), float(hi)
-    return flat, 0, float(lo), float(hi)
+        lo, hi = flat.min(initial=np.inf), flat.max(initial=-np.inf)
+    return flat, dropped, float(lo), float(hi)
 
 
 class Observer:
@@ -224,12 +221,13 @@ class PerChannelMinMaxObserver(Observer):
         self.nonfinite = 0
 
     def update(self, batch: np.ndarray) -> None:
-        array = np.asarray(batch, dtype=np.float32)
-        rows = np.moveaxis(array, self.axis, 0).reshape(array.shape[self.axis], -1)
+        rows = np.moveaxis(np.asarray(batch, dtype=np.float32), self.axis, 0)  # channels first
+        others = tuple(range(1, rows.ndim))
         keep = np.isfinite(rows) & (np.abs(rows) < FILL_LIMIT)
         self.nonfinite += int(keep.size - np.count_nonzero(keep))
-        lo = np.where(keep, rows, np.inf).min(axis=1, initial=np.inf).astype(np.float64)
-        hi = np.where(keep, rows, -np.inf).max(axis=1, initial=-np.inf).astype(np.float64)
+        # float64, as from_dict gives; a channel of no elements stays (inf, -inf)
+        lo = np.asarray(np.where(keep, rows, np.inf).min(axis=others, initial=np.inf), np.float64)
+        hi = np.asarray(np.where(keep, rows, -np.inf).max(axis=others, initial=-np.inf), np.float64)
         if self.lo is not None and self.lo.shape != lo.shape:
             raise ValueError(f"{lo.size} channels along axis {self.axis}, {self.lo.size} before")
         self.lo = lo if self.lo is None else np.minimum(self.lo, lo)
@@ -272,7 +270,14 @@ class PerChannelMinMaxObserver(Observer):
 
 
 class HistogramObserver(Observer):
-    """Base of the methods read off a ``StreamingHistogram`` of ``bins`` counters."""
+    """Base of the methods read off a ``StreamingHistogram`` of ``bins`` counters.
+
+    A method gives ``_range()``, which ``compute_range`` puts inside the observed ``[min, max]``
+    end by end, and, if it can be ``symmetric``, ``_threshold()``: then the range is ``(-t, t)``
+    with ``t = min(_threshold(), max|x|)``.
+    """
+
+    symmetric: bool = False
 
     def __init__(self, bins: int = 4096):
         self.histogram = StreamingHistogram(bins)
@@ -302,12 +307,20 @@ class HistogramObserver(Observer):
     def compute_range(self) -> tuple[float, float]:
         if self.count == 0:
             raise ValueError("no finite values observed")
-        lo, hi = self._range()
         h = self.histogram
+        if self.symmetric:
+            t = float(min(self._threshold(), max(-h.lo, h.hi)))  # at most max|x|
+            return -t, t
+        lo, hi = self._range()
         lo, hi = min(max(lo, h.lo), h.hi), min(max(hi, h.lo), h.hi)  # inside the observed range
         return float(min(lo, hi)), float(max(lo, hi))
 
     def _range(self) -> tuple[float, float]:
+        """``(lo, hi)`` before it is put inside the observed range."""
+        raise NotImplementedError
+
+    def _threshold(self) -> float:
+        """``t`` of the symmetric range ``(-t, t)``, before it is capped at ``max|x|``."""
         raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:
@@ -333,21 +346,16 @@ class HistogramObserver(Observer):
             return NotImplemented
         return self.to_dict() == other.to_dict()
 
-    def _two_sided(self, threshold: float, symmetric: bool) -> tuple[float, float]:
-        """``(-t, t)``, or each end of the observed range clipped at ``t`` in magnitude."""
-        if symmetric:
-            return -threshold, threshold
-        return max(self.histogram.lo, -threshold), min(self.histogram.hi, threshold)
-
 
 def _quantile_bin(counts: np.ndarray, q: float) -> int:
-    """The bin in which the fraction ``q`` of the histogram's count is reached."""
-    cumulative = np.cumsum(counts, dtype=np.float64)
-    k = int(np.searchsorted(cumulative, q * cumulative[-1], side="left"))
-    k = min(k, counts.size - 1)
-    while k < counts.size - 1 and counts[k] == 0:  # land on a bin that holds something
-        k += 1
-    return k
+    """The bin in which the fraction ``q`` (``0 <= q <= 1``) of the histogram's count is reached.
+
+    The first ``k`` with ``cumsum(counts)[k] >= q · total``. For ``0 < q · total <= total`` that
+    bin exists and holds something (the cumulative count rises there); for ``q = 0`` it is the
+    first bin, which holds the minimum on a streaming histogram (its bins start at the minimum).
+    """
+    cumulative = np.cumsum(counts)
+    return int(np.searchsorted(cumulative, q * cumulative[-1]))
 
 
 class PercentileObserver(HistogramObserver):
@@ -357,7 +365,8 @@ class PercentileObserver(HistogramObserver):
     read off the histogram, rounded outwards to the edge of its bin (so it is within one bin of the
     exact quantile, never clips more than ``P`` says, and a post-ReLU tensor keeps ``lo = 0``).
     Symmetric: ``t = Q_|x|(P / 100)``, the quantile of the magnitudes, and ``(-t, t)``.
-    Both ends move monotonically with ``P``; ``P = 100`` gives the exact extremes.
+    Both ends move monotonically with ``P``; ``P = 100`` gives the exact extremes (symmetric:
+    ``t = max|x|``).
     """
 
     name: ClassVar[str] = "percentile"
@@ -372,20 +381,23 @@ class PercentileObserver(HistogramObserver):
         return {"percentile": self.percentile, "symmetric": self.symmetric, **super().settings()}
 
     def _range(self) -> tuple[float, float]:
+        # P = 100: the bins of the extremes, which compute_range narrows to the extremes themselves
         h, q = self.histogram, self.percentile / 100
-        if q == 1:
-            t = max(abs(h.lo), abs(h.hi))
-            return (-t, t) if self.symmetric else (h.lo, h.hi)
-        if self.symmetric:
-            counts, width = h.folded()
-            t = (_quantile_bin(counts, q) + 1) * width
-            return -t, t
         hi = (h.start + _quantile_bin(h.counts, q) + 1) * h.width
         lo = (h.start + _quantile_bin(h.counts, 1 - q)) * h.width
         return lo, hi
 
+    def _threshold(self) -> float:
+        counts, width = self.histogram.folded()
+        return (_quantile_bin(counts, self.percentile / 100) + 1) * width
+
 
 _KL_TIE = 1e-9  # divergences closer than this are equal (they are sums of ~n terms rounded)
+
+
+def _xlogx(v: np.ndarray) -> np.ndarray:
+    """``v · log v``, 0 where ``v = 0``."""
+    return v * np.log(np.where(v > 0, v, 1.0))
 
 
 def kl_threshold_bins(histogram: np.ndarray, quantized_bins: int = 128) -> int:
@@ -406,15 +418,14 @@ def kl_threshold_bins(histogram: np.ndarray, quantized_bins: int = 128) -> int:
     ``Z_g``, an array of ``candidates × quantized_bins``. A ``q_j = 0`` under ``p_j > 0`` makes the
     divergence infinite (that candidate loses); ``i = n`` is always finite.
     """
-    h = np.asarray(histogram, dtype=np.float64)
+    h = np.asarray(histogram)
     n = h.size
     if n <= quantized_bins or h.sum() == 0:
         return n
     total = h.sum()
     cum = np.concatenate([[0.0], np.cumsum(h)])
     nonzero = np.concatenate([[0], np.cumsum(h > 0)])
-    safe = np.where(h > 0, h, 1.0)
-    cum_hlogh = np.concatenate([[0.0], np.cumsum(h * np.log(safe))])
+    cum_hlogh = np.concatenate([[0.0], np.cumsum(_xlogx(h))])
 
     i = np.arange(quantized_bins, n + 1)
     groups = np.arange(quantized_bins + 1)
@@ -427,12 +438,12 @@ def kl_threshold_bins(histogram: np.ndarray, quantized_bins: int = 128) -> int:
     p_mass = sums.copy()
     p_mass[:, -1] += outliers
     p_last = last + outliers
-    p_log_p = cum_hlogh[i - 1] + p_last * np.log(np.where(p_last > 0, p_last, 1.0))
+    p_log_p = cum_hlogh[i - 1] + _xlogx(p_last)
     with np.errstate(divide="ignore", invalid="ignore"):
         q_log = np.log(sums / np.maximum(counts, 1)) - np.log(cum[i])[:, None]
         cross = np.where(p_mass > 0, p_mass * q_log, 0.0)
         cross = np.where((p_mass > 0) & (sums == 0), -np.inf, cross).sum(axis=1)
-    divergence = (p_log_p - cross) / total - math.log(total)
+    divergence = (p_log_p - cross) / total  # KL(P || Q) + log(total), a constant: same minimum
     # Ties (equal up to rounding) go to the fewest bins, the finest resolution.
     best = divergence.min()
     return int(i[np.argmax(divergence <= best + _KL_TIE)])
@@ -465,9 +476,12 @@ class EntropyObserver(HistogramObserver):
         }
 
     def _range(self) -> tuple[float, float]:
+        t = self._threshold()
+        return -t, t  # compute_range clips each end to the observed range
+
+    def _threshold(self) -> float:
         counts, width = self.histogram.folded(self.fine_bins)
-        kept = kl_threshold_bins(counts, self.quantized_bins)
-        return self._two_sided(kept * width, self.symmetric)
+        return kl_threshold_bins(counts, self.quantized_bins) * width
 
 
 @dataclasses.dataclass(frozen=True)
@@ -505,12 +519,14 @@ class MSEObserver(HistogramObserver):
     def settings(self) -> dict[str, Any]:
         return {"dtype": self.dtype, "steps": self.steps, **super().settings()}
 
-    def _range(self) -> tuple[float, float]:
+    def candidates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every candidate range and its expected squared error: ``(lo[k], hi[k], E[k])`` for
+        ``α = (k + 1) / steps``, as arrays (``compute_range`` takes the smallest ``E``)."""
         h, grid = self.histogram, MSE_FORMATS[self.dtype]
         occupied = np.nonzero(h.counts)[0]
-        n = h.counts[occupied].astype(np.float64)
+        n = h.counts[occupied]
         centres = np.clip((occupied + h.start + 0.5) * h.width, h.lo, h.hi)
-        alpha = np.arange(1, self.steps + 1, dtype=np.float64) / self.steps
+        alpha = np.arange(1, self.steps + 1) / self.steps
         if grid.symmetric:
             m = max(abs(h.lo), abs(h.hi))
             lo, hi = -alpha * m, alpha * m
@@ -521,12 +537,15 @@ class MSEObserver(HistogramObserver):
         # above hi) into differences: Σ n (c - t)² = Σ n c² - 2 t Σ n c + t² Σ n.
         zero = np.zeros(1)
         s0, s1, s2 = (np.concatenate([zero, np.cumsum(n * centres**k)]) for k in (0, 1, 2))
-        below = np.searchsorted(centres, lo, side="left")  # bins [0, below) have c < lo
+        below = np.searchsorted(centres, lo)  # bins [0, below) have c < lo
         above = np.searchsorted(centres, hi, side="right")  # bins [above, M) have c > hi
         low_cost = s2[below] - 2 * lo * s1[below] + lo**2 * s0[below]
         high_cost = (s2[-1] - s2[above]) - 2 * hi * (s1[-1] - s1[above]) + hi**2 * (s0[-1] - s0[above])
         inside = s0[above] - s0[below]
-        error = low_cost + high_cost + inside * step**2 / 12.0
+        return lo, hi, low_cost + high_cost + inside * step**2 / 12.0
+
+    def _range(self) -> tuple[float, float]:
+        lo, hi, error = self.candidates()
         best = int(np.argmin(error))
         return float(lo[best]), float(hi[best])
 

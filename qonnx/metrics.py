@@ -13,10 +13,13 @@ __all__ = ["sqnr_db", "cosine", "top1_agreement", "Accumulator"]
 _MAX_DB = 200.0
 
 
-def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
-    ref = np.asarray(reference, np.float64).ravel()
-    err = ref - np.asarray(test, np.float64).ravel()
-    signal, noise = float(np.dot(ref, ref)), float(np.dot(err, err))
+def _flat(array: np.ndarray) -> np.ndarray:
+    """``array`` as one float64 vector (integer outputs would overflow their own type in the sums)."""
+    return np.asarray(array, np.float64).ravel()
+
+
+def _db(signal: float, noise: float) -> float:
+    """``10 · log10(signal / noise)``, at most 200 dB; no noise is +200 dB, noise alone -200 dB."""
     if noise == 0:
         return _MAX_DB
     if signal == 0:
@@ -24,18 +27,21 @@ def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     return float(min(10 * np.log10(signal / noise), _MAX_DB))
 
 
+def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    ref = _flat(reference)
+    err = ref - _flat(test)
+    return _db(float(np.dot(ref, ref)), float(np.dot(err, err)))
+
+
 def cosine(reference: np.ndarray, test: np.ndarray) -> float:
-    a = np.asarray(reference, np.float64).ravel()
-    b = np.asarray(test, np.float64).ravel()
+    a, b = _flat(reference), _flat(test)
     denom = float(np.linalg.norm(a) * np.linalg.norm(b))
     return float(np.dot(a, b) / denom) if denom else float(np.array_equal(a, b))
 
 
 def top1_agreement(reference: np.ndarray, test: np.ndarray) -> float:
-    """Share of rows (samples) whose arg-max over the last axis is the same."""
-    ref = np.asarray(reference).reshape(-1, np.asarray(reference).shape[-1])
-    tst = np.asarray(test).reshape(-1, np.asarray(test).shape[-1])
-    return float(np.mean(ref.argmax(-1) == tst.argmax(-1)))
+    """Share of rows (samples) whose arg-max over the last axis is the same; any leading shape."""
+    return float(np.mean(np.asarray(reference).argmax(axis=-1) == np.asarray(test).argmax(axis=-1)))
 
 
 class Accumulator:
@@ -46,8 +52,7 @@ class Accumulator:
         self.samples = 0
 
     def update(self, reference: np.ndarray, test: np.ndarray) -> None:
-        ref = np.asarray(reference, np.float64).ravel()
-        tst = np.asarray(test, np.float64).ravel()
+        ref, tst = _flat(reference), _flat(test)
         err = ref - tst
         self.signal += float(np.dot(ref, ref))
         self.noise += float(np.dot(err, err))
@@ -56,11 +61,7 @@ class Accumulator:
         self.samples += 1
 
     def sqnr_db(self) -> float:
-        if self.noise == 0:
-            return _MAX_DB
-        if self.signal == 0:
-            return -_MAX_DB
-        return float(min(10 * np.log10(self.signal / self.noise), _MAX_DB))
+        return _db(self.signal, self.noise)
 
     def cosine(self) -> float:
         denom = np.sqrt(self.signal * self.test_sq)

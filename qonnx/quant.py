@@ -43,6 +43,9 @@ __all__ = [
     "min_weight_scale_for_bias",
     "bias_fits_int32",
     "bias_to_int32",
+    "BITS_PER_PARAMETER",
+    "bytes_per_parameter",
+    "model_bytes",
 ]
 
 # The smallest scale we emit: a tensor that is all zeros still needs a positive scale.
@@ -70,7 +73,8 @@ def asymmetric_params(lo, hi, dtype=np.uint8) -> tuple[np.ndarray, np.ndarray]:
     lo = np.minimum(np.asarray(lo, np.float32), 0)
     hi = np.maximum(np.asarray(hi, np.float32), 0)
     scale = np.maximum((hi - lo) / np.float32(qmax - qmin), _TINY).astype(np.float32)
-    zero_point = np.clip(np.round(qmin - lo / scale), qmin, qmax).astype(dtype)
+    # lo <= 0 <= hi puts -lo / scale in [0, qmax - qmin]: the zero point is in range unclipped
+    zero_point = np.round(qmin - lo / scale).astype(dtype)
     return scale, zero_point
 
 
@@ -87,16 +91,21 @@ def quantize(x: np.ndarray, scale, zero_point, dtype, axis: int | None = None) -
     """QuantizeLinear: ``clip(round_half_even(x / scale) + zero_point)``; per-channel along ``axis``."""
     qmin, qmax = qrange(dtype)
     s = _broadcast(scale, x.ndim, axis).astype(np.float32)
-    z = _broadcast(zero_point, x.ndim, axis).astype(np.int64)
-    q = np.rint(x.astype(np.float32) / s).astype(np.int64) + z
+    z = _broadcast(zero_point, x.ndim, axis)
+    # Divided in float32, as QuantizeLinear does, and saturated while still a float: a quotient
+    # beyond the int64 range (or an overflow to inf) would wrap in an integer cast.
+    with np.errstate(over="ignore"):
+        q = np.rint(np.asarray(x, np.float32) / s) + z
     return np.clip(q, qmin, qmax).astype(dtype)
 
 
 def dequantize(q: np.ndarray, scale, zero_point, axis: int | None = None) -> np.ndarray:
     """DequantizeLinear: ``(q - zero_point) * scale``."""
     s = _broadcast(scale, q.ndim, axis).astype(np.float32)
-    z = _broadcast(zero_point, q.ndim, axis).astype(np.int64)
-    return ((q.astype(np.int64) - z) * s).astype(np.float32)
+    z = _broadcast(zero_point, q.ndim, axis)
+    # q - z in int64 (UINT8 would wrap); the product of a small integer and a float32 scale is
+    # exact in float64, so one rounding to float32 gives QuantizeLinear's float32 product.
+    return (np.subtract(q, z, dtype=np.int64) * s).astype(np.float32)
 
 
 def per_channel_symmetric(
@@ -108,10 +117,10 @@ def per_channel_symmetric(
     ``min_weight_scale_for_bias``); ``qmax`` narrows the integer range (``reduce_range``).
     """
     reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
-    max_abs = np.abs(w).max(axis=reduce_axes) if reduce_axes else np.abs(w)
+    max_abs = np.abs(w).max(axis=reduce_axes)  # a vector (no other axis): its own magnitudes
     scale, zero_point = symmetric_params(max_abs, dtype, qmax)
     if min_scale is not None:
-        scale = np.maximum(scale, np.asarray(min_scale, np.float32)).astype(np.float32)
+        scale = np.maximum(scale, min_scale).astype(np.float32)
     return quantize(w, scale, zero_point, dtype, axis), scale, zero_point
 
 
@@ -124,13 +133,14 @@ def min_weight_scale_for_bias(bias: np.ndarray, input_scale) -> np.ndarray:
     A channel whose weights are all zero gets the 1e-12 floor scale, and then any bias overflows:
     such a channel's scale is free (zeros are exact at any scale), so it is raised to this bound.
     """
-    needed = np.abs(bias.astype(np.float64)) / (float(np.asarray(input_scale).reshape(-1)[0]) * _INT32_MAX)
-    return (needed * (1 + 1e-6)).astype(np.float32)
+    needed = np.abs(np.asarray(bias, np.float64)) / (float(np.asarray(input_scale).reshape(-1)[0]) * _INT32_MAX)
+    return (needed * (1 + 1e-6)).astype(np.float32)  # float64 throughout, rounded once
 
 
 def bias_fits_int32(bias: np.ndarray, input_scale, weight_scale) -> bool:
+    """Whether ``|bias| / (input_scale · weight_scale) <= 2³¹ - 1`` for every channel (float64)."""
     scale = np.asarray(input_scale, np.float64) * np.asarray(weight_scale, np.float64)
-    return bool(np.all(np.abs(bias.astype(np.float64)) / np.maximum(scale, 1e-45) <= _INT32_MAX))
+    return bool(np.all(np.abs(bias) / np.maximum(scale, 1e-45) <= _INT32_MAX))
 
 
 def bias_to_int32(bias: np.ndarray, input_scale, weight_scale) -> tuple[np.ndarray, np.ndarray]:
@@ -138,8 +148,38 @@ def bias_to_int32(bias: np.ndarray, input_scale, weight_scale) -> tuple[np.ndarr
 
     This is the layout onnxruntime's QLinearConv / QGemm kernels accumulate in.
     """
-    scale = (np.asarray(input_scale, np.float32) * np.asarray(weight_scale, np.float32)).astype(np.float32)
-    scale = np.maximum(scale, _TINY)
+    scale = np.maximum(np.asarray(input_scale, np.float32) * np.asarray(weight_scale, np.float32), _TINY)
     info = np.iinfo(np.int32)
-    q = np.clip(np.rint(bias.astype(np.float64) / scale), info.min, info.max).astype(np.int32)
-    return q, scale.astype(np.float32)
+    q = np.clip(np.rint(np.asarray(bias, np.float64) / scale), info.min, info.max).astype(np.int32)
+    return q, scale
+
+
+# Storage of one parameter per format; INT4 packs two parameters into a byte (ONNX's INT4/UINT4).
+BITS_PER_PARAMETER = {"fp32": 32, "fp16": 16, "bf16": 16, "int8": 8, "uint8": 8, "int4": 4, "uint4": 4}
+
+
+def bytes_per_parameter(fmt: str) -> float:
+    """Bytes one parameter takes in ``fmt``: ``bits / 8``.
+
+    >>> [bytes_per_parameter(f) for f in ("fp32", "fp16", "bf16", "int8", "int4")]
+    [4.0, 2.0, 2.0, 1.0, 0.5]
+    """
+    try:
+        return BITS_PER_PARAMETER[fmt] / 8
+    except KeyError:
+        raise ValueError(f"unknown format {fmt!r}; known: {', '.join(BITS_PER_PARAMETER)}") from None
+
+
+def model_bytes(parameters: int, fmt: str) -> int:
+    """Bytes of ``parameters`` weights stored in ``fmt``: ``ceil(parameters · bits / 8)`` (an odd
+    count of INT4 values still fills its last byte).
+
+    A 13-billion-parameter model, in GB (10⁹ bytes):
+
+    >>> [model_bytes(13_000_000_000, f) / 1e9 for f in ("fp32", "fp16", "bf16", "int8", "int4")]
+    [52.0, 26.0, 26.0, 13.0, 6.5]
+    >>> model_bytes(3, "int4")
+    2
+    """
+    bits = int(bytes_per_parameter(fmt) * 8)
+    return -(-int(parameters) * bits // 8)

@@ -129,8 +129,10 @@ def test_weight_packing_round_trip_is_within_half_a_step(shape, axis):
     w = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
     q, scale, zero_point = quant.per_channel_symmetric(w, axis)
     back = quant.dequantize(q, scale, zero_point, axis)
-    step = np.expand_dims(scale, tuple(i for i in range(w.ndim) if i != axis))
-    assert q.dtype == np.int8 and np.all(np.abs(back - w) <= step / 2 * (1 + 1e-6))  # rounding: at most half a step
+    # The step of each channel from numpy, not from the scale the code returns: max|w_c| / 127.
+    step = np.abs(w).max(axis=tuple(i for i in range(w.ndim) if i != axis), keepdims=True).astype(np.float64) / 127
+    # Rounding: at most half a step; 1e-6 relative for the float32 division and product.
+    assert q.dtype == np.int8 and np.all(np.abs(back - w) <= step / 2 * (1 + 1e-6))
 
 
 def test_bias_correction_removes_the_mean_shift_of_quantized_weights():

@@ -10,6 +10,12 @@ every mutant is the code the tests import. The tests reach the code in-process (
 which tests call which function); the kit tests (real models, minutes each) are left out of the
 selection so that each mutant costs seconds.
 
+mutmut keeps its verdicts in ``mutants/`` and, on the next run, re-tests only the mutants of
+functions whose source changed: a new, changed or deleted test, or a change to code that is not
+mutated, would leave stale verdicts (a mutant killed by a test since weakened stays "killed"). So
+the verdicts are kept only while the staged files (package and tests) are those they were made
+with; otherwise the run starts afresh. An interrupted run on unchanged files resumes.
+
 The kill rate of a module is ``killed / (mutants - equivalent)``; mutants listed in
 ``tools/equivalent_mutants.toml`` with the reason are equivalent (no test can tell them apart
 from the original). Results: ``benchmarks/results/mutation.md`` and ``.json``.
@@ -19,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -67,6 +75,28 @@ def stage() -> None:
     for path in list((STAGE / "qonnx").rglob("*.py")) + list((STAGE / "tests").rglob("*.py")):
         if path not in wanted:
             path.unlink()
+
+
+def inputs_digest() -> str:
+    """sha256 of mutmut's version and of every staged file: what mutmut's cached verdicts depend on."""
+    digest = hashlib.sha256(importlib.metadata.version("mutmut").encode())
+    for root in ("qonnx", "tests"):
+        for path in sorted((STAGE / root).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(STAGE)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def discard_stale_verdicts() -> None:
+    """Remove mutmut's results (``mutants/``) unless they were made with the files staged now."""
+    mark = STAGE / "inputs.sha256"
+    digest = inputs_digest()
+    if mark.exists() and mark.read_text().strip() == digest:
+        return
+    if (STAGE / "mutants").exists():
+        print("staged files changed since the last run: mutmut's cached verdicts are discarded", flush=True)
+        shutil.rmtree(STAGE / "mutants")
+    mark.write_text(digest + "\n")
 
 
 def write_config(modules: list[str]) -> None:
@@ -147,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("modules", nargs="*", help=f"modules to mutate (default: all): {', '.join(MODULES)}")
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}: the subset CI runs")
     parser.add_argument("--out", type=Path, help="write mutation.md/.json here")
-    parser.add_argument("--check", action="store_true", help=f"exit 1 when a module kills fewer than {TARGET:.0%}")
+    parser.add_argument("--check", action="store_true", help=f"exit 1 when a module kills fewer than {TARGET:.0%}".replace("%", "%%"))
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args(argv)
     modules = list(QUICK) if args.quick else (args.modules or list(MODULES))
@@ -155,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(MODULES)}")
     stage()
+    discard_stale_verdicts()
     write_config(modules)
     started = time.perf_counter()
     print(f"mutmut: {', '.join(MODULES[m] for m in modules)} (log: {STAGE / 'mutmut.log'})", flush=True)

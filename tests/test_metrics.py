@@ -1,0 +1,172 @@
+"""Fidelity metrics against values worked out by hand (the arithmetic is in each test).
+
+Tolerances: the reference values are written with 5-6 significant digits, so ``rel=1e-5``
+(``abs`` where the value is 0); everything else the metrics compute in float64 is far below that.
+A mistake in a formula (20·log10 instead of 10·log10, a missing square root) is off by a factor
+or more, far outside the tolerance.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from qonnx.metrics import Accumulator, cosine, sqnr_db, top1_agreement
+
+REL = 1e-5  # the hand-computed references below carry 6 significant digits
+
+
+# ----------------------------------------------------------------------------------------------
+# SQNR = 10 · log10(Σ ref² / Σ (ref - test)²)
+
+
+def test_sqnr_of_a_hand_computed_pair():
+    # ref = [3, 4], test = [3, 3]: signal 3² + 4² = 25, noise 0² + 1² = 1, 10·log10(25) = 13.9794 dB
+    # (20·log10(25) = 27.96 dB: a doubled formula fails here).
+    assert sqnr_db([3.0, 4.0], [3.0, 3.0]) == pytest.approx(13.9794, rel=REL)
+
+
+def test_sqnr_of_one_percent_noise_power_is_20_db():
+    # ref = [10, 0], test = [9, 0]: signal 100, noise 1, 10·log10(100) = 20 dB exactly.
+    assert sqnr_db(np.array([10.0, 0.0]), np.array([9.0, 0.0])) == pytest.approx(20.0, rel=1e-12)
+
+
+def test_sqnr_below_zero_when_the_noise_is_larger_than_the_signal():
+    # ref = [1, 1], test = [-1, -1]: signal 2, noise 2² + 2² = 8, 10·log10(2 / 8) = -6.0206 dB.
+    assert sqnr_db([1.0, 1.0], [-1.0, -1.0]) == pytest.approx(-6.0206, rel=REL)
+
+
+def test_sqnr_pools_every_element_of_any_shape():
+    # The same four numbers as a 2x2 and as a flat array: signal 1 + 4 + 9 + 16 = 30,
+    # noise 0.5² · 2 = 0.5, 10·log10(60) = 17.7815 dB.
+    ref = np.array([[1.0, 2.0], [3.0, 4.0]])
+    test = np.array([[1.5, 2.0], [3.0, 3.5]])
+    assert sqnr_db(ref, test) == pytest.approx(17.7815, rel=REL)
+    assert sqnr_db(ref.ravel(), test.T.T.ravel()) == pytest.approx(17.7815, rel=REL)
+
+
+def test_sqnr_of_integer_tensors_does_not_overflow():
+    # int8 inputs: 100² would overflow int8 arithmetic; in float64, signal 100² · 2 = 20000,
+    # noise 10² = 100, 10·log10(200) = 23.0103 dB.
+    ref = np.array([100, -100], np.int8)
+    test = np.array([90, -100], np.int8)
+    assert sqnr_db(ref, test) == pytest.approx(23.0103, rel=REL)
+
+
+def test_sqnr_edge_cases():
+    assert sqnr_db([1.0, -2.0], [1.0, -2.0]) == 200.0  # no noise at all: the 200 dB cap
+    assert sqnr_db([0.0, 0.0], [0.0, 0.0]) == 200.0  # both zero: nothing was lost
+    assert sqnr_db([0.0, 0.0], [1.0, 0.0]) == -200.0  # noise without a signal: the floor
+    # Signal 1, noise (1e-11)²: 10·log10(1e22) = 220 dB, capped at 200.
+    assert sqnr_db([1.0], [1.0 + 1e-11]) == 200.0
+    # Just under the cap it is not capped: noise (1e-9)² → 10·log10(1e18) = 180 dB; the float64
+    # difference 1 - (1 - 1e-9) is 1e-9 to 8 digits, so 1e-6 dB.
+    assert sqnr_db([1.0], [1.0 - 1e-9]) == pytest.approx(180.0, abs=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# cosine = <ref, test> / (|ref| |test|)
+
+
+def test_cosine_of_hand_computed_pairs():
+    # [3, 4]·[4, 3] = 24, |a| = |b| = 5: 24 / 25 = 0.96
+    assert cosine([3.0, 4.0], [4.0, 3.0]) == pytest.approx(0.96, rel=1e-12)
+    # [1, 0]·[1, 1] = 1, |a| = 1, |b| = √2: 0.707107
+    assert cosine([1.0, 0.0], [1.0, 1.0]) == pytest.approx(0.707107, rel=REL)
+    # Opposite directions: -1; scale does not matter: [1, 2] against [-2, -4]
+    assert cosine([1.0, 2.0], [-2.0, -4.0]) == pytest.approx(-1.0, rel=1e-12)
+    # A 2x2 against itself scaled by 3: 1 (the shape is flattened first)
+    assert cosine(np.array([[1.0, -2.0], [0.5, 4.0]]), 3 * np.array([[1.0, -2.0], [0.5, 4.0]])) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_cosine_of_integer_tensors_does_not_overflow():
+    # int8 [100, 100]·[100, 0] = 10000, |a| = 100√2, |b| = 100: 1/√2 = 0.707107
+    assert cosine(np.array([100, 100], np.int8), np.array([100, 0], np.int8)) == pytest.approx(0.707107, rel=REL)
+
+
+def test_cosine_of_zero_vectors():
+    assert cosine([0.0, 0.0], [0.0, 0.0]) == 1.0  # both zero: identical
+    assert cosine([0.0, 0.0], [1.0, 0.0]) == 0.0  # one zero: no direction in common
+    assert cosine([1.0, 0.0], [0.0, 0.0]) == 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# top-1 agreement: share of rows whose arg-max over the last axis is the same
+
+
+def test_top1_agreement_counts_rows():
+    ref = np.array([[0.1, 0.7, 0.2], [0.5, 0.4, 0.1], [0.2, 0.2, 0.6], [0.3, 0.3, 0.4]])
+    test = np.array([[0.2, 0.6, 0.2], [0.3, 0.6, 0.1], [0.1, 0.2, 0.7], [0.5, 0.3, 0.2]])
+    # arg-max per row: ref 1, 0, 2, 2; test 1, 1, 2, 0: rows 0 and 2 agree, 2 of 4.
+    assert top1_agreement(ref, test) == 0.5
+    # The same rows as a [2, 2, 3] batch: still 4 rows over the last axis.
+    assert top1_agreement(ref.reshape(2, 2, 3), test.reshape(2, 2, 3)) == 0.5
+    # The same twelve numbers as three rows of four: ref rows [.1 .7 .2 .5], [.4 .1 .2 .2],
+    # [.6 .3 .3 .4] → 1, 0, 0; test rows [.2 .6 .2 .3], [.6 .1 .1 .2], [.7 .5 .3 .2] → 1, 0, 0.
+    assert top1_agreement(ref.reshape(3, 4), test.reshape(3, 4)) == 1.0
+
+
+def test_top1_agreement_of_one_sample():
+    assert top1_agreement(np.array([0.1, 0.9]), np.array([0.8, 0.2])) == 0.0
+    assert top1_agreement(np.array([0.1, 0.9]), np.array([0.3, 0.7])) == 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Accumulator: energies summed over samples first, then one ratio
+
+
+def test_pooled_sqnr_and_cosine_are_not_means_of_per_sample_values():
+    acc = Accumulator()
+    acc.update(np.array([3.0, 4.0]), np.array([3.0, 3.0]))  # signal 25, noise 1: 13.9794 dB
+    acc.update(np.array([1.0, 0.0]), np.array([0.0, 0.0]))  # signal 1, noise 1: 0 dB
+    assert acc.samples == 2
+    # Pooled: 10·log10((25 + 1) / (1 + 1)) = 10·log10(13) = 11.1394 dB;
+    # the mean of the per-sample values would be (13.9794 + 0) / 2 = 6.9897 dB.
+    assert acc.sqnr_db() == pytest.approx(11.1394, rel=REL)
+    per_sample_mean = (sqnr_db([3.0, 4.0], [3.0, 3.0]) + sqnr_db([1.0, 0.0], [0.0, 0.0])) / 2
+    assert per_sample_mean == pytest.approx(6.9897, rel=REL)
+    # Pooled cosine: <ref, test> = 9 + 12 + 0 = 21, |ref|² = 26, |test|² = 9 + 9 + 0 = 18:
+    # 21 / √(26 · 18) = 21 / √468 = 0.970725; per sample 21 / (5 √18) = 0.989949 and 0.
+    assert acc.cosine() == pytest.approx(0.970725, rel=REL)
+    assert acc.signal == 26.0 and acc.noise == 2.0 and acc.dot == 21.0 and acc.test_sq == 18.0
+
+
+def test_accumulator_of_one_sample_matches_the_plain_metrics():
+    acc = Accumulator()
+    acc.update(np.array([[3.0], [4.0]]), np.array([[4.0], [3.0]]))  # shapes are flattened
+    # signal 25, noise 1 + 1 = 2: 10·log10(12.5) = 10.9691 dB; cosine 24 / 25 = 0.96
+    assert acc.sqnr_db() == pytest.approx(10.9691, rel=REL)
+    assert acc.cosine() == pytest.approx(0.96, rel=1e-12)
+
+
+def test_accumulator_of_integer_tensors_does_not_overflow():
+    acc = Accumulator()
+    acc.update(np.array([100, -100], np.int8), np.array([90, -100], np.int8))
+    # As test_sqnr_of_integer_tensors_does_not_overflow: 23.0103 dB; cosine
+    # (9000 + 10000) / (√20000 · √18100) = 19000 / 19026.3 = 0.998618
+    assert acc.sqnr_db() == pytest.approx(23.0103, rel=REL)
+    assert acc.cosine() == pytest.approx(19000 / math.sqrt(20000 * 18100), rel=1e-12)
+    assert acc.cosine() == pytest.approx(0.998618, rel=REL)
+
+
+def test_accumulator_edge_cases():
+    empty = Accumulator()
+    assert empty.samples == 0 and empty.signal == empty.noise == empty.dot == empty.test_sq == 0.0
+    assert empty.sqnr_db() == 200.0 and empty.cosine() == 1.0  # nothing compared, nothing lost
+
+    exact = Accumulator()
+    exact.update(np.array([1.0, 2.0]), np.array([1.0, 2.0]))
+    assert exact.sqnr_db() == 200.0 and exact.cosine() == pytest.approx(1.0, rel=1e-12)
+
+    no_signal = Accumulator()
+    no_signal.update(np.zeros(2), np.array([0.0, 1.0]))
+    assert no_signal.sqnr_db() == -200.0 and no_signal.cosine() == 0.0
+
+    no_test = Accumulator()
+    no_test.update(np.array([1.0, 0.0]), np.zeros(2))
+    # noise = signal = 1: 0 dB; cosine undefined (|test| = 0): 0, as ``cosine``
+    assert no_test.sqnr_db() == pytest.approx(0.0, abs=1e-12) and no_test.cosine() == 0.0
+
+    capped = Accumulator()
+    capped.update(np.array([1.0]), np.array([1.0 + 1e-11]))  # 220 dB before the cap
+    assert capped.sqnr_db() == 200.0
