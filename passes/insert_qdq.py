@@ -363,7 +363,9 @@ class InsertQDQ(Pass):
             if means.size != error.shape[1]:
                 return
             shift = error @ means
-        bias_value = node.inputs[2] if roles.bias is not None else None
+        bias_value = node.inputs[2] if len(node.inputs) > 2 else None
+        if bias_value is not None and roles.bias is None:
+            return  # a bias that is not a 1-D constant (Gemm's C of shape [1, N], a graph input) stays as it is
         bias = qir.constant_array(bias_value) if bias_value is not None else np.zeros(shift.size, np.float32)
         if bias is None or bias.size != shift.size:
             return
