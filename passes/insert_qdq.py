@@ -63,10 +63,11 @@ def node_roles(node: ir.Node) -> NodeRoles:
         return roles
     inputs = list(node.inputs)
     weight = inputs[1] if len(inputs) > 1 else None
-    if is_float_constant(weight) or (weight is not None and is_dequantized(weight)):
+    if node.op_type == "MatMul" and not is_float_constant(weight) and is_float_constant(inputs[0]):
+        # Constant A: per tensor. Checked first, since B (an activation) may already read a DQ.
+        roles.weight, roles.weight_axis = 0, None
+    elif is_float_constant(weight) or (weight is not None and is_dequantized(weight)):
         roles.weight, roles.weight_axis = 1, qir.output_channel_axis(node)
-    elif node.op_type == "MatMul" and is_float_constant(inputs[0]):
-        roles.weight, roles.weight_axis = 0, None  # constant A: per tensor
     if len(inputs) > 2 and node.op_type != "MatMul" and inputs[2] is not None:
         bias = inputs[2]
         if (is_float_constant(bias) and bias.const_value.numpy().ndim == 1) or is_dequantized(bias):

@@ -208,6 +208,31 @@ def test_a_grouped_conv_transpose_weight_is_per_tensor():
     np.testing.assert_array_equal(q, expected_q)
 
 
+def test_a_constant_first_operand_of_matmul_is_stored_per_tensor():
+    """MatMul(A, x) with a constant A: A is the weight, stored as INT8 with one scale (4x smaller;
+    onnxruntime 1.32 has no S8 x U8 QLinearMatMul, so it dequantizes A at load)."""
+    a = _weights((3, 10), 0, seed=4)
+    node = helper.make_node("MatMul", ["A", "x"], ["y"], name="mm")
+    proto = _model([node], [_vi("x", [10, 5])], [_vi("y", [3, 5])], [numpy_helper.from_array(a, "A")])
+    model, _ = _quantize(proto, _feeds([10, 5], [0] * 5))
+    q, scale, zp, axis = _dq(_node(model, "mm").inputs[0])
+    expected_q, expected_scale = _expected_weight(a, None)
+    assert axis is None and scale.shape == ()
+    np.testing.assert_allclose(scale, expected_scale, rtol=FLOAT32_RTOL)
+    np.testing.assert_array_equal(q, expected_q)
+    # x, the activation operand, is quantized with the range of the feeds.
+    _, x_scale, x_zp, _ = _dq(_node(model, "mm").inputs[1])
+    s, z = _activation_params(_feeds([10, 5], [0] * 5))
+    np.testing.assert_allclose(x_scale, s, rtol=FLOAT32_RTOL)
+    assert int(x_zp) == z
+    assert "A" not in model.graph.initializers
+    model, _ = _quantize(proto, _feeds([10, 5], [0] * 5), text="resolve-policy,calibrate,insert-qdq,verify", reduce_range=None)
+    feed = _feeds([10, 5], [0] * 5, count=1, seed=1)[0]
+    expected, got = outputs(proto, feed)[0], outputs(model, feed)[0]
+    # 8-bit x and A over 10 products: within 3% of the output's scale.
+    np.testing.assert_allclose(got, expected, atol=0.03 * np.abs(expected).max())
+
+
 def test_a_per_tensor_policy_stores_one_scale():
     proto = _conv()
     model, ctx = _quantize(proto, _feeds([1, 4, 5, 5], [0] * 4), text="resolve-policy")
