@@ -135,12 +135,13 @@ class InsertQDQ(Pass):
             raise UserError(f"no calibration ranges for tensor {missing[0]!r} ({len(missing)} tensors lack one)")
 
     def ensures(self, model: ir.Model) -> None:
+        left_float = getattr(self, "_nonfinite", set())  # tensors kept float on purpose (see below)
         for node, _ in quantized_nodes(model):
             if node.op_type not in self.target.weighted_ops:
                 continue
             roles = node_roles(node)
             for index in activation_inputs(node, self.target) + [i for i in (roles.weight,) if i is not None]:
-                if not is_dequantized(node.inputs[index]):
+                if not is_dequantized(node.inputs[index]) and node.inputs[index].name not in left_float:
                     raise ir.passes.PostconditionError(f"input {index} of {node.name} has no DequantizeLinear producer")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -154,6 +155,7 @@ class InsertQDQ(Pass):
         self._dequantized_weights: dict[tuple[str, int | None], ir.Value] = {}
         self._dequantized_operands: dict[tuple, ir.Value] = {}
         self._replaced: list[ir.Value] = []
+        self._nonfinite: set[str] = set()
         modified = False
         values = {v.name: v for v in graph.inputs}
         for node in graph:
@@ -228,6 +230,7 @@ class InsertQDQ(Pass):
             # An attention mask's -inf (or -3.4e38) would be clamped to the range's low end, and
             # masked positions would then get weight in the Softmax: such tensors stay float.
             logger.info("%s held non-finite values in calibration; left in float", value.name)
+            self._nonfinite.add(value.name)
             return False
         scale, zero_point = self._params(value.name, spec)
         users = list(value.uses())  # before the Q node below becomes a user too
