@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(MODULES)}")
     stage()
+    # mutmut keeps a mutant's verdict while its function is unchanged, even when the tests changed
+    # (a survivor stays "survived" after a test that kills it is added): start from no verdicts.
+    shutil.rmtree(STAGE / "mutants", ignore_errors=True)
     write_config(modules)
     started = time.perf_counter()
     print(f"mutmut: {', '.join(MODULES[m] for m in modules)} (log: {STAGE / 'mutmut.log'})", flush=True)
