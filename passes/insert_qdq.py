@@ -269,14 +269,14 @@ class InsertQDQ(Pass):
         return self._group_initializers[root]
 
     def _quantize_table(self, graph: ir.Graph, name: str, root: str) -> bool:
-        """A Gather's constant table, stored in its group's integer type (the Gather output's parameters)."""
-        value = graph.initializers.get(name)
-        if value is None or not is_float_constant(value):
+        """A Gather's constant table, stored with the parameters of the Gather output's Q/DQ, so that
+        onnxruntime gathers integers; where that output stayed float, the table does too."""
+        if root not in self._group_initializers:
             return False
-        spec = next(self._placement.spec_of[t] for t in self._placement.members(root) if t in self._placement.spec_of)
-        scale, zero_point = self._params(root, spec)
+        value = graph.initializers[name]
+        scale, zero_point = self._group_params[root]
+        scale_v, zp_v = self._group_initializers[root]
         q = quant.quantize(value.const_value.numpy(), scale, zero_point, zero_point.dtype)
-        scale_v, zp_v = self._group_initializers_of(graph, root, scale, zero_point)
         q_v = qir.make_initializer(graph, f"{name}_q", q)
         dq = ir.node("DequantizeLinear", [q_v, scale_v, zp_v], name=qir.unique_name(graph, f"{name}_DQ"))
         dq.outputs[0].name = qir.unique_name(graph, f"{name}_dq")

@@ -224,6 +224,7 @@ def plan_placement(model: ir.Model, target: Target) -> Placement:
         table = node.op_type == "Gather" and is_float_constant(data)
         if not table and data.name not in calibrated and data.name not in passthrough:
             continue
+        carried = False
         for out in node.outputs:
             if out is None or not _is_float(out) or not out.uses():
                 continue
@@ -231,7 +232,8 @@ def plan_placement(model: ir.Model, target: Target) -> Placement:
             passthrough[out.name] = None
             placement.spec_of[out.name] = placement.spec_of.get(data.name, spec)
             groups.union(data.name, out.name)
-        if table:
+            carried = True
+        if table and carried:  # (a table whose Gather output only leaves the graph stays float)
             placement.tables[data.name] = data.name
 
     placement.calibrated = list(calibrated)

@@ -363,6 +363,19 @@ def test_a_gather_table_joins_the_scale_group_of_its_output(table, root):
     assert _quantized_tensors(proto, feeds=feeds)[0] == ["e"]
 
 
+def test_a_gather_whose_output_only_leaves_the_graph_keeps_its_table_float():
+    """An embedding lookup returned as it is: no Q/DQ feeds anybody, so the table stays float
+    and the model computes exactly what it did."""
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed")]
+    proto = _model(nodes, [_vi("ids", [1, 5], TensorProto.INT64)], [_vi("e", [1, 5, 4])], [_w("table", (10, 4))])
+    placement, _ = _plan(proto)
+    assert placement.tables == {} and placement.passthrough == [] and placement.calibrated == []
+    feeds = [{"ids": np.arange(5, dtype=np.int64).reshape(1, 5)}]
+    quantized, model = _quantized_tensors(proto, feeds=feeds)
+    assert quantized == [] and "table" in model.graph.initializers
+    assert [n.op_type for n in model.graph] == ["Gather"]
+
+
 def test_dynamic_mode_lists_the_inputs_quantized_at_run_time():
     nodes = [
         helper.make_node("MatMul", ["x", "W"], ["a"], name="mm"),
