@@ -249,7 +249,7 @@ class InsertQDQ(Pass):
         DynamicQuantizeMatMul; float readers of x keep reading the exact x.
         """
         users = [(u, i) for u, i in value.uses() if node_spec(u.metadata_props).dynamic]
-        if not users or is_dequantized(value):
+        if not users:  # (placement lists no tensor that is dequantized already)
             return False
         dynamic = ir.node("DynamicQuantizeLinear", [value], num_outputs=3, name=qir.unique_name(graph, f"{value.name}_DynQ"))
         for out, suffix, dtype in zip(dynamic.outputs, ("q", "scale", "zp"), (ir.DataType.UINT8, ir.DataType.FLOAT, ir.DataType.UINT8)):
@@ -349,7 +349,9 @@ class InsertQDQ(Pass):
     def _correct_bias(self, graph: ir.Graph, node: ir.Node, roles: NodeRoles, weight: np.ndarray, dequantized: np.ndarray) -> None:
         """Subtract the mean output shift that quantizing the weight causes (see ``qonnx.calib.means``)."""
         table = self.context.analyses.get("ranges")
-        means = table.channel_means.get(self._mean_of_input.get(node, "")) if table is not None else None
+        if table is None or node not in self._mean_of_input:
+            return  # no calibration, or not a node whose bias can absorb the shift
+        means = table.channel_means.get(self._mean_of_input[node])
         if means is None:
             return
         means = np.asarray(means, np.float64)

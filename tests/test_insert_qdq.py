@@ -383,7 +383,79 @@ def test_a_shared_weight_keeps_its_scale_and_an_overflowing_bias_stays_float():
     np.testing.assert_allclose(w_scale, _expected_weight(w.astype(np.float32), 0)[1], rtol=FLOAT32_RTOL)
     assert _node(model, "conv_a").inputs[1] is _node(model, "conv_b").inputs[1]
     assert _node(model, "conv_a").inputs[2].name == "big" and _node(model, "conv_a").inputs[2].const_value.dtype == ir.DataType.FLOAT
-    assert _dq(_node(model, "conv_b").inputs[2])[0].dtype == np.int32
+    b_q, _, _, b_axis = _dq(_node(model, "conv_b").inputs[2])
+    assert b_q.dtype == np.int32 and b_axis == 0
+
+
+def test_a_bias_left_float_is_reported_once_and_the_next_run_changes_nothing(caplog):
+    w = _weights((2, 2, 1, 1), 0, seed=3) * np.float32(1e-6)
+    nodes = [
+        helper.make_node("Conv", ["x", "W", "big"], ["a"], name="conv_a"),
+        helper.make_node("Conv", ["x", "W"], ["b"], name="conv_b"),
+        helper.make_node("Add", ["a", "b"], ["y"], name="add"),
+    ]
+    inits = [numpy_helper.from_array(w.astype(np.float32), "W"), numpy_helper.from_array(np.array([1e4, 0], np.float32), "big")]
+    proto = _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 2, 3, 3])], inits)
+    with caplog.at_level("WARNING", logger="qonnx.passes.insert_qdq"):
+        model, ctx = _quantize(proto, _feeds([1, 2, 3, 3], [0, 0]), text=UNCORRECTED)
+    assert [r.getMessage() for r in caplog.records] == ["conv_a: bias does not fit INT32 at scale input*weight; left in float"]
+    assert _rerun(model, ctx) is False
+
+
+def _rerun(model, ctx, text="insert-qdq(bias_correction=false)"):
+    """Run insert-qdq again on a quantized model; returns whether it reported a change (and when
+    it reports none, checks that no node was added)."""
+    ops = [n.op_type for n in model.graph]
+    records = run_pipeline(model, build(parse_pipeline(text), ctx), ctx)
+    if records[-1].modified is False:
+        assert [n.op_type for n in model.graph] == ops
+    return records[-1].modified
+
+
+def test_a_conv_whose_weight_is_overridable_keeps_a_float_bias():
+    """A weight that is also a graph input may be replaced at run time: it is no constant, stays
+    float, and so does the bias (INT32 needs the weight's scale)."""
+    proto = _conv(seed=20)
+    proto.graph.input.append(_vi("W", [6, 4, 3, 3]))
+    model, ctx = _quantize(proto, _feeds([1, 4, 5, 5], [0.5, 0, 0, 0]))
+    conv = _node(model, "conv")
+    assert [v.name for v in conv.inputs] == ["x_dq", "W", "B"]
+    assert _rerun(model, ctx) is False
+
+
+def test_a_conv_reading_a_non_finite_input_keeps_it_and_its_bias_float():
+    proto = _conv(seed=21)
+    feeds = _feeds([1, 4, 5, 5], [0, 0, 0, 0])
+    feeds[1]["x"][0, 0, 0, 0] = np.inf
+    model, ctx = _quantize(proto, feeds)
+    conv = _node(model, "conv")
+    # x and the bias stay float (the bias corrected: the weight is rounded all the same).
+    assert conv.inputs[0].name == "x" and conv.inputs[2].name == "B_corrected" and conv.inputs[2].const_value.dtype == ir.DataType.FLOAT
+    q, scale, _, _ = _dq(conv.inputs[1])
+    expected_q, expected_scale = _expected_weight(_weight_of(proto), 0)
+    np.testing.assert_array_equal(q, expected_q)
+    assert _rerun(model, ctx) is False
+
+
+def test_a_float_bias_or_operand_in_a_quantized_model_is_quantized_by_the_next_run():
+    """A model quantized before, with its INT32 bias and its Add's constant put back in float
+    (an edit by hand): the next run stores them again, and says it changed the model."""
+    model, ctx = _quantize(_conv(seed=22), _feeds([1, 4, 5, 5], [0] * 4), text=UNCORRECTED)
+    conv = _node(model, "conv")
+    b_q, b_scale, _, _ = _dq(conv.inputs[2])
+    float_bias = ir.Value(name="B_edit", const_value=ir.tensor((b_q * b_scale).astype(np.float32), name="B_edit"))
+    model.graph.register_initializer(float_bias)
+    conv.replace_input_with(2, float_bias)
+    assert _rerun(model, ctx) is True
+    again, _, _, _ = _dq(conv.inputs[2])
+    np.testing.assert_array_equal(again, b_q)  # the same grid, the same codes
+    model, ctx = _quantize(_operand_model([-1.5, 0.5, 2.0]), _feeds([1, 2, 3, 3], [0, 0]), text=UNCORRECTED)
+    add = _node(model, "add")
+    k = ir.Value(name="k_edit", const_value=ir.tensor(np.float32([-1.5, 0.5, 2.0]).reshape(1, 3, 1, 1), name="k_edit"))
+    model.graph.register_initializer(k)
+    add.replace_input_with(1, k)
+    assert _rerun(model, ctx) is True
+    assert _dq(add.inputs[1])[0].dtype == np.uint8
 
 
 # ----------------------------------------------------------------------------------------------
@@ -646,3 +718,55 @@ def test_dynamic_quantization_serves_only_the_dynamic_readers():
     # The MatMul half: 8-bit x and 7- or 8-bit weights over 6 products: within 3% of the output's
     # scale (the float32 half above is exact).
     np.testing.assert_allclose(got[:, :6], expected[:, :6], atol=0.03 * np.abs(expected[:, :6]).max())
+
+
+def test_dynamic_quantization_names_its_tensors_and_runs_once():
+    """MatMul of two activations in dynamic mode: the only change is the run-time quantizer of
+    each operand, named after the tensor; a second run changes nothing."""
+    nodes = [helper.make_node("MatMul", ["x", "z"], ["y"], name="mm")]
+    proto = _model(nodes, [_vi("x", [2, 3]), _vi("z", [3, 4])], [_vi("y", [2, 4])])
+    model = to_ir(proto)
+    ctx = Context(mode="dynamic")
+    records = run_pipeline(model, build(parse_pipeline("resolve-policy,insert-qdq"), ctx), ctx)
+    assert records[-1].modified is True
+    dyn = {n.inputs[0].name: n for n in model.graph if n.op_type == "DynamicQuantizeLinear"}
+    assert sorted(dyn) == ["x", "z"]
+    assert dyn["x"].name == "x_DynQ" and [v.name for v in dyn["x"].outputs] == ["x_dyn_q", "x_dyn_scale", "x_dyn_zp"]
+    assert list(dyn["x"].outputs[0].shape) == [2, 3] and dyn["x"].outputs[1].shape is None
+    dq = _node(model, "mm").inputs[0].producer()
+    assert [v.name for v in dq.inputs] == ["x_dyn_q", "x_dyn_scale", "x_dyn_zp"] and dq.name == "x_DQ"
+    assert _rerun(model, ctx, "resolve-policy,insert-qdq") is False
+
+
+# ----------------------------------------------------------------------------------------------
+# more constant operands
+
+
+def test_a_negative_constant_operand_range_ends_at_zero():
+    proto = _operand_model([-2.0, -0.5, -1.0])
+    model, _ = _quantize(proto, _feeds([1, 2, 3, 3], [0, 0]))
+    q, scale, zp, _ = _dq(_node(model, "add").inputs[1])
+    expected_scale = np.float32(2.0) / np.float32(255)  # [-2, 0]
+    np.testing.assert_allclose(scale, expected_scale, rtol=FLOAT32_RTOL)
+    assert int(zp) == 255
+    np.testing.assert_array_equal(q.ravel(), np.clip(np.rint(np.float32([-2.0, -0.5, -1.0]) / expected_scale) + 255, 0, 255))
+    dq = _node(model, "add").inputs[1].producer()
+    assert [v.name for v in dq.inputs] == ["k_q", "k_scale", "k_zp"] and dq.outputs[0].name == "k_dq"
+
+
+def test_asymmetric_int8_activations_store_the_operand_in_int8():
+    """A policy may ask for INT8 activations that are not symmetric: zero point -128 + round(-lo / s)."""
+    proto = _operand_model([-1.5, 0.5, 2.0])
+    model = to_ir(proto)
+    ctx = Context(reduce_range=False, calib=ListSource(_feeds([1, 2, 3, 3], [0, 0]), input_specs(model)))
+    run_pipeline(model, build(parse_pipeline("resolve-policy"), ctx), ctx)
+    for node in model.graph:
+        spec = json.loads(node.metadata_props[SPEC_KEY])
+        if spec["format"] == "int8":
+            node.metadata_props[SPEC_KEY] = json.dumps(dict(spec, activation_dtype="int8"))
+    run_pipeline(model, build(parse_pipeline("calibrate(method=minmax),insert-qdq"), ctx), ctx)
+    q, scale, zp, _ = _dq(_node(model, "add").inputs[1])
+    expected_scale = np.float32(3.5) / np.float32(255)
+    np.testing.assert_allclose(scale, expected_scale, rtol=FLOAT32_RTOL)
+    assert zp.dtype == np.int8 and int(zp) == -128 + 109  # round(1.5 / (3.5 / 255)) = 109
+    np.testing.assert_array_equal(q.ravel(), np.rint(np.float32([-1.5, 0.5, 2.0]) / expected_scale) - 19)
