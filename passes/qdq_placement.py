@@ -86,7 +86,8 @@ def activation_inputs(node: ir.Node, target: Target) -> list[int]:
         candidates = range(len(node.inputs))
     else:
         candidates = [0]
-    return [i for i in candidates if i < len(node.inputs) and _is_float(node.inputs[i]) and not node.inputs[i].is_initializer()]
+    # (Every weighted op has at least two inputs, every other op at least one.)
+    return [i for i in candidates if _is_float(node.inputs[i]) and not node.inputs[i].is_initializer()]
 
 
 def constant_operands(node: ir.Node) -> list[int]:

@@ -385,3 +385,19 @@ def test_dynamic_mode_lists_the_inputs_quantized_at_run_time():
     proto = _model(nodes, [_vi("x", [2, 2])], [_vi("y", [2, 2])], [_w("W", (2, 2))])
     placement, _ = _plan(proto, mode="dynamic")
     assert placement.dynamic == ["x", "r", "a"] and placement.calibrated == [] and placement.passthrough == []
+
+
+def test_a_clamp_inside_a_subgraph_does_not_carry_the_conv_output():
+    """Conv → c, read only by a Relu inside an If branch: calibration cannot tap the branch, so
+    c itself is the conv's quantized output."""
+    relu_branch = helper.make_graph([helper.make_node("Relu", ["c"], ["t"], name="inner_relu")], "then", [], [_vi("t", [1, 2, 3, 3])])
+    ident_branch = helper.make_graph([helper.make_node("Identity", ["x"], ["e"], name="inner_id")], "else", [], [_vi("e", [1, 2, 3, 3])])
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+        helper.make_node("If", ["cond"], ["y"], name="choose", then_branch=relu_branch, else_branch=ident_branch),
+    ]
+    proto = _model(nodes, [_vi("x", [1, 2, 3, 3]), _vi("cond", [], TensorProto.BOOL)], [_vi("y", [1, 2, 3, 3])], [_w("W", (2, 2, 1, 1))])
+    placement, model = _plan(proto)
+    assert placement.calibrated == ["x", "c"]
+    conv = next(n for n in model.graph if n.name == "conv")
+    assert output_to_quantize(conv, QuantSpec("int8")).name == "c"
