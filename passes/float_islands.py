@@ -67,33 +67,29 @@ def _low_nodes(model: ir.Model, precision: str) -> list[ir.Node]:
 
 def float_tensors_to_observe(model: ir.Model) -> list[str]:
     """Names of the FP32 tensors that nodes planned in FP16/BF16 read or write (for calibration)."""
-    names: dict[str, None] = {}
-    for node in model.graph:
-        if node_spec(node.metadata_props).format not in FLOAT_PRECISIONS:
-            continue
-        for value in [*node.inputs, *node.outputs]:
-            if value is not None and value.dtype == ir.DataType.FLOAT and value.name and not qir.is_constant_initializer(value):
-                names[value.name] = None
-    return list(names)
+    low = [node for node in model.graph if node_spec(node.metadata_props).format in FLOAT_PRECISIONS]
+    values = [v for node in low for v in [*node.inputs, *node.outputs]]
+    names = [v.name for v in values if v is not None and v.dtype == ir.DataType.FLOAT and v.name and not qir.is_constant_initializer(v)]
+    return list(dict.fromkeys(names))
 
 
 def _reduced_elements(node: ir.Node) -> int | None:
     """How many elements each output of a Reduce* node sums; None when unknown."""
     data = node.inputs[0]
-    if data is None or data.shape is None:
+    if data.shape is None:
         return None
     dims = list(data.shape)
-    axes = node.attributes.get_ints("axes", None)
+    axes = node.attributes.get_ints("axes")
     if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
         constant = qir.constant_array(node.inputs[1])
         if constant is None:
             return None
         axes = [int(a) for a in constant.ravel()]
     if not axes:
-        axes = [] if node.attributes.get_int("noop_with_empty_axes", 0) else list(range(len(dims)))
+        axes = [] if node.attributes.get_int("noop_with_empty_axes") else list(range(len(dims)))
     count = 1
-    for axis in axes:
-        dim = dims[axis % len(dims)] if dims else 1
+    for axis in axes:  # (axes are given only for an input of rank 1 or more)
+        dim = dims[axis % len(dims)]
         if not isinstance(dim, int):
             return None
         count *= dim
@@ -155,7 +151,7 @@ class FloatIslands(Pass):
         ranges = self.context.analyses.get("ranges")
         ranges = ranges if ranges is not None and ranges.ranges else None
         constants = _ConstantVerdicts(fmt, self.margin)
-        opset = model.opset_imports.get("", 1)
+        opset = model.opset_imports.get("")  # None only in a model without standard ops, which need no schema
         limit = fmt.max / self.margin
         tainted: dict[ir.Value, str] = {}  # without ranges: tensors that may exceed the format
         decisions: dict[str, dict] = {}
@@ -186,14 +182,11 @@ class FloatIslands(Pass):
             if reason is not None:
                 decisions[node.name] = {"format": "float", "reason": reason}
 
-        modified = False
+        # A node decided here is FP32 from now on, so a second run decides nothing: idempotent.
         for node in model.graph:
             if node.name in decisions:
-                text = json.dumps(decisions[node.name])  # {"format", "reason"}: already in sorted order
-                if node.metadata_props.get(SPEC_KEY) != text:
-                    node.metadata_props[SPEC_KEY] = text
-                    modified = True
-        if modified:
+                node.metadata_props[SPEC_KEY] = json.dumps(decisions[node.name])  # {"format", "reason"}: sorted already
+        if decisions:
             record_formats(model, decisions)
         self.context.notes["float_islands"] = {
             "precision": precision,
@@ -201,7 +194,7 @@ class FloatIslands(Pass):
             "margin": self.margin,
             "fp32_nodes": len(decisions),
         }
-        return ir.passes.PassResult(model, modified)
+        return ir.passes.PassResult(model, bool(decisions))
 
     def _evidence(self, node, slots, fmt, constants) -> tuple[str, bool] | None:
         """Why ``node`` must stay FP32 for its constants, reductions or BF16 rounding, and whether

@@ -48,10 +48,10 @@ def _const(name, values, dtype=np.float32):
     return numpy_helper.from_array(np.asarray(values, dtype), name)
 
 
-def _islands(proto, precision="fp16", ranges=None, feeds=None, options="", target="cuda"):
+def _islands(proto, precision="fp16", ranges=None, feeds=None, options="", target="cuda", infer=True):
     """resolve-policy, then float-islands with ``ranges`` (a {name: (lo, hi[, nonfinite])} table)
     or ranges calibrated on ``feeds``; returns (reasons, model, context, modified)."""
-    model = to_ir(onnx.shape_inference.infer_shapes(proto))  # intermediate tensors typed FP32
+    model = to_ir(onnx.shape_inference.infer_shapes(proto) if infer else proto)  # intermediate tensors typed FP32
     ctx = Context(target=target, precision=precision, calib=ListSource(feeds, input_specs(model)) if feeds else None)
     run_pipeline(model, build(parse_pipeline("resolve-policy"), ctx), ctx)
     if ranges is not None:
@@ -499,3 +499,44 @@ def test_float_tensors_to_observe_lists_what_low_precision_nodes_read_and_write(
     # Every FP32 tensor once, in graph order; the weight (a constant) and the INT64 shape left out.
     assert float_tensors_to_observe(model) == ["x", "h", "sf", "y"]
     assert float_tensors_to_observe(to_ir(proto)) == []  # no node planned in FP16 yet
+
+
+def test_a_sum_over_an_unknown_number_of_elements_taints_its_readers():
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], name="r"), helper.make_node("Relu", ["s"], ["y"], name="relu")]
+    proto = _model(nodes, [_vi("x", ["n", 8])], [_vi("y", None)], check=False)
+    assert _islands(proto)[0] == {
+        "r": "ReduceSum over an unknown number of elements may exceed FP16 and no calibration ranges bound it",
+        "relu": "reads s, which may exceed FP16 (made by r)",
+    }
+
+
+def test_a_reduction_of_a_tensor_of_unknown_shape_is_of_unknown_size():
+    """Relu → ReduceSum with no shape known for the Relu's output (no inference run)."""
+    nodes = [helper.make_node("Relu", ["x"], ["h"], name="relu"), helper.make_node("ReduceSum", ["h"], ["y"], name="r", keepdims=0)]
+    proto = _model(nodes, [_vi("x", [2, 3])], [_vi("y", [])])
+    assert _islands(proto, infer=False)[0] == {"r": "ReduceSum over an unknown number of elements may exceed FP16 and no calibration ranges bound it"}
+
+
+def test_a_bf16_residual_sum_does_not_taint():
+    nodes = [helper.make_node("Add", ["x", "z"], ["a"], name="add"), helper.make_node("Relu", ["a"], ["y"], name="relu")]
+    proto = _model(nodes, [_vi("x", [2, 3]), _vi("z", [2, 3])], [_vi("y", [2, 3])])
+    assert _islands(proto, "bf16")[0] == {"add": "Add of two computed tensors (a residual sum): BF16's 8-bit mantissa drops the smaller one's low bits"}
+
+
+def test_with_ranges_constants_and_reductions_still_count():
+    ranges = {"x": (-1.0, 1.0), "y": (-1e5, 1e5)}
+    assert _islands(_binary("Mul", 1e5, "big"), ranges=ranges)[0] == {"n": "constant big holds |x| up to 1e+05, beyond FP16's 65504 / 4"}
+    assert _islands(_reduce("ReduceSum", [2, 4096], [1]), ranges={"x": (-1.0, 1.0), "y": (-50.0, 50.0)})[0] == {
+        "r": "ReduceSum over 4096 elements: a FP16 accumulator loses the small terms"
+    }
+
+
+def test_only_nodes_planned_in_low_precision_are_observed():
+    nodes = [helper.make_node("Relu", ["x"], ["h"], name="relu"), helper.make_node("Sigmoid", ["h"], ["y"], name="sig")]
+    proto = onnx.shape_inference.infer_shapes(_model(nodes, [_vi("x", [2, 3])], [_vi("y", [2, 3])]))
+    model = to_ir(proto)
+    ctx = Context(target="cuda", precision="fp16")
+    run_pipeline(model, build(parse_pipeline("resolve-policy"), ctx), ctx)
+    relu = next(n for n in model.graph if n.name == "relu")
+    relu.metadata_props[SPEC_KEY] = json.dumps({"format": "float"})  # the first node kept FP32 by a policy
+    assert float_tensors_to_observe(model) == ["h", "y"]
