@@ -67,33 +67,29 @@ def _low_nodes(model: ir.Model, precision: str) -> list[ir.Node]:
 
 def float_tensors_to_observe(model: ir.Model) -> list[str]:
     """Names of the FP32 tensors that nodes planned in FP16/BF16 read or write (for calibration)."""
-    names: dict[str, None] = {}
-    for node in model.graph:
-        if node_spec(node.metadata_props).format not in FLOAT_PRECISIONS:
-            continue
-        for value in [*node.inputs, *node.outputs]:
-            if value is not None and value.dtype == ir.DataType.FLOAT and value.name and not qir.is_constant_initializer(value):
-                names[value.name] = None
-    return list(names)
+    low = [node for node in model.graph if node_spec(node.metadata_props).format in FLOAT_PRECISIONS]
+    values = [v for node in low for v in [*node.inputs, *node.outputs]]
+    names = [v.name for v in values if v is not None and v.dtype == ir.DataType.FLOAT and v.name and not qir.is_constant_initializer(v)]
+    return list(dict.fromkeys(names))
 
 
 def _reduced_elements(node: ir.Node) -> int | None:
     """How many elements each output of a Reduce* node sums; None when unknown."""
     data = node.inputs[0]
-    if data is None or data.shape is None:
+    if data.shape is None:
         return None
     dims = list(data.shape)
-    axes = node.attributes.get_ints("axes", None)
+    axes = node.attributes.get_ints("axes")
     if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
         constant = qir.constant_array(node.inputs[1])
         if constant is None:
             return None
         axes = [int(a) for a in constant.ravel()]
     if not axes:
-        axes = [] if node.attributes.get_int("noop_with_empty_axes", 0) else list(range(len(dims)))
+        axes = [] if node.attributes.get_int("noop_with_empty_axes") else list(range(len(dims)))
     count = 1
-    for axis in axes:
-        dim = dims[axis % len(dims)] if dims else 1
+    for axis in axes:  # (axes are given only for an input of rank 1 or more)
+        dim = dims[axis % len(dims)]
         if not isinstance(dim, int):
             return None
         count *= dim
@@ -113,7 +109,7 @@ class _ConstantVerdicts:
         return self.cache[value.name]
 
     def _judge(self, value: ir.Value) -> str | None:
-        array = np.abs(value.const_value.numpy().astype(np.float32, copy=False))
+        array = np.abs(value.const_value.numpy())  # an FP32 slot's constant: float32 already
         finite = array[np.isfinite(array)]
         if finite.size == 0:
             return None
@@ -155,14 +151,13 @@ class FloatIslands(Pass):
         ranges = self.context.analyses.get("ranges")
         ranges = ranges if ranges is not None and ranges.ranges else None
         constants = _ConstantVerdicts(fmt, self.margin)
-        opset = model.opset_imports.get("", 1)
+        opset = model.opset_imports.get("")  # None only in a model without standard ops, which need no schema
         limit = fmt.max / self.margin
         tainted: dict[ir.Value, str] = {}  # without ranges: tensors that may exceed the format
         decisions: dict[str, dict] = {}
 
         for node in _low_nodes(model, precision):
             slots = float_slots(node, opset, fmt.onnx_type)
-            overflow = False
             reason = None
             if any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
                 reason = "holds a subgraph: kept FP32 as a whole"
@@ -174,23 +169,24 @@ class FloatIslands(Pass):
                 continue  # Shape, Cast to int…: the format of the node is moot
             elif not target.has_kernel(node.op_type, precision):
                 reason = f"no {label} kernel for {node.op_type} in {target.providers[0]}"
-            if reason is None:
-                reason, overflow = self._evidence(node, slots, fmt, constants, ranges, tainted, limit)
-            if reason is None:
-                continue
-            decisions[node.name] = {"format": "float", "reason": reason}
-            if overflow and ranges is None and node.op_type not in _BOUNDED:
-                for slot in slots.outputs():
-                    tainted.setdefault(slot.value, f"made by {node.name}")
+            elif ranges is not None:
+                found = self._evidence(node, slots, fmt, constants)
+                reason = found[0] if found else self._observed(slots, fmt, ranges, limit)
+            else:
+                found = self._evidence(node, slots, fmt, constants) or self._by_kind(node, slots, fmt, tainted)
+                if found is not None:
+                    reason, overflow = found
+                    if overflow and node.op_type not in _BOUNDED:
+                        for slot in slots.outputs():
+                            tainted.setdefault(slot.value, f"made by {node.name}")
+            if reason is not None:
+                decisions[node.name] = {"format": "float", "reason": reason}
 
-        modified = False
+        # A node decided here is FP32 from now on, so a second run decides nothing: idempotent.
         for node in model.graph:
             if node.name in decisions:
-                text = json.dumps(decisions[node.name], sort_keys=True)
-                if node.metadata_props.get(SPEC_KEY) != text:
-                    node.metadata_props[SPEC_KEY] = text
-                    modified = True
-        if modified:
+                node.metadata_props[SPEC_KEY] = json.dumps(decisions[node.name])  # {"format", "reason"}: sorted already
+        if decisions:
             record_formats(model, decisions)
         self.context.notes["float_islands"] = {
             "precision": precision,
@@ -198,10 +194,11 @@ class FloatIslands(Pass):
             "margin": self.margin,
             "fp32_nodes": len(decisions),
         }
-        return ir.passes.PassResult(model, modified)
+        return ir.passes.PassResult(model, bool(decisions))
 
-    def _evidence(self, node, slots, fmt, constants, ranges, tainted, limit) -> tuple[str | None, bool]:
-        """Why ``node`` must stay FP32 for its numbers, and whether the reason is overflow."""
+    def _evidence(self, node, slots, fmt, constants) -> tuple[str, bool] | None:
+        """Why ``node`` must stay FP32 for its constants, reductions or BF16 rounding, and whether
+        the reason is overflow (which taints what it makes when there are no ranges)."""
         label = fmt.name.upper()
         op = node.op_type
         node_values = [s.value for s in slots.slots if s.role == "node"]
@@ -217,33 +214,41 @@ class FloatIslands(Pass):
         if fmt.name == "bf16" and op in ("Add", "Sub") and not any(qir.is_constant_initializer(v) for v in node_values):
             # A residual stream plus a small update: the update's low bits fall off BF16's 8-bit mantissa.
             return f"{op} of two computed tensors (a residual sum): BF16's 8-bit mantissa drops the smaller one's low bits", False
-        if ranges is not None:
-            for value in node_values:
-                if value.name not in ranges or qir.is_constant_initializer(value):
-                    continue
-                r = ranges[value.name]
-                if r.nonfinite:
-                    return f"{value.name} holds {r.nonfinite} infinite or fill values (masks) on the calibration data", True
-                peak = max(abs(r.lo), abs(r.hi))
-                if peak > limit:
-                    return f"{value.name} reaches |x| = {peak:.3g} on the calibration data, beyond {label}'s {fmt.max:.5g} / {self.margin:g}", True
-                if 0 < peak < fmt.smallest_normal:
-                    return f"{value.name} stays below {peak:.3g} on the calibration data: {label} keeps no precision under {fmt.smallest_normal:.2g}", False
-            return None, False
-        # No ranges: what the op kind and the constants say.
+        return None
+
+    def _observed(self, slots, fmt, ranges, limit) -> str | None:
+        """With calibration ranges: a tensor the node reads or writes that the format cannot hold."""
+        label = fmt.name.upper()
+        for value in (s.value for s in slots.slots if s.role == "node"):
+            if value.name not in ranges or qir.is_constant_initializer(value):
+                continue
+            r = ranges[value.name]
+            if r.nonfinite:
+                return f"{value.name} holds {r.nonfinite} infinite or fill values (masks) on the calibration data"
+            peak = max(abs(r.lo), abs(r.hi))
+            if peak > limit:
+                return f"{value.name} reaches |x| = {peak:.3g} on the calibration data, beyond {label}'s {fmt.max:.5g} / {self.margin:g}"
+            if 0 < peak < fmt.smallest_normal:
+                return f"{value.name} stays below {peak:.3g} on the calibration data: {label} keeps no precision under {fmt.smallest_normal:.2g}"
+        return None
+
+    def _by_kind(self, node, slots, fmt, tainted) -> tuple[str, bool] | None:
+        """Without calibration ranges: what the op kind says, and what it reads (``tainted``)."""
+        label = fmt.name.upper()
+        op = node.op_type
         for slot in slots.inputs("node"):
             if slot.value in tainted:
                 return f"reads {slot.value.name}, which may exceed {label} ({tainted[slot.value]})", True
         if fmt.name != "fp16":
-            return None, False
+            return None
         if op == "Exp":
             return f"Exp overflows FP16 above x = {math.log(fmt.max):.1f} and no calibration ranges bound its input", True
         if op == "Pow":
-            exponent = qir.constant_array(node.inputs[1]) if len(node.inputs) > 1 else None
+            exponent = qir.constant_array(node.inputs[1])  # Pow always has its two inputs
             if exponent is None or float(np.max(exponent)) >= 2:
                 shown = "a variable exponent" if exponent is None else f"exponent {float(np.max(exponent)):g}"
                 largest = fmt.max ** (1 / max(float(np.max(exponent)), 2.0)) if exponent is not None else fmt.max ** 0.5
                 return f"Pow with {shown} overflows FP16 for |x| > {largest:.0f} (the variance of a LayerNorm) and no calibration ranges bound its input", True
         if op in _SUMS and _reduced_elements(node) is None:
             return f"{op} over an unknown number of elements may exceed FP16 and no calibration ranges bound it", True
-        return None, False
+        return None

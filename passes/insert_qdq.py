@@ -63,10 +63,11 @@ def node_roles(node: ir.Node) -> NodeRoles:
         return roles
     inputs = list(node.inputs)
     weight = inputs[1] if len(inputs) > 1 else None
-    if is_float_constant(weight) or (weight is not None and is_dequantized(weight)):
+    if node.op_type == "MatMul" and not is_float_constant(weight) and is_float_constant(inputs[0]):
+        # Constant A: per tensor. Checked first, since B (an activation) may already read a DQ.
+        roles.weight, roles.weight_axis = 0, None
+    elif is_float_constant(weight) or (weight is not None and is_dequantized(weight)):
         roles.weight, roles.weight_axis = 1, qir.output_channel_axis(node)
-    elif node.op_type == "MatMul" and is_float_constant(inputs[0]):
-        roles.weight, roles.weight_axis = 0, None  # constant A: per tensor
     if len(inputs) > 2 and node.op_type != "MatMul" and inputs[2] is not None:
         bias = inputs[2]
         if (is_float_constant(bias) and bias.const_value.numpy().ndim == 1) or is_dequantized(bias):
@@ -134,12 +135,13 @@ class InsertQDQ(Pass):
             raise UserError(f"no calibration ranges for tensor {missing[0]!r} ({len(missing)} tensors lack one)")
 
     def ensures(self, model: ir.Model) -> None:
+        left_float = getattr(self, "_nonfinite", set())  # tensors kept float on purpose (see below)
         for node, _ in quantized_nodes(model):
             if node.op_type not in self.target.weighted_ops:
                 continue
             roles = node_roles(node)
             for index in activation_inputs(node, self.target) + [i for i in (roles.weight,) if i is not None]:
-                if not is_dequantized(node.inputs[index]):
+                if not is_dequantized(node.inputs[index]) and node.inputs[index].name not in left_float:
                     raise ir.passes.PostconditionError(f"input {index} of {node.name} has no DequantizeLinear producer")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -153,6 +155,7 @@ class InsertQDQ(Pass):
         self._dequantized_weights: dict[tuple[str, int | None], ir.Value] = {}
         self._dequantized_operands: dict[tuple, ir.Value] = {}
         self._replaced: list[ir.Value] = []
+        self._nonfinite: set[str] = set()
         modified = False
         values = {v.name: v for v in graph.inputs}
         for node in graph:
@@ -227,6 +230,7 @@ class InsertQDQ(Pass):
             # An attention mask's -inf (or -3.4e38) would be clamped to the range's low end, and
             # masked positions would then get weight in the Softmax: such tensors stay float.
             logger.info("%s held non-finite values in calibration; left in float", value.name)
+            self._nonfinite.add(value.name)
             return False
         scale, zero_point = self._params(value.name, spec)
         users = list(value.uses())  # before the Q node below becomes a user too
@@ -245,7 +249,7 @@ class InsertQDQ(Pass):
         DynamicQuantizeMatMul; float readers of x keep reading the exact x.
         """
         users = [(u, i) for u, i in value.uses() if node_spec(u.metadata_props).dynamic]
-        if not users or is_dequantized(value):
+        if not users:  # (placement lists no tensor that is dequantized already)
             return False
         dynamic = ir.node("DynamicQuantizeLinear", [value], num_outputs=3, name=qir.unique_name(graph, f"{value.name}_DynQ"))
         for out, suffix, dtype in zip(dynamic.outputs, ("q", "scale", "zp"), (ir.DataType.UINT8, ir.DataType.FLOAT, ir.DataType.UINT8)):
@@ -265,14 +269,14 @@ class InsertQDQ(Pass):
         return self._group_initializers[root]
 
     def _quantize_table(self, graph: ir.Graph, name: str, root: str) -> bool:
-        """A Gather's constant table, stored in its group's integer type (the Gather output's parameters)."""
-        value = graph.initializers.get(name)
-        if value is None or not is_float_constant(value):
+        """A Gather's constant table, stored with the parameters of the Gather output's Q/DQ, so that
+        onnxruntime gathers integers; where that output stayed float, the table does too."""
+        if root not in self._group_initializers:
             return False
-        spec = next(self._placement.spec_of[t] for t in self._placement.members(root) if t in self._placement.spec_of)
-        scale, zero_point = self._params(root, spec)
+        value = graph.initializers[name]
+        scale, zero_point = self._group_params[root]
+        scale_v, zp_v = self._group_initializers[root]
         q = quant.quantize(value.const_value.numpy(), scale, zero_point, zero_point.dtype)
-        scale_v, zp_v = self._group_initializers_of(graph, root, scale, zero_point)
         q_v = qir.make_initializer(graph, f"{name}_q", q)
         dq = ir.node("DequantizeLinear", [q_v, scale_v, zp_v], name=qir.unique_name(graph, f"{name}_DQ"))
         dq.outputs[0].name = qir.unique_name(graph, f"{name}_dq")
@@ -345,7 +349,9 @@ class InsertQDQ(Pass):
     def _correct_bias(self, graph: ir.Graph, node: ir.Node, roles: NodeRoles, weight: np.ndarray, dequantized: np.ndarray) -> None:
         """Subtract the mean output shift that quantizing the weight causes (see ``qonnx.calib.means``)."""
         table = self.context.analyses.get("ranges")
-        means = table.channel_means.get(self._mean_of_input.get(node, "")) if table is not None else None
+        if table is None or node not in self._mean_of_input:
+            return  # no calibration, or not a node whose bias can absorb the shift
+        means = table.channel_means.get(self._mean_of_input[node])
         if means is None:
             return
         means = np.asarray(means, np.float64)
@@ -363,7 +369,9 @@ class InsertQDQ(Pass):
             if means.size != error.shape[1]:
                 return
             shift = error @ means
-        bias_value = node.inputs[2] if roles.bias is not None else None
+        bias_value = node.inputs[2] if len(node.inputs) > 2 else None
+        if bias_value is not None and roles.bias is None:
+            return  # a bias that is not a 1-D constant (Gemm's C of shape [1, N], a graph input) stays as it is
         bias = qir.constant_array(bias_value) if bias_value is not None else np.zeros(shift.size, np.float32)
         if bias is None or bias.size != shift.size:
             return

@@ -86,7 +86,8 @@ def activation_inputs(node: ir.Node, target: Target) -> list[int]:
         candidates = range(len(node.inputs))
     else:
         candidates = [0]
-    return [i for i in candidates if i < len(node.inputs) and _is_float(node.inputs[i]) and not node.inputs[i].is_initializer()]
+    # (Every weighted op has at least two inputs, every other op at least one.)
+    return [i for i in candidates if _is_float(node.inputs[i]) and not node.inputs[i].is_initializer()]
 
 
 def constant_operands(node: ir.Node) -> list[int]:
@@ -224,6 +225,7 @@ def plan_placement(model: ir.Model, target: Target) -> Placement:
         table = node.op_type == "Gather" and is_float_constant(data)
         if not table and data.name not in calibrated and data.name not in passthrough:
             continue
+        carried = False
         for out in node.outputs:
             if out is None or not _is_float(out) or not out.uses():
                 continue
@@ -231,7 +233,8 @@ def plan_placement(model: ir.Model, target: Target) -> Placement:
             passthrough[out.name] = None
             placement.spec_of[out.name] = placement.spec_of.get(data.name, spec)
             groups.union(data.name, out.name)
-        if table:
+            carried = True
+        if table and carried:  # (a table whose Gather output only leaves the graph stays float)
             placement.tables[data.name] = data.name
 
     placement.calibrated = list(calibrated)

@@ -35,6 +35,8 @@ __all__ = ["FP32", "LOW", "Tensor", "Placement", "place_casts", "cast_bytes"]
 
 FP32 = "\x00fp32"  # terminals: a producer or reader fixed to that format (graph inputs/outputs, fixed-type slots)
 LOW = "\x00low"
+# Tags of the auxiliary vertices (tag, tensor index): objects no node id can equal.
+_UP, _DOWN = object(), object()
 
 Kind = Literal["fp32", "low", "free"]
 
@@ -46,6 +48,10 @@ class Tensor:
     producer: Hashable
     readers: tuple[Hashable, ...]
     bytes: int
+
+    def __post_init__(self):
+        if self.bytes < 0:
+            raise ValueError(f"a tensor of {self.bytes} bytes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,9 +96,9 @@ def place_casts(kinds: Mapping[Hashable, Kind], tensors: Iterable[Tensor]) -> Pl
             graph.add_edge(node, LOW, capacity=1)
     for index, t in enumerate(tensors):
         readers = [r for r in dict.fromkeys(t.readers) if r != t.producer]
-        if not readers or t.bytes <= 0:
+        if not readers:  # (a tensor of 0 bytes adds edges of capacity 0: they cut nothing)
             continue
-        up, down = ("\x00up", index), ("\x00down", index)
+        up, down = (_UP, index), (_DOWN, index)
         graph.add_edge(t.producer, up, capacity=t.bytes * scale)
         graph.add_edge(down, t.producer, capacity=t.bytes * scale)
         for reader in readers:
