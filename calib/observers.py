@@ -26,7 +26,6 @@ is ``(-t, t)`` with ``t <= max|x|``, whatever the signs of the data.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import Any, ClassVar
 
 import numpy as np
@@ -561,9 +560,8 @@ def make_observer(method: str, **settings: Any) -> Observer:
     if method not in OBSERVERS:
         raise UserError(f"unknown calibration method {method!r}; known: {', '.join(OBSERVERS)}")
     cls = OBSERVERS[method]
-    accepted = {n for n, p in inspect.signature(cls).parameters.items() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
     given = {k: v for k, v in settings.items() if v is not None}
-    unknown = sorted(set(given) - accepted)
+    unknown = sorted(set(given) - set(cls().settings()))  # settings(): what rebuilds an empty twin
     if unknown:
         raise UserError(f"calibration method {method!r} takes no {', '.join(unknown)} setting")
     return cls(**given)
