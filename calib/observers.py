@@ -278,7 +278,7 @@ class HistogramObserver(Observer):
 
     symmetric: bool = False
 
-    def __init__(self, bins: int = 4096):
+    def __init__(self, bins: int):
         self.histogram = StreamingHistogram(bins)
         self.nonfinite = 0
 
@@ -293,7 +293,7 @@ class HistogramObserver(Observer):
     def update(self, batch: np.ndarray) -> None:
         # Chunk by chunk, so that the extremes, the finiteness check and the binning read each
         # value from memory once (a chunk stays in cache); the bins do not depend on the chunks.
-        flat = np.asarray(batch, dtype=np.float32).reshape(-1)
+        flat = np.ravel(batch)  # float32 chunk by chunk, in _finite
         for begin in range(0, flat.size, CHUNK):
             values, dropped, lo, hi = _finite(flat[begin : begin + CHUNK])
             self.nonfinite += dropped
