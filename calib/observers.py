@@ -62,7 +62,7 @@ def finite_part(batch: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _finite(batch: np.ndarray) -> tuple[np.ndarray, int, float, float]:
     """``finite_part`` plus the extremes of what is kept (inf, -inf when nothing is)."""
-    flat = np.asarray(batch, dtype=np.float32).reshape(-1)
+    flat = np.asarray(batch, dtype=np.float32).ravel()
     # NaN propagates through min and max, so one check covers the common all-finite case.
     lo, hi = flat.min(initial=np.inf), flat.max(initial=-np.inf)
     dropped = 0

@@ -351,8 +351,12 @@ def test_finite_part_drops_non_finite_and_fill_values():
     # 1e30 in magnitude is the fill limit (float32); 5e29 stays
     assert values.tolist() == [1.0, -2.0, np.float32(5e29)] and dropped == 3
     assert FILL_LIMIT == np.float32(1e30)
-    values, dropped = finite_part(np.array([0.5, -0.25], np.float32))
-    assert values.tolist() == [0.5, -0.25] and dropped == 0
+    values, dropped = finite_part(np.array([[0.5], [-0.25]], np.float64))  # all finite: the fast path
+    assert values.dtype == np.float32 and values.shape == (2,) and values.tolist() == [0.5, -0.25] and dropped == 0
+    values, dropped = finite_part(np.array([1.0, 1e30], np.float32))  # the fill limit itself is a fill value
+    assert values.tolist() == [1.0] and dropped == 1
+    values, dropped = finite_part(np.array([-1e30, 1.0], np.float32))
+    assert values.tolist() == [1.0] and dropped == 1
     values, dropped = finite_part(np.zeros((0, 3), np.float32))
     assert values.size == 0 and dropped == 0
     values, dropped = finite_part(np.array([np.nan, np.inf], np.float32))
