@@ -222,8 +222,6 @@ class InsertQDQ(Pass):
     def _quantize_activation(self, graph: ir.Graph, value: ir.Value, spec: QuantSpec) -> bool:
         if value.dtype not in (None, ir.DataType.FLOAT) or is_dequantized(value):
             return False
-        if any(user.op_type == "QuantizeLinear" for user, _ in value.uses()):
-            return False
         if not value.uses():  # only a graph output reads it: a Q/DQ pair would feed nobody
             return False
         if self._holds_nonfinite(value.name):

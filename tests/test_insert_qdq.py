@@ -770,3 +770,28 @@ def test_asymmetric_int8_activations_store_the_operand_in_int8():
     np.testing.assert_allclose(scale, expected_scale, rtol=FLOAT32_RTOL)
     assert zp.dtype == np.int8 and int(zp) == -128 + 109  # round(1.5 / (3.5 / 255)) = 109
     np.testing.assert_array_equal(q.ravel(), np.rint(np.float32([-1.5, 0.5, 2.0]) / expected_scale) - 19)
+
+
+# ----------------------------------------------------------------------------------------------
+# models quantized before, in part
+
+
+def test_a_tensor_already_quantized_for_another_reader_is_quantized_for_the_conv():
+    """x feeds a Q → DQ → Relu made elsewhere, and a Conv directly: the Conv gets its own Q/DQ of x
+    (the other pair, with its own parameters, is left as it was)."""
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q0"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq0"),
+        helper.make_node("Relu", ["xd"], ["r"], name="relu"),
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+        helper.make_node("Add", ["c", "r"], ["y"], name="add"),
+    ]
+    inits = [numpy_helper.from_array(np.float32(0.02), "s"), numpy_helper.from_array(np.uint8(128), "z"), numpy_helper.from_array(_weights((2, 2, 1, 1), 0), "W")]
+    proto = _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 2, 3, 3])], inits)
+    feeds = _feeds([1, 2, 3, 3], [0, 0])
+    model, _ = _quantize(proto, feeds)
+    _, scale, zp, _ = _dq(_node(model, "conv").inputs[0])
+    expected_scale, expected_zp = _activation_params(feeds)
+    np.testing.assert_allclose(scale, expected_scale, rtol=FLOAT32_RTOL)
+    assert int(zp) == expected_zp
+    assert [v.name for v in _node(model, "relu").inputs] == ["xd"] and _node(model, "dq0").inputs[1].name == "s"
