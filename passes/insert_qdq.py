@@ -56,17 +56,24 @@ class NodeRoles:
     bias: int | None = None
 
 
+def _is_stored_weight(value: ir.Value) -> bool:
+    """Made by a DequantizeLinear of a constant: a weight this pass (or another tool) stored."""
+    producer = value.producer()
+    return producer is not None and producer.op_type == "DequantizeLinear" and qir.is_constant_initializer(producer.inputs[0])
+
+
 def node_roles(node: ir.Node) -> NodeRoles:
     """Which inputs of a weighted node are its constant weight and bias."""
     roles = NodeRoles()
     if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
         return roles
     inputs = list(node.inputs)
-    weight = inputs[1] if len(inputs) > 1 else None
-    if node.op_type == "MatMul" and not is_float_constant(weight) and is_float_constant(inputs[0]):
-        # Constant A: per tensor. Checked first, since B (an activation) may already read a DQ.
-        roles.weight, roles.weight_axis = 0, None
-    elif is_float_constant(weight) or (weight is not None and is_dequantized(weight)):
+    weight = inputs[1]  # each of these ops has at least two inputs
+    if is_float_constant(weight) or _is_stored_weight(weight):
+        roles.weight, roles.weight_axis = 1, qir.output_channel_axis(node)
+    elif node.op_type == "MatMul" and (is_float_constant(inputs[0]) or _is_stored_weight(inputs[0])):
+        roles.weight, roles.weight_axis = 0, None  # constant A: per tensor
+    elif is_dequantized(weight):  # an activation in the weight's place, quantized already
         roles.weight, roles.weight_axis = 1, qir.output_channel_axis(node)
     if len(inputs) > 2 and node.op_type != "MatMul" and inputs[2] is not None:
         bias = inputs[2]

@@ -795,3 +795,16 @@ def test_a_tensor_already_quantized_for_another_reader_is_quantized_for_the_conv
     np.testing.assert_allclose(scale, expected_scale, rtol=FLOAT32_RTOL)
     assert int(zp) == expected_zp
     assert [v.name for v in _node(model, "relu").inputs] == ["xd"] and _node(model, "dq0").inputs[1].name == "s"
+
+
+def test_a_matmul_of_two_constants_stores_b_as_the_weight():
+    """Not folded (insert-qdq runs alone here): B is the weight, per output channel; A is left."""
+    a, b = _weights((3, 4), 0, seed=28), _weights((4, 5), 1, seed=29)
+    nodes = [helper.make_node("MatMul", ["A", "B"], ["m"], name="mm"), helper.make_node("Add", ["m", "x"], ["y"], name="add")]
+    proto = _model(nodes, [_vi("x", [3, 5])], [_vi("y", [3, 5])], [numpy_helper.from_array(a, "A"), numpy_helper.from_array(b, "B")])
+    model, _ = _quantize(proto, _feeds([3, 5], [0] * 5))
+    mm = _node(model, "mm")
+    q, scale, _, axis = _dq(mm.inputs[1])
+    expected_q, expected_scale = _expected_weight(b, 1)
+    assert axis == 1 and mm.inputs[0].name == "A"
+    np.testing.assert_array_equal(q, expected_q)
