@@ -401,3 +401,32 @@ def test_a_clamp_inside_a_subgraph_does_not_carry_the_conv_output():
     assert placement.calibrated == ["x", "c"]
     conv = next(n for n in model.graph if n.name == "conv")
     assert output_to_quantize(conv, QuantSpec("int8")).name == "c"
+
+
+@pytest.mark.parametrize("inputs, after_clip", [(["c"], False), (["c", "lo"], True)])
+def test_a_clip_with_fewer_inputs(inputs, after_clip):
+    """Clip(c): no lower bound, nothing to absorb; Clip(c, 0): a lower bound of 0, no upper one."""
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+        helper.make_node("Clip", inputs, ["k"], name="clip"),
+        helper.make_node("Conv", ["k", "W2"], ["y"], name="conv2"),
+    ]
+    inits = [_w("W", (2, 2, 1, 1)), _const("lo", np.array(0.0, np.float32)), _w("W2", (2, 2, 1, 1), 1)]
+    proto = _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 2, 3, 3])], inits)
+    placement, _ = _plan(proto)
+    assert placement.calibrated == (["x", "k"] if after_clip else ["x", "c", "k"])
+
+
+def test_an_add_of_a_constant_after_a_conv_is_no_clamp():
+    """Conv → Add(c, 0.5) → Conv: the Add's constant is no lower bound; c and the sum are both quantized."""
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+        helper.make_node("Add", ["c", "half"], ["a"], name="add"),
+        helper.make_node("Conv", ["a", "W2"], ["y"], name="conv2"),
+    ]
+    inits = [_w("W", (2, 2, 1, 1)), _const("half", np.array(0.5, np.float32)), _w("W2", (2, 2, 1, 1), 1)]
+    proto = _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 2, 3, 3])], inits)
+    placement, model = _plan(proto)
+    assert placement.calibrated == ["x", "c", "a"]
+    conv = next(n for n in model.graph if n.name == "conv")
+    assert output_to_quantize(conv, QuantSpec("int8")).name == "c"
