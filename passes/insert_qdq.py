@@ -86,13 +86,16 @@ def correctable_nodes(model: ir.Model) -> list[ir.Node]:
     """INT8 Conv and plain Gemm nodes with a constant weight: the ops whose bias can absorb the shift."""
     nodes = []
     for node, spec in quantized_nodes(model):
-        if spec.dynamic or len(node.inputs) < 2 or not is_float_constant(node.inputs[1]) or len(node.inputs[1].uses()) != 1:
+        if node.op_type not in ("Conv", "Gemm") or spec.dynamic:
             continue
-        if node.op_type == "Conv":
+        weight = node.inputs[1]
+        if not is_float_constant(weight) or len(weight.uses()) != 1:
+            continue  # computed, or shared: one bias cannot absorb the shift of another node
+        attributes = node.attributes
+        if node.op_type == "Conv" or (
+            not attributes.get_int("transA") and attributes.get_float("alpha", 1.0) == 1.0 and attributes.get_float("beta", 1.0) == 1.0
+        ):
             nodes.append(node)
-        elif node.op_type == "Gemm" and not node.attributes.get_int("transA", 0):
-            if node.attributes.get_float("alpha", 1.0) == 1.0 and node.attributes.get_float("beta", 1.0) == 1.0:
-                nodes.append(node)
     return nodes
 
 
@@ -166,15 +169,13 @@ class InsertQDQ(Pass):
         modified = False
         values = {v.name: v for v in graph.inputs}
         for node in graph:
-            values.update((v.name, v) for v in node.outputs if v is not None)
+            values.update((v.name, v) for v in node.outputs)
         # Tensors in graph order, so that a passthrough output follows its input's DQ.
         for name in [*placement.calibrated, *placement.passthrough]:
-            value = values.get(name)
-            if value is not None:
-                modified |= self._quantize_activation(graph, value, placement.spec_of[name])
+            modified |= self._quantize_activation(graph, values[name], placement.spec_of[name])
         for name in placement.dynamic:
-            if name in values:
-                modified |= self._quantize_dynamically(graph, values[name])
+            self._quantize_dynamically(graph, values[name])
+            modified = True
         for table_root, table in placement.tables.items():
             if table_root in self._group_initializers:  # else its Gather output stayed float: so does the table
                 self._quantize_table(graph, table, table_root)
@@ -186,8 +187,9 @@ class InsertQDQ(Pass):
                 if roles.bias is not None:
                     modified |= self._quantize_bias(graph, node, roles)
             for index in constant_operands(node):
-                if any(is_dequantized(v) for v in node.inputs if v is not None):
-                    modified |= self._quantize_operand(graph, node, index, spec)
+                if any(is_dequantized(v) for v in node.inputs):
+                    self._quantize_operand(graph, node, index, spec)
+                    modified = True
         for value in self._replaced:  # the float weights and biases now stored as integers
             if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
                 graph.initializers.pop(value.name, None)
@@ -245,7 +247,7 @@ class InsertQDQ(Pass):
         _dequantize_for(graph, value, q, [q.outputs[0], scale_v, zp_v], users)
         return True
 
-    def _quantize_dynamically(self, graph: ir.Graph, value: ir.Value) -> bool:
+    def _quantize_dynamically(self, graph: ir.Graph, value: ir.Value) -> None:
         """``DQ(DynamicQuantizeLinear(x))`` for the readers of x whose spec is dynamic.
 
         onnxruntime fuses it with the weight's DequantizeLinear and the MatMul into
@@ -257,7 +259,6 @@ class InsertQDQ(Pass):
             out.name, out.dtype = qir.unique_name(graph, f"{value.name}_dyn_{suffix}"), dtype
         dynamic.outputs[0].shape = value.shape
         _dequantize_for(graph, value, dynamic, list(dynamic.outputs), users)
-        return True
 
     def _group_initializers_of(self, graph, name, scale, zero_point) -> tuple[ir.Value, ir.Value]:
         """One scale and one zero-point initializer per scale group, shared by all its Q/DQ nodes."""
@@ -285,7 +286,7 @@ class InsertQDQ(Pass):
             user.replace_input_with(index, dq.outputs[0])
         self._replaced.append(value)
 
-    def _quantize_operand(self, graph: ir.Graph, node: ir.Node, index: int, spec: QuantSpec) -> bool:
+    def _quantize_operand(self, graph: ir.Graph, node: ir.Node, index: int, spec: QuantSpec) -> None:
         """A float constant input of Add/Mul, per tensor in the activation type, so QLinearAdd/Mul can take it."""
         value = node.inputs[index]
         data = value.const_value.numpy()
@@ -299,7 +300,6 @@ class InsertQDQ(Pass):
             self._dequantized_operands[key] = self._dequantize_constant(graph, value.name, q, scale, None, zero_point)
         node.replace_input_with(index, self._dequantized_operands[key])
         self._replaced.append(value)
-        return True
 
     def _input_scale(self, node: ir.Node) -> np.ndarray | None:
         """The scale of the node's first input, once it has its DequantizeLinear."""

@@ -980,3 +980,88 @@ def test_a_gather_table_in_a_group_kept_float_stays_float():
     model, ctx = _quantize(proto, feeds)
     assert _node(model, "embed").inputs[0].name == "table" and "table" in model.graph.initializers
     assert _rerun(model, ctx) is False
+
+
+# ----------------------------------------------------------------------------------------------
+# what the pass reports, requires and ensures
+
+
+def test_a_conv_after_ops_it_cannot_correct_is_corrected():
+    """x → Sigmoid → Mul (SiLU) → Conv: the first two quantized nodes have no bias; the Conv's is corrected."""
+    nodes = [
+        helper.make_node("Sigmoid", ["x"], ["s"], name="sig"),
+        helper.make_node("Mul", ["x", "s"], ["m"], name="silu"),
+        helper.make_node("Conv", ["m", "W", "B"], ["y"], name="conv"),
+    ]
+    inits = [numpy_helper.from_array(_weights((3, 2, 1, 1), 0, seed=34), "W"), numpy_helper.from_array(np.float32([0.1, 0.2, 0.3]), "B")]
+    proto = _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 3, 3, 3])], inits)
+    model, ctx = _quantize(proto, _feeds([1, 2, 3, 3], [2.0, -1.0]))
+    assert list(ctx.analyses["ranges"].channel_means) == ["m"]
+    assert _node(model, "conv").inputs[2].name == "B_corrected_dq"
+
+
+def test_the_pass_reports_a_change_when_the_last_tensor_stays_float():
+    """MatMul(x, m) with m holding -inf: x is quantized, m (the last one planned) is not."""
+    nodes = [helper.make_node("MatMul", ["x", "m"], ["y"], name="mm")]
+    proto = _model(nodes, [_vi("x", [2, 3]), _vi("m", [3, 2])], [_vi("y", [2, 2])])
+    m = np.zeros((3, 2), np.float32)
+    m[0, 0] = -np.inf
+    feeds = [{"x": np.ones((2, 3), np.float32), "m": m}]
+    model = to_ir(proto)
+    ctx = Context(reduce_range=False, calib=ListSource(feeds, input_specs(model)))
+    records = run_pipeline(model, build(parse_pipeline(STATIC), ctx), ctx)
+    assert records[-1].modified is True
+    assert [v.name for v in _node(model, "mm").inputs] == ["x_dq", "m"]
+
+
+def test_the_pass_reports_a_change_when_the_last_bias_stays_float():
+    """A Conv whose input stays float (non-finite): only its weight changes, its bias cannot."""
+    proto = _conv(seed=35)
+    feeds = _feeds([1, 4, 5, 5], [0] * 4)
+    feeds[0]["x"][0, 0, 0, 0] = np.nan
+    model = to_ir(proto)
+    ctx = Context(reduce_range=False, calib=ListSource(feeds, input_specs(model)))
+    records = run_pipeline(model, build(parse_pipeline(UNCORRECTED), ctx), ctx)
+    assert records[-1].modified is True
+    assert _node(model, "conv").inputs[2].name == "B"
+
+
+def test_a_weight_that_a_float_node_reads_too_stays_in_the_file():
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["y"], name="conv"),
+        helper.make_node("ReduceMean", ["W"], ["wm"], name="mean", keepdims=0),
+    ]
+    proto = _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 2, 3, 3]), _vi("wm", [])], [numpy_helper.from_array(_weights((2, 2, 1, 1), 0), "W")])
+    model, _ = _quantize(proto, _feeds([1, 2, 3, 3], [0, 0]))
+    assert "W" in model.graph.initializers and _node(model, "mean").inputs[0].name == "W"
+    assert _dq(_node(model, "conv").inputs[1])[0].dtype == np.int8
+
+
+def test_insert_qdq_requires_ranges_for_every_planned_tensor():
+    from qonnx.calib.ranges import RangeTable, TensorRange
+    from qonnx.errors import UserError
+
+    proto = _operand_model([1.0, 2.0, 3.0])
+    with pytest.raises(UserError, match=r"^no ranges available: run the calibrate pass before insert-qdq \(or pass --ranges\)$"):
+        _quantize(proto, _feeds([1, 2, 3, 3], [0, 0]), text="resolve-policy,insert-qdq")
+    model = to_ir(proto)
+    ctx = Context(reduce_range=False)
+    run_pipeline(model, build(parse_pipeline("resolve-policy"), ctx), ctx)
+    ctx.analyses["ranges"] = RangeTable({"x": TensorRange(-1.0, 1.0), "a": TensorRange(-1.0, 1.0)})
+    # Planned: x, c, a, m, p; c, m and p lack a range.
+    with pytest.raises(UserError, match=r"^no calibration ranges for tensor 'c' \(3 tensors lack one\)$"):
+        run_pipeline(model, build(parse_pipeline("insert-qdq"), ctx), ctx)
+
+
+def test_ensures_names_the_weighted_input_without_a_dequantize_linear():
+    """The postcondition, checked on a model quantized in part (here: not at all, after a
+    quantized Sigmoid that it skips)."""
+    from qonnx.passes.insert_qdq import InsertQDQ
+
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"], name="sig"), helper.make_node("Conv", ["s", "W"], ["y"], name="conv")]
+    proto = _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 2, 3, 3])], [numpy_helper.from_array(_weights((2, 2, 1, 1), 0), "W")])
+    model = to_ir(proto)
+    ctx = Context(reduce_range=False)
+    run_pipeline(model, build(parse_pipeline("resolve-policy"), ctx), ctx)
+    with pytest.raises(ir.passes.PostconditionError, match="^input 0 of conv has no DequantizeLinear producer$"):
+        InsertQDQ(ctx).ensures(model)
