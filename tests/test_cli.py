@@ -451,7 +451,7 @@ def bad_memory_budget(tmp, model, calib):
 
 @_case
 def unknown_method(tmp, model, calib):
-    return ["quantize", model, "-o", tmp / "q.onnx", "--calib", calib, "--method", "kl"], "invalid choice"
+    return ["quantize", model, "-o", tmp / "q.onnx", "--calib", calib, "--method", "kl"], "--method: 'kl' is not one of"
 
 
 @_case
