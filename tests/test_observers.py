@@ -794,3 +794,6 @@ def test_kl_search_ties_and_candidates_past_the_last_bin():
     # count among the bins its group's mass is spread over. The candidate loop agrees.
     h = np.array([0, 2, 3, 0, 0, 2, 4, 0])
     assert kl_threshold_bins(h, 3) == 8 == _kl_reference(h, 3)
+    # Weights below 1 count with their negative p log p: taking them as 0 would pick 3 bins here.
+    weighted = np.array([0.0, 1.0, 7.5, 0.25, 0.25, 0.0, 0.0, 40.0, 0.0])
+    assert kl_threshold_bins(weighted, 3) == 8 == _kl_reference(weighted, 3)
