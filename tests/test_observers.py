@@ -794,3 +794,16 @@ def test_kl_search_ties_and_candidates_past_the_last_bin():
     # count among the bins its group's mass is spread over. The candidate loop agrees.
     h = np.array([0, 2, 3, 0, 0, 2, 4, 0])
     assert kl_threshold_bins(h, 3) == 8 == _kl_reference(h, 3)
+    # Weights below 1 count with their negative p log p: taking them as 0 would pick 3 bins here.
+    weighted = np.array([0.0, 1.0, 7.5, 0.25, 0.25, 0.0, 0.0, 40.0, 0.0])
+    assert kl_threshold_bins(weighted, 3) == 8 == _kl_reference(weighted, 3)
+
+
+def test_kl_search_defaults_to_128_levels():
+    # TensorRT's 128 levels by default: an exponential histogram of |x| with a few far outliers,
+    # where 128 and 129 levels choose different thresholds (the candidate loop agrees on 128).
+    rng = np.random.default_rng(0)
+    h = rng.poisson(np.exp(-np.arange(400) / 40.0) * 200).astype(float)
+    h[rng.integers(300, 400)] += 3
+    assert kl_threshold_bins(h) == kl_threshold_bins(h, 128) == _kl_reference(h, 128)
+    assert kl_threshold_bins(h, 129) != kl_threshold_bins(h, 128)

@@ -302,9 +302,10 @@ def test_bias_to_int32():
     # Saturation at the INT32 limits; a zero weight scale takes the 1e-12 floor
     q, scale = quant.bias_to_int32(np.array([1e3, -1e3], np.float32), np.float32(1.0), np.array([0.0, 0.0], np.float32))
     assert q.tolist() == [INT32_MAX, -(2**31)] and scale.tolist() == [np.float32(1e-12)] * 2
-    # A Python float input scale is float32 first: scale = float32(0.1) · float32(0.02)
-    q, scale = quant.bias_to_int32(np.array([1.0], np.float32), 0.1, np.array([0.02], np.float32))
-    assert scale.dtype == np.float32 and scale.tolist() == [np.float32(0.1) * np.float32(0.02)]
+    # An input scale given as a Python or numpy float64 is float32 first: float32(0.1) · float32(0.02)
+    for input_scale in (0.1, np.float64(0.1), np.array(0.1)):
+        q, scale = quant.bias_to_int32(np.array([1.0], np.float32), input_scale, np.array([0.02], np.float32))
+        assert scale.dtype == np.float32 and scale.tolist() == [np.float32(0.1) * np.float32(0.02)]
     # Rounding half to even: 2.5 → 2, 3.5 → 4 (scale 1)
     q, _ = quant.bias_to_int32(np.array([2.5, 3.5], np.float32), np.float32(1.0), np.float32(1.0))
     assert q.tolist() == [2, 4]
