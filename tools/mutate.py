@@ -54,6 +54,9 @@ MODULES = {
     "cast_placement": "qonnx/cast_placement.py",
 }
 QUICK = ("metrics", "quant")
+# The tests --quick runs: those written against these modules. Without the rest (the subprocess
+# CLI tests take minutes), the set-up check stays within a few minutes.
+QUICK_TESTS = ("tests/test_metrics.py", "tests/test_quant.py", "tests/test_reference_values.py", "tests/test_doctests.py")
 TARGET = 0.90
 # mutmut's exit codes of a mutant run, by meaning (mutmut.stats.status_by_exit_code).
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
@@ -99,14 +102,15 @@ def discard_stale_verdicts() -> None:
     mark.write_text(digest + "\n")
 
 
-def write_config(modules: list[str]) -> None:
+def write_config(modules: list[str], tests: tuple[str, ...] = ("tests",)) -> None:
     only = ", ".join(json.dumps(MODULES[m]) for m in modules)
+    selection = ", ".join(json.dumps(t) for t in tests)
     (STAGE / "pyproject.toml").write_text(
         f"""# Written by tools/mutate.py: the staged package, the tests, and mutmut's settings.
 [tool.mutmut]
 source_paths = ["qonnx"]
 only_mutate = [{only}]
-pytest_add_cli_args_test_selection = ["tests", "-m", "not kit", "-p", "no:cacheprovider"]
+pytest_add_cli_args_test_selection = [{selection}, "-m", "not kit", "-p", "no:cacheprovider"]
 pytest_add_cli_args = ["-q", "-x", "-p", "no:randomly"]
 use_git_change_detection = false
 
@@ -191,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(MODULES)}")
     stage()
     discard_stale_verdicts()
-    write_config(modules)
+    write_config(modules, QUICK_TESTS if args.quick else ("tests",))
     started = time.perf_counter()
     print(f"mutmut: {', '.join(MODULES[m] for m in modules)} (log: {STAGE / 'mutmut.log'})", flush=True)
     with open(STAGE / "mutmut.log", "w") as log:  # mutmut redraws a progress line many times a second
