@@ -754,6 +754,9 @@ def test_kl_search_of_short_or_empty_histograms_keeps_every_bin():
     assert kl_threshold_bins(np.array([3, 0, 1, 2]), 8) == 4
     assert kl_threshold_bins(np.arange(8), 8) == 8
     assert kl_threshold_bins(np.zeros(200, np.int64), 8) == 200
+    # Everything in the first bin: keeping 1, 2, 3 or 4 bins all lose nothing (divergence 0), but
+    # the candidates start at quantized_bins = 2, the fewest bins that hold both levels.
+    assert kl_threshold_bins(np.array([5, 0, 0, 0]), 2) == 2 == _kl_reference(np.array([5, 0, 0, 0]), 2)
 
 
 def test_kl_search_by_hand():

@@ -16,6 +16,11 @@ mutated, would leave stale verdicts (a mutant killed by a test since weakened st
 the verdicts are kept only while the staged files (package and tests) are those they were made
 with; otherwise the run starts afresh. An interrupted run on unchanged files resumes.
 
+Hypothesis draws new examples on every run and replays the failures it stored: a mutant killed
+by a lucky draw in one run could survive the next. The mutation runs load a Hypothesis profile
+(``derandomize``, no example database), so that every run of a test draws the same examples and
+the verdicts repeat.
+
 The kill rate of a module is ``killed / (mutants - equivalent)``; mutants listed in
 ``tools/equivalent_mutants.toml`` with the reason are equivalent (no test can tell them apart
 from the original). Results: ``benchmarks/results/mutation.md`` and ``.json``.
@@ -57,6 +62,15 @@ QUICK = ("metrics", "quant")
 # The tests --quick runs: those written against these modules. Without the rest (the subprocess
 # CLI tests take minutes), the set-up check stays within a few minutes.
 QUICK_TESTS = ("tests/test_metrics.py", "tests/test_quant.py", "tests/test_reference_values.py", "tests/test_doctests.py")
+# A pytest plugin staged beside the package: the same Hypothesis examples in every run.
+PROFILE = "mutation_profile"
+PROFILE_SOURCE = '''"""Written by tools/mutate.py: the same Hypothesis examples in every mutation run."""
+
+from hypothesis import settings
+
+settings.register_profile("mutation", derandomize=True, database=None)
+settings.load_profile("mutation")
+'''
 TARGET = 0.90
 # mutmut's exit codes of a mutant run, by meaning (mutmut.stats.status_by_exit_code).
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
@@ -78,11 +92,15 @@ def stage() -> None:
     for path in list((STAGE / "qonnx").rglob("*.py")) + list((STAGE / "tests").rglob("*.py")):
         if path not in wanted:
             path.unlink()
+    profile = STAGE / f"{PROFILE}.py"
+    if not profile.exists() or profile.read_text() != PROFILE_SOURCE:
+        profile.write_text(PROFILE_SOURCE)
 
 
 def inputs_digest() -> str:
     """sha256 of mutmut's version and of every staged file: what mutmut's cached verdicts depend on."""
     digest = hashlib.sha256(importlib.metadata.version("mutmut").encode())
+    digest.update(PROFILE_SOURCE.encode())
     for root in ("qonnx", "tests"):
         for path in sorted((STAGE / root).rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
@@ -110,8 +128,9 @@ def write_config(modules: list[str], tests: tuple[str, ...] = ("tests",)) -> Non
 [tool.mutmut]
 source_paths = ["qonnx"]
 only_mutate = [{only}]
+also_copy = ["{PROFILE}.py"]
 pytest_add_cli_args_test_selection = [{selection}, "-m", "not kit", "-p", "no:cacheprovider"]
-pytest_add_cli_args = ["-q", "-x", "-p", "no:randomly"]
+pytest_add_cli_args = ["-q", "-x", "-p", "no:randomly", "-p", "{PROFILE}"]
 use_git_change_detection = false
 
 [tool.pytest.ini_options]
