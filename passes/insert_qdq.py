@@ -75,7 +75,7 @@ def node_roles(node: ir.Node) -> NodeRoles:
         roles.weight, roles.weight_axis = 0, None  # constant A: per tensor
     elif is_dequantized(weight):  # an activation in the weight's place, quantized already
         roles.weight, roles.weight_axis = 1, qir.output_channel_axis(node)
-    if len(inputs) > 2 and node.op_type != "MatMul" and inputs[2] is not None:
+    if len(inputs) > 2 and inputs[2] is not None:  # (MatMul has two inputs)
         bias = inputs[2]
         if (is_float_constant(bias) and bias.const_value.numpy().ndim == 1) or is_dequantized(bias):
             roles.bias = 2
@@ -92,10 +92,11 @@ def correctable_nodes(model: ir.Model) -> list[ir.Node]:
         if not is_float_constant(weight) or len(weight.uses()) != 1:
             continue  # computed, or shared: one bias cannot absorb the shift of another node
         attributes = node.attributes
-        if node.op_type == "Conv" or (
-            not attributes.get_int("transA") and attributes.get_float("alpha", 1.0) == 1.0 and attributes.get_float("beta", 1.0) == 1.0
+        if node.op_type == "Gemm" and (
+            attributes.get_int("transA") or attributes.get_float("alpha", 1.0) != 1.0 or attributes.get_float("beta", 1.0) != 1.0
         ):
-            nodes.append(node)
+            continue  # the correction assumes y = x · B + C
+        nodes.append(node)
     return nodes
 
 

@@ -1067,3 +1067,66 @@ def test_ensures_names_the_weighted_input_without_a_dequantize_linear():
     run_pipeline(model, build(parse_pipeline("resolve-policy"), ctx), ctx)
     with pytest.raises(ir.passes.PostconditionError, match="^input 0 of conv has no DequantizeLinear producer$"):
         InsertQDQ(ctx).ensures(model)
+
+
+def test_a_conv_after_one_with_a_shared_weight_is_corrected():
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["a"], name="conv_a"),
+        helper.make_node("Conv", ["x", "W"], ["b"], name="conv_b"),
+        helper.make_node("Add", ["a", "b"], ["s"], name="add"),
+        helper.make_node("Conv", ["s", "W2", "B2"], ["y"], name="conv_c"),
+    ]
+    inits = [
+        numpy_helper.from_array(_weights((2, 2, 1, 1), 0, seed=36), "W"),
+        numpy_helper.from_array(_weights((2, 2, 1, 1), 0, seed=37), "W2"),
+        numpy_helper.from_array(np.float32([0.1, 0.2]), "B2"),
+    ]
+    proto = _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 2, 3, 3])], inits)
+    model, ctx = _quantize(proto, _feeds([1, 2, 3, 3], [2.0, -1.0]))
+    assert list(ctx.analyses["ranges"].channel_means) == ["s"]
+    assert _node(model, "conv_c").inputs[2].name == "B2_corrected_dq"
+
+
+def test_node_roles_name_the_weight_before_and_after_quantization():
+    from qonnx.passes.insert_qdq import node_roles
+
+    a = _weights((3, 10), 0, seed=38)
+    nodes = [helper.make_node("MatMul", ["A", "x"], ["h"], name="mm"), helper.make_node("MatMul", ["h", "W"], ["y"], name="mm2")]
+    inits = [numpy_helper.from_array(a, "A"), numpy_helper.from_array(_weights((5, 4), 1, seed=39), "W")]
+    proto = _model(nodes, [_vi("x", [10, 5])], [_vi("y", [3, 4])], inits)
+    before = to_ir(proto)
+    roles = {n.name: node_roles(n) for n in before.graph}
+    assert (roles["mm"].weight, roles["mm"].weight_axis) == (0, None) and (roles["mm2"].weight, roles["mm2"].weight_axis) == (1, 1)
+    model, _ = _quantize(proto, _feeds([10, 5], [0] * 5))
+    roles = {n.name: node_roles(n) for n in model.graph if n.op_type == "MatMul"}
+    assert (roles["mm"].weight, roles["mm"].weight_axis) == (0, None) and (roles["mm2"].weight, roles["mm2"].weight_axis) == (1, 1)
+    assert roles["mm"].bias is None
+
+
+def test_a_conv_of_a_constant_input_with_a_computed_kernel_stores_no_weight():
+    """Conv(X constant, W computed): the kernel is the activation here, X is no weight."""
+    nodes = [helper.make_node("Relu", ["k"], ["w"], name="relu"), helper.make_node("Conv", ["X", "w"], ["y"], name="conv")]
+    proto = _model(nodes, [_vi("k", [2, 2, 1, 1])], [_vi("y", [1, 2, 3, 3])], [numpy_helper.from_array(_weights((1, 2, 3, 3), 1, seed=40), "X")])
+    model, _ = _quantize(proto, _feeds([2, 2, 1, 1], [0, 0], name="k"))
+    conv = _node(model, "conv")
+    assert conv.inputs[0].name == "X" and conv.inputs[1].name == "w_dq"
+
+
+def test_a_conv_quantized_at_run_time_keeps_its_bias_float():
+    """A policy that quantizes a Conv's input at run time: there is no input scale to put an INT32
+    bias on, so the bias stays float (and the weight is INT8)."""
+    feeds = _feeds([1, 4, 5, 5], [0] * 4)
+    model = _with_spec(_conv(seed=41), feeds, dynamic=True)
+    conv = _node(model, "conv")
+    assert conv.inputs[0].producer().inputs[0].producer().op_type == "DynamicQuantizeLinear"
+    assert conv.inputs[2].name == "B" and _dq(conv.inputs[1])[0].dtype == np.int8
+
+
+def test_seven_bit_weights_per_tensor():
+    proto = _conv_transpose(group=2, seed=42)
+    model, _ = _quantize(proto, _feeds([1, 4, 3, 3], [0] * 4), reduce_range=True)
+    q, scale, _, axis = _dq(_node(model, "deconv").inputs[1])
+    expected_q, expected_scale = _expected_weight(_weight_of(proto), None, qmax=63)
+    assert axis is None
+    np.testing.assert_allclose(scale, expected_scale, rtol=FLOAT32_RTOL)
+    np.testing.assert_array_equal(q, expected_q)
