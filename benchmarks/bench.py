@@ -645,7 +645,11 @@ def cpu_facts() -> dict[str, Any]:
 def source_revision() -> str | None:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        # Results written earlier in the same `make bench` run do not make the code uncommitted.
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", ".", ":(exclude)benchmarks/results"],
+            check=False, cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if head.returncode != 0:

@@ -419,7 +419,9 @@ def environment() -> dict[str, Any]:
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    revision = git("rev-parse", "--short", "HEAD") + (" (with uncommitted changes)" if git("status", "--porcelain") else "")
+    # Results written earlier in the same `make bench` run do not make the code uncommitted.
+    dirty = git("status", "--porcelain", "--", ".", ":(exclude)benchmarks/results")
+    revision = git("rev-parse", "--short", "HEAD") + (" (with uncommitted changes)" if dirty else "")
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "qonnx_revision": revision,

@@ -26,7 +26,6 @@ is ``(-t, t)`` with ``t <= max|x|``, whatever the signs of the data.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import Any, ClassVar
 
 import numpy as np
@@ -63,7 +62,7 @@ def finite_part(batch: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _finite(batch: np.ndarray) -> tuple[np.ndarray, int, float, float]:
     """``finite_part`` plus the extremes of what is kept (inf, -inf when nothing is)."""
-    flat = np.asarray(batch, dtype=np.float32).reshape(-1)
+    flat = np.asarray(batch, dtype=np.float32).ravel()
     # NaN propagates through min and max, so one check covers the common all-finite case.
     lo, hi = flat.min(initial=np.inf), flat.max(initial=-np.inf)
     dropped = 0
@@ -279,7 +278,7 @@ class HistogramObserver(Observer):
 
     symmetric: bool = False
 
-    def __init__(self, bins: int = 4096):
+    def __init__(self, bins: int):
         self.histogram = StreamingHistogram(bins)
         self.nonfinite = 0
 
@@ -294,7 +293,7 @@ class HistogramObserver(Observer):
     def update(self, batch: np.ndarray) -> None:
         # Chunk by chunk, so that the extremes, the finiteness check and the binning read each
         # value from memory once (a chunk stays in cache); the bins do not depend on the chunks.
-        flat = np.asarray(batch, dtype=np.float32).reshape(-1)
+        flat = np.ravel(batch)  # float32 chunk by chunk, in _finite
         for begin in range(0, flat.size, CHUNK):
             values, dropped, lo, hi = _finite(flat[begin : begin + CHUNK])
             self.nonfinite += dropped
@@ -561,9 +560,8 @@ def make_observer(method: str, **settings: Any) -> Observer:
     if method not in OBSERVERS:
         raise UserError(f"unknown calibration method {method!r}; known: {', '.join(OBSERVERS)}")
     cls = OBSERVERS[method]
-    accepted = {n for n, p in inspect.signature(cls).parameters.items() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
     given = {k: v for k, v in settings.items() if v is not None}
-    unknown = sorted(set(given) - accepted)
+    unknown = sorted(set(given) - set(cls().settings()))  # settings(): what rebuilds an empty twin
     if unknown:
         raise UserError(f"calibration method {method!r} takes no {', '.join(unknown)} setting")
     return cls(**given)

@@ -56,19 +56,26 @@ class NodeRoles:
     bias: int | None = None
 
 
+def _is_stored_weight(value: ir.Value) -> bool:
+    """Made by a DequantizeLinear of a constant: a weight this pass (or another tool) stored."""
+    producer = value.producer()
+    return producer is not None and producer.op_type == "DequantizeLinear" and qir.is_constant_initializer(producer.inputs[0])
+
+
 def node_roles(node: ir.Node) -> NodeRoles:
     """Which inputs of a weighted node are its constant weight and bias."""
     roles = NodeRoles()
     if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
         return roles
     inputs = list(node.inputs)
-    weight = inputs[1] if len(inputs) > 1 else None
-    if node.op_type == "MatMul" and not is_float_constant(weight) and is_float_constant(inputs[0]):
-        # Constant A: per tensor. Checked first, since B (an activation) may already read a DQ.
-        roles.weight, roles.weight_axis = 0, None
-    elif is_float_constant(weight) or (weight is not None and is_dequantized(weight)):
+    weight = inputs[1]  # each of these ops has at least two inputs
+    if is_float_constant(weight) or _is_stored_weight(weight):
         roles.weight, roles.weight_axis = 1, qir.output_channel_axis(node)
-    if len(inputs) > 2 and node.op_type != "MatMul" and inputs[2] is not None:
+    elif node.op_type == "MatMul" and (is_float_constant(inputs[0]) or _is_stored_weight(inputs[0])):
+        roles.weight, roles.weight_axis = 0, None  # constant A: per tensor
+    elif is_dequantized(weight):  # an activation in the weight's place, quantized already
+        roles.weight, roles.weight_axis = 1, qir.output_channel_axis(node)
+    if len(inputs) > 2 and inputs[2] is not None:  # (MatMul has two inputs)
         bias = inputs[2]
         if (is_float_constant(bias) and bias.const_value.numpy().ndim == 1) or is_dequantized(bias):
             roles.bias = 2
@@ -79,13 +86,17 @@ def correctable_nodes(model: ir.Model) -> list[ir.Node]:
     """INT8 Conv and plain Gemm nodes with a constant weight: the ops whose bias can absorb the shift."""
     nodes = []
     for node, spec in quantized_nodes(model):
-        if spec.dynamic or len(node.inputs) < 2 or not is_float_constant(node.inputs[1]) or len(node.inputs[1].uses()) != 1:
+        if node.op_type not in ("Conv", "Gemm") or spec.dynamic:
             continue
-        if node.op_type == "Conv":
-            nodes.append(node)
-        elif node.op_type == "Gemm" and not node.attributes.get_int("transA", 0):
-            if node.attributes.get_float("alpha", 1.0) == 1.0 and node.attributes.get_float("beta", 1.0) == 1.0:
-                nodes.append(node)
+        weight = node.inputs[1]
+        if not is_float_constant(weight) or len(weight.uses()) != 1:
+            continue  # computed, or shared: one bias cannot absorb the shift of another node
+        attributes = node.attributes
+        if node.op_type == "Gemm" and (
+            attributes.get_int("transA") or attributes.get_float("alpha", 1.0) != 1.0 or attributes.get_float("beta", 1.0) != 1.0
+        ):
+            continue  # the correction assumes y = x · B + C
+        nodes.append(node)
     return nodes
 
 
@@ -159,17 +170,16 @@ class InsertQDQ(Pass):
         modified = False
         values = {v.name: v for v in graph.inputs}
         for node in graph:
-            values.update((v.name, v) for v in node.outputs if v is not None)
+            values.update((v.name, v) for v in node.outputs)
         # Tensors in graph order, so that a passthrough output follows its input's DQ.
         for name in [*placement.calibrated, *placement.passthrough]:
-            value = values.get(name)
-            if value is not None:
-                modified |= self._quantize_activation(graph, value, placement.spec_of[name])
+            modified |= self._quantize_activation(graph, values[name], placement.spec_of[name])
         for name in placement.dynamic:
-            if name in values:
-                modified |= self._quantize_dynamically(graph, values[name])
+            self._quantize_dynamically(graph, values[name])
+            modified = True
         for table_root, table in placement.tables.items():
-            modified |= self._quantize_table(graph, table, table_root)
+            if table_root in self._group_initializers:  # else its Gather output stayed float: so does the table
+                self._quantize_table(graph, table, table_root)
         for node, spec in quantized_nodes(model):
             if node.op_type in self.target.weighted_ops:
                 roles = node_roles(node)
@@ -178,8 +188,9 @@ class InsertQDQ(Pass):
                 if roles.bias is not None:
                     modified |= self._quantize_bias(graph, node, roles)
             for index in constant_operands(node):
-                if any(is_dequantized(v) for v in node.inputs if v is not None):
-                    modified |= self._quantize_operand(graph, node, index, spec)
+                if any(is_dequantized(v) for v in node.inputs):
+                    self._quantize_operand(graph, node, index, spec)
+                    modified = True
         for value in self._replaced:  # the float weights and biases now stored as integers
             if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
                 graph.initializers.pop(value.name, None)
@@ -192,7 +203,7 @@ class InsertQDQ(Pass):
     def _group_range(self, name: str) -> tuple[float, float]:
         ranges = self.context.analyses.get("ranges")
         placement = self._placement
-        root = placement.group_of.get(name, name)
+        root = placement.group_of[name]
         lo, hi = np.inf, -np.inf
         for member in placement.members(name):
             if ranges is not None and member in ranges:
@@ -209,7 +220,7 @@ class InsertQDQ(Pass):
         return self._graph.initializers[name].const_value.numpy()
 
     def _params(self, name: str, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
-        root = self._placement.group_of.get(name, name)
+        root = self._placement.group_of[name]
         if root not in self._group_params:
             lo, hi = self._group_range(name)
             if spec.symmetric_activations:
@@ -220,12 +231,7 @@ class InsertQDQ(Pass):
         return self._group_params[root]
 
     def _quantize_activation(self, graph: ir.Graph, value: ir.Value, spec: QuantSpec) -> bool:
-        if value.dtype not in (None, ir.DataType.FLOAT) or is_dequantized(value):
-            return False
-        if any(user.op_type == "QuantizeLinear" for user, _ in value.uses()):
-            return False
-        if not value.uses():  # only a graph output reads it: a Q/DQ pair would feed nobody
-            return False
+        # Placement lists only float tensors that some node reads and no DequantizeLinear makes.
         if self._holds_nonfinite(value.name):
             # An attention mask's -inf (or -3.4e38) would be clamped to the range's low end, and
             # masked positions would then get weight in the Softmax: such tensors stay float.
@@ -242,25 +248,22 @@ class InsertQDQ(Pass):
         _dequantize_for(graph, value, q, [q.outputs[0], scale_v, zp_v], users)
         return True
 
-    def _quantize_dynamically(self, graph: ir.Graph, value: ir.Value) -> bool:
+    def _quantize_dynamically(self, graph: ir.Graph, value: ir.Value) -> None:
         """``DQ(DynamicQuantizeLinear(x))`` for the readers of x whose spec is dynamic.
 
         onnxruntime fuses it with the weight's DequantizeLinear and the MatMul into
         DynamicQuantizeMatMul; float readers of x keep reading the exact x.
         """
-        users = [(u, i) for u, i in value.uses() if node_spec(u.metadata_props).dynamic]
-        if not users:  # (placement lists no tensor that is dequantized already)
-            return False
+        users = [(u, i) for u, i in value.uses() if node_spec(u.metadata_props).dynamic]  # placement: at least one
         dynamic = ir.node("DynamicQuantizeLinear", [value], num_outputs=3, name=qir.unique_name(graph, f"{value.name}_DynQ"))
         for out, suffix, dtype in zip(dynamic.outputs, ("q", "scale", "zp"), (ir.DataType.UINT8, ir.DataType.FLOAT, ir.DataType.UINT8)):
             out.name, out.dtype = qir.unique_name(graph, f"{value.name}_dyn_{suffix}"), dtype
         dynamic.outputs[0].shape = value.shape
         _dequantize_for(graph, value, dynamic, list(dynamic.outputs), users)
-        return True
 
     def _group_initializers_of(self, graph, name, scale, zero_point) -> tuple[ir.Value, ir.Value]:
         """One scale and one zero-point initializer per scale group, shared by all its Q/DQ nodes."""
-        root = self._placement.group_of.get(name, name)
+        root = self._placement.group_of[name]
         if root not in self._group_initializers:
             self._group_initializers[root] = (
                 qir.make_initializer(graph, f"{name}_scale", scale),
@@ -268,11 +271,9 @@ class InsertQDQ(Pass):
             )
         return self._group_initializers[root]
 
-    def _quantize_table(self, graph: ir.Graph, name: str, root: str) -> bool:
+    def _quantize_table(self, graph: ir.Graph, name: str, root: str) -> None:
         """A Gather's constant table, stored with the parameters of the Gather output's Q/DQ, so that
-        onnxruntime gathers integers; where that output stayed float, the table does too."""
-        if root not in self._group_initializers:
-            return False
+        onnxruntime gathers integers."""
         value = graph.initializers[name]
         scale, zero_point = self._group_params[root]
         scale_v, zp_v = self._group_initializers[root]
@@ -285,31 +286,29 @@ class InsertQDQ(Pass):
         for user, index in list(value.uses()):
             user.replace_input_with(index, dq.outputs[0])
         self._replaced.append(value)
-        return True
 
-    def _quantize_operand(self, graph: ir.Graph, node: ir.Node, index: int, spec: QuantSpec) -> bool:
+    def _quantize_operand(self, graph: ir.Graph, node: ir.Node, index: int, spec: QuantSpec) -> None:
         """A float constant input of Add/Mul, per tensor in the activation type, so QLinearAdd/Mul can take it."""
         value = node.inputs[index]
         data = value.const_value.numpy()
-        lo, hi = min(float(data.min()), 0.0), max(float(data.max()), 0.0)
         if spec.symmetric_activations:
-            scale, zero_point = quant.symmetric_params(max(abs(lo), abs(hi)), np.dtype(spec.activation_dtype))
-        else:
-            scale, zero_point = quant.asymmetric_params(lo, hi, np.dtype(spec.activation_dtype))
+            scale, zero_point = quant.symmetric_params(np.abs(data).max(), np.dtype(spec.activation_dtype))
+        else:  # (the range is widened to contain 0 there)
+            scale, zero_point = quant.asymmetric_params(data.min(), data.max(), np.dtype(spec.activation_dtype))
         key = (data.dtype.str, data.shape, data.tobytes(), spec.activation_dtype, spec.symmetric_activations)
         if key not in self._dequantized_operands:  # HardSwish's "+3" and "/6" recur in every block: store once
             q = quant.quantize(data, scale, zero_point, zero_point.dtype)
             self._dequantized_operands[key] = self._dequantize_constant(graph, value.name, q, scale, None, zero_point)
         node.replace_input_with(index, self._dequantized_operands[key])
         self._replaced.append(value)
-        return True
 
     def _input_scale(self, node: ir.Node) -> np.ndarray | None:
         """The scale of the node's first input, once it has its DequantizeLinear."""
-        producer = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
-        if producer is None or producer.op_type != "DequantizeLinear" or producer.inputs[1].const_value is None:
-            return None  # not quantized, or quantized at run time
-        return producer.inputs[1].const_value.numpy()
+        producer = node.inputs[0].producer()
+        if producer is None or producer.op_type != "DequantizeLinear":
+            return None  # not quantized
+        scale = producer.inputs[1].const_value
+        return None if scale is None else scale.numpy()  # None: quantized at run time
 
     def _quantize_weight(self, graph: ir.Graph, node: ir.Node, roles: NodeRoles, spec: QuantSpec) -> bool:
         value = node.inputs[roles.weight]
@@ -317,34 +316,37 @@ class InsertQDQ(Pass):
             return False
         axis = roles.weight_axis if spec.per_channel else None
         key = (value.name, axis)
-        if key in self._dequantized_weights:  # a weight shared by several nodes is stored once
-            node.replace_input_with(roles.weight, self._dequantized_weights[key])
-            return True
+        dq = self._dequantized_weights.get(key)  # a weight shared by several nodes is stored once
+        if dq is None:
+            dq = self._dequantized_weights[key] = self._store_weight(graph, node, roles, spec, value, axis)
+            self._replaced.append(value)
+        node.replace_input_with(roles.weight, dq)
+        return True
+
+    def _store_weight(self, graph, node, roles: NodeRoles, spec: QuantSpec, value: ir.Value, axis: int | None) -> ir.Value:
+        """The weight as INT8 (per channel along ``axis``, else per tensor) behind a DequantizeLinear."""
         weight = value.const_value.numpy()
         dtype = np.dtype(spec.weight_dtype)
         min_scale = None
         bias = qir.constant_array(node.inputs[roles.bias]) if roles.bias is not None else None
-        x_scale = self._input_scale(node) if roles.weight == 1 else None
-        if bias is not None and x_scale is not None and len(value.uses()) == 1:
-            min_scale = quant.min_weight_scale_for_bias(bias, x_scale)
+        if bias is not None and len(value.uses()) == 1:  # (a bias: weight input 1, activation input 0)
+            x_scale = self._input_scale(node)
+            if x_scale is not None:
+                min_scale = quant.min_weight_scale_for_bias(bias, x_scale)
         qmax = 63 if spec.reduce_range else None
-        if axis is not None and weight.ndim > axis and (min_scale is None or min_scale.size == weight.shape[axis]):
+        if axis is not None and (min_scale is None or min_scale.size == weight.shape[axis]):
             q, scale, _ = quant.per_channel_symmetric(weight, axis, dtype, min_scale, qmax)
         else:
             axis = None
             scale, zero_point = quant.symmetric_params(np.abs(weight).max(), dtype, qmax)
             if min_scale is not None:
-                scale = np.maximum(scale, min_scale.max()).astype(np.float32)
+                scale = np.maximum(scale, min_scale.max())  # float32, as both are
             q = quant.quantize(weight, scale, zero_point, dtype)
         if self.bias_correction and roles.weight == 1:
-            self._correct_bias(graph, node, roles, weight, quant.dequantize(q, scale, np.zeros_like(scale, dtype), axis))
+            self._correct_bias(graph, node, roles, weight, quant.dequantize(q, scale, 0, axis))
         # onnxruntime (1.32) forms QGemm only when the weight's DequantizeLinear names its zero point.
         zero_point = np.zeros(np.shape(scale), dtype) if node.op_type == "Gemm" else None
-        dq = self._dequantize_constant(graph, value.name, q, scale, axis, zero_point)
-        self._dequantized_weights[key] = dq
-        node.replace_input_with(roles.weight, dq)
-        self._replaced.append(value)
-        return True
+        return self._dequantize_constant(graph, value.name, q, scale, axis, zero_point)
 
     def _correct_bias(self, graph: ir.Graph, node: ir.Node, roles: NodeRoles, weight: np.ndarray, dequantized: np.ndarray) -> None:
         """Subtract the mean output shift that quantizing the weight causes (see ``qonnx.calib.means``)."""
@@ -354,34 +356,37 @@ class InsertQDQ(Pass):
         means = table.channel_means.get(self._mean_of_input[node])
         if means is None:
             return
-        means = np.asarray(means, np.float64)
+        means = np.asarray(means)  # Python floats: float64
         error = dequantized.astype(np.float64) - weight.astype(np.float64)
+        out = error.shape[0]
         if node.op_type == "Conv":
             groups = node.attributes.get_int("group", 1)
             per_group_in = error.shape[1]
             if means.size != groups * per_group_in:
                 return
-            error = error.reshape(error.shape[0], per_group_in, -1).sum(axis=2)  # [O, C/g]
-            group_means = np.repeat(means.reshape(groups, per_group_in), error.shape[0] // groups, axis=0)
+            error = error.sum(axis=tuple(range(2, error.ndim)))  # [O, C/g]: summed over the kernel
+            group_means = means.reshape(groups, per_group_in)[np.arange(out) // (out // groups)]  # [O, C/g]
             shift = (error * group_means).sum(axis=1)
         else:  # Gemm, y = x · B or x · Bᵀ
-            error = error if node.attributes.get_int("transB", 0) else error.T  # [N, K]
+            error = error if node.attributes.get_int("transB") else error.T  # [N, K]
             if means.size != error.shape[1]:
                 return
             shift = error @ means
         bias_value = node.inputs[2] if len(node.inputs) > 2 else None
-        if bias_value is not None and roles.bias is None:
-            return  # a bias that is not a 1-D constant (Gemm's C of shape [1, N], a graph input) stays as it is
-        bias = qir.constant_array(bias_value) if bias_value is not None else np.zeros(shift.size, np.float32)
-        if bias is None or bias.size != shift.size:
-            return
-        corrected = (bias.astype(np.float64).reshape(-1) - shift).astype(np.float32)
+        if bias_value is None:
+            bias = np.zeros(shift.size)
+        elif roles.bias is not None and is_float_constant(bias_value):
+            bias = bias_value.const_value.numpy()
+        else:
+            return  # stored as INT32 already, or not a 1-D constant (Gemm's C of shape [1, N], a graph input)
+        if bias.size != shift.size:
+            return  # Gemm's C of shape [1], broadcast
+        corrected = (bias.astype(np.float64) - shift).astype(np.float32)
         name = bias_value.name if bias_value is not None else f"{node.name}_bias"
-        if len(node.inputs) < 3:
-            node.resize_inputs(3)
+        node.resize_inputs(3)  # (a no-op when the bias is there)
         node.replace_input_with(2, qir.make_initializer(graph, f"{name}_corrected", corrected))
         if bias_value is not None and not bias_value.uses():
-            graph.initializers.pop(bias_value.name, None)
+            graph.initializers.pop(bias_value.name)
         roles.bias = 2
 
     def _quantize_bias(self, graph: ir.Graph, node: ir.Node, roles: NodeRoles) -> bool:
@@ -414,12 +419,12 @@ class InsertQDQ(Pass):
         four (INT32 bias) per channel, and onnxruntime fuses the group all the same.
         """
         q_v = qir.make_initializer(graph, f"{base}_q", q)
-        s_v = qir.make_initializer(graph, f"{base}_scale", np.asarray(scale, np.float32))
+        s_v = qir.make_initializer(graph, f"{base}_scale", np.asarray(scale))  # float32 from qonnx.quant
         inputs = [q_v, s_v]
         if zero_point is not None:
             inputs.append(qir.make_initializer(graph, f"{base}_zp", np.asarray(zero_point)))
-        attributes = {"axis": axis} if axis is not None else {}
-        dq = ir.node("DequantizeLinear", inputs, attributes=attributes, name=qir.unique_name(graph, f"{base}_DQ"))
+        # axis None: per tensor, no attribute (ir.node leaves out None attributes)
+        dq = ir.node("DequantizeLinear", inputs, attributes={"axis": axis}, name=qir.unique_name(graph, f"{base}_DQ"))
         dq.outputs[0].name = qir.unique_name(graph, f"{base}_dq")
         dq.outputs[0].dtype = ir.DataType.FLOAT
         dq.outputs[0].shape = ir.Shape(q.shape)

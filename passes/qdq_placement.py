@@ -38,13 +38,14 @@ def is_float_constant(value: ir.Value | None) -> bool:
     return qir.is_constant_initializer(value) and value.const_value.dtype == ir.DataType.FLOAT
 
 
-def is_dequantized(value: ir.Value | None) -> bool:
-    producer = value.producer() if value is not None else None
-    return producer is not None and producer.op_type in ("DequantizeLinear", "DynamicQuantizeLinear")
+def is_dequantized(value: ir.Value) -> bool:
+    """Made by a DequantizeLinear (what a DynamicQuantizeLinear makes is read by one too)."""
+    producer = value.producer()
+    return producer is not None and producer.op_type == "DequantizeLinear"
 
 
-def _is_float(value: ir.Value | None) -> bool:
-    return value is not None and value.dtype in (None, ir.DataType.FLOAT)
+def _is_float(value: ir.Value) -> bool:
+    return value.dtype in (None, ir.DataType.FLOAT)  # None: not inferred, FP32 in these graphs
 
 
 def quantized_nodes(model: ir.Model) -> list[tuple[ir.Node, QuantSpec]]:
@@ -100,7 +101,7 @@ def constant_operands(node: ir.Node) -> list[int]:
 def _integer_op_usable(node: ir.Node) -> bool:
     """Concat needs every input quantized with the shared scale: a constant input would break the group."""
     if node.op_type == "Concat":
-        return all(v is not None and _is_float(v) and not v.is_initializer() for v in node.inputs)
+        return all(_is_float(v) and not v.is_initializer() for v in node.inputs)
     return True
 
 
@@ -121,17 +122,18 @@ def _active_integer_ops(nodes: list[tuple[ir.Node, QuantSpec]], target: Target) 
             return False  # float, or quantizing its own inputs at run time
         if user.op_type in target.weighted_ops:
             return True
-        return wants.get(user, False)
+        return wants[user]  # decided already: readers come later in the graph
 
     for node, _ in reversed(nodes):
         if node.op_type in target.weighted_ops:
             continue
-        readers = [user for out in node.outputs if out is not None for user, _ in out.uses()]
-        wants[node] = any(reader_wants_quantized(user) for user in readers)
-        if node.op_type in target.integer_ops and wants[node] and _integer_op_usable(node):
-            active.add(node)
-        elif node.op_type in target.integer_ops:
-            wants[node] = False
+        readers = [user for out in node.outputs for user, _ in out.uses()]
+        wanted = any(reader_wants_quantized(user) for user in readers)
+        if node.op_type in target.integer_ops:
+            wanted = wanted and _integer_op_usable(node)  # an integer op runs quantized or not at all
+            if wanted:
+                active.add(node)
+        wants[node] = wanted
     return active
 
 
@@ -187,9 +189,9 @@ def plan_placement(model: ir.Model, target: Target) -> Placement:
     groups = _Groups()
 
     def mark(value: ir.Value, spec: QuantSpec) -> None:
-        if not _is_float(value) or is_dequantized(value) or value.is_initializer() or value.name in passthrough:
+        if not _is_float(value) or is_dequantized(value) or value.is_initializer():
             return
-        calibrated[value.name] = None
+        calibrated.setdefault(value.name)
         placement.spec_of.setdefault(value.name, spec)
 
     nodes = quantized_nodes(model)
@@ -202,7 +204,7 @@ def plan_placement(model: ir.Model, target: Target) -> Placement:
             for index in activation_inputs(node, target):
                 value = node.inputs[index]
                 if not is_dequantized(value):
-                    dynamic[value.name] = None
+                    dynamic.setdefault(value.name)
             continue
         if node.op_type in target.integer_ops and node not in active:
             continue
@@ -218,31 +220,29 @@ def plan_placement(model: ir.Model, target: Target) -> Placement:
 
     # Passthrough ops carry their input's parameters forward, in graph order so that chains
     # (Reshape → Transpose → Reshape) pass them along.
+    tables: list[str] = []
     for node, spec in nodes:
-        if node.op_type not in target.passthrough_ops or not node.inputs or node.inputs[0] is None:
+        if node.op_type not in target.passthrough_ops:
             continue
         data = node.inputs[0]
         table = node.op_type == "Gather" and is_float_constant(data)
         if not table and data.name not in calibrated and data.name not in passthrough:
             continue
-        carried = False
-        for out in node.outputs:
-            if out is None or not _is_float(out) or not out.uses():
-                continue
+        read = [out for out in node.outputs if out.uses()]  # (float, as their data is)
+        for out in read:
             calibrated.pop(out.name, None)
-            passthrough[out.name] = None
+            passthrough.setdefault(out.name)
             placement.spec_of[out.name] = placement.spec_of.get(data.name, spec)
             groups.union(data.name, out.name)
-            carried = True
-        if table and carried:  # (a table whose Gather output only leaves the graph stays float)
-            placement.tables[data.name] = data.name
+        if table and read:  # (a table whose Gather output only leaves the graph stays float)
+            tables.append(data.name)
 
     placement.calibrated = list(calibrated)
     placement.dynamic = list(dynamic)
     placement.passthrough = list(passthrough)
     for name in [*calibrated, *passthrough]:
         placement.group_of[name] = groups.find(name)
-    placement.tables = {groups.find(name): name for name in placement.tables}
+    placement.tables = {groups.find(name): name for name in tables}
     for name, root in placement.group_of.items():
         placement.by_group.setdefault(root, []).append(name)
     return placement

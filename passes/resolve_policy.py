@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import onnx_ir as ir
@@ -20,7 +21,7 @@ import onnx_ir as ir
 from qonnx import host
 from qonnx import ir as qir
 from qonnx.errors import UserError
-from qonnx.policy import PLAN_KEY, SPEC_KEY, MixedPrecisionPolicy, QuantSpec, Rule
+from qonnx.policy import FLOAT, PLAN_KEY, SPEC_KEY, MixedPrecisionPolicy, QuantSpec, Rule
 from qonnx.pipeline import Pass, register
 from qonnx.targets import FLOAT_PRECISIONS, WEIGHT_AXIS_OPS, get_target
 
@@ -69,6 +70,36 @@ def load_policy(path: str) -> tuple[MixedPrecisionPolicy, MixedPrecisionPolicy]:
         raise UserError(f"{path}: not a usable policy file ({exc})") from exc
 
 
+EXCLUDED = "excluded by the config"
+
+
+def config_rules(candidates: list[ir.Node], nodes_to_exclude, op_types_to_quantize) -> list[Rule]:
+    """The config's choices as exact-name float rules, each with its reason.
+
+    ``nodes_to_exclude``: node names or regular expressions (full match); one that matches no node
+    is an error (it would silently do nothing). ``op_types_to_quantize``: nodes of other op types
+    stay float. Exact-name rules are the most specific kind, so these win over a policy file's.
+    """
+    rules: dict[str, Rule] = {}
+    names = [node.name for node in candidates]
+    for pattern in nodes_to_exclude:
+        matched = [name for name in names if name == pattern or re.fullmatch(pattern, name)]
+        if not matched:
+            raise UserError(f"nodes_to_exclude: {pattern!r} matches no node the policy decides (nodes: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''})")
+        for name in matched:
+            rules.setdefault(name, Rule(FLOAT, name=name, reason=EXCLUDED))
+    if op_types_to_quantize is not None:
+        wanted = set(op_types_to_quantize)
+        for node in candidates:
+            if node.op_type not in wanted and node.name not in rules:
+                rules[node.name] = Rule(FLOAT, name=node.name, reason=f"op type {node.op_type} not in op_types_to_quantize")
+    return [rules[name] for name in names if name in rules]
+
+
+def _with_rules(policy: MixedPrecisionPolicy, rules: list[Rule]) -> MixedPrecisionPolicy:
+    return MixedPrecisionPolicy(policy.default, [*policy.rules, *(r for r in rules if r not in policy.rules)])
+
+
 @register
 class ResolvePolicy(Pass):
     name = "resolve-policy"
@@ -81,7 +112,9 @@ class ResolvePolicy(Pass):
         self.target = get_target(self.context.target)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        if self.policy_path:
+        if isinstance(self.policy_path, MixedPrecisionPolicy):
+            policy = recorded = self.policy_path
+        elif self.policy_path:
             policy, recorded = load_policy(self.policy_path)
         else:
             saturating = self.context.reduce_range is None and host.u8s8_saturates()
@@ -94,14 +127,23 @@ class ResolvePolicy(Pass):
         plan = _Plan()
         seven_bit: set[str] = set()
         float_format = self.context.precision in FLOAT_PRECISIONS
+        candidates = []
         for node in model.graph:
             if float_format:
                 if not _has_fp32_data(node):
                     continue
             elif node.op_type not in self.target.quantized_ops or node.domain not in ("", "ai.onnx"):
                 continue
-            spec = policy.resolve(node.op_type, node.name)
+            candidates.append(node)
+        extra = config_rules(candidates, self.context.nodes_to_exclude, self.context.op_types_to_quantize)
+        if extra:
+            policy, recorded = _with_rules(policy, extra), _with_rules(recorded, extra)
+        for node in candidates:
+            rule = policy.match(node.op_type, node.name)
+            spec = policy.default if rule is None else rule.spec
             entry = spec.to_dict()
+            if rule is not None and rule.reason and not spec.quantized:
+                entry["reason"] = rule.reason
             if spec.quantized and (reason := _refusal(node, self.target)):
                 entry = {"format": "float", "reason": reason}
             text = json.dumps(entry, sort_keys=True)

@@ -24,11 +24,12 @@ from qonnx import ir as qir
 from qonnx import metrics, runtime
 from qonnx.calib.sources import ImagePreprocess, Source, open_source
 from qonnx.calib.ranges import RangeTable
+from qonnx.config import QuantizeConfig
 from qonnx.errors import UserError
 from qonnx.pipeline import Context, PipelineStep, build, check_dump_after, default_pipeline, parse_pipeline, run_pipeline
 from qonnx.policy import PLAN_KEY
 from qonnx.report import SCHEMA, write_json
-from qonnx.targets import FLOAT_PRECISIONS, default_target
+from qonnx.targets import FLOAT_PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -171,87 +172,73 @@ def quantize(
     output: str | os.PathLike,
     calib: Data | None = None,
     *,
+    config: QuantizeConfig | None = None,
     eval_data: Data | None = None,
-    precision: str = "int8",
-    target: str | None = None,
-    mode: str = "static",
-    reduce_range: bool | None = None,
-    io_types: str = "float32",
-    samples: int | None = None,
-    pipeline: str | None = None,
-    policy: str | os.PathLike | None = None,
     preprocess: ImagePreprocess | None = None,
     report: str | os.PathLike | None = None,
-    latency: bool = False,
-    sensitivity: int = 0,
-    debug: bool = False,
     progress: bool = False,
-    dump_after: Iterable[str] = (),
     uncalibrated: bool = False,
-    method: str | None = None,
-    percentile: float | None = None,
-    batch_size: int | None = None,
-    calib_memory: str | None = None,
-    ranges: str | os.PathLike | None = None,
-    save_ranges: str | os.PathLike | None = None,
+    **options: Any,
 ) -> QuantizeResult:
-    """Quantize ``model`` into ``output`` and return the report (also written to ``report``).
+    """Quantize ``model`` into ``output`` as ``config`` says, and return the report (also written to ``report``).
 
-    ``calib`` and ``eval_data``: a .npz file, a folder of .npz files or images, a Source, or an
-    iterable of feed dicts. Without ``eval_data`` the last quarter of ``calib`` is held out for the
-    fidelity figures and not used for calibration.
+    ``config``: a :class:`qonnx.config.QuantizeConfig` (default: static INT8 for the CPU). The older
+    keyword form, ``quantize(model, output, calib, precision="fp16", method="entropy", latency=True)``,
+    builds the config from the keywords (its fields, plus ``method``, ``percentile``,
+    ``batch_size``, ``calib_memory``, ``ranges``, ``save_ranges``, ``latency`` and ``sensitivity``)
+    and runs the same way; giving both is an error.
 
-    ``method``, ``percentile``, ``batch_size``, ``calib_memory`` and ``ranges`` (a saved range table
-    to reuse) are the options of the pipeline's ``calibrate`` pass; given here they fill the options
-    the pipeline text leaves out. ``save_ranges`` writes the table that pass used.
+    ``calib`` and ``eval_data``: a .npz file, a folder of .npz files or images (read with
+    ``preprocess``), a Source, or an iterable of feed dicts. Without ``eval_data`` the last quarter
+    of ``calib`` is held out for the fidelity figures and not used for calibration.
+
+    The calibration options of the config fill the options the pipeline text leaves out of its
+    ``calibrate`` pass; ``save_ranges`` writes the table that pass used.
 
     Every argument is checked (UserError) before any work. Outputs appear only when everything has
     succeeded: the model is measured on a temporary file beside ``output`` and renamed into place,
     then the range table and the report are written; after a failure none of them is left behind.
 
-    ``reduce_range``: 7-bit INT8 weights (True), full-range (False), or None: the target's choice
-    for this machine (``cpu``: Conv and Gemm weights in 7 bits where onnxruntime's U8S8 kernels
-    saturate, on x86 CPUs without VNNI; see ``qonnx.host`` and ``Target.seven_bit_ops_without_vnni``).
+    ``reduce_range`` None leaves the choice to the target for this machine (``cpu``: Conv and Gemm
+    weights in 7 bits where onnxruntime's U8S8 kernels saturate, on x86 CPUs without VNNI; see
+    ``qonnx.host`` and ``Target.seven_bit_ops_without_vnni``).
 
     ``precision`` "fp16" or "bf16" converts instead of quantizing (target ``cuda`` unless named):
     ``calib`` is then optional (its ranges, when given, are the evidence for FP32 islands) and
     ``io_types`` set to the precision makes the graph's inputs and outputs 16-bit too.
     """
+    if options:
+        if config is not None:
+            raise TypeError("quantize() takes either config or keyword options, not both")
+        config = QuantizeConfig.from_keywords(**options)
+    elif config is None:
+        config = QuantizeConfig()
+    elif not isinstance(config, QuantizeConfig):
+        raise TypeError(f"config must be a QuantizeConfig, not {type(config).__name__}")
+    return _run(model, output, calib, config, eval_data, preprocess, report, progress, uncalibrated)
+
+
+def _run(model, output, calib, config: QuantizeConfig, eval_data, preprocess, report, progress: bool, uncalibrated: bool) -> QuantizeResult:
     started = time.perf_counter()
-    target = target or default_target(precision)
+    cal, evaluation = config.calibration, config.evaluation
+    precision, mode, debug, ranges = config.precision, config.mode, config.debug, cal.ranges
+    target = config.effective_target
     model_path, output_path = Path(model), Path(output)
     report_path = None if report is None else Path(report)
-    save_ranges_path = None if save_ranges is None else Path(save_ranges)
+    save_ranges_path = None if cal.save_ranges is None else Path(cal.save_ranges)
 
-    # Every argument is checked before any work: a bad one costs nothing and leaves nothing behind.
-    if precision not in ("int8", *FLOAT_PRECISIONS):
-        raise UserError(f"unknown precision {precision!r}; known: int8, {', '.join(FLOAT_PRECISIONS)}")
-    if mode not in ("static", "dynamic"):
-        raise UserError(f"unknown mode {mode!r}; known modes: static, dynamic")
-    if io_types != "float32" and precision not in FLOAT_PRECISIONS:
-        raise UserError(f"--io-types {io_types} applies to --precision fp16 or bf16; with --precision {precision} the graph's inputs and outputs stay float32")
-    if io_types not in ("float32", precision):
-        raise UserError(f"--io-types {io_types} does not go with --precision {precision} (choose float32 or {precision})")
-    if samples is not None and samples <= 0:
-        raise UserError("--samples must be a positive number")
-    if isinstance(sensitivity, bool) or not isinstance(sensitivity, int) or sensitivity < 0:
-        raise UserError(f"--sensitivity must be 0 or a positive number of samples, not {sensitivity}")
+    # Every argument is checked before any work (the config checked its own fields when it was
+    # made): a bad one costs nothing and leaves nothing behind.
     calibrated = calib is not None or ranges is not None
-    text = pipeline if pipeline is not None else default_pipeline(precision, calibrated=calibrated, keep_io_types=io_types == "float32")
+    pipeline = config.pipeline
+    text = pipeline if pipeline is not None else default_pipeline(precision, calibrated=calibrated, keep_io_types=config.io_types == "float32")
     steps = parse_pipeline(text)
-    calibrate_options = {
-        "method": method,
-        "percentile": percentile,
-        "batch_size": batch_size,
-        "memory": calib_memory,
-        "ranges": None if ranges is None else str(ranges),
-    }
-    steps = [_with_options(step, calibrate_options) if step.name == "calibrate" else step for step in steps]
+    steps = [_with_options(step, cal.pass_options()) if step.name == "calibrate" else step for step in steps]
     names = [step.name for step in steps]
-    dump_after = list(dump_after)
+    dump_after = list(config.dump_after)
     check_dump_after(dump_after, names)
     if "calibrate" not in names:
-        flags = {"--method": method, "--percentile": percentile, "--batch-size": batch_size, "--calib-memory": calib_memory, "--ranges": ranges, "--save-ranges": save_ranges}
+        flags = {"--method": cal.method, "--percentile": cal.percentile, "--batch-size": cal.batch_size, "--calib-memory": cal.memory, "--ranges": ranges, "--save-ranges": cal.save_ranges}
         given = [flag for flag, value in flags.items() if value is not None]
         if given:
             hint = " (give --calib DATA)" if pipeline is None else ""
@@ -269,9 +256,21 @@ def quantize(
         _check_writable(path, what)
     if ranges is not None:
         RangeTable.load(ranges)  # a file that is no range table fails here; its model hash is checked by calibrate
-    if policy is not None and not Path(policy).is_file():
+    policy = config.policy
+    if isinstance(policy, str) and not Path(policy).is_file():
         raise UserError(f"policy file not found: {policy}")
-    context = Context(target=target, precision=precision, mode=mode, reduce_range=reduce_range, policy=None if policy is None else str(policy), samples=samples, progress=progress, debug=debug)
+    context = Context(
+        target=target,
+        precision=precision,
+        mode=mode,
+        reduce_range=config.reduce_range,
+        policy=policy,
+        nodes_to_exclude=config.nodes_to_exclude,
+        op_types_to_quantize=config.op_types_to_quantize,
+        samples=config.samples,
+        progress=progress,
+        debug=debug,
+    )
     passes = build(steps, context)  # the passes check their own options here
 
     ir_model = qir.load(model_path)
@@ -320,6 +319,7 @@ def quantize(
             "target": target,
             "precision": precision,
             "mode": mode,
+            "config": config.to_dict(),
             "reduce_range": bool(context.notes.get("reduce_range_ops")),
             "reduce_range_ops": context.notes.get("reduce_range_ops", []),
             "pipeline": ",".join(str(s) for s in steps),
@@ -352,13 +352,13 @@ def quantize(
                 doc["fidelity"]["held_out"] = not eval_on_calibration
                 if precision == "bf16":
                     doc["fidelity"]["emulated"] = True
-            if sensitivity and eval_source is not None and precision == "int8":
+            if evaluation.sensitivity and eval_source is not None and precision == "int8":
                 from qonnx.sensitivity import activation_sensitivity
 
-                feeds = [eval_source[i] for i in range(min(sensitivity, len(eval_source)))]
+                feeds = [eval_source[i] for i in range(min(evaluation.sensitivity, len(eval_source)))]
                 doc["sensitivity"] = activation_sensitivity(model_path, quantized, feeds, progress=progress)
             timing["fidelity_s"] = round(time.perf_counter() - t0, 3)  # measuring, not quantizing
-            if latency and eval_source is not None:
+            if evaluation.latency and eval_source is not None:
                 feed = eval_source[0]
                 fp32 = runtime.measure_latency(model_path, feed)
                 q = runtime.measure_latency(written, feed)

@@ -7,6 +7,7 @@ stderr, without a traceback unless ``--debug``.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import sys
@@ -18,9 +19,32 @@ from qonnx.errors import UserError
 __all__ = ["main"]
 
 
+class UsageError(UserError):
+    """A command line argparse cannot read; printed after the parser's one-line usage."""
+
+    def __init__(self, message: str, usage: str):
+        super().__init__(message)
+        self.usage = usage
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse's own exit code is 2 as well; keep one clear line
-        raise UserError(f"{self.prog}: {message}")
+        raise UsageError(message, self.short_usage())
+
+    def short_usage(self) -> str:
+        """The usage on one line: positionals and required options, then ``[options]``."""
+        parts = []
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parts.append("{" + ",".join(action.choices) + "} ...")
+            elif not action.option_strings:
+                parts.append(action.metavar or action.dest.upper())
+            elif action.required:
+                parts.append(f"{action.option_strings[0]} {action.metavar or action.dest.upper()}")
+        return f"usage: {self.prog} {' '.join(parts)} [options]  (see {self.prog} --help)"
+
+    def option_strings(self) -> list[str]:
+        return [s for s in self._option_string_actions if s.startswith("--")]
 
 
 def _floats3(text: str) -> tuple[float, float, float]:
@@ -46,36 +70,127 @@ def _size(text: str) -> tuple[int, int]:
     return height, width
 
 
+def _op_types(text: str) -> list[str]:
+    ops = [p.strip() for p in text.split(",") if p.strip()]
+    if not ops:
+        raise argparse.ArgumentTypeError(f"expected op types such as Conv,MatMul, got {text!r}")
+    return ops
+
+
+# Each quantize flag's destination: (recipe table or None, field) and the flag as typed.
+_FIELDS = {
+    "precision": (None, "precision", "--precision"),
+    "target": (None, "target", "--target"),
+    "mode": (None, "mode", "--mode"),
+    "reduce_range": (None, "reduce_range", "--reduce-range"),
+    "io_types": (None, "io_types", "--io-types"),
+    "policy": (None, "policy", "--policy"),
+    "exclude": (None, "nodes_to_exclude", "--exclude"),
+    "op_types": (None, "op_types_to_quantize", "--op-types"),
+    "pipeline": (None, "pipeline", "--pipeline"),
+    "samples": (None, "samples", "--samples"),
+    "debug": (None, "debug", "--debug"),
+    "dump_after": (None, "dump_after", "--dump-after"),
+    "method": ("calibration", "method", "--method"),
+    "percentile": ("calibration", "percentile", "--percentile"),
+    "batch_size": ("calibration", "batch_size", "--batch-size"),
+    "calib_memory": ("calibration", "memory", "--calib-memory"),
+    "ranges": ("calibration", "ranges", "--ranges"),
+    "save_ranges": ("calibration", "save_ranges", "--save-ranges"),
+    "latency": ("evaluation", "latency", "--latency"),
+    "sensitivity": ("evaluation", "sensitivity", "--sensitivity"),
+    "calib": ("data", "calib", "--calib"),
+    "eval_data": ("data", "eval", "--eval"),
+    "seed": ("data", "seed", "--seed"),
+    "size": ("data", "size", "--size"),
+    "mean": ("data", "mean", "--mean"),
+    "std": ("data", "std", "--std"),
+    "layout": ("data", "layout", "--layout"),
+    "bgr": ("data", "bgr", "--bgr"),
+}
+
+_QUANTIZE_EXAMPLES = """\
+images:
+  --calib FOLDER reads .png/.jpg/... files: each is converted to RGB (a greyscale image is
+  repeated into three channels, an alpha channel is dropped, not blended), resized to --size HxW
+  (or the model's own static size) by stretching with bilinear filtering: the aspect ratio is not
+  kept, there is no letterbox or crop; then scaled to [0, 1] and normalized (x - mean) / std per
+  channel, in RGB order unless --bgr, laid out as --layout. A model's mean and std are those of
+  its training pipeline: read them in the model's documentation or its preprocessing code. In
+  qonnx's kit: YOLOv8n takes RGB/255 (mean 0, std 1, the defaults); the PP-OCRv4 detector the
+  ImageNet statistics in BGR (--mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --bgr); the
+  PP-OCR classifier --mean 0.5 --std 0.5 --bgr.
+
+recipes:
+  --recipe FILE reads the same settings from TOML (see recipes/ and the README); flags given on
+  the command line override it. --print-recipe prints the settings in effect as a recipe and
+  stops, so a run can be replayed with --recipe.
+
+examples:
+  qonnx quantize model.onnx -o model.int8.onnx --calib photos/ --size 320x320 --report report.json
+  qonnx quantize model.onnx -o model.int8.onnx --calib samples.npz --eval held_out.npz --latency
+  qonnx quantize encoder.onnx -o encoder.int8.onnx --mode dynamic
+  qonnx quantize model.onnx -o model.int8.onnx --calib photos/ --exclude 'head/.*' --op-types Conv,Gemm
+  qonnx quantize model.onnx -o model.fp16.onnx --precision fp16
+  qonnx quantize model.onnx -o model.int8.onnx --recipe recipes/cnn-cpu.toml --calib photos/
+  qonnx quantize model.onnx -o model.int8.onnx --calib photos/ --method entropy --print-recipe > mine.toml
+  qonnx quantize model.onnx -o model.int8.onnx --calib photos/ --json > report.json
+"""
+
+_INSPECT_EXAMPLES = """\
+examples:
+  qonnx inspect model.onnx
+  qonnx inspect model.onnx --json | python -m json.tool
+"""
+
+_PASSES_EXAMPLES = """\
+examples:
+  qonnx passes
+  qonnx quantize model.onnx -o q.onnx --calib data.npz --pipeline 'normalize,resolve-policy,calibrate(method=minmax),insert-qdq,verify'
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="qonnx", description="Quantize ONNX models and report their fidelity.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    q = sub.add_parser("quantize", help="quantize a model with calibration data")
+    # Every quantize option defaults to "not given" (argparse.SUPPRESS), so that a recipe's value
+    # stays unless the flag is on the command line; the defaults live in qonnx.config.
+    q = sub.add_parser(
+        "quantize",
+        help="quantize a model with calibration data",
+        description="Quantize a model (INT8) or convert it (FP16/BF16), measure it and report.",
+        epilog=_QUANTIZE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
     q.add_argument("model", type=Path)
     q.add_argument("-o", "--output", type=Path, required=True, help="where to write the quantized model")
+    q.add_argument("--recipe", type=Path, metavar="FILE", help="read the settings from a TOML recipe; flags given here override it")
+    q.add_argument("--print-recipe", action="store_true", help="print the settings in effect as a TOML recipe and exit without quantizing")
     q.add_argument("--calib", help=".npz file, folder of .npz files, folder of images, or 'random' (optional with --ranges, --mode dynamic, fp16/bf16)")
     q.add_argument("--eval", dest="eval_data", help="held-out data for fidelity (default: last quarter of --calib)")
-    q.add_argument("--precision", default="int8", choices=["int8", "fp16", "bf16"])
-    q.add_argument("--target", choices=["cpu", "tensorrt", "cuda"], help="default: cpu for int8, cuda for fp16/bf16")
+    q.add_argument("--precision", metavar="{int8,fp16,bf16}", help="int8 quantizes (default); fp16 and bf16 convert")
+    q.add_argument("--target", metavar="{cpu,tensorrt,cuda}", help="default: cpu for int8, cuda for fp16/bf16")
     q.add_argument(
         "--mode",
-        default="static",
-        choices=["static", "dynamic"],
+        metavar="{static,dynamic}",
         help="int8: static, calibrated activation ranges (default); dynamic, MatMul activations quantized at run time, no calibration data needed",
     )
     q.add_argument(
         "--reduce-range",
         action=argparse.BooleanOptionalAction,
-        default=None,
         help="int8: 7-bit weights, for x86 CPUs without VNNI (AVX2 only), where full-range U8xS8 products saturate "
         "(default: on for the cpu target when this machine lacks VNNI; --no-reduce-range forces full-range weights)",
     )
-    q.add_argument("--io-types", default="float32", choices=["float32", "fp16", "bf16"], help="fp16/bf16: graph inputs and outputs in the low type too (default: keep float32)")
+    q.add_argument("--io-types", metavar="{float32,fp16,bf16}", help="fp16/bf16: graph inputs and outputs in the low type too (default: keep float32)")
+    q.add_argument("--exclude", action="append", metavar="NODE_OR_REGEX", help="keep these nodes float: an exact node name or a regular expression matching the whole name (repeatable)")
+    q.add_argument("--op-types", action="extend", type=_op_types, metavar="OP[,OP...]", help="quantize only these op types (e.g. Conv,Gemm); the others stay float")
     q.add_argument("--samples", type=int, help="use at most N calibration samples")
     q.add_argument(
         "--method",
-        choices=["minmax", "moving-minmax", "percentile", "entropy", "mse"],
+        metavar="{minmax,moving-minmax,percentile,entropy,mse}",
         help="how activation ranges are chosen from the calibration data (default mse, chosen from the benchmark)",
     )
     q.add_argument("--percentile", type=float, metavar="P", help="with --method percentile: keep P%% of values (default 99.99)")
@@ -83,33 +198,45 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--calib-memory", metavar="SIZE", help="memory for the tapped tensors of one batch, e.g. 2GiB (default); more splits them over several passes")
     q.add_argument("--ranges", type=Path, metavar="FILE", help="reuse a saved range table instead of calibrating (refused if made for another model)")
     q.add_argument("--save-ranges", type=Path, metavar="FILE", help="save the calibrated range table for reuse with --ranges")
-    q.add_argument("--report", type=Path, help="write the JSON report here")
+    q.add_argument("--report", metavar="FILE", help="write the JSON report here ('-': print it to stdout, as --json)")
+    q.add_argument("--json", action="store_true", help="print the JSON report to stdout (the summary goes to stderr)")
     q.add_argument("--pipeline", help="text pipeline, e.g. 'normalize,resolve-policy,calibrate,insert-qdq,verify'")
     q.add_argument("--policy", help="a policy or plan JSON to replay instead of the target's default")
-    q.add_argument("--size", type=_size, help="image size HxW for image folders")
-    q.add_argument("--mean", type=_floats3, default=(0.0, 0.0, 0.0), help="per-channel mean after /255")
-    q.add_argument("--std", type=_floats3, default=(1.0, 1.0, 1.0), help="per-channel std after /255")
-    q.add_argument("--layout", default="NCHW", choices=["NCHW", "NHWC"])
-    q.add_argument("--bgr", action="store_true", help="feed images in BGR channel order")
+    q.add_argument("--size", type=_size, help="image size HxW: images are stretched to it (bilinear, aspect ratio not kept); default: the model's static size")
+    q.add_argument("--mean", type=_floats3, help="per-channel mean subtracted after /255, one or three numbers (default 0; from the model's training pipeline)")
+    q.add_argument("--std", type=_floats3, help="per-channel std divided by after the mean, one or three numbers (default 1)")
+    q.add_argument("--layout", metavar="{NCHW,NHWC}", help="image tensor layout (default NCHW)")
+    q.add_argument("--bgr", action=argparse.BooleanOptionalAction, help="feed images in BGR channel order (default RGB)")
     q.add_argument("--latency", action="store_true", help="also time FP32 and quantized models (2 threads)")
     q.add_argument(
         "--sensitivity",
         type=int,
-        default=0,
         metavar="N",
         help="rank the weighted nodes whose 8-bit activations cost most fidelity, on N held-out samples (one session per node)",
     )
-    q.add_argument("--dump-after", action="append", default=[], metavar="PASS", help="save the model after PASS")
-    q.add_argument("--seed", type=int, default=0, help="seed for --calib random")
+    q.add_argument("--dump-after", action="append", metavar="PASS", help="save the model after PASS")
+    q.add_argument("--seed", type=int, help="seed for --calib random (default 0)")
     q.add_argument("--debug", action="store_true", help="verify after every pass; show tracebacks")
     q.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
 
-    i = sub.add_parser("inspect", help="opset, ops, parameters and quantizable nodes of a model")
+    i = sub.add_parser(
+        "inspect",
+        help="opset, ops, parameters and quantizable nodes of a model",
+        description="Opset, op histogram, parameters by dtype, dynamic inputs and quantizable nodes of a model.",
+        epilog=_INSPECT_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     i.add_argument("model", type=Path)
     i.add_argument("--json", action="store_true", help="print JSON instead of text")
     i.add_argument("--debug", action="store_true")
 
-    p = sub.add_parser("passes", help="list the registered passes")
+    p = sub.add_parser(
+        "passes",
+        help="list the registered passes",
+        description="List the registered passes, the aliases and the default pipelines.",
+        epilog=_PASSES_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--debug", action="store_true")
     return parser
 
@@ -141,46 +268,70 @@ def _random_feeds(model_path: Path, count: int, seed: int):
     return source
 
 
+def _recipe(args):
+    """The recipe in effect: the recipe file's settings, overridden by the flags given."""
+    from qonnx.config import ConfigError, load_recipe, recipe_from_dict
+
+    given = vars(args)
+    source = given.get("recipe")
+    data = load_recipe(source) if source is not None else {}
+    if source is not None:
+        recipe_from_dict(data, str(source))  # the file alone: unknown keys, types and values, naming the file
+    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
+    origin = {}
+    for dest, (table, field, flag) in _FIELDS.items():
+        if dest not in given:
+            continue
+        value = given[dest]
+        if isinstance(value, Path):
+            value = str(value)
+        (merged.setdefault(table, {}) if table else merged)[field] = value
+        origin[(table, field)] = flag
+    try:
+        return recipe_from_dict(merged)
+    except ConfigError as exc:
+        flag = origin.get((exc.table, exc.key))
+        if flag is not None:
+            raise UserError(f"{flag}: {exc.detail}") from None
+        if source is not None:
+            raise UserError(f"{source}: {exc}") from None
+        raise
+
+
 def _quantize(args) -> int:
     from qonnx.api import quantize
     from qonnx.calib.sources import ImagePreprocess
+    from qonnx.config import to_toml
     from qonnx.report import summary_table
 
-    calib, uncalibrated = args.calib, False
-    if calib is None and args.precision == "int8" and args.mode == "static" and args.ranges is None and args.pipeline is None:
+    recipe = _recipe(args)
+    if getattr(args, "print_recipe", False):
+        sys.stdout.write(to_toml(recipe))
+        return 0
+    config, data = recipe.config, recipe.data
+    quiet = getattr(args, "quiet", False)
+    report = getattr(args, "report", None)
+    to_stdout = getattr(args, "json", False) or report == "-"
+    calib, uncalibrated = data.calib, False
+    if calib is None and config.precision == "int8" and config.mode == "static" and config.calibration.ranges is None and config.pipeline is None:
         raise UserError("quantizing to int8 needs calibration data: give --calib DATA (or --ranges FILE); --mode dynamic needs none")
     if calib == "random":
-        calib, uncalibrated = _random_feeds(args.model, args.samples or 16, args.seed), True
+        calib, uncalibrated = _random_feeds(args.model, config.samples or 16, data.seed), True
     result = quantize(
         args.model,
         args.output,
         calib,
-        eval_data=args.eval_data,
-        precision=args.precision,
-        target=args.target,
-        mode=args.mode,
-        reduce_range=args.reduce_range,
-        io_types=args.io_types,
-        samples=args.samples,
-        pipeline=args.pipeline,
-        policy=args.policy,
-        preprocess=ImagePreprocess(size=args.size, mean=args.mean, std=args.std, layout=args.layout, bgr=args.bgr),
-        report=args.report,
-        latency=args.latency,
-        sensitivity=args.sensitivity,
-        debug=args.debug,
-        progress=not args.quiet and sys.stderr.isatty(),
-        dump_after=args.dump_after,
+        config=config,
+        eval_data=data.eval,
+        preprocess=ImagePreprocess(size=data.size, mean=data.mean, std=data.std, layout=data.layout, bgr=data.bgr),
+        report=None if report in (None, "-") else Path(report),
+        progress=not quiet and sys.stderr.isatty(),
         uncalibrated=uncalibrated,
-        method=args.method,
-        percentile=args.percentile,
-        batch_size=args.batch_size,
-        calib_memory=args.calib_memory,
-        ranges=args.ranges,
-        save_ranges=args.save_ranges,
     )
-    if not args.quiet:
-        print(summary_table(result.report))
+    if to_stdout:
+        print(json.dumps(result.report, indent=2))
+    if not quiet:
+        print(summary_table(result.report), file=sys.stderr if to_stdout else sys.stdout)
     if uncalibrated:  # after the work, so that a failure stays one line
         print("WARNING: calibrated on random data; the ranges do not reflect real inputs", file=sys.stderr)
     return 0
@@ -214,13 +365,36 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse the command line; an unknown option is refused with the closest known one, if any."""
+    parser = _parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command = subparsers.choices.get(getattr(args, "command", None), parser)
+        message = f"unrecognized arguments: {' '.join(extras)}"
+        known = command.option_strings()
+        for extra in extras:
+            if extra.startswith("-"):
+                close = difflib.get_close_matches(extra.split("=")[0], known, n=1, cutoff=0.6)
+                if close:
+                    message += f"; did you mean {close[0]}?"
+                    break
+        command.error(message)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        args = _parser().parse_args(argv)
+        args = _parse(argv)
         return {"quantize": _quantize, "inspect": _inspect, "passes": _passes}[args.command](args)
+    except UsageError as exc:
+        print(exc.usage, file=sys.stderr)
+        print(f"qonnx: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
     except UserError as exc:
         if debug:
             traceback.print_exc()

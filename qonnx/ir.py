@@ -302,15 +302,25 @@ def output_channel_axis(node: ir.Node) -> int | None:
     return None
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
     """Write a file through ``write(f)`` into a temporary file beside it, fsync, then rename.
 
     On any failure the temporary file is removed and an existing file at ``path`` is untouched.
+    The file gets the permissions of a plain ``open(path, "w")`` (0666 less the umask, so 0644
+    usually), not mkstemp's private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

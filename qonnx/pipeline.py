@@ -62,7 +62,9 @@ class Context:
     precision: str = "int8"
     mode: str = "static"  # "dynamic": activations of MatMul quantized at run time
     reduce_range: bool | None = None  # 7-bit weights, for CPUs without VNNI; None: chosen for this CPU
-    policy: str | None = None  # a policy or plan JSON file replacing the target's default policy
+    policy: Any = None  # a MixedPrecisionPolicy, or a policy / plan JSON file, replacing the target's default
+    nodes_to_exclude: tuple[str, ...] = ()  # node names or regexes (full match) that stay float
+    op_types_to_quantize: tuple[str, ...] | None = None  # None: every op type the policy quantizes
     calib: Any = None  # a qonnx.calib.sources.Source, or None
     samples: int | None = None
     progress: bool = False

@@ -77,12 +77,17 @@ FLOAT = QuantSpec("float")
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """Nodes matched by ``name`` (exact), ``name_regex`` (full match) or ``op_type`` get ``spec``."""
+    """Nodes matched by ``name`` (exact), ``name_regex`` (full match) or ``op_type`` get ``spec``.
+
+    ``reason``: why the rule is there, recorded in the plan for the nodes it decides (such as
+    "excluded by the config").
+    """
 
     spec: QuantSpec
     op_type: str | None = None
     name_regex: str | None = None
     name: str | None = None
+    reason: str | None = None
 
     def __post_init__(self):
         if sum(x is not None for x in (self.op_type, self.name_regex, self.name)) != 1:
@@ -101,7 +106,10 @@ class Rule:
 
     def to_dict(self) -> dict[str, Any]:
         key = "name" if self.name is not None else "name_regex" if self.name_regex is not None else "op_type"
-        return {key: getattr(self, key), "spec": self.spec.to_dict()}
+        data = {key: getattr(self, key), "spec": self.spec.to_dict()}
+        if self.reason is not None:
+            data["reason"] = self.reason
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Rule:
@@ -116,10 +124,15 @@ class MixedPrecisionPolicy:
     rules: list[Rule] = dataclasses.field(default_factory=list)
 
     def resolve(self, op_type: str, node_name: str) -> QuantSpec:
-        best, best_rank = self.default, 0
+        rule = self.match(op_type, node_name)
+        return self.default if rule is None else rule.spec
+
+    def match(self, op_type: str, node_name: str) -> Rule | None:
+        """The rule that decides the node (None: the default does)."""
+        best, best_rank = None, 0
         for rule in self.rules:
             if rule.rank >= best_rank and rule.matches(op_type, node_name):
-                best, best_rank = rule.spec, rule.rank
+                best, best_rank = rule, rule.rank
         return best
 
     def to_dict(self) -> dict[str, Any]:

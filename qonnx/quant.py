@@ -133,13 +133,13 @@ def min_weight_scale_for_bias(bias: np.ndarray, input_scale) -> np.ndarray:
     A channel whose weights are all zero gets the 1e-12 floor scale, and then any bias overflows:
     such a channel's scale is free (zeros are exact at any scale), so it is raised to this bound.
     """
-    needed = np.abs(np.asarray(bias, np.float64)) / (float(np.asarray(input_scale).reshape(-1)[0]) * _INT32_MAX)
+    needed = np.abs(np.asarray(bias, np.float64)) / (float(np.asarray(input_scale).item()) * _INT32_MAX)
     return (needed * (1 + 1e-6)).astype(np.float32)  # float64 throughout, rounded once
 
 
 def bias_fits_int32(bias: np.ndarray, input_scale, weight_scale) -> bool:
     """Whether ``|bias| / (input_scale · weight_scale) <= 2³¹ - 1`` for every channel (float64)."""
-    scale = np.asarray(input_scale, np.float64) * np.asarray(weight_scale, np.float64)
+    scale = np.multiply(input_scale, weight_scale, dtype=np.float64)  # exact for float32 factors
     return bool(np.all(np.abs(bias) / np.maximum(scale, 1e-45) <= _INT32_MAX))
 
 
@@ -148,7 +148,7 @@ def bias_to_int32(bias: np.ndarray, input_scale, weight_scale) -> tuple[np.ndarr
 
     This is the layout onnxruntime's QLinearConv / QGemm kernels accumulate in.
     """
-    scale = np.maximum(np.asarray(input_scale, np.float32) * np.asarray(weight_scale, np.float32), _TINY)
+    scale = np.maximum(np.multiply(input_scale, weight_scale, dtype=np.float32), _TINY)
     info = np.iinfo(np.int32)
     q = np.clip(np.rint(np.asarray(bias, np.float64) / scale), info.min, info.max).astype(np.int32)
     return q, scale

@@ -24,6 +24,12 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
+def _output_name(report: dict[str, Any]) -> str:
+    """What the output is called: "fp16"/"bf16" for a converted model, "quantized" for INT8."""
+    precision = report.get("precision", "int8")
+    return precision if precision in ("fp16", "bf16") else "quantized"
+
+
 def summary_table(report: dict[str, Any]) -> str:
     """A few lines for people: sizes, formats, fidelity per output, latency, time spent."""
     lines = []
@@ -52,6 +58,8 @@ def summary_table(report: dict[str, Any]) -> str:
         lines.append(f"fidelity   on {fidelity['samples']} held-out samples ({fidelity['data']})")
         for name, m in fidelity["outputs"].items():
             lines.append(f"  {name:<30} SQNR {m['sqnr_db']:7.2f} dB   cosine {m['cosine']:.5f}")
+    else:
+        lines.append("fidelity   not measured (no data)")
     sensitivity = report.get("sensitivity")
     if sensitivity:
         lines.append(
@@ -63,7 +71,7 @@ def summary_table(report: dict[str, Any]) -> str:
     latency = report.get("latency")
     if latency:
         lines.append(
-            f"latency    FP32 {latency['fp32_ms']:.2f} ms, quantized {latency['quantized_ms']:.2f} ms "
+            f"latency    FP32 {latency['fp32_ms']:.2f} ms, {_output_name(report)} {latency['quantized_ms']:.2f} ms "
             f"({latency['speedup']:.2f}x, median of {latency['runs']}, {latency['threads']} threads)"
         )
     if report.get("uncalibrated"):

@@ -109,10 +109,8 @@ class Target:
         ``reduce_range``: 7-bit weights for every op (True), none (False), or, with None, for
         ``seven_bit_ops_without_vnni`` when ``saturating_cpu`` (see ``qonnx.host``).
         """
-        if precision not in self.precisions:
-            raise UserError(
-                f"precision {precision!r} is not supported for target {self.name!r} (supported: {', '.join(self.precisions)})"
-            )
+        if precision not in self.precisions:  # QuantizeConfig refuses this pairing before any work
+            raise ValueError(f"precision {precision!r} is not supported for target {self.name!r} (supported: {', '.join(self.precisions)})")
         if precision != "int8":
             return MixedPrecisionPolicy(QuantSpec(precision))
         if reduce_range is None:
@@ -128,7 +126,7 @@ class Target:
         if mode == "dynamic":
             dynamic = int8("MatMul", activation_dtype="uint8", symmetric_activations=False, dynamic=True)
             return MixedPrecisionPolicy(rules=[Rule(dynamic, op_type="MatMul"), Rule(int8("Gather"), op_type="Gather")])
-        raise UserError(f"unknown mode {mode!r}; known modes: static, dynamic")
+        raise ValueError(f"unknown mode {mode!r}")  # QuantizeConfig checks the mode
 
 
 # CUDA provider ops registered for float (and double) but not float16.

@@ -451,7 +451,7 @@ def bad_memory_budget(tmp, model, calib):
 
 @_case
 def unknown_method(tmp, model, calib):
-    return ["quantize", model, "-o", tmp / "q.onnx", "--calib", calib, "--method", "kl"], "invalid choice"
+    return ["quantize", model, "-o", tmp / "q.onnx", "--calib", calib, "--method", "kl"], "--method: 'kl' is not one of"
 
 
 @_case
@@ -482,3 +482,76 @@ def test_calibration_user_errors(inproc, tmp_path, model_path, calib_npz, case):
     result = inproc(*args)
     _assert_user_error(result, match)
     assert not (tmp_path / "q.onnx").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Usage, --json, --exclude / --op-types, report permissions, help
+
+
+def test_a_misspelled_option_gets_a_did_you_mean(inproc, tmp_path, model_path):
+    result = inproc("quantize", model_path, "-o", tmp_path / "q.onnx", "--precison", "int8")
+    _assert_user_error(result, "unrecognized arguments: --precison int8; did you mean --precision?")
+    assert result.err.splitlines()[0].startswith("usage: qonnx quantize MODEL -o OUTPUT")
+
+
+def test_a_usage_error_says_qonnx_once(qonnx_cmd, tmp_path, model_path):
+    result = qonnx_cmd("quantize", model_path, "--calib", "x.npz")
+    lines = result.err.strip().splitlines()
+    assert result.rc == 2 and len(lines) == 2, result.err
+    assert lines[0].startswith("usage: qonnx quantize") and "\n" not in lines[0]
+    assert lines[1] == "qonnx: error: the following arguments are required: -o/--output"
+
+
+@pytest.mark.parametrize("flag", [["--json"], ["--report", "-"]])
+def test_json_goes_to_stdout_and_the_summary_to_stderr(inproc, tmp_path, model_path, calib_npz, flag):
+    result = inproc("quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", calib_npz, *flag)
+    assert result.rc == 0, result.err
+    report = json.loads(result.out)
+    assert report["schema"] == "qonnx.report/1" and report["config"]["precision"] == "int8"
+    assert "fidelity   on" in result.err and not (tmp_path / "-").exists()
+
+
+def test_exclude_and_op_types_reach_the_plan(inproc, tmp_path, model_path, calib_npz):
+    result = inproc("quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", calib_npz, "--exclude", "conv0", "--exclude", "conv[2]", "--op-types", "Conv", "--json", "-q")
+    assert result.rc == 0, result.err
+    nodes = json.loads(result.out)["nodes"]
+    assert [n for n, e in nodes.items() if e["format"] == "int8"] == ["conv1"]
+    assert nodes["conv0"]["reason"] == nodes["conv2"]["reason"] == "excluded by the config"
+    assert nodes["residual"]["reason"] == "op type Add not in op_types_to_quantize"
+
+
+def test_reports_and_range_tables_get_the_models_permissions(inproc, tmp_path, model_path, calib_npz):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        args = ["quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", calib_npz, "--report", tmp_path / "r.json", "--save-ranges", tmp_path / "t.json", "-q"]
+        assert inproc(*args).rc == 0
+    finally:
+        os.umask(old)
+    modes = {name: (tmp_path / name).stat().st_mode & 0o777 for name in ("q.onnx", "r.json", "t.json")}
+    assert modes == {"q.onnx": 0o644, "r.json": 0o644, "t.json": 0o644}
+
+
+def test_an_fp16_summary_names_the_output_and_the_missing_fidelity(inproc, tmp_path, model_path, calib_npz):
+    result = inproc("quantize", model_path, "-o", tmp_path / "h.onnx", "--precision", "fp16")
+    assert result.rc == 0 and "fidelity   not measured (no data)" in result.out
+    result = inproc("quantize", model_path, "-o", tmp_path / "h2.onnx", "--precision", "fp16", "--calib", calib_npz, "--latency")
+    assert result.rc == 0 and ", fp16 " in result.out and "quantized" not in result.out
+
+
+@pytest.mark.parametrize("command", ["quantize", "inspect", "passes"])
+def test_every_help_ends_with_examples(capsys, command):
+    with pytest.raises(SystemExit) as done:
+        cli.main([command, "--help"])
+    text = capsys.readouterr().out
+    assert done.value.code == 0 and "\nexamples:\n" in text
+    assert text.rstrip().splitlines()[-1].startswith("  qonnx ")
+
+
+def test_quantize_help_explains_images(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["quantize", "--help"])
+    text = capsys.readouterr().out
+    assert "examples:\n  qonnx quantize" in text and "no letterbox" in text and "greyscale" in text and "alpha" in text
+    assert "--recipe" in text and "--print-recipe" in text and "--exclude" in text and "--op-types" in text

@@ -173,7 +173,7 @@ def test_an_empty_histogram():
     h = StreamingHistogram(8)
     h.update(np.zeros(0, np.float32))
     assert h.exponent is None and h.width == 0.0 and h.total == 0 and (h.lo, h.hi) == (math.inf, -math.inf)
-    with pytest.raises(ValueError, match="at least two bins"):
+    with pytest.raises(ValueError, match="^a histogram needs at least two bins$"):
         StreamingHistogram(1)
     assert StreamingHistogram(2).bins == 2
 
@@ -243,13 +243,30 @@ def test_scratch_arrays_are_cached_per_thread_and_type():
 
     from qonnx.calib.histogram import CHUNK, _scratch
 
-    values, index = _scratch(np.float32)
+    def fresh_thread() -> dict:
+        # A new thread starts without cached arrays (this one may hold some already)
+        seen = {}
+
+        def take():
+            seen["narrow"], seen["again"], seen["wide"] = _scratch(np.float32), _scratch(np.float32), _scratch(np.float64)
+
+        thread = threading.Thread(target=take)
+        thread.start()
+        thread.join()
+        return seen
+
+    seen = fresh_thread()
+    (values, index), (wide, wide_index) = seen["narrow"], seen["wide"]
     assert values.dtype == np.float32 and index.dtype == np.int64 and values.size == index.size == CHUNK
-    assert _scratch(np.float32)[0] is values  # cached
-    wide, _ = _scratch(np.float64)
-    assert wide.dtype == np.float64 and wide is not values
-    other = []
-    thread = threading.Thread(target=lambda: other.append(_scratch(np.float32)[0]))
-    thread.start()
-    thread.join()
-    assert other[0] is not values and other[0].dtype == np.float32  # one set per thread
+    assert wide.dtype == np.float64 and wide_index.dtype == np.int64 and wide.size == CHUNK
+    assert seen["again"][0] is values and seen["again"][1] is index  # cached
+    assert wide is not values and wide_index is not index  # one set per type
+    assert fresh_thread()["narrow"][0] is not values  # and per thread
+
+
+def test_an_empty_histogram_as_a_dict():
+    assert StreamingHistogram().bins == 4096  # the README's bins
+    h = StreamingHistogram(8)
+    assert h.counts.dtype == np.int64
+    assert h.to_dict() == {"bins": 8, "exponent": None, "start": 0, "lo": math.inf, "hi": -math.inf, "nonzero": {}}
+    assert StreamingHistogram.from_dict(h.to_dict()) == h

@@ -185,7 +185,8 @@ def test_weights_are_int8_per_output_channel_with_max_abs_over_qmax(case, reduce
     model, _ = _quantize(proto, _feeds(shape, [0.0] * shape[1]), reduce_range=reduce_range)
     q, scale, zp, dq_axis = _dq(_node(model, name).inputs[1])
     expected_q, expected_scale = _expected_weight(w, axis, qmax)
-    assert dq_axis == axis and q.dtype == np.int8
+    assert dq_axis == axis and q.dtype == np.int8 and scale.dtype == np.float32
+    assert list(_node(model, name).inputs[1].shape) == list(w.shape)  # the DequantizeLinear's output shape
     np.testing.assert_allclose(scale, expected_scale, rtol=FLOAT32_RTOL)
     np.testing.assert_array_equal(q, expected_q)  # same float32 quotient, same rounding
     assert np.abs(q).max() == qmax
@@ -691,6 +692,8 @@ def test_a_gather_table_is_stored_with_its_groups_parameters():
     e_q = next(u for u, _ in _node(model, "embed").outputs[0].uses() if u.op_type == "QuantizeLinear")
     assert e_q.inputs[1] is _node(model, "embed").inputs[0].producer().inputs[1]
     assert "table" not in model.graph.initializers
+    table_dq = _node(model, "embed").inputs[0].producer()
+    assert table_dq.name == "table_DQ" and table_dq.outputs[0].name == "table_dq" and table_dq.inputs[0].name == "table_q"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -772,3 +775,358 @@ def test_asymmetric_int8_activations_store_the_operand_in_int8():
     np.testing.assert_allclose(scale, expected_scale, rtol=FLOAT32_RTOL)
     assert zp.dtype == np.int8 and int(zp) == -128 + 109  # round(1.5 / (3.5 / 255)) = 109
     np.testing.assert_array_equal(q.ravel(), np.rint(np.float32([-1.5, 0.5, 2.0]) / expected_scale) - 19)
+
+
+# ----------------------------------------------------------------------------------------------
+# models quantized before, in part
+
+
+def test_a_tensor_already_quantized_for_another_reader_is_quantized_for_the_conv():
+    """x feeds a Q → DQ → Relu made elsewhere, and a Conv directly: the Conv gets its own Q/DQ of x
+    (the other pair, with its own parameters, is left as it was)."""
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q0"),
+        helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq0"),
+        helper.make_node("Relu", ["xd"], ["r"], name="relu"),
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+        helper.make_node("Add", ["c", "r"], ["y"], name="add"),
+    ]
+    inits = [numpy_helper.from_array(np.float32(0.02), "s"), numpy_helper.from_array(np.uint8(128), "z"), numpy_helper.from_array(_weights((2, 2, 1, 1), 0), "W")]
+    proto = _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 2, 3, 3])], inits)
+    feeds = _feeds([1, 2, 3, 3], [0, 0])
+    model, _ = _quantize(proto, feeds)
+    _, scale, zp, _ = _dq(_node(model, "conv").inputs[0])
+    expected_scale, expected_zp = _activation_params(feeds)
+    np.testing.assert_allclose(scale, expected_scale, rtol=FLOAT32_RTOL)
+    assert int(zp) == expected_zp
+    assert [v.name for v in _node(model, "relu").inputs] == ["xd"] and _node(model, "dq0").inputs[1].name == "s"
+
+
+def test_a_float_weight_in_a_quantized_model_is_stored_by_the_next_run():
+    proto = _conv(seed=23)
+    model, ctx = _quantize(proto, _feeds([1, 4, 5, 5], [0] * 4), text=UNCORRECTED)
+    conv = _node(model, "conv")
+    w = ir.Value(name="W_edit", const_value=ir.tensor(_weight_of(proto), name="W_edit"))
+    model.graph.register_initializer(w)
+    conv.replace_input_with(1, w)
+    assert _rerun(model, ctx) is True
+    q, scale, _, axis = _dq(conv.inputs[1])
+    expected_q, expected_scale = _expected_weight(_weight_of(proto), 0)
+    np.testing.assert_array_equal(q, expected_q)
+    assert "W_edit" not in model.graph.initializers
+
+
+def test_a_bias_stored_already_is_left_alone_when_the_weight_is_stored_again():
+    """Weight float, bias INT32 (an edit by hand): bias correction cannot change a stored bias."""
+    proto = _conv(seed=24)
+    feeds = _feeds([1, 4, 5, 5], [1.0, -2.0, 0.5, 3.0])
+    model, ctx = _quantize(proto, feeds)
+    conv = _node(model, "conv")
+    bias_dq = conv.inputs[2]
+    w = ir.Value(name="W_edit", const_value=ir.tensor(_weight_of(proto), name="W_edit"))
+    model.graph.register_initializer(w)
+    conv.replace_input_with(1, w)
+    assert _rerun(model, ctx, "insert-qdq") is True
+    assert conv.inputs[2] is bias_dq and _dq(conv.inputs[1])[0].dtype == np.int8
+
+
+def test_a_weight_quantized_elsewhere_along_its_input_channels_leaves_the_bias_float():
+    """W from DequantizeLinear with one scale per input channel (axis 1): the INT32 bias needs one
+    scale per output channel, so the bias stays float, and a second run changes nothing."""
+    w = _weights((3, 2, 1, 1), 1, seed=25)
+    w_scale = (np.abs(w).max(axis=(0, 2, 3)) / 127).astype(np.float32)
+    w_q = np.rint(w / w_scale.reshape(1, -1, 1, 1)).astype(np.int8)
+    nodes = [
+        helper.make_node("DequantizeLinear", ["W_q", "W_scale"], ["W"], name="w_dq", axis=1),
+        helper.make_node("Conv", ["x", "W", "B"], ["y"], name="conv"),
+    ]
+    inits = [numpy_helper.from_array(w_q, "W_q"), numpy_helper.from_array(w_scale, "W_scale"), numpy_helper.from_array(np.float32([0.1, 0.2, 0.3]), "B")]
+    proto = _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 3, 3, 3])], inits)
+    model, ctx = _quantize(proto, _feeds([1, 2, 3, 3], [0, 0]))
+    conv = _node(model, "conv")
+    assert conv.inputs[1].name == "W" and conv.inputs[2].name == "B"
+    assert _rerun(model, ctx) is False
+
+
+def test_a_gemm_bias_broadcast_from_one_value_is_stored_uncorrected():
+    """C of shape [1]: no correction (it has one value for six outputs); the weight then takes one
+    scale (so that the INT32 bias has one too), and the bias is 0.25 on that grid."""
+    proto = _gemm(trans_b=1, seed=26, c=[0.25])
+    feeds = _feeds([3, 10], np.linspace(-2.0, 3.0, 10))
+    model, _ = _quantize(proto, feeds)
+    _, w_scale, _, w_axis = _dq(_node(model, "gemm").inputs[1])
+    _, expected_w_scale = _expected_weight(_weight_of(proto), None)
+    assert w_axis is None
+    np.testing.assert_allclose(w_scale, expected_w_scale, rtol=FLOAT32_RTOL)
+    b_q, _, _, _ = _dq(_node(model, "gemm").inputs[2])
+    x_scale, _ = _activation_params(feeds)
+    _assert_bias_on_grid(b_q, np.float32([0.25]), float(x_scale) * float(expected_w_scale))
+
+
+def test_a_gemm_without_a_trans_b_attribute_is_corrected_as_x_times_b():
+    proto = _gemm(trans_b=0, seed=27)
+    del proto.graph.node[0].attribute[:]  # transB absent: 0 by the ONNX default
+    feeds = _feeds([3, 10], np.linspace(-2.0, 3.0, 10), count=5)
+    model, _ = _quantize(proto, feeds)
+    w = _weight_of(proto)
+    q, w_scale = _expected_weight(w, 1)
+    dw = (q.astype(np.float64) * w_scale.astype(np.float64) - w).T  # [N, K]
+    b = numpy_helper.to_array(proto.graph.initializer[1]).astype(np.float64)
+    expected = b - dw @ _channel_means(feeds)
+    x_scale, _ = _activation_params(feeds)
+    b_q, _, _, _ = _dq(_node(model, "gemm").inputs[2])
+    step = x_scale * w_scale.astype(np.float64)
+    tolerance = step * 0.5 * (1 + 1e-5) + 1e-7  # the INT32 grid: half a step (the float32 bias: 1e-7)
+    assert np.abs(expected - b).max() > 20 * tolerance.max()
+    np.testing.assert_array_less(np.abs(b_q * step - expected), tolerance)
+
+
+def test_a_matmul_of_two_constants_stores_b_as_the_weight():
+    """Not folded (insert-qdq runs alone here): B is the weight, per output channel; A is left."""
+    a, b = _weights((3, 4), 0, seed=28), _weights((4, 5), 1, seed=29)
+    nodes = [helper.make_node("MatMul", ["A", "B"], ["m"], name="mm"), helper.make_node("Add", ["m", "x"], ["y"], name="add")]
+    proto = _model(nodes, [_vi("x", [3, 5])], [_vi("y", [3, 5])], [numpy_helper.from_array(a, "A"), numpy_helper.from_array(b, "B")])
+    model, _ = _quantize(proto, _feeds([3, 5], [0] * 5))
+    mm = _node(model, "mm")
+    q, scale, _, axis = _dq(mm.inputs[1])
+    expected_q, expected_scale = _expected_weight(b, 1)
+    assert axis == 1 and mm.inputs[0].name == "A"
+    np.testing.assert_array_equal(q, expected_q)
+
+
+def test_two_activation_operands_are_all_a_matmul_needs():
+    nodes = [helper.make_node("MatMul", ["x", "z"], ["m"], name="mm"), helper.make_node("Relu", ["m"], ["y"], name="relu")]
+    proto = _model(nodes, [_vi("x", [2, 3]), _vi("z", [3, 4])], [_vi("y", [2, 4])])
+    feeds = [dict(f, z=g["z"]) for f, g in zip(_feeds([2, 3], [0] * 3), _feeds([3, 4], [0] * 4, name="z", seed=1))]
+    model = to_ir(proto)
+    ctx = Context(reduce_range=False, calib=ListSource(feeds, input_specs(model)))
+    records = run_pipeline(model, build(parse_pipeline(STATIC), ctx), ctx)
+    assert records[-1].modified is True
+    assert [v.name for v in _node(model, "mm").inputs] == ["x_dq", "z_dq"]
+    q = next(n for n in model.graph if n.op_type == "QuantizeLinear" and n.inputs[0].name == "x")
+    assert q.outputs[0].name == "x_q" and list(q.outputs[0].shape) == [2, 3] and q.outputs[0].dtype == ir.DataType.UINT8
+
+
+# ----------------------------------------------------------------------------------------------
+# activation types, ranges
+
+
+def _with_spec(proto, feeds, **changes):
+    """resolve-policy, then the INT8 specs changed by ``changes``, then calibration and insert-qdq."""
+    model = to_ir(proto)
+    ctx = Context(reduce_range=False, calib=ListSource(feeds, input_specs(model)))
+    run_pipeline(model, build(parse_pipeline("resolve-policy"), ctx), ctx)
+    for node in model.graph:
+        spec = json.loads(node.metadata_props[SPEC_KEY])
+        if spec["format"] == "int8":
+            node.metadata_props[SPEC_KEY] = json.dumps(dict(spec, **changes))
+    run_pipeline(model, build(parse_pipeline("calibrate(method=minmax),insert-qdq(bias_correction=false)"), ctx), ctx)
+    return model
+
+
+def test_symmetric_uint8_activations_use_the_whole_uint8_range():
+    """Symmetric UINT8 (an odd choice a policy may make): scale max|x| / 255, zero point 0."""
+    feeds = _feeds([1, 2, 3, 3], [0, 0])
+    model = _with_spec(_operand_model([-1.5, 0.5, 2.0]), feeds, symmetric_activations=True)
+    _, scale, zp, _ = _dq(_node(model, "conv").inputs[0])
+    peak = float(np.abs(np.concatenate([f["x"].ravel() for f in feeds])).max())
+    np.testing.assert_allclose(scale, np.float32(peak) / np.float32(255), rtol=FLOAT32_RTOL)
+    assert zp.dtype == np.uint8 and int(zp) == 0
+    _, k_scale, k_zp, _ = _dq(_node(model, "add").inputs[1])
+    np.testing.assert_allclose(k_scale, np.float32(2.0) / np.float32(255), rtol=FLOAT32_RTOL)
+    assert k_zp.dtype == np.uint8
+
+
+def test_asymmetric_int8_activations_shift_the_zero_point():
+    feeds = _feeds([1, 2, 3, 3], [0, 0])
+    model = _with_spec(_operand_model([-1.5, 0.5, 2.0]), feeds, activation_dtype="int8")
+    _, scale, zp, _ = _dq(_node(model, "conv").inputs[0])
+    expected_scale, expected_zp = _activation_params(feeds)
+    np.testing.assert_allclose(scale, expected_scale, rtol=FLOAT32_RTOL)
+    assert zp.dtype == np.int8 and int(zp) == expected_zp - 128
+
+
+def test_a_range_that_is_not_finite_is_refused():
+    from qonnx.calib.ranges import RangeTable, TensorRange
+    from qonnx.errors import UserError
+
+    model = to_ir(_conv(seed=30))
+    ctx = Context(reduce_range=False)
+    run_pipeline(model, build(parse_pipeline("resolve-policy"), ctx), ctx)
+    ctx.analyses["ranges"] = RangeTable({"x": TensorRange(-np.inf, 1.0)})
+    with pytest.raises(UserError, match="^no calibration range for tensor 'x' or its scale group$"):
+        run_pipeline(model, build(parse_pipeline("insert-qdq"), ctx), ctx)
+
+
+def test_a_tensor_left_float_for_its_non_finite_values_is_logged(caplog):
+    feeds = _feeds([1, 4, 5, 5], [0] * 4)
+    feeds[0]["x"][0, 1, 2, 2] = -np.inf
+    with caplog.at_level("INFO", logger="qonnx.passes.insert_qdq"):
+        _quantize(_conv(seed=31), feeds)
+    assert "x held non-finite values in calibration; left in float" in [r.getMessage() for r in caplog.records]
+
+
+def test_a_gather_table_in_a_group_kept_float_stays_float():
+    """Gather → e → Concat(e, m) → MatMul, with m holding -inf: the whole group (e, m, the Concat's
+    output) stays float, and so does the table; a second run changes nothing."""
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+        helper.make_node("Concat", ["e", "m"], ["cat"], name="cat", axis=-1),
+        helper.make_node("MatMul", ["cat", "W"], ["y"], name="proj"),
+    ]
+    inits = [numpy_helper.from_array(_weights((10, 4), 1, seed=32), "table"), numpy_helper.from_array(_weights((6, 3), 1, seed=33), "W")]
+    proto = _model(nodes, [_vi("ids", [1, 5], TensorProto.INT64), _vi("m", [1, 5, 2])], [_vi("y", [1, 5, 3])], inits)
+    m = np.zeros((1, 5, 2), np.float32)
+    m[0, 0, 0] = -np.inf
+    feeds = [{"ids": np.arange(5, dtype=np.int64).reshape(1, 5), "m": m}]
+    model, ctx = _quantize(proto, feeds)
+    assert _node(model, "embed").inputs[0].name == "table" and "table" in model.graph.initializers
+    assert _rerun(model, ctx) is False
+
+
+# ----------------------------------------------------------------------------------------------
+# what the pass reports, requires and ensures
+
+
+def test_a_conv_after_ops_it_cannot_correct_is_corrected():
+    """x → Sigmoid → Mul (SiLU) → Conv: the first two quantized nodes have no bias; the Conv's is corrected."""
+    nodes = [
+        helper.make_node("Sigmoid", ["x"], ["s"], name="sig"),
+        helper.make_node("Mul", ["x", "s"], ["m"], name="silu"),
+        helper.make_node("Conv", ["m", "W", "B"], ["y"], name="conv"),
+    ]
+    inits = [numpy_helper.from_array(_weights((3, 2, 1, 1), 0, seed=34), "W"), numpy_helper.from_array(np.float32([0.1, 0.2, 0.3]), "B")]
+    proto = _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 3, 3, 3])], inits)
+    model, ctx = _quantize(proto, _feeds([1, 2, 3, 3], [2.0, -1.0]))
+    assert list(ctx.analyses["ranges"].channel_means) == ["m"]
+    assert _node(model, "conv").inputs[2].name == "B_corrected_dq"
+
+
+def test_the_pass_reports_a_change_when_the_last_tensor_stays_float():
+    """MatMul(x, m) with m holding -inf: x is quantized, m (the last one planned) is not."""
+    nodes = [helper.make_node("MatMul", ["x", "m"], ["y"], name="mm")]
+    proto = _model(nodes, [_vi("x", [2, 3]), _vi("m", [3, 2])], [_vi("y", [2, 2])])
+    m = np.zeros((3, 2), np.float32)
+    m[0, 0] = -np.inf
+    feeds = [{"x": np.ones((2, 3), np.float32), "m": m}]
+    model = to_ir(proto)
+    ctx = Context(reduce_range=False, calib=ListSource(feeds, input_specs(model)))
+    records = run_pipeline(model, build(parse_pipeline(STATIC), ctx), ctx)
+    assert records[-1].modified is True
+    assert [v.name for v in _node(model, "mm").inputs] == ["x_dq", "m"]
+
+
+def test_the_pass_reports_a_change_when_the_last_bias_stays_float():
+    """A Conv whose input stays float (non-finite): only its weight changes, its bias cannot."""
+    proto = _conv(seed=35)
+    feeds = _feeds([1, 4, 5, 5], [0] * 4)
+    feeds[0]["x"][0, 0, 0, 0] = np.nan
+    model = to_ir(proto)
+    ctx = Context(reduce_range=False, calib=ListSource(feeds, input_specs(model)))
+    records = run_pipeline(model, build(parse_pipeline(UNCORRECTED), ctx), ctx)
+    assert records[-1].modified is True
+    assert _node(model, "conv").inputs[2].name == "B"
+
+
+def test_a_weight_that_a_float_node_reads_too_stays_in_the_file():
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["y"], name="conv"),
+        helper.make_node("ReduceMean", ["W"], ["wm"], name="mean", keepdims=0),
+    ]
+    proto = _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 2, 3, 3]), _vi("wm", [])], [numpy_helper.from_array(_weights((2, 2, 1, 1), 0), "W")])
+    model, _ = _quantize(proto, _feeds([1, 2, 3, 3], [0, 0]))
+    assert "W" in model.graph.initializers and _node(model, "mean").inputs[0].name == "W"
+    assert _dq(_node(model, "conv").inputs[1])[0].dtype == np.int8
+
+
+def test_insert_qdq_requires_ranges_for_every_planned_tensor():
+    from qonnx.calib.ranges import RangeTable, TensorRange
+    from qonnx.errors import UserError
+
+    proto = _operand_model([1.0, 2.0, 3.0])
+    with pytest.raises(UserError, match=r"^no ranges available: run the calibrate pass before insert-qdq \(or pass --ranges\)$"):
+        _quantize(proto, _feeds([1, 2, 3, 3], [0, 0]), text="resolve-policy,insert-qdq")
+    model = to_ir(proto)
+    ctx = Context(reduce_range=False)
+    run_pipeline(model, build(parse_pipeline("resolve-policy"), ctx), ctx)
+    ctx.analyses["ranges"] = RangeTable({"x": TensorRange(-1.0, 1.0), "a": TensorRange(-1.0, 1.0)})
+    # Planned: x, c, a, m, p; c, m and p lack a range.
+    with pytest.raises(UserError, match=r"^no calibration ranges for tensor 'c' \(3 tensors lack one\)$"):
+        run_pipeline(model, build(parse_pipeline("insert-qdq"), ctx), ctx)
+
+
+def test_ensures_names_the_weighted_input_without_a_dequantize_linear():
+    """The postcondition, checked on a model quantized in part (here: not at all, after a
+    quantized Sigmoid that it skips)."""
+    from qonnx.passes.insert_qdq import InsertQDQ
+
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"], name="sig"), helper.make_node("Conv", ["s", "W"], ["y"], name="conv")]
+    proto = _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 2, 3, 3])], [numpy_helper.from_array(_weights((2, 2, 1, 1), 0), "W")])
+    model = to_ir(proto)
+    ctx = Context(reduce_range=False)
+    run_pipeline(model, build(parse_pipeline("resolve-policy"), ctx), ctx)
+    with pytest.raises(ir.passes.PostconditionError, match="^input 0 of conv has no DequantizeLinear producer$"):
+        InsertQDQ(ctx).ensures(model)
+
+
+def test_a_conv_after_one_with_a_shared_weight_is_corrected():
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["a"], name="conv_a"),
+        helper.make_node("Conv", ["x", "W"], ["b"], name="conv_b"),
+        helper.make_node("Add", ["a", "b"], ["s"], name="add"),
+        helper.make_node("Conv", ["s", "W2", "B2"], ["y"], name="conv_c"),
+    ]
+    inits = [
+        numpy_helper.from_array(_weights((2, 2, 1, 1), 0, seed=36), "W"),
+        numpy_helper.from_array(_weights((2, 2, 1, 1), 0, seed=37), "W2"),
+        numpy_helper.from_array(np.float32([0.1, 0.2]), "B2"),
+    ]
+    proto = _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 2, 3, 3])], inits)
+    model, ctx = _quantize(proto, _feeds([1, 2, 3, 3], [2.0, -1.0]))
+    assert list(ctx.analyses["ranges"].channel_means) == ["s"]
+    assert _node(model, "conv_c").inputs[2].name == "B2_corrected_dq"
+
+
+def test_node_roles_name_the_weight_before_and_after_quantization():
+    from qonnx.passes.insert_qdq import node_roles
+
+    a = _weights((3, 10), 0, seed=38)
+    nodes = [helper.make_node("MatMul", ["A", "x"], ["h"], name="mm"), helper.make_node("MatMul", ["h", "W"], ["y"], name="mm2")]
+    inits = [numpy_helper.from_array(a, "A"), numpy_helper.from_array(_weights((5, 4), 1, seed=39), "W")]
+    proto = _model(nodes, [_vi("x", [10, 5])], [_vi("y", [3, 4])], inits)
+    before = to_ir(proto)
+    roles = {n.name: node_roles(n) for n in before.graph}
+    assert (roles["mm"].weight, roles["mm"].weight_axis) == (0, None) and (roles["mm2"].weight, roles["mm2"].weight_axis) == (1, 1)
+    model, _ = _quantize(proto, _feeds([10, 5], [0] * 5))
+    roles = {n.name: node_roles(n) for n in model.graph if n.op_type == "MatMul"}
+    assert (roles["mm"].weight, roles["mm"].weight_axis) == (0, None) and (roles["mm2"].weight, roles["mm2"].weight_axis) == (1, 1)
+    assert roles["mm"].bias is None
+
+
+def test_a_conv_of_a_constant_input_with_a_computed_kernel_stores_no_weight():
+    """Conv(X constant, W computed): the kernel is the activation here, X is no weight."""
+    nodes = [helper.make_node("Relu", ["k"], ["w"], name="relu"), helper.make_node("Conv", ["X", "w"], ["y"], name="conv")]
+    proto = _model(nodes, [_vi("k", [2, 2, 1, 1])], [_vi("y", [1, 2, 3, 3])], [numpy_helper.from_array(_weights((1, 2, 3, 3), 1, seed=40), "X")])
+    model, _ = _quantize(proto, _feeds([2, 2, 1, 1], [0, 0], name="k"))
+    conv = _node(model, "conv")
+    assert conv.inputs[0].name == "X" and conv.inputs[1].name == "w_dq"
+
+
+def test_a_conv_quantized_at_run_time_keeps_its_bias_float():
+    """A policy that quantizes a Conv's input at run time: there is no input scale to put an INT32
+    bias on, so the bias stays float (and the weight is INT8)."""
+    feeds = _feeds([1, 4, 5, 5], [0] * 4)
+    model = _with_spec(_conv(seed=41), feeds, dynamic=True)
+    conv = _node(model, "conv")
+    assert conv.inputs[0].producer().inputs[0].producer().op_type == "DynamicQuantizeLinear"
+    assert conv.inputs[2].name == "B" and _dq(conv.inputs[1])[0].dtype == np.int8
+
+
+def test_seven_bit_weights_per_tensor():
+    proto = _conv_transpose(group=2, seed=42)
+    model, _ = _quantize(proto, _feeds([1, 4, 3, 3], [0] * 4), reduce_range=True)
+    q, scale, _, axis = _dq(_node(model, "deconv").inputs[1])
+    expected_q, expected_scale = _expected_weight(_weight_of(proto), None, qmax=63)
+    assert axis is None
+    np.testing.assert_allclose(scale, expected_scale, rtol=FLOAT32_RTOL)
+    np.testing.assert_array_equal(q, expected_q)

@@ -294,9 +294,11 @@ def test_two_sided_ranges_are_clipped_per_side_or_symmetric():
 def test_observer_settings_are_checked():
     with pytest.raises(UserError, match="percentile"):
         make_observer("percentile", percentile=40)
-    with pytest.raises(UserError, match="takes no percentile"):
+    with pytest.raises(UserError, match="^calibration method 'entropy' takes no percentile setting$"):
         make_observer("entropy", percentile=99.0)
-    with pytest.raises(UserError, match="unknown calibration method"):
+    with pytest.raises(UserError, match="^calibration method 'minmax' takes no count, lo setting$"):
+        make_observer("minmax", lo=1.0, count=3)  # state, not settings
+    with pytest.raises(UserError, match="^unknown calibration method 'kl'; known: minmax, moving-minmax, percentile, entropy, mse$"):
         make_observer("kl")
     with pytest.raises(UserError, match="^MSE calibration supports uint8, int8, not 'float8'$"):
         make_observer("mse", dtype="float8")
@@ -349,8 +351,12 @@ def test_finite_part_drops_non_finite_and_fill_values():
     # 1e30 in magnitude is the fill limit (float32); 5e29 stays
     assert values.tolist() == [1.0, -2.0, np.float32(5e29)] and dropped == 3
     assert FILL_LIMIT == np.float32(1e30)
-    values, dropped = finite_part(np.array([0.5, -0.25], np.float32))
-    assert values.tolist() == [0.5, -0.25] and dropped == 0
+    values, dropped = finite_part(np.array([[0.5], [-0.25]], np.float64))  # all finite: the fast path
+    assert values.dtype == np.float32 and values.shape == (2,) and values.tolist() == [0.5, -0.25] and dropped == 0
+    values, dropped = finite_part(np.array([1.0, 1e30], np.float32))  # the fill limit itself is a fill value
+    assert values.tolist() == [1.0] and dropped == 1
+    values, dropped = finite_part(np.array([-1e30, 1.0], np.float32))
+    assert values.tolist() == [1.0] and dropped == 1
     values, dropped = finite_part(np.zeros((0, 3), np.float32))
     assert values.size == 0 and dropped == 0
     values, dropped = finite_part(np.array([np.nan, np.inf], np.float32))
@@ -571,8 +577,8 @@ def _mse_data(shape: str) -> np.ndarray:
     return {
         "two-sided": data,
         "post-relu": np.maximum(data, 0),  # min exactly 0
-        "positive": 8 + data,  # min > 0: the UINT8 range still reaches down to 0
-        "negative": -8 + np.minimum(data, 7.9),  # max < 0: the range reaches up to 0
+        "positive": 0.5 + np.abs(data),  # min in (0, 1): the UINT8 range still reaches down to 0
+        "negative": -0.5 - np.abs(data),  # max in (-1, 0): the range reaches up to 0
         "small": 0.05 * data,  # |x| < 1
     }[shape].astype(np.float32)
 
@@ -645,7 +651,7 @@ def test_per_channel_minmax_is_numpy_per_channel_extremes(axis):
     lo, hi = observer.compute_range()
     assert np.array_equal(lo, np.where(kept, both, np.inf).min(axis=others))
     assert np.array_equal(hi, np.where(kept, both, -np.inf).max(axis=others))
-    assert lo.dtype == np.float64 and lo.shape == (both.shape[axis + 1],) and observer.nonfinite == 3
+    assert lo.dtype == hi.dtype == np.float64 and lo.shape == hi.shape == (both.shape[axis + 1],) and observer.nonfinite == 3
     # The other order (each batch holds some channels' extremes): the same
     reverse = PerChannelMinMaxObserver(axis)
     reverse.update(second)
@@ -658,6 +664,13 @@ def test_per_channel_minmax_is_numpy_per_channel_extremes(axis):
     b.update(second)
     a.merge(b)
     assert np.array_equal(a.compute_range()[0], lo) and np.array_equal(a.compute_range()[1], hi) and a.nonfinite == 3
+    c = PerChannelMinMaxObserver(axis)  # the other way round
+    c.update(second)
+    c.merge(PerChannelMinMaxObserver.from_dict(PerChannelMinMaxObserver(axis).to_dict()))
+    first_only = PerChannelMinMaxObserver(axis)
+    first_only.update(first)
+    c.merge(first_only)
+    assert np.array_equal(c.compute_range()[0], lo) and np.array_equal(c.compute_range()[1], hi)
     empty = PerChannelMinMaxObserver(axis)
     empty.merge(b)
     assert np.array_equal(empty.compute_range()[1], b.compute_range()[1])
@@ -670,10 +683,10 @@ def test_per_channel_minmax_is_numpy_per_channel_extremes(axis):
 
 def test_per_channel_minmax_refuses_what_it_cannot_answer():
     observer = PerChannelMinMaxObserver(0)
-    with pytest.raises(ValueError, match="no finite value"):
+    with pytest.raises(ValueError, match="^a channel held no finite value$"):
         observer.compute_range()
     observer.update(np.array([[1.0, np.nan], [np.nan, np.inf]], np.float32))  # channel 1: nothing finite
-    with pytest.raises(ValueError, match="no finite value"):
+    with pytest.raises(ValueError, match="^a channel held no finite value$"):
         observer.compute_range()
     with pytest.raises(ValueError, match="3 channels along axis 0, 2 before"):
         observer.update(np.zeros((3, 2), np.float32))
@@ -741,6 +754,9 @@ def test_kl_search_of_short_or_empty_histograms_keeps_every_bin():
     assert kl_threshold_bins(np.array([3, 0, 1, 2]), 8) == 4
     assert kl_threshold_bins(np.arange(8), 8) == 8
     assert kl_threshold_bins(np.zeros(200, np.int64), 8) == 200
+    # Everything in the first bin: keeping 1, 2, 3 or 4 bins all lose nothing (divergence 0), but
+    # the candidates start at quantized_bins = 2, the fewest bins that hold both levels.
+    assert kl_threshold_bins(np.array([5, 0, 0, 0]), 2) == 2 == _kl_reference(np.array([5, 0, 0, 0]), 2)
 
 
 def test_kl_search_by_hand():
@@ -781,3 +797,16 @@ def test_kl_search_ties_and_candidates_past_the_last_bin():
     # count among the bins its group's mass is spread over. The candidate loop agrees.
     h = np.array([0, 2, 3, 0, 0, 2, 4, 0])
     assert kl_threshold_bins(h, 3) == 8 == _kl_reference(h, 3)
+    # Weights below 1 count with their negative p log p: taking them as 0 would pick 3 bins here.
+    weighted = np.array([0.0, 1.0, 7.5, 0.25, 0.25, 0.0, 0.0, 40.0, 0.0])
+    assert kl_threshold_bins(weighted, 3) == 8 == _kl_reference(weighted, 3)
+
+
+def test_kl_search_defaults_to_128_levels():
+    # TensorRT's 128 levels by default: an exponential histogram of |x| with a few far outliers,
+    # where 128 and 129 levels choose different thresholds (the candidate loop agrees on 128).
+    rng = np.random.default_rng(0)
+    h = rng.poisson(np.exp(-np.arange(400) / 40.0) * 200).astype(float)
+    h[rng.integers(300, 400)] += 3
+    assert kl_threshold_bins(h) == kl_threshold_bins(h, 128) == _kl_reference(h, 128)
+    assert kl_threshold_bins(h, 129) != kl_threshold_bins(h, 128)

@@ -8,6 +8,8 @@ are sets of names.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -15,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qonnx.calib.sources import ListSource, input_specs
 from qonnx.passes.qdq_placement import activation_inputs, output_to_quantize, plan_placement
+from qonnx.policy import SPEC_KEY
 from qonnx.pipeline import Context, build, parse_pipeline, run_pipeline
 from qonnx.policy import QuantSpec
 from qonnx.targets import get_target
@@ -154,14 +157,14 @@ def test_concat_with_a_constant_input_is_left_float():
 
 
 def _movement_chain():
-    """x → conv → c → Reshape → r1 → Transpose → t → Reshape → r2 → conv2 → y; plus an unread Split output."""
+    """x → conv → c → Reshape → r1 → Transpose → t → Reshape → r2 → Split → (s1, s2); s2 → conv2 → y, s1 a graph output only."""
     nodes = [
         helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
         helper.make_node("Reshape", ["c", "flat"], ["r1"], name="reshape1"),
         helper.make_node("Transpose", ["r1"], ["t"], name="transpose", perm=[0, 2, 1]),
         helper.make_node("Reshape", ["t", "back"], ["r2"], name="reshape2"),
         helper.make_node("Split", ["r2"], ["s1", "s2"], name="split", axis=1),
-        helper.make_node("Conv", ["s1", "W2"], ["y"], name="conv2"),
+        helper.make_node("Conv", ["s2", "W2"], ["y"], name="conv2"),
     ]
     inits = [
         _w("W", (4, 2, 1, 1)),
@@ -169,21 +172,21 @@ def _movement_chain():
         _const("back", np.array([1, 4, 3, 3], np.int64)),
         _w("W2", (2, 2, 1, 1), 1),
     ]
-    return _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 2, 3, 3]), _vi("s2", [1, 2, 3, 3])], inits)
+    return _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 2, 3, 3]), _vi("s1", [1, 2, 3, 3])], inits)
 
 
 def test_data_movement_chain_carries_the_scale_forward():
     placement, _ = _plan(_movement_chain())
     assert placement.calibrated == ["x", "c"]
-    # s2 is only a graph output: nobody reads it, so it gets nothing.
-    assert placement.passthrough == ["r1", "t", "r2", "s1"]
-    assert _groups(placement) == [["c", "r1", "r2", "s1", "t"]]
-    assert all(placement.group_of[n] == "c" for n in ("c", "r1", "t", "r2", "s1"))
-    assert set(placement.spec_of) == {"x", "c", "r1", "t", "r2", "s1"}
+    # s1 is only a graph output: nobody reads it, so it gets nothing (its sibling s2 does).
+    assert placement.passthrough == ["r1", "t", "r2", "s2"]
+    assert _groups(placement) == [["c", "r1", "r2", "s2", "t"]]
+    assert all(placement.group_of[n] == "c" for n in ("c", "r1", "t", "r2", "s2"))
+    assert set(placement.spec_of) == {"x", "c", "r1", "t", "r2", "s2"}
     quantized, model = _quantized_tensors(_movement_chain())
-    assert quantized == ["c", "r1", "r2", "s1", "t", "x"]
+    assert quantized == ["c", "r1", "r2", "s2", "t", "x"]
     scales = {n.inputs[0].name: n.inputs[1].name for n in model.graph if n.op_type == "QuantizeLinear"}
-    assert len({scales[n] for n in ("c", "r1", "t", "r2", "s1")}) == 1
+    assert len({scales[n] for n in ("c", "r1", "t", "r2", "s2")}) == 1
 
 
 def test_data_movement_of_a_float_tensor_stays_float():
@@ -335,14 +338,17 @@ def test_activation_inputs_by_op_kind():
         helper.make_node("Sigmoid", ["b"], ["s"], name="sig"),
         helper.make_node("Gemm", ["x", "W", "C"], ["g"], name="gemm", transB=1),
         helper.make_node("Mul", ["g", "k"], ["y"], name="mul"),
+        helper.make_node("Mul", ["x", "z"], ["p"], name="mul2"),
+        helper.make_node("Add", ["k", "z"], ["q"], name="add"),
     ]
     inits = [_w("W", (2, 2)), _w("C", (2,), 1), _w("k", (2,), 2)]
-    proto = _model(nodes, [_vi("x", [2, 2]), _vi("z", [2, 2])], [_vi("s", [2, 6]), _vi("y", [2, 2])], inits)
+    outputs = [_vi("s", [2, 6]), _vi("y", [2, 2]), _vi("p", [2, 2]), _vi("q", [2, 2])]
+    proto = _model(nodes, [_vi("x", [2, 2]), _vi("z", [2, 2])], outputs, inits)
     model = to_ir(proto)
     found = {n.name: activation_inputs(n, CPU) for n in model.graph}
     # MatMul: both operands; Concat: every input; Sigmoid: its one input; Gemm: x only (W and C
-    # are constants); Mul: the activation, not the constant.
-    assert found == {"mm": [0, 1], "cat": [0, 1, 2], "sig": [0], "gemm": [0], "mul": [0]}
+    # are constants); Mul and Add: the activations, not the constants.
+    assert found == {"mm": [0, 1], "cat": [0, 1, 2], "sig": [0], "gemm": [0], "mul": [0], "mul2": [0, 1], "add": [1]}
 
 
 @pytest.mark.parametrize("table, root", [("table", "e"), ("a_table", "a_table")])
@@ -401,3 +407,86 @@ def test_a_clamp_inside_a_subgraph_does_not_carry_the_conv_output():
     assert placement.calibrated == ["x", "c"]
     conv = next(n for n in model.graph if n.name == "conv")
     assert output_to_quantize(conv, QuantSpec("int8")).name == "c"
+
+
+@pytest.mark.parametrize("inputs, after_clip", [(["c"], False), (["c", "lo"], True)])
+def test_a_clip_with_fewer_inputs(inputs, after_clip):
+    """Clip(c): no lower bound, nothing to absorb; Clip(c, 0): a lower bound of 0, no upper one."""
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+        helper.make_node("Clip", inputs, ["k"], name="clip"),
+        helper.make_node("Conv", ["k", "W2"], ["y"], name="conv2"),
+    ]
+    inits = [_w("W", (2, 2, 1, 1)), _const("lo", np.array(0.0, np.float32)), _w("W2", (2, 2, 1, 1), 1)]
+    proto = _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 2, 3, 3])], inits)
+    placement, _ = _plan(proto)
+    assert placement.calibrated == (["x", "k"] if after_clip else ["x", "c", "k"])
+
+
+def test_an_add_of_a_constant_after_a_conv_is_no_clamp():
+    """Conv → Add(c, 0.5) → Conv: the Add's constant is no lower bound; c and the sum are both quantized."""
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+        helper.make_node("Add", ["c", "half"], ["a"], name="add"),
+        helper.make_node("Conv", ["a", "W2"], ["y"], name="conv2"),
+    ]
+    inits = [_w("W", (2, 2, 1, 1)), _const("half", np.array(0.5, np.float32)), _w("W2", (2, 2, 1, 1), 1)]
+    proto = _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 2, 3, 3])], inits)
+    placement, model = _plan(proto)
+    assert placement.calibrated == ["x", "c", "a"]
+    conv = next(n for n in model.graph if n.name == "conv")
+    assert output_to_quantize(conv, QuantSpec("int8")).name == "c"
+
+
+def test_a_passthrough_of_a_float_tensor_before_a_quantized_chain():
+    """Transpose(z) read by a float Softmax comes first; the Reshape of the conv output after it
+    still carries its scale."""
+    nodes = [
+        helper.make_node("Transpose", ["z"], ["zt"], name="t0", perm=[0, 1, 3, 2]),
+        helper.make_node("Softmax", ["zt"], ["p"], name="softmax"),
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+        helper.make_node("Reshape", ["c", "shape"], ["r"], name="reshape"),
+        helper.make_node("Conv", ["r", "W2"], ["y"], name="conv2"),
+    ]
+    inits = [_w("W", (2, 2, 1, 1)), _const("shape", np.array([1, 2, 3, 3], np.int64)), _w("W2", (2, 2, 1, 1), 1)]
+    proto = _model(nodes, [_vi("x", [1, 2, 3, 3]), _vi("z", [1, 2, 3, 3])], [_vi("y", [1, 2, 3, 3]), _vi("p", [1, 2, 3, 3])], inits)
+    placement, _ = _plan(proto)
+    assert placement.calibrated == ["x", "c"] and placement.passthrough == ["r"]
+
+
+def test_a_passthrough_output_is_quantized_under_its_inputs_spec():
+    proto = _movement_chain()
+    model = to_ir(proto)
+    ctx = Context(reduce_range=False)
+    run_pipeline(model, build(parse_pipeline("resolve-policy"), ctx), ctx)
+    reshape = next(n for n in model.graph if n.name == "reshape1")
+    reshape.metadata_props[SPEC_KEY] = json.dumps(dict(json.loads(reshape.metadata_props[SPEC_KEY]), activation_dtype="int8", symmetric_activations=True))
+    placement = plan_placement(model, CPU)
+    assert placement.spec_of["r1"] == placement.spec_of["c"] == QuantSpec("int8", per_channel=True)
+
+
+def test_an_output_quantized_already_is_not_planned_again():
+    """Conv → c → Q → DQ → Conv2 (quantized before): c keeps its pair, nothing new is planned."""
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+        helper.make_node("QuantizeLinear", ["c", "s", "z"], ["cq"], name="q"),
+        helper.make_node("DequantizeLinear", ["cq", "s", "z"], ["cd"], name="dq"),
+        helper.make_node("Conv", ["cd", "W2"], ["y"], name="conv2"),
+    ]
+    inits = [_w("W", (2, 2, 1, 1)), _const("s", np.float32(0.05)), _const("z", np.uint8(128)), _w("W2", (2, 2, 1, 1), 1)]
+    proto = _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 2, 3, 3])], inits)
+    placement, _ = _plan(proto)
+    assert placement.calibrated == ["x"]
+
+
+def test_a_reshaped_constant_is_no_table():
+    """Reshape(constant) → MatMul: the Reshape's output is an activation of the MatMul, calibrated
+    like any other; only a Gather's constant data is a table."""
+    nodes = [
+        helper.make_node("Reshape", ["k", "shape"], ["kr"], name="reshape"),
+        helper.make_node("MatMul", ["x", "kr"], ["y"], name="mm"),
+    ]
+    inits = [_w("k", (6,)), _const("shape", np.array([3, 2], np.int64))]
+    proto = _model(nodes, [_vi("x", [2, 3])], [_vi("y", [2, 2])], inits)
+    placement, _ = _plan(proto)
+    assert placement.calibrated == ["x", "kr"] and placement.passthrough == [] and placement.tables == {}

@@ -283,6 +283,12 @@ def test_bias_fits_int32_at_the_boundary():
     # A zero scale: a zero bias fits, any other does not
     assert quant.bias_fits_int32(np.array([0.0]), 0.0, 1.0)
     assert not quant.bias_fits_int32(np.array([1e-30]), 0.0, 1.0)
+    # The product of two float32 scales is exact in float64; in float32 this one rounds down by
+    # 2.3e-8 relative, which would push a bias of (2³¹ - 2) · scale over the limit (by ~48).
+    a, b = np.float32(0.05201723054051399), np.float32(0.029294336214661598)
+    exact = np.float64(a) * np.float64(b)
+    assert np.float64(a * b) < exact  # the float32 product is smaller
+    assert quant.bias_fits_int32(np.array([(INT32_MAX - 1) * exact]), a, np.array([b]))
 
 
 def test_bias_to_int32():
@@ -296,6 +302,10 @@ def test_bias_to_int32():
     # Saturation at the INT32 limits; a zero weight scale takes the 1e-12 floor
     q, scale = quant.bias_to_int32(np.array([1e3, -1e3], np.float32), np.float32(1.0), np.array([0.0, 0.0], np.float32))
     assert q.tolist() == [INT32_MAX, -(2**31)] and scale.tolist() == [np.float32(1e-12)] * 2
+    # An input scale given as a Python or numpy float64 is float32 first: float32(0.1) · float32(0.02)
+    for input_scale in (0.1, np.float64(0.1), np.array(0.1)):
+        q, scale = quant.bias_to_int32(np.array([1.0], np.float32), input_scale, np.array([0.02], np.float32))
+        assert scale.dtype == np.float32 and scale.tolist() == [np.float32(0.1) * np.float32(0.02)]
     # Rounding half to even: 2.5 → 2, 3.5 → 4 (scale 1)
     q, _ = quant.bias_to_int32(np.array([2.5, 3.5], np.float32), np.float32(1.0), np.float32(1.0))
     assert q.tolist() == [2, 4]
@@ -359,6 +369,7 @@ def test_quantize_and_dequantize_match_onnxruntime(dtype):
     assert np.array_equal(quant.dequantize(q_in, 0.1, 0), ((q_in.astype(np.int64)) * np.float32(0.1)).astype(np.float32))
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # saturation is intended: no overflow warning
 def test_quantize_saturates_beyond_any_integer_range():
     # x / scale = 1e30 / 1e-12 overflows float32 to inf: the result saturates, sign kept
     # (QuantizeLinear saturates), rather than wrapping through a 64-bit integer cast.
