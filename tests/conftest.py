@@ -126,3 +126,21 @@ def calib_npz(tmp_path) -> Path:
     path = tmp_path / "calib.npz"
     np.savez(path, **calib_arrays())
     return path
+
+
+def in_process(capsys):
+    """Runs ``qonnx.cli.main`` in this process and returns rc, stdout and stderr, as ``run_qonnx``."""
+    from qonnx import cli
+
+    def run(*args) -> Result:
+        capsys.readouterr()
+        rc = cli.main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return Result(rc, out, err)
+
+    return run
+
+
+@pytest.fixture
+def inproc(capsys):
+    return in_process(capsys)

@@ -19,33 +19,13 @@ import pytest
 from qonnx import cli, pipeline
 from qonnx.models import tiny
 
-from conftest import Result, calib_arrays, run_qonnx
+from conftest import Result, calib_arrays, in_process, run_qonnx
 
 
 @pytest.fixture(params=["subprocess", "inprocess"])
 def qonnx_cmd(request, capsys):
     """Runs the CLI one way or the other and returns rc, stdout and stderr."""
-    if request.param == "subprocess":
-        return run_qonnx
-
-    def run(*args) -> Result:
-        capsys.readouterr()
-        rc = cli.main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return Result(rc, out, err)
-
-    return run
-
-
-@pytest.fixture
-def inproc(capsys):
-    def run(*args) -> Result:
-        capsys.readouterr()
-        rc = cli.main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return Result(rc, out, err)
-
-    return run
+    return run_qonnx if request.param == "subprocess" else in_process(capsys)
 
 
 def _assert_user_error(result: Result, match: str):

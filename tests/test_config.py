@@ -14,27 +14,16 @@ import pytest
 from PIL import Image
 
 import qonnx
-from qonnx import cli
 from qonnx.api import quantize
 from qonnx.config import CalibrationConfig, ConfigError, EvaluationConfig, QuantizeConfig, recipe_from_dict
 from qonnx.errors import UserError
 from qonnx.models import tiny
 from qonnx.policy import MixedPrecisionPolicy, QuantSpec, Rule
 
-from conftest import Result
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
-@pytest.fixture
-def inproc(capsys):
-    def run(*args) -> Result:
-        capsys.readouterr()
-        rc = cli.main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return Result(rc, out, err)
-
-    return run
 
 
 # --------------------------------------------------------------------------------------------
