@@ -1130,3 +1130,20 @@ def test_seven_bit_weights_per_tensor():
     assert axis is None
     np.testing.assert_allclose(scale, expected_scale, rtol=FLOAT32_RTOL)
     np.testing.assert_array_equal(q, expected_q)
+
+
+def test_a_gemm_after_a_scaled_one_is_corrected():
+    nodes = [
+        helper.make_node("Gemm", ["x", "W1", "B1"], ["h"], name="gemm1", transB=1, alpha=0.5),
+        helper.make_node("Gemm", ["h", "W2", "B2"], ["y"], name="gemm2", transB=1),
+    ]
+    inits = [
+        numpy_helper.from_array(_weights((6, 10), 0, seed=43), "W1"),
+        numpy_helper.from_array(np.linspace(1.0, 3.0, 6).astype(np.float32), "B1"),
+        numpy_helper.from_array(_weights((4, 6), 0, seed=44), "W2"),
+        numpy_helper.from_array(np.float32([0.1, 0.2, 0.3, 0.4]), "B2"),
+    ]
+    proto = _model(nodes, [_vi("x", [3, 10])], [_vi("y", [3, 4])], inits)
+    model, ctx = _quantize(proto, _feeds([3, 10], np.linspace(-2.0, 3.0, 10)))
+    assert list(ctx.analyses["ranges"].channel_means) == ["h"]
+    assert _node(model, "gemm1").inputs[2].name == "B1_dq" and _node(model, "gemm2").inputs[2].name == "B2_corrected_dq"
