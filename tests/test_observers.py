@@ -383,14 +383,14 @@ def test_moving_average_with_the_default_constant():
     # c = 0.01: (-1, 1), then a batch (-3, 5): lo = -1 + 0.01 (-3 + 1) = -1.02, hi = 1 + 0.01 (5 - 1)
     # = 1.04 (float64 rounding only: 1e-12 absolute).
     observer = make_observer("moving-minmax")
-    observer.update(np.array([-1.0, 1.0], np.float32))
+    observer.update(np.array([-1.0, 1.0, np.nan], np.float32))
     observer.update(np.array([-3.0, 5.0], np.float32))
     lo, hi = observer.compute_range()
     assert lo == pytest.approx(-1.02, abs=1e-12) and hi == pytest.approx(1.04, abs=1e-12)
     assert observer.settings() == {"averaging_constant": 0.01}
-    # A batch with nothing finite is counted in nonfinite and moves nothing
+    # A batch with nothing finite is counted in nonfinite (1 + 2) and moves nothing
     observer.update(np.array([np.nan, np.inf], np.float32))
-    assert observer.compute_range() == (lo, hi) and observer.batches == 2 and observer.nonfinite == 2
+    assert observer.compute_range() == (lo, hi) and observer.batches == 2 and observer.nonfinite == 3
     # A constant of 1 follows the latest batch: (-3, 5)
     last = MovingAverageMinMaxObserver(averaging_constant=1.0)
     for batch in ([-1.0, 1.0], [-3.0, 5.0]):
