@@ -144,3 +144,16 @@ def in_process(capsys):
 @pytest.fixture
 def inproc(capsys):
     return in_process(capsys)
+
+
+def graph_model(nodes, inputs, outputs, initializers=(), opset=13) -> onnx.ModelProto:
+    """A checked one-graph model of ``nodes`` (default domain at ``opset``, IR version 8)."""
+    graph = onnx.helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def value_info(name, shape, dtype=onnx.TensorProto.FLOAT):
+    return onnx.helper.make_tensor_value_info(name, dtype, shape)

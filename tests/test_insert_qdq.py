@@ -29,7 +29,7 @@ from qonnx.calib.sources import ListSource, input_specs
 from qonnx.pipeline import Context, build, parse_pipeline, run_pipeline
 from qonnx.policy import SPEC_KEY
 
-from conftest import outputs, to_ir
+from conftest import graph_model, value_info, outputs, to_ir
 
 F = TensorProto.FLOAT
 STATIC = "resolve-policy,calibrate(method=minmax),insert-qdq"
@@ -38,16 +38,7 @@ FLOAT32_RTOL = 1e-6  # one float32 operation on the same operands
 INT32_MAX = 2147483647
 
 
-def _model(nodes, inputs, outputs_, initializers=(), opset=13) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", inputs, outputs_, initializer=list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
-
-
-def _vi(name, shape, dtype=F):
-    return helper.make_tensor_value_info(name, dtype, shape)
+_model, _vi = graph_model, value_info
 
 
 def _spread(w: np.ndarray, axis: int) -> np.ndarray:

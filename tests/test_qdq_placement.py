@@ -22,22 +22,13 @@ from qonnx.pipeline import Context, build, parse_pipeline, run_pipeline
 from qonnx.policy import QuantSpec
 from qonnx.targets import get_target
 
-from conftest import to_ir
+from conftest import graph_model, value_info, to_ir
 
 F = TensorProto.FLOAT
 CPU = get_target("cpu")
 
 
-def _model(nodes, inputs, outputs, initializers=(), opset=13) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
-
-
-def _vi(name, shape, dtype=F):
-    return helper.make_tensor_value_info(name, dtype, shape)
+_model, _vi = graph_model, value_info
 
 
 def _w(name, shape, seed=0):
