@@ -92,6 +92,17 @@ class Pass(ir.passes.InPlacePass):
 
     def __init__(self, context: Context | None = None) -> None:
         self.context = context if context is not None else Context()
+        self.skipped: collections.Counter[str] = collections.Counter()
+
+    def skip(self, reason: str, node: ir.Node | None = None) -> bool:
+        """Record why a rewrite did not apply (counted in the pass record, listed with --debug); returns False.
+
+        ``reason`` is the condition that failed, without the node's name, so that equal reasons add up.
+        """
+        self.skipped[reason] += 1
+        if node is not None:
+            logger.debug("%s: %s not rewritten: %s", self.name, node.name or node.op_type, reason)
+        return False
 
     def __repr__(self) -> str:
         return self.name or type(self).__name__
@@ -251,6 +262,7 @@ class PassRecord:
     nodes_before: int
     nodes_after: int
     op_delta: dict[str, int]
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # reason -> count of rewrites not applied
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -277,6 +289,7 @@ def run_pipeline(
     records = []
     for index, pass_ in enumerate(passes):
         before = op_histogram(model)
+        pass_.skipped = collections.Counter()
         start = time.perf_counter()
         try:
             result = pass_(model)
@@ -295,7 +308,10 @@ def run_pipeline(
             context.analyses = kept
         after = op_histogram(model)
         delta = {op: after[op] - before[op] for op in sorted(set(before) | set(after)) if after[op] != before[op]}
-        record = PassRecord(pass_.name, seconds, result.modified, sum(before.values()), sum(after.values()), delta)
+        skipped = dict(sorted(pass_.skipped.items(), key=lambda item: (-item[1], item[0])))
+        record = PassRecord(pass_.name, seconds, result.modified, sum(before.values()), sum(after.values()), delta, skipped)
+        for reason, count in skipped.items():
+            logger.info("%s: %d not rewritten: %s", pass_.name, count, reason)
         records.append(record)
         if on_pass:
             on_pass(record)

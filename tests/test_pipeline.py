@@ -236,7 +236,7 @@ def test_records_per_pass(temp_pass):
     assert (looked.modified, looked.nodes_before, looked.nodes_after, looked.op_delta) == (False, 3, 3, {})
     for r in records:
         assert isinstance(r.seconds, float) and r.seconds >= 0
-        assert set(r.to_dict()) == {"name", "seconds", "modified", "nodes_before", "nodes_after", "op_delta"}
+        assert set(r.to_dict()) == {"name", "seconds", "modified", "nodes_before", "nodes_after", "op_delta", "skipped"}
     # The records describe the model as it ends up.
     assert sorted(n.op_type for n in model.graph) == ["Conv", "Identity", "Relu"]
 
