@@ -133,7 +133,7 @@ def emulated(model: ir.Model) -> ir.Model:
 class EmulateFloat(Pass):
     name = "emulate-float"
     summary = "widen FP16/BF16 tensors to FP32 with a rounding Cast pair each: the same numerics on any provider"
-    preserves = frozenset()
+    preserves = frozenset({"plan"})
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         return ir.passes.PassResult(model, emulate_in_place(model))

@@ -41,7 +41,7 @@ from qonnx.passes.qdq_placement import (
     quantized_nodes,
 )
 from qonnx.policy import QuantSpec, node_spec
-from qonnx.pipeline import Pass, register
+from qonnx.pipeline import Context, Pass, analysis, register
 from qonnx.targets import Target, get_target
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,12 @@ def correctable_nodes(model: ir.Model) -> list[ir.Node]:
     return nodes
 
 
+@analysis("bias-correction-inputs", requires=("plan",))
+def _bias_correction_inputs(model: ir.Model, context: Context) -> list[str]:
+    """The ``bias-correction-inputs`` analysis: ``bias_correction_inputs``."""
+    return bias_correction_inputs(model)
+
+
 def bias_correction_inputs(model: ir.Model) -> list[str]:
     """The tensors whose mean per channel bias correction needs (see ``qonnx.calib.means``)."""
     return list(dict.fromkeys(node.inputs[0].name for node in correctable_nodes(model)))
@@ -129,7 +135,8 @@ def _dequantize_for(graph: ir.Graph, value: ir.Value, quantizer: ir.Node, dq_inp
 class InsertQDQ(Pass):
     name = "insert-qdq"
     summary = "insert QuantizeLinear/DequantizeLinear for INT8 nodes; weights become INT8 initializers"
-    preserves = frozenset({"shapes", "ranges"})
+    preserves = frozenset({"shapes", "ranges", "plan"})
+    analyses_required = frozenset({"plan", "placement", "ranges"})
 
     def __init__(self, context=None, *, bias_correction: bool = True) -> None:
         super().__init__(context)
@@ -137,7 +144,7 @@ class InsertQDQ(Pass):
         self.bias_correction = bias_correction
 
     def requires(self, model: ir.Model) -> None:
-        needed = tensors_to_calibrate(model, self.target)
+        needed = self.context.analysis("placement", model).calibrated
         if not needed:
             return
         ranges = self.context.require("ranges", "run the calibrate pass before insert-qdq (or pass --ranges)")
@@ -157,7 +164,7 @@ class InsertQDQ(Pass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        placement = plan_placement(model, self.target)
+        placement = self.context.analysis("placement", model)
         self._placement, self._graph = placement, graph
         # Before activations and weights get their DQ producers, which renames what the nodes read.
         self._mean_of_input = {node: node.inputs[0].name for node in correctable_nodes(model)}
