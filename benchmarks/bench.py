@@ -21,7 +21,7 @@ metrics) one run on this machine measures three kinds of variant:
 Per variant:
 
 * fidelity: SQNR in dB of every output against FP32, energies pooled over the held-out samples
-  (``qonnx.metrics.Accumulator``), plus the case's task metrics (top-1 agreement for classifiers);
+  (``qonnx.metrics.compare``), plus the case's task metrics (top-1 agreement for classifiers);
 * latency: one ``qonnx.runtime.session`` per variant, 2 intra-op threads (as
   ``qonnx.runtime.measure_latency``), 3 warm-up runs each, on the first evaluation sample. Timing
   is interleaved: in each cycle every variant is visited once (order alternating between cycles)
@@ -418,12 +418,8 @@ def run_outputs(model_path: Path, feeds: list[Feed]) -> list[Outputs]:
 
 def measure_fidelity(variant: Variant, case: BenchCase, feeds: list[Feed], reference: list[Outputs]) -> None:
     test = run_outputs(variant.path, feeds)
-    accumulators: dict[str, metrics.Accumulator] = {}
-    for ref_out, test_out in zip(reference, test):
-        for name, value in ref_out.items():
-            accumulators.setdefault(name, metrics.Accumulator()).update(value, test_out[name])
-    variant.sqnr_db = {name: round(acc.sqnr_db(), 3) for name, acc in accumulators.items()}
-    variant.cosine = {name: round(acc.cosine(), 6) for name, acc in accumulators.items()}
+    comparison = metrics.compare(reference, test, feeds)
+    variant.sqnr_db, variant.cosine = comparison.sqnr_db(), comparison.cosine()
     variant.task = {m.key: m.compute(feeds, reference, test) for m in case.task_metrics}
 
 

@@ -28,7 +28,7 @@ from qonnx.calib.ranges import RangeTable
 from qonnx.calib.sources import ImagePreprocess, Source, open_source
 from qonnx.config import CalibrationConfig, QuantizeConfig
 from qonnx.errors import UserError
-from qonnx.pipeline import Context, PassRecord, PipelineStep, build, check_dump_after, default_pipeline, parse_pipeline, run_pipeline
+from qonnx.pipeline import Context, PassRecord, PipelineStep, build, check_dump_after, check_order, default_pipeline, parse_pipeline, run_pipeline
 from qonnx.report import Report, assemble, write_json
 
 __all__ = ["Job", "QuantizeResult", "run", "split_holdout"]
@@ -113,6 +113,7 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
         if given:
             hint = " (give --calib DATA)" if config.pipeline is None else ""
             raise UserError(f"{', '.join(given)}: the pipeline has no calibrate pass{hint}")
+    check_order([s.name for s in steps])
     if evaluated:
         wanted = [PipelineStep("evaluate", {})]
         if config.evaluation.sensitivity and config.precision == "int8":

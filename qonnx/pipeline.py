@@ -49,6 +49,7 @@ __all__ = [
     "analysis",
     "apply",
     "check_order",
+    "pass_options",
     "PassRecord",
     "PipelineStep",
     "register",
@@ -277,6 +278,29 @@ def _parameters(cls: type[Pass]) -> dict[str, inspect.Parameter]:
     return {n: p for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
+@dataclasses.dataclass(frozen=True)
+class PassOption:
+    """One option of a pass, as its ``__init__`` annotates it: the parser and ``qonnx passes`` read these."""
+
+    name: str
+    annotation: Any
+    default: Any
+
+    @property
+    def type_text(self) -> str:
+        text = self.annotation if isinstance(self.annotation, str) else getattr(self.annotation, "__name__", None)
+        return text if text and not typing.get_args(self.annotation) else str(self.annotation).replace("typing.", "")
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.type_text} = {self.default!r}"
+
+
+def pass_options(cls: type[Pass]) -> list[PassOption]:
+    """The typed options of a pass, in the order its ``__init__`` declares them."""
+    hints = typing.get_type_hints(cls.__init__)
+    return [PassOption(name, hints.get(name, str), p.default) for name, p in _parameters(cls).items()]
+
+
 def parse_pipeline(text: str) -> list[PipelineStep]:
     """Parse ``a,b(x=1,y=foo),c`` into steps, checking names and option types against the registry."""
     _load_builtin_passes()
@@ -297,8 +321,7 @@ def parse_pipeline(text: str) -> list[PipelineStep]:
             continue
         if name not in registry:
             raise UserError(f"unknown pass {name!r}; known passes: {', '.join(sorted(registry))}")
-        params = _parameters(registry[name])
-        hints = typing.get_type_hints(registry[name].__init__)
+        params = {option.name: option for option in pass_options(registry[name])}
         options: dict[str, Any] = {}
         for item in filter(None, (a.strip() for a in (args or "").split(","))):
             key, sep, raw = item.partition("=")
@@ -308,13 +331,14 @@ def parse_pipeline(text: str) -> list[PipelineStep]:
             if key not in params:
                 known = ", ".join(params) or "none"
                 raise UserError(f"{name}: unknown option {key!r} (options: {known})")
-            options[key] = _convert(raw.strip(), hints.get(key, str), f"{name}({key})")
+            options[key] = _convert(raw.strip(), params[key].annotation, f"{name}({key})")
         steps.append(PipelineStep(name, options))
     return steps
 
 
 def _producers(name: str) -> list[str]:
-    return sorted(n for n, cls in registry.items() if name in cls.analyses_produced)
+    """The passes that make ``name`` from nothing (not those that only update it)."""
+    return sorted(n for n, cls in registry.items() if name in cls.analyses_produced and name not in cls.analyses_required)
 
 
 def check_order(names: Iterable[str], available: Iterable[str] = ()) -> None:
@@ -343,7 +367,7 @@ def check_order(names: Iterable[str], available: Iterable[str] = ()) -> None:
 
     for name in names:
         cls = registry[name]
-        for needed in sorted(cls.analyses_required):
+        for needed in sorted(cls.analyses_required, key=lambda n: (n in analyses, n)):  # made by passes first
             if obtainable(needed):
                 continue
             lacking = missing(needed)
