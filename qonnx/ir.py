@@ -56,6 +56,7 @@ PROTOBUF_LIMIT = 2**31 - 1
 # Leave head-room for the graph structure when deciding to go external.
 _EXTERNAL_THRESHOLD = PROTOBUF_LIMIT - 64 * 2**20
 
+
 def _checked_proto(path: Path) -> onnx.ModelProto:
     if path.is_dir():
         raise UserError(f"{path} is a directory, not an ONNX model file")
