@@ -904,13 +904,6 @@ def method_table(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(CASES), help=f"comma-separated, from: {', '.join(CASES)}")
@@ -952,8 +945,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc["total_s"] = round(time.perf_counter() - started, 1)
     doc["environment"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report = markdown(doc)
-    write_atomically(args.out / "bench.json", json.dumps(doc, indent=2) + "\n")
-    write_atomically(args.out / "bench.md", report)
+    qir.atomic_write(args.out / "bench.json", lambda f: f.write((json.dumps(doc, indent=2) + "\n").encode()))
+    qir.atomic_write(args.out / "bench.md", lambda f: f.write(report.encode()))
     print(report)
     progress(f"done in {doc['total_s']:.0f} s; wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
     return 0

@@ -86,14 +86,6 @@ def _holders(graph: ir.Graph) -> dict[ir.Node, ir.Node]:
     return holder
 
 
-def _make_cast(graph: ir.Graph, value: ir.Value, to: ir.DataType, suffix: str) -> ir.Node:
-    name = qir.unique_name(graph, f"{value.name}_{suffix}")
-    cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", to)], name=qir.unique_name(graph, f"Cast_{name}"))
-    out = cast.outputs[0]
-    out.name, out.dtype, out.shape = name, to, value.shape
-    return cast
-
-
 @dataclasses.dataclass
 class ConversionRecord(Record):
     """What the conversion did: nodes in each format, Casts and the bytes they move, constants."""
@@ -224,22 +216,13 @@ class ConvertFloat(Pass):
             if not crossing and not output_crosses:
                 continue
             to = ir.DataType.FLOAT if source_low else fmt.dtype
-            cast = _make_cast(graph, value, to, "fp32" if source_low else fmt.name)
-            producer = value.producer()
-            if producer is not None:
-                graph.insert_after(producer, cast)
-            else:
-                graph.insert_before(next(iter(graph)), cast)
-            for user, index in crossing:
-                user.replace_input_with(index, cast.outputs[0])
+            source_format, target_format = (fmt.name, "fp32") if source_low else ("fp32", fmt.name)
+            cast = qir.make_cast(graph, value, to, f"{value.name}_{target_format}")
+            qir.insert_after_producer(graph, value, cast)
+            qir.redirect(crossing, cast.outputs[0])
             if output_crosses:
-                out = cast.outputs[0]
-                name = value.name
-                value.name = qir.unique_name(graph, f"{name}_{'fp32' if not source_low else fmt.name}")
-                out.name = name
-                for position, graph_output in enumerate(graph.outputs):
-                    if graph_output is value:
-                        graph.outputs[position] = out
+                # The graph output keeps its name and I/O type: it is the Cast's output now.
+                qir.replace_graph_output(graph, value, cast.outputs[0], f"{value.name}_{source_format}")
 
         # 3. constants in the format their readers need
         converted, clipped = self._convert_constants(graph, fmt, low, reader_of)

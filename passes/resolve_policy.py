@@ -26,6 +26,24 @@ from qonnx.targets import FLOAT_PRECISIONS, WEIGHT_AXIS_OPS, get_target
 
 logger = logging.getLogger(__name__)
 
+
+def _name_unnamed_nodes(model: ir.Model) -> bool:
+    """Give every unnamed node of every graph a name no other node has (``<OpType>_<n>``)."""
+    nodes = list(qir.all_nodes(model))
+    taken = {n.name for n in nodes if n.name}
+    named = False
+    counter = 0
+    for node in nodes:
+        if node.name:
+            continue
+        while f"{node.op_type}_{counter}" in taken:
+            counter += 1
+        node.name = f"{node.op_type}_{counter}"
+        taken.add(node.name)
+        named = True
+    return named
+
+
 def _refusal(node: ir.Node, target) -> str | None:
     """Why ``node`` cannot run in INT8, or None. Only data inputs count: Reshape's shape, Resize's
     scales and Gather's indices are not quantized."""
@@ -112,7 +130,7 @@ class ResolvePolicy(Pass):
             policy = recorded = self.target.policy(
                 self.context.precision, self.context.mode, self.context.reduce_range, saturating_cpu=saturating
             )
-        modified = qir.name_unnamed_nodes(model)
+        modified = _name_unnamed_nodes(model)
         plan = Plan()
         seven_bit: set[str] = set()
         float_format = self.context.precision in FLOAT_PRECISIONS

@@ -49,6 +49,7 @@ def test_passes_lists_every_registered_pass(qonnx_cmd):
     # A pass's row, then one indented row per option ("name: type = default") and the analyses it needs and makes.
     passes: dict[str, str] = {}
     details: dict[str, list[str]] = {}
+    last = ""
     for line in listing.splitlines():
         if line.startswith(" "):
             details[last].append(line.strip())
