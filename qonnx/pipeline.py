@@ -484,7 +484,7 @@ def run_pipeline(
         records.append(record)
         if on_pass:
             on_pass(record)
-        if verify is not None:
+        if verify is not None and not pass_.read_only:  # a read-only pass left the model as verified
             verify(model, pass_.name)
         if pass_.name in dump_after:
             target = Path(dump_dir) / f"after-{index:02d}-{pass_.name}.onnx"
