@@ -18,8 +18,7 @@ import onnx_ir as ir
 from qonnx import runtime
 from qonnx.fusion import check_fusion
 from qonnx.ir import PROTOBUF_LIMIT
-from qonnx.passes.emulate_float import emulated
-from qonnx.pipeline import Pass, Record, register
+from qonnx.pipeline import Context, Pass, Record, apply, register
 
 
 class VerificationError(RuntimeError):
@@ -44,7 +43,9 @@ def verify_model(model: ir.Model, after: str = "", *, load: bool = True) -> None
             raise VerificationError(f"onnxruntime cannot load the model{where}: {exc}") from exc
         # The CPU provider has no BF16 compute kernels: check the same graph with its roundings in FP32.
         try:
-            runtime.session(emulated(model))
+            emulation = model.clone()
+            apply("emulate-float", emulation, Context(precision="bf16"))
+            runtime.session(emulation)
         except Exception as inner:
             raise VerificationError(f"onnxruntime cannot load the FP32 emulation of the BF16 model{where}: {inner}") from inner
 
