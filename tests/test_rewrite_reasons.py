@@ -6,6 +6,7 @@ For each pass, tiny models where the rewrite must not apply (the exact reason an
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import numpy as np
@@ -202,6 +203,9 @@ def test_debug_lists_the_reasons_on_stderr(tmp_path):
     result = run_qonnx("quantize", path, "-o", tmp_path / "q.onnx", "--calib", "random", "--pipeline", pipeline, "--debug")
     assert result.rc == 0, result.err
     assert "fold-batchnorm: 1 not rewritten: Conv output is a graph output" in result.err
-    # Without --debug, nothing about it.
-    result = run_qonnx("quantize", path, "-o", tmp_path / "q2.onnx", "--calib", "random", "--pipeline", pipeline)
+    # Without --debug, nothing about it on stderr; the report's pass records count it.
+    report = tmp_path / "report.json"
+    result = run_qonnx("quantize", path, "-o", tmp_path / "q2.onnx", "--calib", "random", "--pipeline", pipeline, "--report", report)
     assert result.rc == 0 and "not rewritten" not in result.err
+    skipped = {p["name"]: p["skipped"] for p in json.loads(report.read_text())["passes"] if p["skipped"]}
+    assert skipped == {"fold-batchnorm": {"Conv output is a graph output": 1}}
