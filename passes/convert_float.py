@@ -17,7 +17,8 @@ Reads the node specs (``resolve-policy``, then ``float-islands`` for the FP32 is
    constant an FP32 node reads counts the bytes its FP32 copy keeps in the file the same way;
 4. the graph's inputs and outputs keep FP32 (a Cast after each input / before each output that
    needs one, the output keeping its name) unless ``keep_io_types=false``, which makes them FP16/BF16;
-5. identity Casts and cascades (a Cast reading a lossless Cast) are folded away.
+5. identity Casts and cascades (a Cast reading a lossless Cast) are folded away; a Cast that
+   stays is counted with its reason (``_fold_casts``).
 
 If/Loop/Scan nodes are FP32 as a whole (``float-islands`` says so); an outer tensor their bodies
 read is cast back to FP32 for them. Tensor sizes for the cut come from the inferred shapes, with
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -228,7 +230,7 @@ class ConvertFloat(Pass):
         converted, clipped = self._convert_constants(graph, fmt, low, reader_of)
 
         # 4. fold identity casts and cascades
-        _fold_casts(graph)
+        _fold_casts(graph, self.skip)
 
         fp32_free = [n for n, k in kinds.items() if k == "free" and n not in low]
         if fp32_free:
@@ -256,7 +258,7 @@ class ConvertFloat(Pass):
             if node.op_type != "Cast":
                 continue
             source = node.inputs[0]
-            if source is not None and source.dtype == node.attributes.get_int("to"):
+            if source is not None and source.dtype == node.attributes.get_int("to") and not _signature_needs(node, source):
                 raise ir.passes.PostconditionError(f"{node.name} casts to the type it reads")
             producer = source.producer() if source is not None else None
             if producer is not None and producer.op_type == "Cast" and _lossless(producer):
@@ -332,23 +334,37 @@ def _lossless(cast: ir.Node) -> bool:
     return source is not None and (source.dtype == to or source.dtype in _LOSSLESS_INTO.get(to, ()))
 
 
-def _fold_casts(graph: ir.Graph) -> int:
-    """Remove Casts to the type they read, and let a Cast that reads a lossless Cast read its input."""
+def _signature_needs(cast: ir.Node, source: ir.Value) -> bool:
+    """Whether an identity Cast must stay: it gives a graph output its own tensor, apart from a graph input or output."""
+    return cast.outputs[0].is_graph_output() and (source.is_graph_input() or source.is_graph_output())
+
+
+def _fold_casts(graph: ir.Graph, skip: Callable[[str, ir.Node], bool]) -> int:
+    """Remove Casts to the type they read, and let a Cast that reads a lossless Cast read its input.
+
+    Each Cast is a candidate for both rewrites. A Cast that reads a lossy Cast keeps reading it
+    (``skip`` records "reads a lossy Cast"); an identity Cast from a graph input or output to a
+    graph output stays ("identity Cast between graph inputs and outputs"), the signature needs it.
+    """
     removed = 0
     for node in list(graph):
         if node.op_type != "Cast" or node.domain not in ("", "ai.onnx"):
             continue
         source = node.inputs[0]
         producer = source.producer() if source is not None else None
-        if producer is not None and producer.op_type == "Cast" and _lossless(producer):
-            node.replace_input_with(0, producer.inputs[0])
-            if not producer.outputs[0].uses() and not producer.outputs[0].is_graph_output():
-                graph.remove(producer, safe=True)
-                removed += 1
-            source = node.inputs[0]
+        if producer is not None and producer.op_type == "Cast":
+            if _lossless(producer):
+                node.replace_input_with(0, producer.inputs[0])
+                if not producer.outputs[0].uses() and not producer.outputs[0].is_graph_output():
+                    graph.remove(producer, safe=True)
+                    removed += 1
+                source = node.inputs[0]
+            else:
+                skip("reads a lossy Cast", node)
         if source is not None and source.dtype == node.attributes.get_int("to"):
-            if node.outputs[0].is_graph_output() and (source.is_graph_input() or source.is_graph_output()):
-                continue  # the graph's signature needs this node
+            if _signature_needs(node, source):
+                skip("identity Cast between graph inputs and outputs", node)
+                continue
             qir.bypass(graph, node, source)
             removed += 1
     return removed
