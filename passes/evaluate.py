@@ -31,18 +31,44 @@ class FidelityRecord(Record):
     outputs: dict[str, dict[str, float]]
     held_out: bool = True
     emulated: bool = False
+    custom: dict[str, Any] | None = None  # {"metric": name, "value": score} of a Python metric
 
     def to_report(self) -> dict[str, Any]:
         entry = dataclasses.asdict(self)
         if not self.emulated:
             del entry["emulated"]
+        if self.custom is None:
+            del entry["custom"]
         return {self.report_key: entry}
 
 
-def fidelity(reference: ir.Model | str | os.PathLike, test: ir.Model | str | os.PathLike, data) -> dict[str, Any]:
-    """SQNR (dB) and cosine of every output of ``test`` against ``reference`` over ``data`` (a Source)."""
-    comparison = metrics.compare(runtime.session(reference), runtime.session(test), data, what="evaluation sample")
-    return {"samples": len(data), "data": data.description, "outputs": comparison.to_dict()}
+def fidelity(reference: ir.Model | str | os.PathLike, test: ir.Model | str | os.PathLike, data, score=None) -> dict[str, Any]:
+    """SQNR (dB) and cosine of every output of ``test`` against ``reference`` over ``data`` (a Source),
+    with the task metrics their shapes allow; ``score(reference_outputs, test_outputs)``, when given,
+    is also computed on the lists of outputs (``custom``)."""
+    reference_session, test_session = runtime.session(reference), runtime.session(test)
+    result: dict[str, Any] = {"samples": len(data), "data": data.description}
+    if score is None:
+        result["outputs"] = metrics.compare(reference_session, test_session, data, what="evaluation sample").to_dict()
+        return result
+    expected = [reference_session.run(feed) for feed in data]
+    got: list[dict] = []
+    result["outputs"] = metrics.compare(expected, _Recording(test_session, got), data, what="evaluation sample").to_dict()
+    name = getattr(score, "__qualname__", type(score).__name__)
+    result["custom"] = {"metric": name, "value": round(float(score(expected, got)), 6)}
+    return result
+
+
+class _Recording:
+    """A runner that keeps what it returns."""
+
+    def __init__(self, session, kept: list):
+        self.session, self.kept = session, kept
+
+    def run(self, feed):
+        outputs = self.session.run(feed)
+        self.kept.append(outputs)
+        return outputs
 
 
 @register
@@ -61,8 +87,8 @@ class Evaluate(Pass):
         if emulated:
             test = model.clone()
             apply("emulate-float", test, Context(target=self.context.target, precision=self.context.precision))
-        measured = fidelity(self.context.source, test, data)
-        record = FidelityRecord(measured["samples"], measured["data"], measured["outputs"], self.context.eval_held_out, emulated)
+        measured = fidelity(self.context.source, test, data, self.context.score)
+        record = FidelityRecord(measured["samples"], measured["data"], measured["outputs"], self.context.eval_held_out, emulated, measured.get("custom"))
         self.context.analyses["fidelity"] = record
         self.publish(record)
         return ir.passes.PassResult(model, False)

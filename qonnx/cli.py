@@ -1,7 +1,8 @@
 """The ``qonnx`` command: quantize, inspect, passes.
 
-Exit codes: 0 success, 2 bad input or usage, 1 internal error; either failure is one line on
-stderr, without a traceback unless ``--debug``.
+Exit codes: 0 success, 2 bad input or usage, 1 internal error, 3 the model misses the ``--min``
+its run set (model and report written); a failure is one line on stderr, without a traceback
+unless ``--debug``.
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ _FIELDS = {
     "save_ranges": ("calibration", "save_ranges", "--save-ranges"),
     "latency": ("evaluation", "latency", "--latency"),
     "sensitivity": ("evaluation", "sensitivity", "--sensitivity"),
+    "metric": ("evaluation", "metric", "--metric"),
+    "min": ("evaluation", "min", "--min"),
     "calib": ("data", "calib", "--calib"),
     "eval_data": ("data", "eval", "--eval"),
     "seed": ("data", "seed", "--seed"),
@@ -208,6 +211,12 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--layout", metavar="{NCHW,NHWC}", help="image tensor layout (default NCHW)")
     q.add_argument("--bgr", action=argparse.BooleanOptionalAction, help="feed images in BGR channel order (default RGB)")
     q.add_argument("--latency", action="store_true", help="also time FP32 and quantized models (2 threads)")
+    q.add_argument(
+        "--metric",
+        metavar="{auto,sqnr,cosine,top1}",
+        help="what the verdict judges: worst-output SQNR, mean-pooled cosine of token embeddings, top-1 agreement of class scores (default auto: from the outputs' shapes)",
+    )
+    q.add_argument("--min", type=float, metavar="VALUE", help="the value the metric must reach: below it the model and report are still written and the exit code is 3 (default: advice against the metric's floor, exit 0)")
     q.add_argument(
         "--sensitivity",
         type=int,
@@ -334,6 +343,10 @@ def _quantize(args) -> int:
         print(summary_table(result.report), file=sys.stderr if to_stdout else sys.stdout)
     if uncalibrated:  # after the work, so that a failure stays one line
         print("WARNING: calibrated on random data; the ranges do not reflect real inputs", file=sys.stderr)
+    if result.verdict.gate_failed:
+        if quiet:  # the one line a CI log needs, even with -q
+            print(result.verdict.line(), file=sys.stderr)
+        return 3
     return 0
 
 

@@ -31,7 +31,7 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +57,7 @@ __all__ = [
 ]
 
 PRECISIONS = ("int8", "fp16", "bf16")
+METRICS = ("auto", "sqnr", "cosine", "top1")
 TARGET_NAMES = ("cpu", "tensorrt", "cuda")
 MODES = ("static", "dynamic")
 IO_TYPES = ("float32", "fp16", "bf16")
@@ -184,16 +185,32 @@ class CalibrationConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
-    """What is measured on the written model: ``latency`` (FP32 and output, 2 threads) and
-    ``sensitivity`` (INT8: rank weighted nodes by the cost of their 8-bit activations on N samples)."""
+    """What is measured on the written model and what it must reach.
+
+    ``latency``: FP32 and output timed (2 threads). ``sensitivity``: INT8, rank weighted nodes by
+    the cost of their 8-bit activations on N samples. ``metric``: what the verdict judges: ``sqnr``
+    (worst output, dB), ``cosine`` (mean-pooled token embeddings, else the output cosine), ``top1``
+    (arg-max agreement of class scores), ``auto`` (top1 for a class-score output, cosine for token
+    embeddings, else sqnr), or in Python a callable ``score(reference_outputs, test_outputs) -> float``
+    (lists of output dicts, higher is better). ``min``: the value the metric must reach; given, a
+    run that misses it still writes the model and report and the command exits 3 (a CI gate);
+    omitted, the verdict compares with the metric's default floor and only advises.
+    """
 
     latency: bool = False
     sensitivity: int = 0
+    metric: Literal["auto", "sqnr", "cosine", "top1"] | Callable[..., float] = "auto"
+    min: float | None = None
 
     def __post_init__(self):
         table = "evaluation"
         _bool(self.latency, "latency", table)
         _int(self.sensitivity, "sensitivity", table, minimum=0, what=f"must be 0 or a positive number of samples, not {self.sensitivity}")
+        if not callable(self.metric):
+            _choice(self.metric, METRICS, "metric", table)
+        elif self.min is None:
+            raise ConfigError("min", "a callable metric needs a threshold (min)", table)
+        _set(self, min=_float(self.min, "min", table, optional=True))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,6 +347,8 @@ class QuantizeConfig:
         "save_ranges": ("calibration", "save_ranges"),
         "latency": ("evaluation", "latency"),
         "sensitivity": ("evaluation", "sensitivity"),
+        "metric": ("evaluation", "metric"),
+        "min": ("evaluation", "min"),
     }
 
     @classmethod
@@ -365,7 +384,16 @@ class QuantizeConfig:
 
 
 def _plain(instance: Any) -> dict[str, Any]:
-    return {f.name: list(v) if isinstance(v := getattr(instance, f.name), tuple) else v for f in dataclasses.fields(instance)}
+    """Fields as plain data: tuples as lists, a callable (a Python metric) as ``"callable:NAME"``."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return list(value)
+        if callable(value):
+            return f"callable:{getattr(value, '__qualname__', type(value).__name__)}"
+        return value
+
+    return {f.name: plain(getattr(instance, f.name)) for f in dataclasses.fields(instance)}
 
 
 # --------------------------------------------------------------------------------------------

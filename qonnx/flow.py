@@ -30,6 +30,7 @@ from qonnx.config import CalibrationConfig, QuantizeConfig
 from qonnx.errors import UserError
 from qonnx.pipeline import Context, PassRecord, PipelineStep, build, check_dump_after, check_order, default_pipeline, parse_pipeline, run_pipeline
 from qonnx.report import Report, assemble, write_json
+from qonnx.verdict import Verdict, judge
 
 __all__ = ["Job", "QuantizeResult", "run", "split_holdout"]
 
@@ -60,6 +61,7 @@ class QuantizeResult:
 
     output: Path
     report: Report
+    verdict: Verdict
 
     @property
     def fidelity(self) -> dict[str, Any] | None:
@@ -213,6 +215,26 @@ def _sources(job: Job, model: ir.Model) -> tuple[Source | None, Source | None, b
     return split_holdout(calib)
 
 
+def _verdict(config: QuantizeConfig, context: Context, *, token_inputs: bool, has_matmul: bool) -> Verdict:
+    record = context.records.get("fidelity")
+    fidelity = record.to_report()["fidelity"] if record is not None else None
+    metric = config.evaluation.metric
+    custom = None
+    if callable(metric):
+        custom = fidelity["custom"]["value"] if fidelity is not None else None
+        metric = getattr(metric, "__qualname__", type(metric).__name__)
+    return judge(
+        fidelity,
+        metric=metric,
+        minimum=config.evaluation.min,
+        precision=config.precision,
+        mode=config.mode,
+        token_inputs=token_inputs,
+        has_matmul=has_matmul,
+        custom=custom,
+    )
+
+
 def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
     """Check everything, run the pipeline, save and report: the whole flow of one quantization."""
     started = time.perf_counter()
@@ -244,6 +266,7 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
         progress=job.progress,
         debug=config.debug,
         source=job.model,
+        score=config.evaluation.metric if callable(config.evaluation.metric) else None,
     )
     passes = build(steps, context)  # the order of the pipeline and the passes' options are checked here
 
@@ -265,7 +288,11 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
             if record.name == "calibrate" and "ranges" in context.analyses:
                 ranges_used.append(context.analyses["ranges"])
 
+        token_inputs = any(v.dtype in (ir.DataType.INT64, ir.DataType.INT32) for v in model.graph.inputs)
+        ops = [n.op_type for n in model.graph]
+        has_matmul = ops.count("MatMul") > ops.count("Conv")  # a transformer rather than a CNN
         records = run_pipeline(model, passes, context, dump_after=config.dump_after, dump_dir=job.output.parent, verify=verify, on_pass=keep_ranges)
+        verdict = _verdict(config, context, token_inputs=token_inputs, has_matmul=has_matmul)
         timing = {
             "pipeline_s": round(sum(r.seconds for r in records if r.name not in (*_MEASURING, "latency")), 3),
             "fidelity_s": round(sum(r.seconds for r in records if r.name in _MEASURING), 3),
@@ -289,6 +316,7 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
             if save_ranges is not None and ranges_used:
                 ranges_used[-1].save(save_ranges)
                 published.append(save_ranges)
+            report["verdict"] = verdict.to_dict()
             report["timing"] = {**timing, "total_s": round(time.perf_counter() - started, 3)}
             if job.report is not None:
                 write_json(report, job.report)
@@ -296,7 +324,7 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
             for path in published:
                 _withdraw(path)
             raise
-        return QuantizeResult(job.output, report)
+        return QuantizeResult(job.output, report, verdict)
     except BaseException:
         _remove_empty(made)
         raise

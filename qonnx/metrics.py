@@ -14,7 +14,7 @@ import numpy as np
 
 from qonnx.errors import UserError
 
-__all__ = ["sqnr_db", "cosine", "top1_agreement", "Accumulator", "Comparison", "compare"]
+__all__ = ["sqnr_db", "cosine", "top1_agreement", "Accumulator", "TaskAccumulator", "Comparison", "compare"]
 
 Feed = Mapping[str, np.ndarray]
 Outputs = Mapping[str, np.ndarray]
@@ -85,12 +85,44 @@ class Runner(Protocol):
     def run(self, feed: Feed) -> Outputs: ...
 
 
+class TaskAccumulator:
+    """Task metrics of one output over many samples, where its shape says what it holds.
+
+    ``top1``: rows of a 2-D output ``[N, C]`` with ``C >= 2`` (class scores) whose arg-max agrees.
+    ``pooled_cosine``: rows of a 3-D output ``[N, T, H]`` (token embeddings) mean-pooled over ``T``,
+    then the cosine of each pooled row, averaged over rows. None where the shape does not apply.
+    """
+
+    def __init__(self):
+        self.rows = self.agree = 0
+        self.pooled_rows = 0
+        self.pooled_sum = 0.0
+
+    def update(self, reference: np.ndarray, test: np.ndarray) -> None:
+        ref, tst = np.asarray(reference, np.float64), np.asarray(test, np.float64)
+        if ref.ndim == 2 and ref.shape[-1] >= 2:
+            self.rows += ref.shape[0]
+            self.agree += int(np.sum(ref.argmax(axis=-1) == tst.argmax(axis=-1)))
+        if ref.ndim == 3:
+            for a, b in zip(ref.mean(axis=1), tst.mean(axis=1)):
+                self.pooled_sum += cosine(a, b)
+                self.pooled_rows += 1
+
+    def top1(self) -> float | None:
+        return self.agree / self.rows if self.rows else None
+
+    def pooled_cosine(self) -> float | None:
+        return self.pooled_sum / self.pooled_rows if self.pooled_rows else None
+
+
 @dataclasses.dataclass
 class Comparison:
-    """Pooled SQNR and cosine of every output of a test model against a reference, over ``samples``."""
+    """Pooled SQNR and cosine of every output of a test model against a reference, over ``samples``,
+    and the task metrics its shape allows (``tasks``)."""
 
     samples: int
     outputs: dict[str, Accumulator]
+    tasks: dict[str, TaskAccumulator] = dataclasses.field(default_factory=dict)
 
     @property
     def worst_sqnr_db(self) -> float:
@@ -104,8 +136,18 @@ class Comparison:
         return {name: round(a.cosine(), digits) for name, a in self.outputs.items()}
 
     def to_dict(self) -> dict[str, dict[str, float]]:
-        """``{output: {"sqnr_db", "cosine"}}`` as the report writes it (3 and 6 decimals)."""
-        return {name: {"sqnr_db": round(a.sqnr_db(), 3), "cosine": round(a.cosine(), 6)} for name, a in self.outputs.items()}
+        """``{output: {"sqnr_db", "cosine"}}`` as the report writes it (3 and 6 decimals), with
+        ``top1_agreement`` / ``pooled_cosine`` (6 decimals) for the outputs whose shape has them."""
+        result = {}
+        for name, a in self.outputs.items():
+            entry = {"sqnr_db": round(a.sqnr_db(), 3), "cosine": round(a.cosine(), 6)}
+            task = self.tasks.get(name)
+            if task is not None and (top1 := task.top1()) is not None:
+                entry["top1_agreement"] = round(top1, 6)
+            if task is not None and (pooled := task.pooled_cosine()) is not None:
+                entry["pooled_cosine"] = round(pooled, 6)
+            result[name] = entry
+        return result
 
 
 def compare(reference: Runner | Sequence[Outputs], test: Runner | Sequence[Outputs], data: Iterable[Feed], *, what: str = "sample") -> Comparison:
@@ -116,6 +158,7 @@ def compare(reference: Runner | Sequence[Outputs], test: Runner | Sequence[Outpu
     feed's index: "``what`` 3: ...".
     """
     accumulators: dict[str, Accumulator] = {}
+    tasks: dict[str, TaskAccumulator] = {}
     samples = 0
 
     def outputs(side: Runner | Sequence[Outputs], index: int, feed: Feed) -> Outputs:
@@ -130,5 +173,6 @@ def compare(reference: Runner | Sequence[Outputs], test: Runner | Sequence[Outpu
         expected, got = outputs(reference, index, feed), outputs(test, index, feed)
         for name, value in expected.items():
             accumulators.setdefault(name, Accumulator()).update(value, got[name])
+            tasks.setdefault(name, TaskAccumulator()).update(value, got[name])
         samples += 1
-    return Comparison(samples, accumulators)
+    return Comparison(samples, accumulators, tasks)

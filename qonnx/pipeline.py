@@ -84,6 +84,7 @@ class Context:
     eval_data: Any = None  # a Source of evaluation samples, or None
     eval_held_out: bool = True  # False: the evaluation samples were also used to calibrate
     source: Path | None = None  # the input model, the reference of evaluation passes
+    score: Callable[..., float] | None = None  # a Python metric: score(reference_outputs, test_outputs)
     samples: int | None = None
     progress: bool = False
     debug: bool = False  # stricter checks (verify fails on unfused quantized nodes)

@@ -132,7 +132,8 @@ def summary_table(report: dict[str, Any]) -> str:
     if fidelity:
         lines.append(f"fidelity   on {fidelity['samples']} held-out samples ({fidelity['data']})")
         for name, m in fidelity["outputs"].items():
-            lines.append(f"  {name:<30} SQNR {m['sqnr_db']:7.2f} dB   cosine {m['cosine']:.5f}")
+            task = "".join(f"   {label} {m[key]:.4f}" for key, label in (("top1_agreement", "top-1"), ("pooled_cosine", "pooled cosine")) if key in m)
+            lines.append(f"  {name:<30} SQNR {m['sqnr_db']:7.2f} dB   cosine {m['cosine']:.5f}{task}")
     else:
         lines.append("fidelity   not measured (no data)")
     sensitivity = report.get("sensitivity")
@@ -152,4 +153,8 @@ def summary_table(report: dict[str, Any]) -> str:
     if report.get("uncalibrated"):
         lines.append("WARNING    calibrated on random data: ranges do not reflect real inputs")
     lines.append(f"time       {report['timing']['total_s']:.1f} s")
+    if report.get("verdict"):
+        from qonnx.verdict import Verdict
+
+        lines.append(Verdict(**report["verdict"]).line())
     return "\n".join(lines)

@@ -220,3 +220,31 @@ def test_compare_names_the_sample_a_runner_refuses():
         compare(_Fixed(_REF), _Fixed(_TEST, refuse=1), _FEEDS, what="evaluation sample")
     with pytest.raises(UserError, match="^sample 0: "):
         compare(_Fixed(_REF, refuse=0), _TEST, _FEEDS)
+
+
+def test_task_metrics_follow_the_output_shape():
+    # Class scores [N=2, C=3]: arg-max 2 vs 2 agrees, 0 vs 1 does not: 1 of 2 rows.
+    scores_ref = np.array([[0.1, 0.2, 0.7], [0.9, 0.05, 0.05]])
+    scores_test = np.array([[0.1, 0.3, 0.6], [0.4, 0.5, 0.1]])
+    # Token embeddings [N=1, T=2, H=2]: pooled ref (1, 1), test (1, 0): cosine 1/sqrt(2) = 0.707107.
+    tokens_ref = np.array([[[1.0, 0.0], [1.0, 2.0]]])
+    tokens_test = np.array([[[1.0, 0.0], [1.0, 0.0]]])
+    result = compare([{"s": scores_ref, "t": tokens_ref, "one": np.ones((2, 1)), "v": np.ones(3)}],
+                     [{"s": scores_test, "t": tokens_test, "one": np.ones((2, 1)), "v": np.ones(3)}], [{}])
+    entries = result.to_dict()
+    assert entries["s"]["top1_agreement"] == 0.5 and "pooled_cosine" not in entries["s"]
+    assert entries["t"]["pooled_cosine"] == pytest.approx(0.707107, abs=1e-6) and "top1_agreement" not in entries["t"]
+    # One column is no class score, a vector no embedding: neither metric.
+    assert set(entries["one"]) == set(entries["v"]) == {"sqnr_db", "cosine"}
+
+
+def test_task_metrics_pool_rows_over_samples():
+    agree = {"s": np.array([[0.0, 1.0]])}
+    differ = {"s": np.array([[1.0, 0.0]])}
+    # Three samples of one row each: 2 of 3 agree.
+    result = compare([agree, agree, agree], [agree, differ, agree], [{}, {}, {}])
+    assert result.to_dict()["s"]["top1_agreement"] == pytest.approx(0.666667, abs=1e-6)
+    two = {"t": np.array([[[1.0, 0.0]], [[0.0, 1.0]]])}
+    half = {"t": np.array([[[1.0, 0.0]], [[1.0, 0.0]]])}
+    # Two rows, cosines 1 and 0: their mean 0.5 (not the cosine of the pooled batch).
+    assert compare([two], [half], [{}]).to_dict()["t"]["pooled_cosine"] == 0.5

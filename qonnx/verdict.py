@@ -1,0 +1,118 @@
+"""The verdict of a run: which metric judges it, its value, the threshold, and what to try when the
+model falls short.
+
+The metric is the config's (``--metric``), or chosen from the outputs (``auto``):
+
+- ``top1``: an output shaped like class scores (``[N, C]``, ``C >= 2``): the share of samples whose
+  arg-max class is the same as the FP32 model's, over the class-score outputs (the worst);
+- ``cosine``: token embeddings (a 3-D ``[N, T, H]`` output of a model that reads integer token ids):
+  the cosine of the mean-pooled embeddings, averaged over samples (the worst output);
+- ``sqnr``: otherwise, the worst output's SQNR in dB.
+
+The threshold is ``--min`` when given (then a miss is a failed gate: the command exits 3 after
+writing the model and report), else the metric's default floor, at which a quantized model is
+deployable without a second look: 30 dB SQNR (the error carries 0.1% of the output's energy),
+0.99 top-1 agreement, 0.998 cosine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+__all__ = ["DEFAULT_FLOORS", "Verdict", "choose_metric", "judge"]
+
+DEFAULT_FLOORS = {"sqnr": 30.0, "top1": 0.99, "cosine": 0.998}
+_UNITS = {"sqnr": " dB", "top1": "", "cosine": ""}
+
+
+@dataclasses.dataclass
+class Verdict:
+    """``met`` is None when nothing was measured (no evaluation data)."""
+
+    metric: str
+    value: float | None
+    threshold: float | None
+    met: bool | None
+    source: str  # "--min", "default" or "not measured"
+    chosen: str  # why this metric
+    advice: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def gate_failed(self) -> bool:
+        """A threshold the user set (``--min``) that the model misses: exit code 3."""
+        return self.source == "--min" and self.met is False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def line(self) -> str:
+        """One line for people: PASS / BELOW / NOT MEASURED, the figures, what to try."""
+        if self.met is None:
+            return f"verdict    NOT MEASURED: {'; '.join(self.advice)}"
+        unit = _UNITS.get(self.metric, "")
+        figures = f"{self.metric} {self.value:.4g}{unit} {'>=' if self.met else '<'} {self.threshold:g}{unit} ({'--min' if self.source == '--min' else 'default floor'})"
+        if self.met:
+            return f"verdict    PASS {figures}"
+        return f"verdict    BELOW {figures}; try: {'; '.join(self.advice)}"
+
+
+def choose_metric(outputs: dict[str, dict[str, float]], token_inputs: bool) -> tuple[str, str]:
+    """The metric for ``auto``, from the fidelity entries of the outputs, and why."""
+    if any("top1_agreement" in entry for entry in outputs.values()):
+        return "top1", "an output is shaped like class scores [N, C]"
+    if token_inputs and any("pooled_cosine" in entry for entry in outputs.values()):
+        return "cosine", "an output holds token embeddings [N, T, H] of integer token inputs"
+    return "sqnr", "no output is shaped like class scores or token embeddings"
+
+
+def _value(metric: str, outputs: dict[str, dict[str, float]]) -> float | None:
+    keys = {"sqnr": ("sqnr_db",), "top1": ("top1_agreement",), "cosine": ("pooled_cosine", "cosine")}[metric]
+    for key in keys:
+        values = [entry[key] for entry in outputs.values() if key in entry]
+        if values:
+            return min(values)
+    return None
+
+
+def _advice(precision: str, mode: str, has_matmul: bool, metric: str, threshold: float) -> list[str]:
+    """What to try, as options of the command."""
+    if precision != "int8":
+        return ["--calib DATA (FP32 islands measured on real data)", "--precision fp16 instead of bf16" if precision == "bf16" else "--exclude NODE for the layers named in the report"]
+    advice = [f"--policy auto --metric {metric} --min {threshold:g} (keep the most sensitive layers in float)"]
+    if mode == "static" and has_matmul:  # more MatMul than Conv: a transformer
+        advice.append("--mode dynamic (MatMul activations quantized at run time, for transformers)")
+    advice.append("qonnx analyze MODEL --calib DATA (per-layer sensitivity)")
+    return advice
+
+
+def judge(
+    fidelity: dict[str, Any] | None,
+    *,
+    metric: str,
+    minimum: float | None,
+    precision: str,
+    mode: str,
+    token_inputs: bool,
+    has_matmul: bool,
+    custom: float | None = None,
+) -> Verdict:
+    """The verdict of a run from its fidelity record (None: not measured). ``custom``: the value of
+    a Python metric (``metric`` is then its name)."""
+    if fidelity is None:
+        return Verdict(metric if metric != "auto" else "sqnr", None, minimum, None, "not measured", "", ["give --calib or --eval data to measure fidelity"])
+    outputs = fidelity["outputs"]
+    if custom is not None:
+        value, chosen = custom, "the config's metric (a Python callable)"
+    else:
+        if metric == "auto":
+            metric, chosen = choose_metric(outputs, token_inputs)
+        else:
+            chosen = "the config's metric (--metric)"
+        value = _value(metric, outputs)
+    threshold = minimum if minimum is not None else DEFAULT_FLOORS.get(metric)
+    source = "--min" if minimum is not None else "default"
+    if value is None or threshold is None:
+        return Verdict(metric, value, threshold, None, "not measured", chosen, [f"no output is shaped for {metric}: choose --metric sqnr"])
+    met = bool(value >= threshold)
+    return Verdict(metric, round(value, 6), threshold, met, source, chosen, [] if met else _advice(precision, mode, has_matmul, metric, threshold))
