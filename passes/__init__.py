@@ -1,6 +1,7 @@
 """Graph rewrites, one family per module. Importing this package registers every pass."""
 
 from qonnx.passes import (  # noqa: F401
+    auto_policy,
     calibrate,
     div_to_mul,
     constants_to_initializers,
@@ -18,6 +19,7 @@ from qonnx.passes import (  # noqa: F401
     inline_functions,
     insert_qdq,
     latency,
+    layer_sensitivity,
     remove_dead,
     resolve_policy,
     sensitivity,

@@ -9,7 +9,8 @@ model); ``save=FILE`` writes the table for later reuse.
 
 Options: ``method`` (minmax, moving-minmax, percentile, entropy, mse), ``percentile`` (percentile
 only, default 99.99), ``batch_size`` (samples per onnxruntime run), ``memory`` (budget for the
-tapped outputs of one batch, e.g. ``2GiB``). MSE minimizes the error of the target's activation
+tapped outputs of one batch, e.g. ``2GiB``), ``adjacent`` (also every FP32 activation an INT8 node
+reads or writes: for ``auto-policy``, whose plans quantize other tensors). MSE minimizes the error of the target's activation
 type (UINT8 for cpu, INT8 for tensorrt).
 """
 
@@ -25,13 +26,25 @@ from qonnx.calib.observers import make_observer
 from qonnx.calib.ranges import RangeTable
 from qonnx.errors import UserError
 from qonnx.pipeline import Context, Pass, Record, register
+from qonnx.policy import node_spec
 from qonnx.targets import get_target
 
 
-def _tensors(model: ir.Model, context: Context) -> list[str]:
-    """The tensors to observe: INT8 nodes' inputs and outputs, and FP16/BF16 nodes' float tensors."""
+def _tensors(model: ir.Model, context: Context, adjacent: bool = False) -> list[str]:
+    """The tensors to observe: INT8 nodes' inputs and outputs, and FP16/BF16 nodes' float tensors.
+
+    ``adjacent``: also every other FP32 activation an INT8-planned node reads or writes, so that a
+    plan with fewer INT8 nodes, whose placement quantizes other tensors, finds its ranges too.
+    """
     calibrated = context.analysis("placement", model).calibrated
-    return list(dict.fromkeys([*calibrated, *context.analysis("float-tensors", model)]))
+    extra = []
+    if adjacent:
+        for node in model.graph:
+            if node_spec(node.metadata_props).quantized:
+                for value in [*node.inputs, *node.outputs]:
+                    if value is not None and value.dtype == ir.DataType.FLOAT and not value.is_initializer() and value.const_value is None:
+                        extra.append(value.name)
+    return list(dict.fromkeys([*calibrated, *extra, *context.analysis("float-tensors", model)]))
 
 
 @dataclasses.dataclass
@@ -69,8 +82,10 @@ class Calibrate(Pass):
         memory: str = "2GiB",
         ranges: str | None = None,
         save: str | None = None,
+        adjacent: bool = False,
     ) -> None:
         super().__init__(context)
+        self.adjacent = adjacent
         self.target = get_target(self.context.target)
         method = method or self.target.calibration  # the target's default, chosen from the benchmark
         self.method, self.ranges_path, self.save_path = method, ranges, save
@@ -87,11 +102,11 @@ class Calibrate(Pass):
         make_observer(method, **self.settings)  # unknown methods and bad settings fail here
 
     def requires(self, model: ir.Model) -> None:
-        if self.ranges_path is None and self.context.calib is None and _tensors(model, self.context):
+        if self.ranges_path is None and self.context.calib is None and _tensors(model, self.context, self.adjacent):
             raise UserError("calibration needs data: give --calib DATA (or --ranges FILE)")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        tensors = _tensors(model, self.context)
+        tensors = _tensors(model, self.context, self.adjacent)
         digest = qir.model_hash(model)
         if self.ranges_path:
             table = RangeTable.load(self.ranges_path, model_hash=digest)

@@ -12,8 +12,10 @@ in the model's metadata as compact JSON (``qonnx.plan``) for the report and for 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
+from pathlib import Path
 
 import onnx_ir as ir
 
@@ -106,6 +108,16 @@ class PolicyRecord(Record):
         return {"reduce_range": bool(self.reduce_range_ops), "reduce_range_ops": self.reduce_range_ops}
 
 
+def _check_plan_model(path: str, model: ir.Model) -> None:
+    """A plan that records the model it was made for (``--policy auto`` writes the hash) replays only on it."""
+    try:
+        made_for = json.loads(Path(path).read_text()).get("model_hash")
+    except (OSError, ValueError, AttributeError):
+        return  # load_policy says what is wrong with the file
+    if made_for and made_for != qir.model_hash(model):
+        raise UserError(f"{path} is a plan for another model (model hash {made_for[:12]}, this model {qir.model_hash(model)[:12]}); run --policy auto on this one")
+
+
 @register
 class ResolvePolicy(Pass):
     name = "resolve-policy"
@@ -131,6 +143,8 @@ class ResolvePolicy(Pass):
                 self.context.precision, self.context.mode, self.context.reduce_range, saturating_cpu=saturating
             )
         modified = _name_unnamed_nodes(model)
+        if isinstance(self.policy_path, str) and self.policy_path:
+            _check_plan_model(self.policy_path, model)
         plan = Plan()
         seven_bit: set[str] = set()
         float_format = self.context.precision in FLOAT_PRECISIONS

@@ -204,7 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--report", metavar="FILE", help="write the JSON report here ('-': print it to stdout, as --json)")
     q.add_argument("--json", action="store_true", help="print the JSON report to stdout (the summary goes to stderr)")
     q.add_argument("--pipeline", help="text pipeline, e.g. 'normalize,resolve-policy,calibrate,insert-qdq,verify'")
-    q.add_argument("--policy", help="a policy or plan JSON to replay instead of the target's default")
+    q.add_argument("--policy", metavar="auto|FILE", help="auto: keep float the fewest most sensitive nodes that let the model meet --metric/--min, measured (plan written beside the model as NAME.plan.json); FILE: a policy or plan JSON to replay instead of the target's default")
     q.add_argument("--size", type=_size, help="image size HxW: images are stretched to it (bilinear, aspect ratio not kept); default: the model's static size")
     q.add_argument("--mean", type=_floats3, help="per-channel mean subtracted after /255, one or three numbers (default 0; from the model's training pipeline)")
     q.add_argument("--std", type=_floats3, help="per-channel std divided by after the mean, one or three numbers (default 1)")

@@ -11,6 +11,7 @@ then the report; a failure after the model was written withdraws what this run p
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import tempfile
@@ -28,6 +29,7 @@ from qonnx.calib.ranges import RangeTable
 from qonnx.calib.sources import ImagePreprocess, Source, open_source
 from qonnx.config import CalibrationConfig, QuantizeConfig
 from qonnx.errors import UserError
+from qonnx.policy import PLAN_KEY
 from qonnx.pipeline import Context, PassRecord, PipelineStep, build, check_dump_after, check_order, default_pipeline, parse_pipeline, run_pipeline
 from qonnx.report import Report, assemble, write_json
 from qonnx.verdict import Verdict, judge
@@ -116,6 +118,22 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
             hint = " (give --calib DATA)" if config.pipeline is None else ""
             raise UserError(f"{', '.join(given)}: the pipeline has no calibrate pass{hint}")
     check_order([s.name for s in steps])
+    if config.policy == "auto" and "auto-policy" not in names:
+        if "calibrate" not in names:
+            raise UserError("--policy auto needs calibration data (give --calib DATA): its plans are measured on it")
+        at = [s.name for s in steps].index("calibrate")
+        steps[at] = dataclasses.replace(steps[at], options={**steps[at].options, "adjacent": True})  # ranges for every plan tried
+        at += 1
+        evaluation = config.evaluation
+        auto = {"metric": evaluation.metric if isinstance(evaluation.metric, str) else "auto"}
+        if evaluation.min is not None:
+            auto["min"] = evaluation.min
+        added = [PipelineStep("auto-policy", auto)]
+        if "layer-sensitivity" not in names:
+            added.insert(0, PipelineStep("layer-sensitivity", {}))
+        steps[at:at] = added
+        names = {s.name for s in steps}
+        check_order([s.name for s in steps])
     if evaluated:
         wanted = [PipelineStep("evaluate", {})]
         if config.evaluation.sensitivity and config.precision == "int8":
@@ -154,9 +172,9 @@ def _check_loadable(path: Path) -> None:
         raise UserError(f"{path} is not a model onnxruntime can load: {reason}") from exc
 
 
-def _check_outputs(job: Job, save_ranges: Path | None) -> None:
+def _check_outputs(job: Job, save_ranges: Path | None, plan: Path | None) -> None:
     """Every path the run writes can be written, none is the input, no two are the same file."""
-    outputs = [("output model", job.output), ("report", job.report), ("range table", save_ranges)]
+    outputs = [("output model", job.output), ("report", job.report), ("range table", save_ranges), ("plan", plan)]
     outputs = [(what, path) for what, path in outputs if path is not None]
     for index, (what, path) in enumerate(outputs):
         if path.exists() and path.resolve() == job.model.resolve():
@@ -192,6 +210,22 @@ def _withdraw(path: Path) -> None:
     for part in qir.external_data_files(path) if path.is_file() else []:
         part.unlink(missing_ok=True)
     path.unlink(missing_ok=True)
+
+
+def plan_path(output: Path) -> Path:
+    """Where ``--policy auto`` writes its plan: beside the model, ``NAME.plan.json`` for ``NAME.onnx``."""
+    return output.with_name(output.stem + ".plan.json")
+
+
+def _write_plan(model: ir.Model, context: Context, path: Path) -> None:
+    """The plan of the output model (the ``qonnx.plan`` metadata: every node's spec and reason, the
+    model and data hashes) with the sensitivity scores, as editable JSON for ``--policy``."""
+    document = json.loads(model.metadata_props.get(PLAN_KEY, "{}"))
+    sensitivity = context.records.get("layer_sensitivity")
+    if sensitivity is not None:
+        document["scores"] = {e["node"]: {k: e[k] for k in ("local_db", "global_db") if e.get(k) is not None} for e in sensitivity.nodes}
+    text = json.dumps(document, indent=2, sort_keys=True) + "\n"
+    qir.atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _model_facts(path: Path, model: ir.Model) -> dict[str, Any]:
@@ -249,17 +283,18 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
     check_dump_after(config.dump_after, [s.name for s in steps])
     qir.check_file(job.model)  # a missing file, a folder, not ONNX, unsafe external data
     _check_loadable(job.model)
-    _check_outputs(job, save_ranges)
+    plan = plan_path(job.output) if config.policy == "auto" else None
+    _check_outputs(job, save_ranges, plan)
     if cal.ranges is not None:
         RangeTable.load(cal.ranges)  # a file that is no range table fails here; its model hash is checked by calibrate
-    if isinstance(config.policy, str) and not Path(config.policy).is_file():
+    if isinstance(config.policy, str) and config.policy != "auto" and not Path(config.policy).is_file():
         raise UserError(f"policy file not found: {config.policy}")
     context = Context(
         target=config.effective_target,
         precision=config.precision,
         mode=config.mode,
         reduce_range=config.reduce_range,
-        policy=config.policy,
+        policy=None if config.policy == "auto" else config.policy,
         nodes_to_exclude=config.nodes_to_exclude,
         op_types_to_quantize=config.op_types_to_quantize,
         samples=config.samples,
@@ -275,7 +310,7 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
     context.calib, context.eval_data, shared = _sources(job, model)
     context.eval_held_out = not shared
 
-    made = _missing_folders([job.output, job.report, save_ranges])
+    made = _missing_folders([job.output, job.report, save_ranges, plan])
     try:
         verify = None
         if config.debug:
@@ -316,6 +351,10 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
             if save_ranges is not None and ranges_used:
                 ranges_used[-1].save(save_ranges)
                 published.append(save_ranges)
+            if plan is not None:
+                _write_plan(model, context, plan)
+                published.append(plan)
+                report["plan"] = str(plan)
             report["verdict"] = verdict.to_dict()
             report["timing"] = {**timing, "total_s": round(time.perf_counter() - started, 3)}
             if job.report is not None:

@@ -99,10 +99,10 @@ class TaskAccumulator:
         self.pooled_sum = 0.0
 
     def update(self, reference: np.ndarray, test: np.ndarray) -> None:
-        ref, tst = np.asarray(reference, np.float64), np.asarray(test, np.float64)
-        if ref.ndim == 2 and ref.shape[-1] >= 2:
+        ref, tst = np.asarray(reference), np.asarray(test)  # argmax and mean need no float64; cosine converts
+        if ref.ndim == 2 and ref.shape[1] >= 2:
             self.rows += ref.shape[0]
-            self.agree += int(np.sum(ref.argmax(axis=-1) == tst.argmax(axis=-1)))
+            self.agree += int(np.sum(ref.argmax(axis=1) == tst.argmax(axis=1)))
         if ref.ndim == 3:
             for a, b in zip(ref.mean(axis=1), tst.mean(axis=1)):
                 self.pooled_sum += cosine(a, b)

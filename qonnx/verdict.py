@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["DEFAULT_FLOORS", "Verdict", "choose_metric", "judge"]
+__all__ = ["DEFAULT_FLOORS", "Verdict", "choose_metric", "judge", "metric_value"]
 
 DEFAULT_FLOORS = {"sqnr": 30.0, "top1": 0.99, "cosine": 0.998}
 _UNITS = {"sqnr": " dB", "top1": "", "cosine": ""}
@@ -66,7 +66,8 @@ def choose_metric(outputs: dict[str, dict[str, float]], token_inputs: bool) -> t
     return "sqnr", "no output is shaped like class scores or token embeddings"
 
 
-def _value(metric: str, outputs: dict[str, dict[str, float]]) -> float | None:
+def metric_value(metric: str, outputs: dict[str, dict[str, float]]) -> float | None:
+    """The value of ``metric`` (sqnr, top1, cosine) over fidelity entries: the worst output's."""
     keys = {"sqnr": ("sqnr_db",), "top1": ("top1_agreement",), "cosine": ("pooled_cosine", "cosine")}[metric]
     for key in keys:
         values = [entry[key] for entry in outputs.values() if key in entry]
@@ -109,7 +110,7 @@ def judge(
             metric, chosen = choose_metric(outputs, token_inputs)
         else:
             chosen = "the config's metric (--metric)"
-        value = _value(metric, outputs)
+        value = metric_value(metric, outputs)
     threshold = minimum if minimum is not None else DEFAULT_FLOORS.get(metric)
     source = "--min" if minimum is not None else "default"
     if value is None or threshold is None:

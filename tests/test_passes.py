@@ -361,7 +361,7 @@ _FP16 = {"precision": "fp16", "target": "cuda"}
 _BF16 = {"precision": "bf16", "target": "cuda"}
 _FLOAT_PREP = "normalize,resolve-policy,calibrate,float-islands"
 _QUANTIZE_PREP = "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,finalize"
-_MEASURED = {"evaluate": "fidelity", "sensitivity": "sensitivity", "latency": "latency"}  # pass -> its record
+_MEASURED = {"evaluate": "fidelity", "sensitivity": "sensitivity", "latency": "latency", "layer-sensitivity": "layer_sensitivity"}  # pass -> its record
 _TWICE = [
     _Twice("inline-functions", tiny.function_model, "", True),
     _Twice("upgrade-opset", tiny.constants_model, "", True),  # opset 11
@@ -393,6 +393,9 @@ _TWICE = [
     _Twice("evaluate", tiny.detector_neck, f"{_FLOAT_PREP},convert-float", False, _BF16),
     _Twice("sensitivity(samples=2)", tiny.conv_chain, _QUANTIZE_PREP, False),
     _Twice("latency(runs=2,warmup=0)", tiny.conv_chain, _QUANTIZE_PREP, False),
+    _Twice("layer-sensitivity(top=2)", tiny.conv_chain, "normalize,resolve-policy,calibrate", False, {"reduce_range": True}),
+    # A target over what INT8 reaches: the first run keeps nodes float, the second finds nothing left to decide.
+    _Twice("auto-policy(metric=sqnr,min=150,speed=false)", tiny.conv_chain, "normalize,resolve-policy,calibrate(adjacent=true),layer-sensitivity", True, {"reduce_range": True}),
 ]
 
 

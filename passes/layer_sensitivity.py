@@ -1,0 +1,203 @@
+"""Per-layer sensitivity: how much fidelity each INT8 node costs, found cheaply.
+
+Runs after ``calibrate``, on the planned FP32 model, and changes nothing. It quantizes a copy with
+the whole plan (``insert-qdq``, the same Q/DQ as the output would get), then scores every node that
+the copy quantizes:
+
+- **local** (all nodes, from one tapped run of the FP32 model on ``samples`` evaluation samples):
+  the node alone, cut out of the quantized copy with its own quantizers, is fed the FP32 values of
+  its inputs; its output is compared with the FP32 node's output. Three figures: weights and
+  activations quantized (``local_db``), weights only, activations only. No full-model run.
+- **global** (the ``top`` worst nodes by local score, every node with ``exhaustive``): the model's
+  output error with only that node in INT8, one full-model evaluation each.
+
+The nodes come out worst first (by global score where measured, else local), with the rank
+correlation (Spearman) of local against global over the nodes that have both, which says how far the
+cheap local score can be trusted on this model, and the count of full-model evaluations spent. The
+``layer-sensitivity`` analysis holds the result for ``auto-policy``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.utils
+import onnx_ir as ir
+
+from qonnx import metrics, runtime
+from qonnx.errors import UserError
+from qonnx.pipeline import Pass, Record, register
+from qonnx.policy import node_spec
+from qonnx.progress import Progress
+from qonnx.trials import Trials, rank_correlation
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LayerSensitivity", "LayerSensitivityRecord"]
+
+def _boundary(value: ir.Value) -> tuple[str | None, bool]:
+    """The FP32 tensor behind a node input and whether it reaches the node through a Q/DQ pair:
+    (name, quantized); (None, _) for a constant (a weight or bias, quantized or not)."""
+    producer = value.producer()
+    if producer is not None and producer.op_type == "DequantizeLinear":
+        source = producer.inputs[0]
+        quantizer = source.producer()
+        if quantizer is not None and quantizer.op_type == "QuantizeLinear":
+            return quantizer.inputs[0].name, True
+        return None, True
+    if value.is_initializer() or value.const_value is not None:
+        return None, False
+    return value.name, False
+
+
+@dataclasses.dataclass
+class _Local:
+    node: str
+    op_type: str
+    inputs: list[str]  # FP32 tensors fed to the cut-out node
+    output: str
+    both: onnx.ModelProto
+    weights: onnx.ModelProto | None  # activations left FP32
+    activations: onnx.ModelProto | None  # weights left FP32
+
+
+def _cut(extractor: onnx.utils.Extractor, node: ir.Node, fp32: dict[str, ir.Node]) -> _Local | None:
+    """The node with its own quantizers as a model of its FP32 inputs, and the two one-sided variants."""
+    inputs, rewired_activations, quantized_constants = [], {}, []
+    for index, value in enumerate(node.inputs):
+        if value is None:
+            continue
+        name, through_qdq = _boundary(value)
+        if name is not None:
+            inputs.append(name)
+            if through_qdq:
+                rewired_activations[index] = name
+        elif through_qdq:
+            quantized_constants.append(index)
+    if not inputs or not (rewired_activations or quantized_constants):
+        return None
+    inputs = list(dict.fromkeys(inputs))
+    output = node.outputs[0].name
+    both = extractor.extract_model(inputs, [output])
+
+    def variant(rewire: dict[int, str], constants: dict[int, np.ndarray]) -> onnx.ModelProto:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(both)
+        inner = next(n for n in copy.graph.node if n.name == node.name)
+        for index, name in rewire.items():
+            inner.input[index] = name
+        for index, array in constants.items():
+            name = f"{node.name}_fp32_input{index}"
+            copy.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
+            inner.input[index] = name
+        return copy
+
+    weights = variant(rewired_activations, {}) if rewired_activations and quantized_constants else None
+    original = fp32.get(node.name)
+    activations = None
+    if rewired_activations and quantized_constants and original is not None:
+        constants = {}
+        for index in quantized_constants:
+            value = original.inputs[index] if index < len(original.inputs) else None
+            array = None if value is None or value.const_value is None else value.const_value.numpy()
+            if array is None:
+                break
+            constants[index] = array
+        else:
+            activations = variant({}, constants)
+    return _Local(node.name, node.op_type, inputs, output, both, weights, activations)
+
+
+def _local_scores(fp32_model: ir.Model, quantized: ir.Model, feeds: list[dict[str, np.ndarray]], progress: bool) -> list[dict[str, Any]]:
+    """Local SQNR of every quantized node, its weights-only and activations-only figures."""
+    fp32 = {n.name: n for n in fp32_model.graph}
+    proto = ir.to_proto(quantized)
+    extractor = onnx.utils.Extractor(proto)
+    cuts = []
+    for node in quantized.graph:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear") or node.name not in fp32:
+            continue
+        if not node_spec(fp32[node.name].metadata_props).quantized:
+            continue
+        cut = _cut(extractor, node, fp32)
+        if cut is not None:
+            cuts.append(cut)
+    wanted = {name for cut in cuts for name in [*cut.inputs, cut.output]}
+    graph_inputs = {v.name for v in fp32_model.graph.inputs}
+    session = runtime.session(runtime.tapped_model(fp32_model, sorted(wanted - graph_inputs)))
+    tapped = [{**feed, **session.run(feed)} for feed in feeds]
+    results = []
+    with Progress(len(cuts), "local sensitivity", enabled=progress) as bar:
+        for cut in cuts:
+            entry: dict[str, Any] = {"node": cut.node, "op_type": cut.op_type}
+            for key, small in (("local_db", cut.both), ("local_weights_db", cut.weights), ("local_activations_db", cut.activations)):
+                if small is None:
+                    entry[key] = None
+                    continue
+                runner = runtime.session(ir.serde.deserialize_model(small))
+                local_feeds = [{name: values[name] for name in cut.inputs} for values in tapped]
+                expected = [{cut.output: values[cut.output]} for values in tapped]
+                entry[key] = round(metrics.compare(expected, runner, local_feeds).worst_sqnr_db, 2)
+            results.append(entry)
+            bar.advance()
+    return results
+
+
+@dataclasses.dataclass
+class LayerSensitivityRecord(Record):
+    """Every quantized node's local score and, for the worst, its global score; worst first."""
+
+    report_key = "layer_sensitivity"
+    metric: str
+    samples: int
+    evaluations: int
+    rank_correlation: float | None
+    nodes: list[dict[str, Any]]
+
+
+@register
+class LayerSensitivity(Pass):
+    """Attributes:
+    samples: evaluation samples for the tapped run and the global trials.
+    top: nodes (worst by local score) that also get a global score.
+    exhaustive: a global score for every node (one full evaluation each).
+    """
+
+    name = "layer-sensitivity"
+    summary = "score every INT8 node: local (its own output error, one tapped run) and global (model output, the worst few)"
+    read_only = True
+    analyses_required = frozenset({"plan", "ranges"})
+    analyses_produced = frozenset({"layer-sensitivity"})
+
+    def __init__(self, context=None, *, samples: int = 4, top: int = 8, exhaustive: bool = False) -> None:
+        super().__init__(context)
+        if samples < 1 or top < 0:
+            raise UserError(f"layer-sensitivity: samples must be positive and top not negative (samples={samples}, top={top})")
+        self.samples, self.top, self.exhaustive = samples, top, exhaustive
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        data = self.context.eval_data if self.context.eval_data is not None else self.context.calib
+        if data is None or len(data) == 0 or self.context.precision != "int8":
+            return ir.passes.PassResult(model, False)
+        feeds = [data[i] for i in range(min(self.samples, len(data)))]
+        trials = Trials(model, self.context, feeds, "sqnr")
+        nodes = _local_scores(model, trials.quantized(), feeds, self.context.progress)
+        nodes.sort(key=lambda e: (e["local_db"], e["node"]))
+        count = len(nodes) if self.exhaustive else min(self.top, len(nodes))
+        with Progress(count, "global sensitivity", enabled=self.context.progress) as bar:
+            for entry in nodes:
+                entry["global_db"] = None
+            for entry in nodes[:count]:
+                entry["global_db"] = round(trials.score({entry["node"]}), 2)
+                bar.advance()
+        pairs = [(e["local_db"], e["global_db"]) for e in nodes if e["global_db"] is not None]
+        correlation = rank_correlation([p[0] for p in pairs], [p[1] for p in pairs])
+        nodes.sort(key=lambda e: (e["global_db"] if e["global_db"] is not None else np.inf, e["local_db"], e["node"]))
+        record = LayerSensitivityRecord("sqnr_db", len(feeds), trials.evaluations, None if correlation is None else round(correlation, 3), nodes)
+        self.context.analyses["layer-sensitivity"] = record
+        self.publish(record)
+        return ir.passes.PassResult(model, False)
