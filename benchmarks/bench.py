@@ -21,7 +21,7 @@ metrics) one run on this machine measures three kinds of variant:
 Per variant:
 
 * fidelity: SQNR in dB of every output against FP32, energies pooled over the held-out samples
-  (``qonnx.metrics.Accumulator``), plus the case's task metrics (top-1 agreement for classifiers);
+  (``qonnx.metrics.compare``), plus the case's task metrics (top-1 agreement for classifiers);
 * latency: one ``qonnx.runtime.session`` per variant, 2 intra-op threads (as
   ``qonnx.runtime.measure_latency``), 3 warm-up runs each, on the first evaluation sample. Timing
   is interleaved: in each cycle every variant is visited once (order alternating between cycles)
@@ -418,12 +418,8 @@ def run_outputs(model_path: Path, feeds: list[Feed]) -> list[Outputs]:
 
 def measure_fidelity(variant: Variant, case: BenchCase, feeds: list[Feed], reference: list[Outputs]) -> None:
     test = run_outputs(variant.path, feeds)
-    accumulators: dict[str, metrics.Accumulator] = {}
-    for ref_out, test_out in zip(reference, test):
-        for name, value in ref_out.items():
-            accumulators.setdefault(name, metrics.Accumulator()).update(value, test_out[name])
-    variant.sqnr_db = {name: round(acc.sqnr_db(), 3) for name, acc in accumulators.items()}
-    variant.cosine = {name: round(acc.cosine(), 6) for name, acc in accumulators.items()}
+    comparison = metrics.compare(reference, test, feeds)
+    variant.sqnr_db, variant.cosine = comparison.sqnr_db(), comparison.cosine()
     variant.task = {m.key: m.compute(feeds, reference, test) for m in case.task_metrics}
 
 
@@ -908,13 +904,6 @@ def method_table(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(CASES), help=f"comma-separated, from: {', '.join(CASES)}")
@@ -956,8 +945,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc["total_s"] = round(time.perf_counter() - started, 1)
     doc["environment"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report = markdown(doc)
-    write_atomically(args.out / "bench.json", json.dumps(doc, indent=2) + "\n")
-    write_atomically(args.out / "bench.md", report)
+    qir.atomic_write(args.out / "bench.json", lambda f: f.write((json.dumps(doc, indent=2) + "\n").encode()))
+    qir.atomic_write(args.out / "bench.md", lambda f: f.write(report.encode()))
     print(report)
     progress(f"done in {doc['total_s']:.0f} s; wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
     return 0

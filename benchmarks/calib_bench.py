@@ -401,13 +401,6 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def environment() -> dict[str, Any]:
     import numpy as np
     import onnxruntime
@@ -460,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import tempfile
 
+    from qonnx.ir import atomic_write
+
     started = time.perf_counter()
     doc: dict[str, Any] = {"environment": environment(), "models": models, "records": [], "batch_checks": {}}
     with tempfile.TemporaryDirectory(prefix="qonnx-calib-bench-") as scratch:
@@ -474,8 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     doc["baseline_mib"] = sorted(starts)[len(starts) // 2] if starts else 0.0
     doc["checks"] = checks(doc["records"], doc["batch_checks"].get(BATCH_CHECK[0], {}))
     report = markdown(doc)
-    write_atomically(args.out / "calib.json", json.dumps(doc, indent=2) + "\n")
-    write_atomically(args.out / "calib.md", report)
+    atomic_write(args.out / "calib.json", lambda f: f.write((json.dumps(doc, indent=2) + "\n").encode()))
+    atomic_write(args.out / "calib.md", lambda f: f.write(report.encode()))
     print(report)
     progress(f"done in {doc['total_s']:.0f} s; wrote {args.out / 'calib.json'} and {args.out / 'calib.md'}")
     return 0

@@ -47,7 +47,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import CASES, REPO_ROOT, environment, open_case_source, write_atomically  # noqa: E402
+from bench import CASES, REPO_ROOT, environment, open_case_source  # noqa: E402
 from isolation import run_isolated  # noqa: E402
 
 from qonnx import ir as qir  # noqa: E402
@@ -303,8 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             doc["models"].append(bench_case(name, Path(scratch), args.auto_mixed_timeout, args.timeout))
     doc["total_s"] = round(time.perf_counter() - started, 1)
     report = markdown(doc)
-    write_atomically(args.out / "fp16.json", json.dumps(doc, indent=2) + "\n")
-    write_atomically(args.out / "fp16.md", report)
+    qir.atomic_write(args.out / "fp16.json", lambda f: f.write((json.dumps(doc, indent=2) + "\n").encode()))
+    qir.atomic_write(args.out / "fp16.md", lambda f: f.write(report.encode()))
     print(report)
     return 0
 

@@ -6,6 +6,7 @@ from qonnx.passes import (  # noqa: F401
     constants_to_initializers,
     convert_float,
     emulate_float,
+    evaluate,
     finalize,
     float_islands,
     float_sensitivity,
@@ -16,8 +17,10 @@ from qonnx.passes import (  # noqa: F401
     infer_shapes,
     inline_functions,
     insert_qdq,
+    latency,
     remove_dead,
     resolve_policy,
+    sensitivity,
     upgrade_opset,
     verify,
 )

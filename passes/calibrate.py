@@ -15,6 +15,8 @@ type (UINT8 for cpu, INT8 for tensorrt).
 
 from __future__ import annotations
 
+import dataclasses
+
 import onnx_ir as ir
 
 from qonnx import ir as qir
@@ -22,22 +24,40 @@ from qonnx.calib.collect import collect_ranges, parse_bytes
 from qonnx.calib.observers import MSE, ObserverFactory, Percentile, factory_for
 from qonnx.calib.ranges import RangeTable
 from qonnx.errors import UserError
-from qonnx.passes.float_islands import float_tensors_to_observe
-from qonnx.passes.insert_qdq import bias_correction_inputs, tensors_to_calibrate
-from qonnx.pipeline import Pass, register
+from qonnx.pipeline import Context, Pass, Record, register
 from qonnx.targets import get_target
 
 
-def _tensors(model: ir.Model, target) -> list[str]:
+def _tensors(model: ir.Model, context: Context) -> list[str]:
     """The tensors to observe: INT8 nodes' inputs and outputs, and FP16/BF16 nodes' float tensors."""
-    return list(dict.fromkeys([*tensors_to_calibrate(model, target), *float_tensors_to_observe(model)]))
+    calibrated = context.analysis("placement", model).calibrated
+    return list(dict.fromkeys([*calibrated, *context.analysis("float-tensors", model)]))
+
+
+@dataclasses.dataclass
+class CalibrationRecord(Record):
+    """How the ranges were obtained: method, observer, data, or the reused table."""
+
+    report_key = "calibration"
+    method: str
+    observer: dict
+    samples: int
+    batch_size: int
+    passes: int
+    data: str
+    data_hash: str
+    reused_table: str | None
+    tensors: int
+    nonfinite_tensors: list[str]
 
 
 @register
 class Calibrate(Pass):
     name = "calibrate"
     summary = "run calibration data through onnxruntime and record activation ranges"
-    preserves = frozenset({"shapes", "ranges"})
+    read_only = True
+    analyses_required = frozenset({"plan", "placement", "float-tensors", "bias-correction-inputs"})
+    analyses_produced = frozenset({"ranges"})
 
     def __init__(
         self,
@@ -69,11 +89,11 @@ class Calibrate(Pass):
             self.observer = factory_for(method)()
 
     def requires(self, model: ir.Model) -> None:
-        if self.ranges_path is None and self.context.calib is None and _tensors(model, self.target):
+        if self.ranges_path is None and self.context.calib is None and _tensors(model, self.context):
             raise UserError("calibration needs data: give --calib DATA (or --ranges FILE)")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        tensors = _tensors(model, self.target)
+        tensors = _tensors(model, self.context)
         digest = qir.model_hash(model)
         if self.ranges_path:
             table = RangeTable.load(self.ranges_path, model_hash=digest)
@@ -88,23 +108,25 @@ class Calibrate(Pass):
                 memory_budget=self.memory,
                 progress=self.context.progress,
                 model_hash=digest,
-                channel_means=bias_correction_inputs(model),
+                channel_means=self.context.analysis("bias-correction-inputs", model),
             )
         else:
             table = RangeTable({}, model_hash=digest, method=self.method)
         if self.save_path:
             table.save(self.save_path)
         self.context.analyses["ranges"] = table
-        self.context.notes["calibration"] = {
-            "method": table.method,
-            "observer": table.observer,
-            "samples": table.samples,
-            "batch_size": table.batch_size,
-            "passes": table.passes,
-            "data": table.data,
-            "data_hash": table.data_hash,
-            "reused_table": self.ranges_path,
-            "tensors": len(table.ranges),
-            "nonfinite_tensors": sorted(k for k, v in table.ranges.items() if v.nonfinite),
-        }
+        self.publish(
+            CalibrationRecord(
+                method=table.method,
+                observer=table.observer,
+                samples=table.samples,
+                batch_size=table.batch_size,
+                passes=table.passes,
+                data=table.data,
+                data_hash=table.data_hash,
+                reused_table=self.ranges_path,
+                tensors=len(table.ranges),
+                nonfinite_tensors=sorted(k for k, v in table.ranges.items() if v.nonfinite),
+            )
+        )
         return ir.passes.PassResult(model, modified=False)

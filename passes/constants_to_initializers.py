@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 class ConstantsToInitializers(Pass):
     name = "constants-to-initializers"
     summary = "lift every Constant node into an initializer of the same name"
-    preserves = frozenset({"shapes", "ranges"})
+    preserves = frozenset({"shapes", "ranges", "plan"})
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         return LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)

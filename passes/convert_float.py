@@ -27,6 +27,7 @@ metadata (``qonnx.float_format``), so running the pass again changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -37,10 +38,9 @@ from qonnx.cast_placement import FP32, LOW, Tensor, cast_bytes, place_casts
 from qonnx.errors import UserError
 from qonnx.float_formats import FloatFormat, get_format
 from qonnx.float_slots import NodeSlots, float_slots
-from qonnx.pipeline import Pass, register
-from qonnx.policy import PLAN_KEY, node_spec
-from qonnx.passes.resolve_policy import record_formats
-from qonnx.targets import FLOAT_PRECISIONS
+from qonnx.pipeline import Pass, Record, register
+from qonnx.policy import PLAN_KEY, node_spec, record_formats
+from qonnx.targets import FLOAT_COMPUTE_OPS, FLOAT_PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ FORMAT_KEY = "qonnx.float_format"
 
 # The ops the conversion is for (weights halved, tensor cores): always in the low format unless an
 # island keeps them FP32. Every other op is free: its format only moves the island boundaries.
-COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum"})
+COMPUTE_OPS = FLOAT_COMPUTE_OPS
 # Casts from these types to the key type keep every value exactly, so a Cast after them can read their input.
 _LOSSLESS_INTO = {
     ir.DataType.FLOAT: {ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT16, ir.DataType.UINT16, ir.DataType.BOOL},
@@ -86,19 +86,28 @@ def _holders(graph: ir.Graph) -> dict[ir.Node, ir.Node]:
     return holder
 
 
-def _make_cast(graph: ir.Graph, value: ir.Value, to: ir.DataType, suffix: str) -> ir.Node:
-    name = qir.unique_name(graph, f"{value.name}_{suffix}")
-    cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", to)], name=qir.unique_name(graph, f"Cast_{name}"))
-    out = cast.outputs[0]
-    out.name, out.dtype, out.shape = name, to, value.shape
-    return cast
+@dataclasses.dataclass
+class ConversionRecord(Record):
+    """What the conversion did: nodes in each format, Casts and the bytes they move, constants."""
+
+    report_key = "conversion"
+    precision: str
+    io_types: str
+    low_nodes: int
+    fp32_nodes: int
+    casts_before: int
+    casts_after: int
+    cast_bytes: int
+    constants_converted: int
+    constants_clipped: int
 
 
 @register
 class ConvertFloat(Pass):
     name = "convert-float"
     summary = "convert to FP16/BF16 outside the FP32 islands; Casts placed by a minimum cut over tensor bytes"
-    preserves = frozenset()
+    preserves = frozenset({"plan"})
+    analyses_required = frozenset({"plan"})
 
     def __init__(self, context=None, *, keep_io_types: bool = True, unknown_dim: int = 64) -> None:
         super().__init__(context)
@@ -207,22 +216,13 @@ class ConvertFloat(Pass):
             if not crossing and not output_crosses:
                 continue
             to = ir.DataType.FLOAT if source_low else fmt.dtype
-            cast = _make_cast(graph, value, to, "fp32" if source_low else fmt.name)
-            producer = value.producer()
-            if producer is not None:
-                graph.insert_after(producer, cast)
-            else:
-                graph.insert_before(next(iter(graph)), cast)
-            for user, index in crossing:
-                user.replace_input_with(index, cast.outputs[0])
+            source_format, target_format = (fmt.name, "fp32") if source_low else ("fp32", fmt.name)
+            cast = qir.make_cast(graph, value, to, f"{value.name}_{target_format}")
+            qir.insert_after_producer(graph, value, cast)
+            qir.redirect(crossing, cast.outputs[0])
             if output_crosses:
-                out = cast.outputs[0]
-                name = value.name
-                value.name = qir.unique_name(graph, f"{name}_{'fp32' if not source_low else fmt.name}")
-                out.name = name
-                for position, graph_output in enumerate(graph.outputs):
-                    if graph_output is value:
-                        graph.outputs[position] = out
+                # The graph output keeps its name and I/O type: it is the Cast's output now.
+                qir.replace_graph_output(graph, value, cast.outputs[0], f"{value.name}_{source_format}")
 
         # 3. constants in the format their readers need
         converted, clipped = self._convert_constants(graph, fmt, low, reader_of)
@@ -234,17 +234,19 @@ class ConvertFloat(Pass):
         if fp32_free:
             record_formats(model, {n.name: {"format": "float", "reason": "placed FP32 by the cast placement: fewer bytes cross a Cast"} for n in fp32_free})
         model.metadata_props[FORMAT_KEY] = precision
-        self.context.notes["conversion"] = {
-            "precision": precision,
-            "io_types": "float32" if self.keep_io_types else precision,
-            "low_nodes": sum(1 for n in kinds if n in low),
-            "fp32_nodes": sum(1 for n in kinds if n not in low),
-            "casts_before": casts_before,
-            "casts_after": sum(1 for n in graph if n.op_type == "Cast"),
-            "cast_bytes": cast_bytes(tensors, placement.low),
-            "constants_converted": converted,
-            "constants_clipped": clipped,
-        }
+        self.publish(
+            ConversionRecord(
+                precision=precision,
+                io_types="float32" if self.keep_io_types else precision,
+                low_nodes=sum(1 for n in kinds if n in low),
+                fp32_nodes=sum(1 for n in kinds if n not in low),
+                casts_before=casts_before,
+                casts_after=sum(1 for n in graph if n.op_type == "Cast"),
+                cast_bytes=cast_bytes(tensors, placement.low),
+                constants_converted=converted,
+                constants_clipped=clipped,
+            )
+        )
         if clipped:
             logger.warning("%d constants held values beyond %s's range and were clipped", clipped, fmt.name)
         return ir.passes.PassResult(model, True)

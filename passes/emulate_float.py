@@ -37,10 +37,8 @@ LOW_TYPES = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
 def _cast(graph: ir.Graph, value: ir.Value, to: ir.DataType, base: str) -> ir.Node:
-    node = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", to)], name=qir.unique_name(graph, f"Cast_{base}"))
-    out = node.outputs[0]
-    out.name, out.dtype, out.shape = qir.unique_name(graph, base), to, value.shape
-    return node
+    """``Cast(value, to)``, its output named ``base`` and the node ``Cast_<base>`` (named first)."""
+    return qir.make_cast(graph, value, to, base, node_name=qir.unique_name(graph, f"Cast_{base}"))
 
 
 def _widens(node: ir.Node) -> bool:
@@ -60,26 +58,16 @@ def _is_rounding(node: ir.Node) -> bool:
     return source is not None and source.dtype == ir.DataType.FLOAT and _only_widened(node.outputs[0])
 
 
-def _round_after(graph: ir.Graph, anchor: ir.Node | None, value: ir.Value, low: ir.DataType) -> None:
+def _round_after(graph: ir.Graph, value: ir.Value, low: ir.DataType) -> None:
     """Readers of FP32 ``value`` read it rounded through ``low`` instead."""
     uses = list(value.uses())
-    was_output = value.is_graph_output()
     narrow = _cast(graph, value, low, f"{value.name}_round")
     widen = _cast(graph, narrow.outputs[0], ir.DataType.FLOAT, f"{value.name}_rounded")
-    if anchor is None:
-        first = next(iter(graph))
-        graph.insert_before(first, [narrow, widen])
-    else:
-        graph.insert_after(anchor, [narrow, widen])
-    for user, index in uses:
-        if user is not narrow:
-            user.replace_input_with(index, widen.outputs[0])
-    if was_output:
+    qir.insert_after_producer(graph, value, [narrow, widen])
+    qir.redirect(uses, widen.outputs[0])
+    if value.is_graph_output():
         # The graph output keeps its name and low type: it is the rounded, narrowed tensor.
-        name = value.name
-        value.name = qir.unique_name(graph, f"{name}_fp32")
-        graph.outputs[list(graph.outputs).index(value)] = narrow.outputs[0]
-        narrow.outputs[0].name = name
+        qir.replace_graph_output(graph, value, narrow.outputs[0], f"{value.name}_fp32")
 
 
 def emulate_in_place(model: ir.Model) -> bool:
@@ -98,9 +86,8 @@ def emulate_in_place(model: ir.Model) -> bool:
         if value.dtype in LOW_TYPES and not _only_widened(value):
             uses = list(value.uses())
             widen = _cast(graph, value, ir.DataType.FLOAT, f"{value.name}_fp32")
-            graph.insert_before(next(iter(graph)), widen)
-            for user, index in uses:
-                user.replace_input_with(index, widen.outputs[0])
+            qir.insert_after_producer(graph, value, widen)
+            qir.redirect(uses, widen.outputs[0])
             modified = True
     for node in list(graph):
         if _is_rounding(node):
@@ -117,7 +104,7 @@ def emulate_in_place(model: ir.Model) -> bool:
             if value.dtype in LOW_TYPES:
                 low = value.dtype
                 value.dtype = ir.DataType.FLOAT
-                _round_after(graph, node, value, low)
+                _round_after(graph, value, low)
                 modified = True
     return modified
 
@@ -133,7 +120,7 @@ def emulated(model: ir.Model) -> ir.Model:
 class EmulateFloat(Pass):
     name = "emulate-float"
     summary = "widen FP16/BF16 tensors to FP32 with a rounding Cast pair each: the same numerics on any provider"
-    preserves = frozenset()
+    preserves = frozenset({"plan"})
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         return ir.passes.PassResult(model, emulate_in_place(model))

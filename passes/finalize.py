@@ -28,7 +28,7 @@ def _forget_type(value: ir.Value, keep: set[ir.Value]) -> bool:
 class Finalize(Pass):
     name = "finalize"
     summary = "drop per-node specs and intermediate value_info before saving"
-    preserves = frozenset({"ranges"})
+    preserves = frozenset({"ranges", "plan"})
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False

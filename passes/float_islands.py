@@ -31,7 +31,7 @@ pass changes only node specs and the plan; ``convert-float`` then places the Cas
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import math
 
@@ -42,9 +42,8 @@ from qonnx import ir as qir
 from qonnx.errors import UserError
 from qonnx.float_formats import FloatFormat, get_format
 from qonnx.float_slots import float_slots
-from qonnx.pipeline import Pass, register
-from qonnx.policy import SPEC_KEY, node_spec
-from qonnx.passes.resolve_policy import record_formats
+from qonnx.pipeline import Context, Pass, Record, analysis, register
+from qonnx.policy import node_spec, record_formats, set_node_spec
 from qonnx.targets import FLOAT_PRECISIONS, get_target
 
 logger = logging.getLogger(__name__)
@@ -63,6 +62,12 @@ _BF16_IMPRECISE = frozenset({"Exp", "Pow", "Log"})
 
 def _low_nodes(model: ir.Model, precision: str) -> list[ir.Node]:
     return [n for n in model.graph if node_spec(n.metadata_props).format == precision]
+
+
+@analysis("float-tensors", requires=("plan",))
+def _float_tensors(model: ir.Model, context: Context) -> list[str]:
+    """The ``float-tensors`` analysis: ``float_tensors_to_observe``."""
+    return float_tensors_to_observe(model)
 
 
 def float_tensors_to_observe(model: ir.Model) -> list[str]:
@@ -127,11 +132,24 @@ class _ConstantVerdicts:
         return None
 
 
+@dataclasses.dataclass
+class FloatIslandsRecord(Record):
+    """How many nodes the rules kept FP32, and on what evidence."""
+
+    report_key = "float_islands"
+    precision: str
+    evidence: str
+    margin: float
+    fp32_nodes: int
+
+
 @register
 class FloatIslands(Pass):
     name = "float-islands"
     summary = "keep FP32 the nodes that FP16/BF16 would break (ranges, constants, risky ops, kernels), with reasons"
     preserves = frozenset({"shapes", "ranges"})
+    analyses_required = frozenset({"plan"})
+    analyses_produced = frozenset({"plan"})  # the nodes it keeps FP32, with their reasons
 
     def __init__(self, context=None, *, margin: float = 4.0, long_reduction: int = 4096) -> None:
         super().__init__(context)
@@ -185,15 +203,11 @@ class FloatIslands(Pass):
         # A node decided here is FP32 from now on, so a second run decides nothing: idempotent.
         for node in model.graph:
             if node.name in decisions:
-                node.metadata_props[SPEC_KEY] = json.dumps(decisions[node.name])  # {"format", "reason"}: sorted already
+                set_node_spec(node, decisions[node.name])
         if decisions:
             record_formats(model, decisions)
-        self.context.notes["float_islands"] = {
-            "precision": precision,
-            "evidence": "calibration ranges" if ranges is not None else "constants and op kinds (no calibration data)",
-            "margin": self.margin,
-            "fp32_nodes": len(decisions),
-        }
+        evidence = "calibration ranges" if ranges is not None else "constants and op kinds (no calibration data)"
+        self.publish(FloatIslandsRecord(precision, evidence, self.margin, len(decisions)))
         return ir.passes.PassResult(model, bool(decisions))
 
     def _evidence(self, node, slots, fmt, constants) -> tuple[str, bool] | None:

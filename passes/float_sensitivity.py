@@ -21,23 +21,38 @@ measurement goes into the report for the user to judge. Without calibration data
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 
 import onnx_ir as ir
 
 from qonnx import metrics, runtime
 from qonnx.errors import UserError
-from qonnx.passes.convert_float import COMPUTE_OPS, ConvertFloat
-from qonnx.passes.emulate_float import emulated
-from qonnx.passes.resolve_policy import record_formats
-from qonnx.pipeline import Context, Pass, register
-from qonnx.policy import SPEC_KEY, node_spec
-from qonnx.targets import FLOAT_PRECISIONS
+from qonnx.pipeline import Context, Pass, Record, apply, register
+from qonnx.policy import node_spec, record_formats, set_node_spec
+from qonnx.targets import FLOAT_COMPUTE_OPS, FLOAT_PRECISIONS
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["FloatSensitivity"]
+
+
+@dataclasses.dataclass
+class FloatSensitivityRecord(Record):
+    """The emulated output SQNR against the floor, and the FP32 prefix chosen (0: none)."""
+
+    report_key = "float_sensitivity"
+    sqnr_floor_db: float
+    samples: int
+    measured_db: float
+    fp32_prefix: int = 0
+    trials: int | None = None
+    measured_with_prefix_db: float | None = None
+    measured_with_max_prefix_db: float | None = None
+    max_prefix: int | None = None
+
+    def to_report(self) -> dict:
+        return {self.report_key: {k: v for k, v in dataclasses.asdict(self).items() if v is not None}}
 
 
 @register
@@ -45,6 +60,8 @@ class FloatSensitivity(Pass):
     name = "float-sensitivity"
     summary = "with calibration data: keep the leading weighted layers FP32 until the emulated output SQNR reaches a floor"
     preserves = frozenset({"shapes", "ranges"})
+    analyses_required = frozenset({"plan"})
+    analyses_produced = frozenset({"plan"})  # the FP32 prefix it keeps, with its reason
 
     def __init__(self, context=None, *, sqnr_floor: float = 40.0, samples: int = 2, max_share: float = 0.25) -> None:
         super().__init__(context)
@@ -64,32 +81,30 @@ class FloatSensitivity(Pass):
         feeds = [source[i] for i in range(min(self.samples, len(source)))]
         reference = runtime.session(model)
         expected = [reference.run(feed) for feed in feeds]
-        candidates = [n for n in model.graph if n.op_type in COMPUTE_OPS and node_spec(n.metadata_props).format == precision]
+        candidates = [n for n in model.graph if n.op_type in FLOAT_COMPUTE_OPS and node_spec(n.metadata_props).format == precision]
 
         def worst_sqnr(prefix: int) -> float:
+            """The worst output's SQNR of the converted copy with the first ``prefix`` candidates FP32,
+            emulated in FP32 (the conversion and emulation passes run on the copy, by name)."""
             trial = model.clone()
             keep = {n.name for n in candidates[:prefix]}
             for node in trial.graph:
                 if node.name in keep:
-                    node.metadata_props[SPEC_KEY] = json.dumps({"format": "float"})
-            ConvertFloat(Context(target=self.context.target, precision=precision))(trial)
-            session = runtime.session(emulated(trial))
-            accumulators: dict[str, metrics.Accumulator] = {}
-            for feed, ref in zip(feeds, expected):
-                got = session.run(feed)
-                for name, value in ref.items():
-                    accumulators.setdefault(name, metrics.Accumulator()).update(value, got[name])
-            return min(a.sqnr_db() for a in accumulators.values())
+                    set_node_spec(node, {"format": "float"})
+            scratch = Context(target=self.context.target, precision=precision)
+            apply("convert-float", trial, scratch)
+            apply("emulate-float", trial, scratch)
+            return metrics.compare(expected, runtime.session(trial), feeds).worst_sqnr_db
 
         measured = {0: worst_sqnr(0)}
-        note = {"sqnr_floor_db": self.sqnr_floor, "samples": len(feeds), "measured_db": round(measured[0], 2), "fp32_prefix": 0}
-        self.context.notes["float_sensitivity"] = note
+        record = FloatSensitivityRecord(self.sqnr_floor, len(feeds), round(measured[0], 2))
+        self.publish(record)
         if measured[0] >= self.sqnr_floor or not candidates:
             return ir.passes.PassResult(model, False)
         low, high = 0, max(1, int(self.max_share * len(candidates)))
         measured[high] = worst_sqnr(high)
         if measured[high] < self.sqnr_floor:
-            note.update(fp32_prefix=0, trials=len(measured), measured_with_max_prefix_db=round(measured[high], 2), max_prefix=high)
+            record.trials, record.measured_with_max_prefix_db, record.max_prefix = len(measured), round(measured[high], 2), high
             logger.warning(
                 "%s: the emulated output reaches %.1f dB SQNR on the calibration data, under the %g dB floor, "
                 "and %d leading weighted layers in FP32 do not lift it over (%.1f dB): left as is",
@@ -111,7 +126,8 @@ class FloatSensitivity(Pass):
         )
         decisions = {n.name: {"format": "float", "reason": reason} for n in candidates[:high]}
         for node in candidates[:high]:
-            node.metadata_props[SPEC_KEY] = json.dumps(decisions[node.name], sort_keys=True)
+            set_node_spec(node, decisions[node.name])
         record_formats(model, decisions)
-        note.update(fp32_prefix=high, measured_with_prefix_db=None if reached is None else round(reached, 2), trials=len(measured))
+        record.fp32_prefix, record.trials = high, len(measured)
+        record.measured_with_prefix_db = None if reached is None else round(reached, 2)
         return ir.passes.PassResult(model, True)

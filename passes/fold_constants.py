@@ -61,7 +61,7 @@ def _evaluate(node: ir.Node, opset: int) -> list[np.ndarray]:
 class FoldConstants(Pass):
     name = "fold-constants"
     summary = "replace nodes whose inputs are all constant by their value"
-    preserves = frozenset({"ranges"})
+    preserves = frozenset({"ranges", "plan"})
 
     def __init__(self, context=None, *, max_elements: int = 1 << 24) -> None:
         super().__init__(context)

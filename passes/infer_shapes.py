@@ -31,7 +31,8 @@ def _static(value: ir.Value) -> bool:
 class InferShapes(Pass):
     name = "infer-shapes"
     summary = "onnx shape inference, gaps filled from one real calibration sample"
-    preserves = frozenset({"shapes", "ranges"})
+    preserves = frozenset({"shapes", "ranges", "plan"})
+    analyses_produced = frozenset({"shapes"})
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         try:

@@ -41,7 +41,7 @@ from qonnx.passes.qdq_placement import (
     quantized_nodes,
 )
 from qonnx.policy import QuantSpec, node_spec
-from qonnx.pipeline import Pass, register
+from qonnx.pipeline import Context, Pass, analysis, register
 from qonnx.targets import Target, get_target
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,25 @@ def _is_stored_weight(value: ir.Value) -> bool:
     return producer is not None and producer.op_type == "DequantizeLinear" and qir.is_constant_initializer(producer.inputs[0])
 
 
+def _output_channel_axis(node: ir.Node) -> int | None:
+    """The axis of ``node``'s weight (input 1) that indexes its output channels.
+
+    Conv: 0 of [M, C/g, k…]; ConvTranspose: 1 of [C, M/g, k…] (None when grouped: the channels
+    of each group sit at axis 1 separately); Gemm: 0 with transB, else 1; MatMul: the last axis.
+    """
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1 if node.attributes.get_int("group", 1) == 1 else None
+    if node.op_type == "Gemm":
+        return 0 if node.attributes.get_int("transB", 0) else 1
+    if node.op_type == "MatMul":
+        weight = node.inputs[1] if len(node.inputs) > 1 else None
+        rank = len(weight.shape) if weight is not None and weight.shape is not None else 0
+        return rank - 1 if rank >= 2 else None
+    return None
+
+
 def node_roles(node: ir.Node) -> NodeRoles:
     """Which inputs of a weighted node are its constant weight and bias."""
     roles = NodeRoles()
@@ -70,11 +89,11 @@ def node_roles(node: ir.Node) -> NodeRoles:
     inputs = list(node.inputs)
     weight = inputs[1]  # each of these ops has at least two inputs
     if is_float_constant(weight) or _is_stored_weight(weight):
-        roles.weight, roles.weight_axis = 1, qir.output_channel_axis(node)
+        roles.weight, roles.weight_axis = 1, _output_channel_axis(node)
     elif node.op_type == "MatMul" and (is_float_constant(inputs[0]) or _is_stored_weight(inputs[0])):
         roles.weight, roles.weight_axis = 0, None  # constant A: per tensor
     elif is_dequantized(weight):  # an activation in the weight's place, quantized already
-        roles.weight, roles.weight_axis = 1, qir.output_channel_axis(node)
+        roles.weight, roles.weight_axis = 1, _output_channel_axis(node)
     if len(inputs) > 2 and inputs[2] is not None:  # (MatMul has two inputs)
         bias = inputs[2]
         if (is_float_constant(bias) and bias.const_value.numpy().ndim == 1) or is_dequantized(bias):
@@ -100,6 +119,12 @@ def correctable_nodes(model: ir.Model) -> list[ir.Node]:
     return nodes
 
 
+@analysis("bias-correction-inputs", requires=("plan",))
+def _bias_correction_inputs(model: ir.Model, context: Context) -> list[str]:
+    """The ``bias-correction-inputs`` analysis: ``bias_correction_inputs``."""
+    return bias_correction_inputs(model)
+
+
 def bias_correction_inputs(model: ir.Model) -> list[str]:
     """The tensors whose mean per channel bias correction needs (see ``qonnx.calib.means``)."""
     return list(dict.fromkeys(node.inputs[0].name for node in correctable_nodes(model)))
@@ -113,23 +138,17 @@ def tensors_to_calibrate(model: ir.Model, target: Target) -> list[str]:
 def _dequantize_for(graph: ir.Graph, value: ir.Value, quantizer: ir.Node, dq_inputs: list[ir.Value], users) -> None:
     """Insert ``quantizer → DequantizeLinear(dq_inputs)`` right after ``value``'s producer and make
     ``users`` (reader, input index) read the dequantized tensor."""
-    dq = ir.node("DequantizeLinear", dq_inputs, name=qir.unique_name(graph, f"{value.name}_DQ"))
-    dq.outputs[0].name = qir.unique_name(graph, f"{value.name}_dq")
-    dq.outputs[0].dtype, dq.outputs[0].shape = ir.DataType.FLOAT, value.shape
-    producer = value.producer()
-    if producer is not None:
-        graph.insert_after(producer, [quantizer, dq])
-    else:
-        graph.insert_before(graph.node(0), [quantizer, dq])
-    for user, index in users:
-        user.replace_input_with(index, dq.outputs[0])
+    dq = qir.make_dequantize(graph, dq_inputs, value.name, shape=value.shape)
+    qir.insert_after_producer(graph, value, [quantizer, dq])
+    qir.redirect(users, dq.outputs[0])
 
 
 @register
 class InsertQDQ(Pass):
     name = "insert-qdq"
     summary = "insert QuantizeLinear/DequantizeLinear for INT8 nodes; weights become INT8 initializers"
-    preserves = frozenset({"shapes", "ranges"})
+    preserves = frozenset({"shapes", "ranges", "plan"})
+    analyses_required = frozenset({"plan", "placement", "ranges"})
 
     def __init__(self, context=None, *, bias_correction: bool = True) -> None:
         super().__init__(context)
@@ -137,7 +156,7 @@ class InsertQDQ(Pass):
         self.bias_correction = bias_correction
 
     def requires(self, model: ir.Model) -> None:
-        needed = tensors_to_calibrate(model, self.target)
+        needed = self.context.analysis("placement", model).calibrated
         if not needed:
             return
         ranges = self.context.require("ranges", "run the calibrate pass before insert-qdq (or pass --ranges)")
@@ -157,7 +176,7 @@ class InsertQDQ(Pass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        placement = plan_placement(model, self.target)
+        placement = self.context.analysis("placement", model)
         self._placement, self._graph = placement, graph
         # Before activations and weights get their DQ producers, which renames what the nodes read.
         self._mean_of_input = {node: node.inputs[0].name for node in correctable_nodes(model)}
@@ -279,12 +298,9 @@ class InsertQDQ(Pass):
         scale_v, zp_v = self._group_initializers[root]
         q = quant.quantize(value.const_value.numpy(), scale, zero_point, zero_point.dtype)
         q_v = qir.make_initializer(graph, f"{name}_q", q)
-        dq = ir.node("DequantizeLinear", [q_v, scale_v, zp_v], name=qir.unique_name(graph, f"{name}_DQ"))
-        dq.outputs[0].name = qir.unique_name(graph, f"{name}_dq")
-        dq.outputs[0].dtype, dq.outputs[0].shape = ir.DataType.FLOAT, ir.Shape(q.shape)
-        graph.insert_before(graph.node(0), [dq])
-        for user, index in list(value.uses()):
-            user.replace_input_with(index, dq.outputs[0])
+        dq = qir.make_dequantize(graph, [q_v, scale_v, zp_v], name)
+        qir.insert_after_producer(graph, q_v, dq)  # (an initializer: before the first node)
+        qir.redirect(list(value.uses()), dq.outputs[0])
         self._replaced.append(value)
 
     def _quantize_operand(self, graph: ir.Graph, node: ir.Node, index: int, spec: QuantSpec) -> None:
@@ -423,10 +439,6 @@ class InsertQDQ(Pass):
         inputs = [q_v, s_v]
         if zero_point is not None:
             inputs.append(qir.make_initializer(graph, f"{base}_zp", np.asarray(zero_point)))
-        # axis None: per tensor, no attribute (ir.node leaves out None attributes)
-        dq = ir.node("DequantizeLinear", inputs, attributes={"axis": axis}, name=qir.unique_name(graph, f"{base}_DQ"))
-        dq.outputs[0].name = qir.unique_name(graph, f"{base}_dq")
-        dq.outputs[0].dtype = ir.DataType.FLOAT
-        dq.outputs[0].shape = ir.Shape(q.shape)
-        graph.insert_before(graph.node(0), [dq])
+        dq = qir.make_dequantize(graph, inputs, base, axis=axis)  # axis None: per tensor
+        qir.insert_after_producer(graph, q_v, dq)  # (an initializer: before the first node)
         return dq.outputs[0]

@@ -28,8 +28,9 @@ import dataclasses
 import onnx_ir as ir
 
 from qonnx import ir as qir
+from qonnx.pipeline import Context, analysis
 from qonnx.policy import QuantSpec, node_spec
-from qonnx.targets import Target
+from qonnx.targets import Target, get_target
 
 __all__ = ["Placement", "plan_placement", "output_to_quantize", "is_dequantized", "is_float_constant", "quantized_nodes"]
 
@@ -179,6 +180,13 @@ class _Groups:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
+
+
+@analysis("placement", requires=("plan",))
+def placement_of(model: ir.Model, context: Context) -> Placement:
+    """The ``placement`` analysis: ``plan_placement`` for the run's target, computed once per run
+    (``calibrate`` and ``insert-qdq`` share it)."""
+    return plan_placement(model, get_target(context.target))
 
 
 def plan_placement(model: ir.Model, target: Target) -> Placement:

@@ -15,7 +15,7 @@ from qonnx.pipeline import Pass, register
 class RemoveDead(Pass):
     name = "remove-dead"
     summary = "remove nodes and initializers that no output depends on"
-    preserves = frozenset({"shapes", "ranges"})
+    preserves = frozenset({"shapes", "ranges", "plan"})
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         result = RemoveUnusedNodesPass()(model)

@@ -4,11 +4,13 @@ Changes nothing. It raises when the model is invalid, so that a broken rewrite i
 pass that made it (the manager runs it after every pass in debug mode) instead of at deployment.
 For the CPU target the pass also reads back onnxruntime's optimized graph (``qonnx.fusion``) and
 puts the counts of integer kernels, leftover Q/DQ and float islands into the report
-(``notes["fusion"]``); in debug mode a quantized Conv/MatMul/Gemm that did not become an integer
+(a ``FusionRecord``); in debug mode a quantized Conv/MatMul/Gemm that did not become an integer
 kernel fails the pass.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import onnx
 import onnx_ir as ir
@@ -17,7 +19,7 @@ from qonnx import runtime
 from qonnx.fusion import check_fusion
 from qonnx.ir import PROTOBUF_LIMIT
 from qonnx.passes.emulate_float import emulated
-from qonnx.pipeline import Pass, register
+from qonnx.pipeline import Pass, Record, register
 
 
 class VerificationError(RuntimeError):
@@ -56,11 +58,22 @@ def _has_bf16(model: ir.Model) -> bool:
     )
 
 
+@dataclasses.dataclass
+class FusionRecord(Record):
+    """What onnxruntime made of the quantized nodes (``qonnx.fusion.check_fusion``)."""
+
+    report_key = "fusion"
+    fusion: dict
+
+    def to_report(self) -> dict:
+        return {"fusion": self.fusion}
+
+
 @register
 class Verify(Pass):
     name = "verify"
     summary = "check the model with the onnx checker and load it in onnxruntime"
-    preserves = frozenset({"shapes", "ranges"})
+    read_only = True
 
     def __init__(self, context=None, *, fusion: bool = True) -> None:
         super().__init__(context)
@@ -76,7 +89,7 @@ class Verify(Pass):
                 report = check_fusion(model)
             except Exception as exc:
                 raise VerificationError(f"onnxruntime cannot load the model: {exc}") from exc
-            self.context.notes["fusion"] = report
+            self.publish(FusionRecord(report))
             if self.context.debug and report["unfused"]:
                 names = ", ".join(report["unfused"][:5])
                 raise VerificationError(f"{len(report['unfused'])} quantized nodes did not become integer kernels in onnxruntime: {names}")

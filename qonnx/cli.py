@@ -233,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "passes",
         help="list the registered passes",
-        description="List the registered passes, the aliases and the default pipelines.",
+        description="List the registered passes with their options (type = default) and the analyses they need and make, the aliases and the default pipelines.",
         epilog=_PASSES_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -346,17 +346,25 @@ def _inspect(args) -> int:
 
 
 def _passes(args) -> int:
-    from qonnx.pipeline import DEFAULT_PIPELINE, _load_builtin_passes, aliases, default_pipeline, registry
+    from qonnx.pipeline import DEFAULT_PIPELINE, _load_builtin_passes, aliases, default_pipeline, pass_options, registry
 
     _load_builtin_passes()
     width = max(len(n) for n in [*registry, *aliases])
     for name in sorted(registry):
         cls = registry[name]
         print(f"{name:<{width}}  {cls.summary}")
+        for option in pass_options(cls):
+            print(f"{'':<{width}}    {option}")
+        declared = [("needs", cls.analyses_required), ("makes", cls.analyses_produced)]
+        analyses = "; ".join(f"{what} {', '.join(sorted(names))}" for what, names in declared if names)
+        if analyses:
+            print(f"{'':<{width}}    ({analyses})")
+    print()
     for name, expansion in aliases.items():
         print(f"{name:<{width}}  = {expansion}")
     print(f"\ndefault pipeline: {DEFAULT_PIPELINE}")
     print(f"fp16/bf16 pipeline: {default_pipeline('fp16', calibrated=True)} (calibrate and float-sensitivity only with --calib or --ranges)")
+    print("then, with data: evaluate (and sensitivity, latency when asked for); the model is saved and the report written last")
     return 0
 
 

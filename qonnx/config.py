@@ -180,9 +180,6 @@ class CalibrationConfig:
             save_ranges=_str(self.save_ranges, "save_ranges", table),
         )
 
-    def pass_options(self) -> dict[str, Any]:
-        """The options of the ``calibrate`` pass these set (None: left to the pipeline text or the default)."""
-        return {"method": self.method, "percentile": self.percentile, "batch_size": self.batch_size, "memory": self.memory, "ranges": self.ranges}
 
 
 @dataclasses.dataclass(frozen=True)

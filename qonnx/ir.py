@@ -6,6 +6,9 @@
   folder and renames it into place, and switches to external data when the protobuf would pass
   the 2 GB limit. A caller can look at the written file before it is renamed (``before_replace``)
   and, by raising, leave the destination untouched.
+* The graph-edit primitives (``make_cast``, ``make_dequantize``, ``insert_after_producer``,
+  ``redirect``, ``replace_graph_output``) name what they create with ``unique_name`` and set the
+  type and shape of the new values, so that every pass builds these nodes the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,7 +37,6 @@ __all__ = [
     "model_hash",
     "file_size",
     "external_data_files",
-    "float_dtypes",
     "all_nodes",
     "constant_array",
     "make_initializer",
@@ -42,16 +44,17 @@ __all__ = [
     "nodes_of",
     "bypass",
     "is_constant_initializer",
-    "name_unnamed_nodes",
-    "output_channel_axis",
+    "make_cast",
+    "make_dequantize",
+    "insert_after_producer",
+    "redirect",
+    "replace_graph_output",
     "atomic_write",
 ]
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Leave head-room for the graph structure when deciding to go external.
 _EXTERNAL_THRESHOLD = PROTOBUF_LIMIT - 64 * 2**20
-
-float_dtypes = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
 
 
 def _checked_proto(path: Path) -> onnx.ModelProto:
@@ -266,42 +269,6 @@ def unique_name(graph: ir.Graph, base: str) -> str:
     return name
 
 
-def name_unnamed_nodes(model: ir.Model) -> bool:
-    """Give every unnamed node of every graph a name no other node has (``<OpType>_<n>``)."""
-    nodes = list(all_nodes(model))
-    taken = {n.name for n in nodes if n.name}
-    named = False
-    counter = 0
-    for node in nodes:
-        if node.name:
-            continue
-        while f"{node.op_type}_{counter}" in taken:
-            counter += 1
-        node.name = f"{node.op_type}_{counter}"
-        taken.add(node.name)
-        named = True
-    return named
-
-
-def output_channel_axis(node: ir.Node) -> int | None:
-    """The axis of ``node``'s weight (input 1) that indexes its output channels.
-
-    Conv: 0 of [M, C/g, k…]; ConvTranspose: 1 of [C, M/g, k…] (None when grouped: the channels
-    of each group sit at axis 1 separately); Gemm: 0 with transB, else 1; MatMul: the last axis.
-    """
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "ConvTranspose":
-        return 1 if node.attributes.get_int("group", 1) == 1 else None
-    if node.op_type == "Gemm":
-        return 0 if node.attributes.get_int("transB", 0) else 1
-    if node.op_type == "MatMul":
-        weight = node.inputs[1] if len(node.inputs) > 1 else None
-        rank = len(weight.shape) if weight is not None and weight.shape is not None else 0
-        return rank - 1 if rank >= 2 else None
-    return None
-
-
 def _umask() -> int:
     """The process's umask (read by setting it and putting it back)."""
     mask = os.umask(0o022)
@@ -362,3 +329,81 @@ def bypass(graph: ir.Graph, node: ir.Node, replacement: ir.Value) -> None:
     graph.remove(node, safe=True)
     if was_graph_output:
         replacement.name = name
+
+
+def make_cast(
+    graph: ir.Graph, value: ir.Value, to: ir.DataType, name_base: str, *, node_name: str | None = None
+) -> ir.Node:
+    """A ``Cast(value, to=to)`` node, not yet in ``graph``.
+
+    Its output is named ``unique_name(graph, name_base)`` and has type ``to`` and ``value``'s
+    shape. The node is named ``Cast_<output name>`` (made unique), or ``node_name``, which the
+    caller has made unique itself.
+    """
+    name = unique_name(graph, name_base)
+    if node_name is None:
+        node_name = unique_name(graph, f"Cast_{name}")
+    node = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", to)], name=node_name)
+    out = node.outputs[0]
+    out.name, out.dtype, out.shape = name, to, value.shape
+    return node
+
+
+def make_dequantize(
+    graph: ir.Graph,
+    inputs: list[ir.Value],
+    name_base: str,
+    *,
+    axis: int | None = None,
+    shape: ir.Shape | None = None,
+) -> ir.Node:
+    """A ``DequantizeLinear(x, scale[, zero_point])`` node, not yet in ``graph``.
+
+    Named ``<name_base>_DQ``, its output ``<name_base>_dq`` (both made unique, the node's first),
+    a FLOAT tensor (qonnx's scales are float32) of ``shape``, by default the shape of ``x``.
+    ``axis`` None is per tensor and leaves the attribute out.
+    """
+    node = ir.node("DequantizeLinear", inputs, attributes={"axis": axis}, name=unique_name(graph, f"{name_base}_DQ"))
+    out = node.outputs[0]
+    out.name = unique_name(graph, f"{name_base}_dq")
+    out.dtype, out.shape = ir.DataType.FLOAT, inputs[0].shape if shape is None else shape
+    return node
+
+
+def insert_after_producer(graph: ir.Graph, value: ir.Value, nodes: ir.Node | Iterable[ir.Node]) -> None:
+    """Insert ``nodes`` (in their order) right after the node that produces ``value``.
+
+    A graph input or an initializer has no producer: the nodes then go before the graph's first
+    node (or make up the graph when it has none).
+    """
+    producer = value.producer()
+    if producer is not None:
+        graph.insert_after(producer, nodes)
+    elif len(graph):
+        graph.insert_before(graph.node(0), nodes)
+    else:
+        graph.extend([nodes] if isinstance(nodes, ir.Node) else nodes)
+
+
+def redirect(uses: Iterable[tuple[ir.Node, int]], value: ir.Value) -> None:
+    """Each ``(reader, input index)`` of ``uses`` reads ``value`` instead.
+
+    Take the uses (``list(old.uses())``) before building the nodes that read the old value, so
+    that these keep reading it.
+    """
+    for user, index in uses:
+        user.replace_input_with(index, value)
+
+
+def replace_graph_output(graph: ir.Graph, value: ir.Value, replacement: ir.Value, renamed_base: str) -> None:
+    """``replacement`` becomes the graph output ``value`` was, under ``value``'s name.
+
+    ``value`` stays in the graph (its readers keep reading it) and is renamed
+    ``unique_name(graph, renamed_base)``; the model's signature keeps its names.
+    """
+    name = value.name
+    value.name = unique_name(graph, renamed_base)
+    replacement.name = name
+    for position, output in enumerate(graph.outputs):
+        if output is value:
+            graph.outputs[position] = replacement

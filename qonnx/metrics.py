@@ -6,9 +6,18 @@ signal's power; every 10 dB is another factor of ten. ``cosine = <ref, test> / (
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
+
 import numpy as np
 
-__all__ = ["sqnr_db", "cosine", "top1_agreement", "Accumulator"]
+from qonnx.errors import UserError
+
+__all__ = ["sqnr_db", "cosine", "top1_agreement", "Accumulator", "Comparison", "compare"]
+
+Feed = Mapping[str, np.ndarray]
+Outputs = Mapping[str, np.ndarray]
 
 _MAX_DB = 200.0
 
@@ -68,3 +77,58 @@ class Accumulator:
         if denom:
             return float(self.dot / denom)
         return float(self.signal == self.test_sq == 0)  # as ``cosine``: 1 only when both are zero
+
+
+class Runner(Protocol):
+    """Anything that maps a feed to named outputs (a ``qonnx.runtime.Session``)."""
+
+    def run(self, feed: Feed) -> Outputs: ...
+
+
+@dataclasses.dataclass
+class Comparison:
+    """Pooled SQNR and cosine of every output of a test model against a reference, over ``samples``."""
+
+    samples: int
+    outputs: dict[str, Accumulator]
+
+    @property
+    def worst_sqnr_db(self) -> float:
+        """The lowest SQNR over the outputs (+200 dB when there are none to compare)."""
+        return min((a.sqnr_db() for a in self.outputs.values()), default=_MAX_DB)
+
+    def sqnr_db(self, digits: int = 3) -> dict[str, float]:
+        return {name: round(a.sqnr_db(), digits) for name, a in self.outputs.items()}
+
+    def cosine(self, digits: int = 6) -> dict[str, float]:
+        return {name: round(a.cosine(), digits) for name, a in self.outputs.items()}
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        """``{output: {"sqnr_db", "cosine"}}`` as the report writes it (3 and 6 decimals)."""
+        return {name: {"sqnr_db": round(a.sqnr_db(), 3), "cosine": round(a.cosine(), 6)} for name, a in self.outputs.items()}
+
+
+def compare(reference: Runner | Sequence[Outputs], test: Runner | Sequence[Outputs], data: Iterable[Feed], *, what: str = "sample") -> Comparison:
+    """Run ``data`` through ``reference`` and ``test`` and pool the error of every reference output.
+
+    Either side may be a runner or the outputs it gave for ``data``, in order (outputs computed once
+    and compared with many variants). A runner that refuses a feed (UserError) is named with the
+    feed's index: "``what`` 3: ...".
+    """
+    accumulators: dict[str, Accumulator] = {}
+    samples = 0
+
+    def outputs(side: Runner | Sequence[Outputs], index: int, feed: Feed) -> Outputs:
+        if isinstance(side, Sequence):
+            return side[index]
+        try:
+            return side.run(feed)
+        except UserError as exc:
+            raise UserError(f"{what} {index}: {exc}") from exc
+
+    for index, feed in enumerate(data):
+        expected, got = outputs(reference, index, feed), outputs(test, index, feed)
+        for name, value in expected.items():
+            accumulators.setdefault(name, Accumulator()).update(value, got[name])
+        samples += 1
+    return Comparison(samples, accumulators)

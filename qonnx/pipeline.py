@@ -5,10 +5,20 @@ is looked up in the registry; the options in parentheses are converted to the ty
 ``__init__`` annotates, so each option has one typed default, in the pass itself.
 
 The manager runs the passes in order and records, for each, wall time and node counts by op type
-before and after. Analyses (observed shapes, calibration ranges) live in ``Context.analyses``; a
-pass that modifies the model keeps only the analyses it names in ``preserves`` (the idea of LLVM's
-PreservedAnalyses). In debug mode every pass is followed by a verify step: the onnx checker and an
+before and after. In debug mode every pass is followed by a verify step: the onnx checker and an
 onnxruntime session on the model as it stands.
+
+Analyses are facts about the model that passes share: the per-node plan (``plan``), calibration
+ranges (``ranges``), the Q/DQ placement (``placement``), fidelity on held-out data (``fidelity``).
+A pass declares those it requires (``analyses_required``) and those it produces
+(``analyses_produced``); some analyses are computed on demand from the model (``@analysis``) and
+cached until a modifying pass drops them. A pass that modifies the model keeps only the analyses it
+names in ``preserves`` (the idea of LLVM's PreservedAnalyses). ``build`` checks the order of a
+pipeline before any pass runs, and refuses one whose pass needs an analysis that no earlier pass
+produced (or that a pass in between did not preserve).
+
+Passes tell the report what they did with typed records (``Pass.publish``); the report is assembled
+from them.
 """
 
 from __future__ import annotations
@@ -35,6 +45,11 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "Context",
     "Pass",
+    "Record",
+    "analysis",
+    "apply",
+    "check_order",
+    "pass_options",
     "PassRecord",
     "PipelineStep",
     "register",
@@ -66,29 +81,91 @@ class Context:
     nodes_to_exclude: tuple[str, ...] = ()  # node names or regexes (full match) that stay float
     op_types_to_quantize: tuple[str, ...] | None = None  # None: every op type the policy quantizes
     calib: Any = None  # a qonnx.calib.sources.Source, or None
+    eval_data: Any = None  # a Source of evaluation samples, or None
+    eval_held_out: bool = True  # False: the evaluation samples were also used to calibrate
+    source: Path | None = None  # the input model, the reference of evaluation passes
     samples: int | None = None
     progress: bool = False
     debug: bool = False  # stricter checks (verify fails on unfused quantized nodes)
     analyses: dict[str, Any] = dataclasses.field(default_factory=dict)
-    notes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    records: dict[str, Record] = dataclasses.field(default_factory=dict)  # by report key, the latest of each
 
     def require(self, analysis: str, hint: str) -> Any:
         if analysis not in self.analyses:
             raise UserError(f"no {analysis} available: {hint}")
         return self.analyses[analysis]
 
+    def analysis(self, name: str, model: ir.Model) -> Any:
+        """The analysis ``name`` of ``model``: cached, or computed by its ``@analysis`` function."""
+        if name in self.analyses:
+            return self.analyses[name]
+        _load_builtin_passes()
+        computed = analyses.get(name)
+        if computed is None:
+            raise UserError(f"no {name} available: a pass that produces it must run first")
+        value = self.analyses[name] = computed.compute(model, self)
+        return value
+
+    def record(self, kind: type[R]) -> R | None:
+        """The record of type ``kind`` that a pass published, if any."""
+        found = self.records.get(kind.report_key)
+        return found if isinstance(found, kind) else None
+
+
+class Record:
+    """What a pass tells the report: a dataclass whose fields go under ``report_key``.
+
+    ``to_report()`` returns the report entries (by default ``{report_key: asdict(self)}``).
+    """
+
+    report_key: ClassVar[str] = ""
+
+    def to_report(self) -> dict[str, Any]:
+        return {self.report_key: dataclasses.asdict(self)}  # type: ignore[call-overload]
+
+
+R = typing.TypeVar("R", bound=Record)
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """An analysis computed on demand: ``compute(model, context)``, valid once ``requires`` hold."""
+
+    name: str
+    compute: Callable[[ir.Model, Context], Any]
+    requires: frozenset[str]
+
+
+analyses: dict[str, Analysis] = {}
+
+
+def analysis(name: str, *, requires: Iterable[str] = ()) -> Callable[[Callable[[ir.Model, Context], Any]], Callable[[ir.Model, Context], Any]]:
+    """Decorator that registers ``compute(model, context)`` as the on-demand analysis ``name``."""
+
+    def register_analysis(compute: Callable[[ir.Model, Context], Any]) -> Callable[[ir.Model, Context], Any]:
+        if name in analyses and analyses[name].compute is not compute:
+            raise TypeError(f"analysis {name!r} registered twice")
+        analyses[name] = Analysis(name, compute, frozenset(requires))
+        return compute
+
+    return register_analysis
+
 
 class Pass(ir.passes.InPlacePass):
     """A qonnx pass: an onnx-ir in-place pass with a registry name and a shared context.
 
-    Subclasses set ``name`` and ``summary``, list the analyses they keep valid in ``preserves``,
-    take their options as typed keyword-only ``__init__`` parameters after ``context`` and implement
+    Subclasses set ``name`` and ``summary``; declare the analyses they need (``analyses_required``),
+    make (``analyses_produced``) and keep valid when they modify the model (``preserves``), or set
+    ``read_only``; take their options as typed keyword-only ``__init__`` parameters after ``context`` and implement
     ``call(model)``.
     """
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     preserves: ClassVar[frozenset[str]] = frozenset()
+    analyses_required: ClassVar[frozenset[str]] = frozenset()
+    analyses_produced: ClassVar[frozenset[str]] = frozenset()
+    read_only: ClassVar[bool] = False  # never modifies the model: every analysis survives it
 
     def __init__(self, context: Context | None = None) -> None:
         self.context = context if context is not None else Context()
@@ -103,6 +180,10 @@ class Pass(ir.passes.InPlacePass):
         if node is not None:
             logger.debug("%s: %s not rewritten: %s", self.name, node.name or node.op_type, reason)
         return False
+
+    def publish(self, record: Record) -> None:
+        """Hand ``record`` to the report (replacing an earlier record of the same key)."""
+        self.context.records[record.report_key] = record
 
     def __repr__(self) -> str:
         return self.name or type(self).__name__
@@ -197,6 +278,29 @@ def _parameters(cls: type[Pass]) -> dict[str, inspect.Parameter]:
     return {n: p for n, p in sig.parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
+@dataclasses.dataclass(frozen=True)
+class PassOption:
+    """One option of a pass, as its ``__init__`` annotates it: the parser and ``qonnx passes`` read these."""
+
+    name: str
+    annotation: Any
+    default: Any
+
+    @property
+    def type_text(self) -> str:
+        text = self.annotation if isinstance(self.annotation, str) else getattr(self.annotation, "__name__", None)
+        return text if text and not typing.get_args(self.annotation) else str(self.annotation).replace("typing.", "")
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.type_text} = {self.default!r}"
+
+
+def pass_options(cls: type[Pass]) -> list[PassOption]:
+    """The typed options of a pass, in the order its ``__init__`` declares them."""
+    hints = typing.get_type_hints(cls.__init__)
+    return [PassOption(name, hints.get(name, str), p.default) for name, p in _parameters(cls).items()]
+
+
 def parse_pipeline(text: str) -> list[PipelineStep]:
     """Parse ``a,b(x=1,y=foo),c`` into steps, checking names and option types against the registry."""
     _load_builtin_passes()
@@ -217,8 +321,7 @@ def parse_pipeline(text: str) -> list[PipelineStep]:
             continue
         if name not in registry:
             raise UserError(f"unknown pass {name!r}; known passes: {', '.join(sorted(registry))}")
-        params = _parameters(registry[name])
-        hints = typing.get_type_hints(registry[name].__init__)
+        params = {option.name: option for option in pass_options(registry[name])}
         options: dict[str, Any] = {}
         for item in filter(None, (a.strip() for a in (args or "").split(","))):
             key, sep, raw = item.partition("=")
@@ -228,14 +331,78 @@ def parse_pipeline(text: str) -> list[PipelineStep]:
             if key not in params:
                 known = ", ".join(params) or "none"
                 raise UserError(f"{name}: unknown option {key!r} (options: {known})")
-            options[key] = _convert(raw.strip(), hints.get(key, str), f"{name}({key})")
+            options[key] = _convert(raw.strip(), params[key].annotation, f"{name}({key})")
         steps.append(PipelineStep(name, options))
     return steps
 
 
-def build(steps: Iterable[PipelineStep], context: Context) -> list[Pass]:
+def _producers(name: str) -> list[str]:
+    """The passes that make ``name`` from nothing (not those that only update it)."""
+    return sorted(n for n, cls in registry.items() if name in cls.analyses_produced and name not in cls.analyses_required)
+
+
+def check_order(names: Iterable[str], available: Iterable[str] = ()) -> None:
+    """Refuse a pipeline (pass names in order) in which a pass needs an analysis that no earlier pass
+    produced, or that a pass in between may have invalidated; ``available``: analyses already held.
+
+    Every pass is assumed to modify the model, so an analysis survives a pass only when the pass
+    preserves it. On-demand analyses are available when what they require is.
+    """
     _load_builtin_passes()
+    held = set(available)
+    made_by: dict[str, str] = {}
+    dropped_by: dict[str, str] = {}
+
+    def obtainable(name: str) -> bool:
+        if name in held:
+            return True
+        computed = analyses.get(name)
+        return computed is not None and all(obtainable(r) for r in computed.requires)
+
+    def missing(name: str) -> str:
+        computed = analyses.get(name)
+        if name not in held and computed is not None:
+            return next(missing(r) for r in sorted(computed.requires) if not obtainable(r))
+        return name
+
+    for name in names:
+        cls = registry[name]
+        for needed in sorted(cls.analyses_required, key=lambda n: (n in analyses, n)):  # made by passes first
+            if obtainable(needed):
+                continue
+            lacking = missing(needed)
+            what = f"the {lacking} analysis" + (f" (for {needed})" if lacking != needed else "")
+            if lacking in dropped_by:
+                raise UserError(
+                    f"{name} needs {what}, which {dropped_by[lacking]} (after {made_by[lacking]}) does not preserve: "
+                    f"put {made_by[lacking]} after {dropped_by[lacking]}"
+                )
+            producers = _producers(lacking)
+            hint = f"put {' or '.join(producers)} before {name}" if producers else "no pass produces it"
+            raise UserError(f"{name} needs {what}, which no earlier pass produces: {hint}")
+        if not cls.read_only:
+            for lost in held - cls.preserves - cls.analyses_produced:
+                dropped_by[lost] = name
+            held &= cls.preserves
+        held |= cls.analyses_produced
+        for made in cls.analyses_produced:
+            made_by[made] = name
+            dropped_by.pop(made, None)
+
+
+def build(steps: Iterable[PipelineStep], context: Context) -> list[Pass]:
+    """The passes of ``steps``, after checking their order (``check_order``) against what ``context`` holds."""
+    _load_builtin_passes()
+    steps = list(steps)
+    check_order([s.name for s in steps], context.analyses)
     return [registry[s.name](context, **s.options) for s in steps]
+
+
+def apply(name: str, model: ir.Model, context: Context, **options: Any) -> ir.passes.PassResult:
+    """Run the registered pass ``name`` on ``model`` (a pass that needs another pass's rewrite on a
+    copy asks for it by name, instead of importing its module)."""
+    _load_builtin_passes()
+    return registry[name](context, **options)(model)
 
 
 def check_dump_after(dump_after: Iterable[str], names: Iterable[str]) -> None:
@@ -300,8 +467,10 @@ def run_pipeline(
             raise
         seconds = time.perf_counter() - start
         model = result.model
+        for made in pass_.analyses_produced:
+            context.analyses.setdefault(made, True)  # a pass that keeps its analysis in the model marks it held
         if result.modified:
-            kept = {k: v for k, v in context.analyses.items() if k in pass_.preserves}
+            kept = {k: v for k, v in context.analyses.items() if k in pass_.preserves or k in pass_.analyses_produced}
             dropped = set(context.analyses) - set(kept)
             if dropped:
                 logger.info("%s dropped analyses %s", pass_.name, sorted(dropped))
@@ -315,7 +484,7 @@ def run_pipeline(
         records.append(record)
         if on_pass:
             on_pass(record)
-        if verify is not None:
+        if verify is not None and not pass_.read_only:  # a read-only pass left the model as verified
             verify(model, pass_.name)
         if pass_.name in dump_after:
             target = Path(dump_dir) / f"after-{index:02d}-{pass_.name}.onnx"

@@ -13,9 +13,14 @@ import dataclasses
 import json
 import re
 import typing
+from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["QuantSpec", "Rule", "MixedPrecisionPolicy", "FLOAT", "SPEC_KEY", "PLAN_KEY", "node_spec"]
+import onnx_ir as ir
+
+from qonnx.errors import UserError
+
+__all__ = ["QuantSpec", "Rule", "MixedPrecisionPolicy", "FLOAT", "SPEC_KEY", "PLAN_KEY", "node_spec", "set_node_spec", "Plan", "record_formats", "load_policy"]
 
 SPEC_KEY = "qonnx.spec"
 PLAN_KEY = "qonnx.plan"
@@ -151,3 +156,80 @@ def node_spec(metadata_props: dict[str, str]) -> QuantSpec:
     data = dict(json.loads(raw))
     data.pop("reason", None)
     return QuantSpec.from_dict(data)
+
+
+def set_node_spec(node: ir.Node, entry: dict[str, Any]) -> bool:
+    """Store ``entry`` (a spec's dict, with an optional ``reason``) as the node's spec, the one
+    writer of what ``node_spec`` reads; returns whether it changed."""
+    text = json.dumps(entry, sort_keys=True)
+    if node.metadata_props.get(SPEC_KEY) == text:
+        return False
+    node.metadata_props[SPEC_KEY] = text
+    return True
+
+
+class Plan:
+    """The plan document (``qonnx.plan`` in the model's metadata): each node's spec, stored once per
+    distinct spec (``specs`` {id: spec}, ``nodes`` {name: id}), and the reasons of float nodes.
+
+    The id of a spec is its format ("int8"), with "#1", "#2"… for further specs of that format.
+    """
+
+    def __init__(self):
+        self.specs: dict[str, dict] = {}
+        self.nodes: dict[str, str] = {}
+        self.reasons: dict[str, str] = {}
+
+    def add(self, node: str, entry: dict) -> None:
+        entry = dict(entry)
+        self.reasons.pop(node, None)
+        if reason := entry.pop("reason", None):
+            self.reasons[node] = reason
+        spec_id = next((key for key, spec in self.specs.items() if spec == entry), None)
+        if spec_id is None:
+            taken = sum(1 for key in self.specs if key.split("#")[0] == entry["format"])
+            spec_id = entry["format"] if not taken else f"{entry['format']}#{taken}"
+            self.specs[spec_id] = entry
+        self.nodes[node] = spec_id
+
+    def to_json(self, target: str, policy: MixedPrecisionPolicy) -> str:
+        document = {"target": target, "policy": policy.to_dict(), "specs": self.specs, "nodes": self.nodes, "reasons": self.reasons}
+        return json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+
+def record_formats(model: ir.Model, entries: dict[str, dict]) -> None:
+    """Change the plan's entries (``{"format": ..., "reason": ...}``) of the named nodes.
+
+    For passes that decide a node's format after ``resolve-policy`` (FP32 islands, cast placement):
+    the plan in the model's metadata stays the one record of every node's format and reason.
+    """
+    document = json.loads(model.metadata_props.get(PLAN_KEY, "{}"))
+    plan = Plan()
+    plan.specs, plan.nodes, plan.reasons = document.get("specs", {}), document.get("nodes", {}), document.get("reasons", {})
+    for node, entry in entries.items():
+        plan.add(node, entry)
+    document.update(specs=plan.specs, nodes=plan.nodes, reasons=plan.reasons)
+    model.metadata_props[PLAN_KEY] = json.dumps(document, sort_keys=True, separators=(",", ":"))
+
+
+def load_policy(path: str) -> tuple[MixedPrecisionPolicy, MixedPrecisionPolicy]:
+    """A policy file (``default`` and ``rules``) or a plan (``qonnx.plan`` metadata of a model).
+
+    A plan replays its policy, and its ``nodes`` map (node name → format) becomes exact-name rules
+    on top, so that editing one node's format in a plan changes that node.
+
+    Returns the policy to resolve with, and the policy the new plan records: the file's own, without
+    the rules its ``nodes`` added (the new plan's ``nodes`` carry them), so that a replayed plan
+    comes out as the same plan, byte for byte, instead of growing by a rule per node each time.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+        recorded = MixedPrecisionPolicy.from_dict(data.get("policy", data))
+        policy = MixedPrecisionPolicy.from_dict(data.get("policy", data))
+        specs = {name: QuantSpec.from_dict(spec) for name, spec in data.get("specs", {}).items()}
+        for node, spec_id in data.get("nodes", {}).items():
+            spec = specs.get(spec_id) or QuantSpec.from_dict({"format": spec_id})
+            policy.rules.append(Rule(spec, name=node))
+        return policy, recorded
+    except (OSError, json.JSONDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise UserError(f"{path}: not a usable policy file ({exc})") from exc

@@ -4,14 +4,89 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from qonnx.ir import atomic_write
+import onnx_ir as ir
 
-__all__ = ["SCHEMA", "write_json", "summary_table"]
+import qonnx
+from qonnx.ir import atomic_write
+from qonnx.policy import PLAN_KEY
+
+__all__ = ["SCHEMA", "Report", "assemble", "node_formats", "write_json", "summary_table"]
 
 SCHEMA = "qonnx.report/1"
+
+Report = dict[str, Any]  # the JSON document; its fields are listed in the README
+
+# Where each pass's record goes, in the order the document lists them; records of other keys follow.
+_RECORD_ORDER = ("calibration", "fusion", "float_islands", "float_sensitivity", "conversion", "fidelity", "sensitivity", "latency")
+_FLOAT_ONLY = ("float_islands", "float_sensitivity", "conversion")  # present (null when not made) for fp16/bf16
+
+
+def node_formats(model: ir.Model) -> dict[str, dict[str, Any]]:
+    """The format of every node but the Q/DQ ones, from the plan in the model's metadata."""
+    plan = json.loads(model.metadata_props.get(PLAN_KEY, "{}"))
+    specs, reasons = plan.get("specs", {}), plan.get("reasons", {})
+    formats = {name: specs.get(spec_id, {"format": spec_id})["format"] for name, spec_id in plan.get("nodes", {}).items()}
+    result = {}
+    for index, node in enumerate(model.graph):
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"):
+            continue
+        name = node.name or f"{node.op_type}_{index}"
+        entry = {"op_type": node.op_type, "format": formats.get(name, "float")}
+        if name in reasons:
+            entry["reason"] = reasons[name]
+        result[name] = entry
+    return result
+
+
+def assemble(
+    *,
+    config: Any,
+    input_facts: dict[str, Any],
+    output_facts: dict[str, Any],
+    steps: Iterable[Any],
+    records: Iterable[Any],
+    published: Iterable[Any],
+    model: ir.Model,
+    uncalibrated: bool,
+    onnxruntime_version: str,
+) -> Report:
+    """The report of one run, from the facts of the input and output files, the pass records and
+    the typed records the passes published (each ``to_report()`` gives its entries)."""
+    entries: dict[str, Any] = {}
+    for record in published:
+        entries.update(record.to_report())
+    precision = config.precision
+    doc: Report = {
+        "schema": SCHEMA,
+        "qonnx_version": qonnx.__version__,
+        "onnxruntime_version": onnxruntime_version,
+        "input": input_facts,
+        "output": output_facts,
+        "target": config.effective_target,
+        "precision": precision,
+        "mode": config.mode,
+        "config": config.to_dict(),
+        "reduce_range": entries.pop("reduce_range", False),
+        "reduce_range_ops": entries.pop("reduce_range_ops", []),
+        "pipeline": ",".join(str(s) for s in steps),
+        "passes": [r.to_dict() for r in records],
+        "calibration": entries.pop("calibration", None),
+        "fusion": entries.pop("fusion", None),
+        "uncalibrated": uncalibrated,
+        "nodes": node_formats(model),
+    }
+    if precision in ("fp16", "bf16"):
+        doc.update({key: entries.pop(key, None) for key in _FLOAT_ONLY})
+    doc["size_ratio"] = round(output_facts["bytes"] / input_facts["bytes"], 4)
+    for key in _RECORD_ORDER:
+        if key in entries:
+            doc[key] = entries.pop(key)
+    doc.update(entries)
+    return doc
 
 
 def write_json(report: dict[str, Any], path: str | os.PathLike) -> Path:

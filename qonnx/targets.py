@@ -35,12 +35,14 @@ import dataclasses
 from qonnx.errors import UserError
 from qonnx.policy import MixedPrecisionPolicy, QuantSpec, Rule
 
-__all__ = ["Target", "TARGETS", "get_target", "WEIGHT_AXIS_OPS", "FLOAT_PRECISIONS", "default_target"]
+__all__ = ["Target", "TARGETS", "get_target", "WEIGHT_AXIS_OPS", "FLOAT_COMPUTE_OPS", "FLOAT_PRECISIONS", "default_target"]
 
 FLOAT_PRECISIONS = ("fp16", "bf16")
 
 # Ops with a weight input whose output channels are the quantization axis.
 WEIGHT_AXIS_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# The ops whose arithmetic, not only storage, runs in FP16/BF16 when converted.
+FLOAT_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum"})
 CPU_INTEGER_OPS = ("Add", "Mul", "Concat", "Sigmoid", "LeakyRelu", "AveragePool", "GlobalAveragePool")
 DATA_MOVEMENT_OPS = (
     "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Gather",

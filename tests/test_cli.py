@@ -44,15 +44,30 @@ def test_passes_lists_every_registered_pass(qonnx_cmd):
     result = qonnx_cmd("passes")
     assert result.rc == 0, result.err
     pipeline._load_builtin_passes()
-    listing, _, tail = result.out.partition("\n\n")
-    rows = [line.split(None, 1) for line in listing.splitlines()]
-    passes = {name: rest for name, rest in rows if not rest.startswith("= ")}
-    aliases = {name: rest[2:] for name, rest in rows if rest.startswith("= ")}
+    listing, _, rest = result.out.partition("\n\n")
+    aliases_text, _, tail = rest.partition("\n\n")
+    # A pass's row, then one indented row per option ("name: type = default") and the analyses it needs and makes.
+    passes: dict[str, str] = {}
+    details: dict[str, list[str]] = {}
+    last = ""
+    for line in listing.splitlines():
+        if line.startswith(" "):
+            details[last].append(line.strip())
+        else:
+            last, summary = line.split(None, 1)
+            passes[last], details[last] = summary, []
+    aliases = {name: rest[2:] for name, rest in (line.split(None, 1) for line in aliases_text.splitlines())}
     builtin = {n for n, cls in pipeline.registry.items() if cls.__module__.startswith("qonnx.passes")}
     assert builtin <= set(passes)
     assert set(passes) <= set(pipeline.registry)
     for name in passes:
         assert passes[name] == pipeline.registry[name].summary
+        options = [str(o) for o in pipeline.pass_options(pipeline.registry[name])]
+        assert details[name][: len(options)] == options
+    assert details["calibrate"][:3] == ["method: str | None = None", "percentile: float | None = None", "batch_size: int = 1"]
+    assert details["insert-qdq"] == ["bias_correction: bool = True", "(needs placement, plan, ranges)"]
+    assert details["resolve-policy"][-1] == "(makes plan)"
+    assert details["remove-dead"] == []
     assert aliases == pipeline.aliases
     assert f"default pipeline: {pipeline.DEFAULT_PIPELINE}" in tail
 
@@ -157,7 +172,8 @@ def test_quantize_writes_model_and_report(qonnx_cmd, tmp_path, model_path, calib
     assert report["input"]["sha256"] == hashlib.sha256(input_bytes).hexdigest()
     assert report["output"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert report["output"]["bytes"] == out.stat().st_size
-    assert [p["name"] for p in report["passes"]] == [s.name for s in pipeline.parse_pipeline(pipeline.DEFAULT_PIPELINE)]
+    # The default pipeline, then the measuring pass: fidelity is measured in the pass manager.
+    assert [p["name"] for p in report["passes"]] == [s.name for s in pipeline.parse_pipeline(pipeline.DEFAULT_PIPELINE)] + ["evaluate"]
     assert {name: n["format"] for name, n in report["nodes"].items() if n["op_type"] == "Conv"} == {
         "conv0": "int8",
         "conv1": "int8",

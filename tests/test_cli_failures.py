@@ -272,7 +272,7 @@ BAD: list[Bad] = [
     Bad("unknown-pass", lambda ws: ws.quantize("--pipeline", "normalize,bogus"), "unknown pass 'bogus'; known passes: calibrate,"),
     Bad("empty-pipeline", lambda ws: ws.quantize("--pipeline", ""), "empty pipeline"),
     Bad("bad-pass-option-value", lambda ws: ws.quantize("--pipeline", "normalize,calibrate(batch_size=x)"), "calibrate(batch_size): 'x' is not a valid int"),
-    Bad("pass-before-its-prerequisite", lambda ws: ws.quantize("--pipeline", "normalize,resolve-policy,insert-qdq"), "run the calibrate pass"),
+    Bad("pass-before-its-prerequisite", lambda ws: ws.quantize("--pipeline", "normalize,resolve-policy,insert-qdq"), "put calibrate before insert-qdq"),
     # was 0: --dump-after a pass the pipeline does not have dumped nothing and succeeded
     Bad("dump-after-unknown-pass", lambda ws: ws.quantize("--dump-after", "bogus"), "--dump-after bogus: no pass of that name in the pipeline (its passes: inline-functions,"),
     Bad("calibration-option-without-calibrate", lambda ws: ws.quantize("--precision", "fp16", "--method", "entropy", calib=None), "--method: the pipeline has no calibrate pass (give --calib DATA)"),

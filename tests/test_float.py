@@ -137,7 +137,7 @@ def test_exp_stays_fp32_without_ranges_with_its_reason():
     # What Exp makes may exceed FP16 too, so the MatMul that reads it stays FP32 as well.
     assert "reads e, which may exceed FP16" in reasons["mm2"]
     assert [n.op_type for n in model.graph] == ["Cast", "MatMul", "Cast", "Exp", "MatMul"]
-    assert context.notes["float_islands"]["fp32_nodes"] == 2
+    assert context.records["float_islands"].fp32_nodes == 2
 
 
 def test_calibrated_ranges_decide_the_exp():
@@ -266,7 +266,7 @@ def test_conversion_is_idempotent_and_deterministic():
     first, _ = _convert(proto)
     second, _ = _convert(proto)
     assert qir.model_hash(first) == qir.model_hash(second)
-    context = Context(target="cuda", precision="fp16")
+    context = Context(target="cuda", precision="fp16", analyses={"plan": True})  # the model carries its plan
     records = run_pipeline(first, build(parse_pipeline("convert-float"), context), context)
     assert not records[0].modified
 

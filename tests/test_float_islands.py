@@ -138,7 +138,7 @@ def test_a_node_whose_format_is_moot_is_skipped_and_the_rest_still_judged():
     proto = _model(nodes, [_vi("x", [2, 3])], [_vi("s", [2], TensorProto.INT64), _vi("y", [2, 3])])
     reasons, _, ctx, _ = _islands(proto)
     assert reasons == {"exp": "Exp overflows FP16 above x = 11.1 and no calibration ranges bound its input"}
-    assert ctx.notes["float_islands"] == {"precision": "fp16", "evidence": NO_DATA, "margin": 4.0, "fp32_nodes": 1}
+    assert ctx.records["float_islands"].to_report()["float_islands"] == {"precision": "fp16", "evidence": NO_DATA, "margin": 4.0, "fp32_nodes": 1}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ def test_a_calibrated_range_beyond_the_limit_keeps_readers_and_writers_fp32():
         "add": "h reaches |x| = 2e+04 on the calibration data, beyond FP16's 65504 / 4",
         "relu": "h reaches |x| = 2e+04 on the calibration data, beyond FP16's 65504 / 4",
     }
-    assert ctx.notes["float_islands"] == {"precision": "fp16", "evidence": "calibration ranges", "margin": 4.0, "fp32_nodes": 2}
+    assert ctx.records["float_islands"].to_report()["float_islands"] == {"precision": "fp16", "evidence": "calibration ranges", "margin": 4.0, "fp32_nodes": 2}
     # The near miss: x up to 8000, h up to 16000.
     feeds = [{"x": np.array([[8000.0, -1, 2], [0, 3, 4]], np.float32)}]
     assert _islands(_add_relu(), feeds=feeds)[0] == {}
@@ -284,7 +284,7 @@ def test_ranges_replace_the_op_kind_rules():
         "exp": "Exp overflows FP16 above x = 11.1 and no calibration ranges bound its input",
         "relu": "reads e, which may exceed FP16 (made by exp)",
     }
-    assert ctx.notes["float_islands"]["evidence"] == NO_DATA
+    assert ctx.records["float_islands"].evidence == NO_DATA
 
 
 # ----------------------------------------------------------------------------------------------
@@ -482,7 +482,7 @@ def test_the_pass_records_specs_once_and_is_idempotent():
     # Nothing to keep FP32: not modified, and the plan is left as resolve-policy wrote it.
     reasons, model, ctx, modified = _islands(_unary("Relu"))
     assert modified is False and reasons == {} and json.loads(model.metadata_props[PLAN_KEY])["nodes"] == {"n": "fp16"}
-    assert ctx.notes["float_islands"] == {"precision": "fp16", "evidence": NO_DATA, "margin": 4.0, "fp32_nodes": 0}
+    assert ctx.records["float_islands"].to_report()["float_islands"] == {"precision": "fp16", "evidence": NO_DATA, "margin": 4.0, "fp32_nodes": 0}
 
 
 def test_float_tensors_to_observe_lists_what_low_precision_nodes_read_and_write():

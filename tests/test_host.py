@@ -47,21 +47,21 @@ def _weight_levels(model) -> int:
 
 def test_the_cpu_target_uses_seven_bit_conv_weights_exactly_where_the_cpu_needs_them():
     model, _, context = run_text(tiny.conv_chain(), QUANTIZE)
-    assert context.notes["reduce_range_ops"] == (["Conv"] if host.u8s8_saturates() else [])
+    assert context.records["reduce_range_ops"].reduce_range_ops == (["Conv"] if host.u8s8_saturates() else [])
     assert _weight_levels(model) == (63 if host.u8s8_saturates() else 127)
 
 
 def test_matmul_weights_keep_full_range_on_every_machine_unless_asked():
     # MiniLM loses more to 7-bit MatMul weights than to saturation (see Target.seven_bit_ops_without_vnni).
     model, _, context = run_text(tiny.matmul_model(), QUANTIZE)
-    assert context.notes["reduce_range_ops"] == [] and _weight_levels(model) == 127
+    assert context.records["reduce_range_ops"].reduce_range_ops == [] and _weight_levels(model) == 127
 
 
 @pytest.mark.parametrize("reduce_range", [True, False])
 @pytest.mark.parametrize("make", [tiny.conv_chain, tiny.matmul_model])
 def test_an_explicit_choice_overrides_the_machine(reduce_range, make):
     model, _, context = run_text(make(), QUANTIZE, reduce_range=reduce_range)
-    assert bool(context.notes["reduce_range_ops"]) is reduce_range
+    assert bool(context.records["reduce_range_ops"].reduce_range_ops) is reduce_range
     assert _weight_levels(model) == (63 if reduce_range else 127)
 
 

@@ -703,7 +703,7 @@ def test_dynamic_quantization_serves_only_the_dynamic_readers():
     # onnxruntime runs it: 7-bit weights, so that every CPU computes the same integers (full-range
     # MatMul weights saturate U8S8 products on x86 without VNNI: one output was 10 off here).
     ctx = Context(mode="dynamic", reduce_range=True)
-    run_pipeline(model, build(parse_pipeline("resolve-policy,insert-qdq"), ctx), ctx)
+    run_pipeline(model, build(parse_pipeline("resolve-policy,calibrate,insert-qdq"), ctx), ctx)
     dyn = _node(model, "mm").inputs[0].producer().inputs[0].producer()
     assert dyn.op_type == "DynamicQuantizeLinear" and dyn.inputs[0].name == "x"
     assert [v.dtype for v in dyn.outputs] == [ir.DataType.UINT8, ir.DataType.FLOAT, ir.DataType.UINT8]
@@ -723,7 +723,7 @@ def test_dynamic_quantization_names_its_tensors_and_runs_once():
     proto = _model(nodes, [_vi("x", [2, 3]), _vi("z", [3, 4])], [_vi("y", [2, 4])])
     model = to_ir(proto)
     ctx = Context(mode="dynamic")
-    records = run_pipeline(model, build(parse_pipeline("resolve-policy,insert-qdq"), ctx), ctx)
+    records = run_pipeline(model, build(parse_pipeline("resolve-policy,calibrate,insert-qdq"), ctx), ctx)
     assert records[-1].modified is True
     dyn = {n.inputs[0].name: n for n in model.graph if n.op_type == "DynamicQuantizeLinear"}
     assert sorted(dyn) == ["x", "z"]
@@ -731,7 +731,7 @@ def test_dynamic_quantization_names_its_tensors_and_runs_once():
     assert list(dyn["x"].outputs[0].shape) == [2, 3] and dyn["x"].outputs[1].shape is None
     dq = _node(model, "mm").inputs[0].producer()
     assert [v.name for v in dq.inputs] == ["x_dyn_q", "x_dyn_scale", "x_dyn_zp"] and dq.name == "x_DQ"
-    assert _rerun(model, ctx, "resolve-policy,insert-qdq") is False
+    assert _rerun(model, ctx, "resolve-policy,calibrate,insert-qdq") is False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1035,7 +1035,7 @@ def test_insert_qdq_requires_ranges_for_every_planned_tensor():
     from qonnx.errors import UserError
 
     proto = _operand_model([1.0, 2.0, 3.0])
-    with pytest.raises(UserError, match=r"^no ranges available: run the calibrate pass before insert-qdq \(or pass --ranges\)$"):
+    with pytest.raises(UserError, match=r"^insert-qdq needs the ranges analysis, which no earlier pass produces: put calibrate before insert-qdq$"):
         _quantize(proto, _feeds([1, 2, 3, 3], [0, 0]), text="resolve-policy,insert-qdq")
     model = to_ir(proto)
     ctx = Context(reduce_range=False)

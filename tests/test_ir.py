@@ -451,3 +451,153 @@ def test_replacing_our_own_external_model_removes_its_old_data(tmp_path, monkeyp
     qir.save(_ir(tiny.conv_chain(seed=1)), path)
     (new,) = qir.external_data_files(path)
     assert new != old and not old.exists() and new.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# graph-edit primitives
+
+FLOAT, FLOAT16, UINT8 = onnx_ir.DataType.FLOAT, onnx_ir.DataType.FLOAT16, onnx_ir.DataType.UINT8
+
+
+def _relu_neg_graph() -> tuple[onnx_ir.Graph, onnx_ir.Value, onnx_ir.Value]:
+    """x → Relu(relu) → r → Neg(neg) → y, with r also a graph output; returns (graph, x, r)."""
+    x = onnx_ir.Value(name="x", type=onnx_ir.TensorType(FLOAT), shape=onnx_ir.Shape([1, 4]))
+    relu = onnx_ir.node("Relu", [x], name="relu")
+    r = relu.outputs[0]
+    r.name, r.dtype, r.shape = "r", FLOAT, onnx_ir.Shape([1, 4])
+    neg = onnx_ir.node("Neg", [r], name="neg")
+    neg.outputs[0].name, neg.outputs[0].dtype, neg.outputs[0].shape = "y", FLOAT, onnx_ir.Shape([1, 4])
+    graph = onnx_ir.Graph([x], [neg.outputs[0], r], nodes=[relu, neg], opset_imports={"": 21}, name="g")
+    return graph, x, r
+
+
+def _names(graph: onnx_ir.Graph) -> list[str]:
+    return [node.name for node in graph]
+
+
+def test_make_cast_names_types_and_leaves_the_graph_alone():
+    graph, _, r = _relu_neg_graph()
+    cast = qir.make_cast(graph, r, FLOAT16, "r_fp16")
+    out = cast.outputs[0]
+    assert (cast.op_type, cast.domain, cast.name) == ("Cast", "", "Cast_r_fp16")
+    assert cast.attributes.get_int("to") == FLOAT16
+    assert list(cast.inputs) == [r]
+    assert (out.name, out.dtype, out.shape) == ("r_fp16", FLOAT16, r.shape)
+    assert cast.graph is None and _names(graph) == ["relu", "neg"]
+
+
+def test_make_cast_names_stay_unique():
+    graph, _, r = _relu_neg_graph()
+    first = qir.make_cast(graph, r, FLOAT16, "r_fp16")
+    second = qir.make_cast(graph, r, FLOAT16, "r_fp16")
+    assert (second.outputs[0].name, second.name) == ("r_fp16_1", "Cast_r_fp16_1")
+    # the node is named after its (unique) output
+    third = qir.make_cast(graph, r, FLOAT16, "y")
+    assert (third.outputs[0].name, third.name) == ("y_1", "Cast_y_1")
+    assert first.name == "Cast_r_fp16"
+
+
+def test_make_cast_with_a_node_name_of_the_callers():
+    graph, _, r = _relu_neg_graph()
+    node_name = qir.unique_name(graph, "Cast_y")  # drawn before the output's name
+    cast = qir.make_cast(graph, r, FLOAT16, "y", node_name=node_name)
+    assert (cast.name, cast.outputs[0].name) == ("Cast_y", "y_1")
+
+
+def test_make_dequantize_per_tensor_and_per_axis():
+    graph, _, r = _relu_neg_graph()
+    q = qir.make_initializer(graph, "w_q", np.zeros((3, 2), np.int8))
+    s = qir.make_initializer(graph, "w_scale", np.ones(3, np.float32))
+    dq = qir.make_dequantize(graph, [q, s], "w", axis=0)
+    out = dq.outputs[0]
+    assert (dq.op_type, dq.domain, dq.name, out.name) == ("DequantizeLinear", "", "w_DQ", "w_dq")
+    assert list(dq.inputs) == [q, s] and dq.attributes.get_int("axis") == 0
+    assert out.dtype == FLOAT and out.shape == onnx_ir.Shape([3, 2])
+    assert dq.graph is None
+    per_tensor = qir.make_dequantize(graph, [q, s], "w")
+    assert "axis" not in per_tensor.attributes
+    assert (per_tensor.name, per_tensor.outputs[0].name) == ("w_DQ_1", "w_dq_1")
+    shaped = qir.make_dequantize(graph, [q, s], "r", shape=r.shape)
+    assert shaped.outputs[0].shape is r.shape
+
+
+def test_insert_after_producer_keeps_the_order_of_the_nodes():
+    graph, _, r = _relu_neg_graph()
+    narrow = qir.make_cast(graph, r, FLOAT16, "r_round")
+    widen = qir.make_cast(graph, narrow.outputs[0], FLOAT, "r_rounded")
+    qir.insert_after_producer(graph, r, [narrow, widen])
+    assert _names(graph) == ["relu", "Cast_r_round", "Cast_r_rounded", "neg"]
+    # nothing is rewired: that is the caller's choice
+    assert [user.name for user, _ in r.uses()] == ["neg", "Cast_r_round"]
+
+
+@pytest.mark.parametrize("source", ["graph input", "initializer"])
+def test_insert_after_producer_of_a_graph_input_or_initializer_goes_first(source):
+    graph, x, _ = _relu_neg_graph()
+    value = x if source == "graph input" else qir.make_initializer(graph, "c", np.ones(4, np.float32))
+    cast = qir.make_cast(graph, value, FLOAT16, f"{value.name}_fp16")
+    qir.insert_after_producer(graph, value, cast)
+    assert _names(graph) == [cast.name, "relu", "neg"]
+
+
+def test_insert_after_producer_into_an_empty_graph():
+    x = onnx_ir.Value(name="x", type=onnx_ir.TensorType(FLOAT), shape=onnx_ir.Shape([2]))
+    graph = onnx_ir.Graph([x], [], nodes=[], opset_imports={"": 21})
+    cast = qir.make_cast(graph, x, FLOAT16, "x_fp16")
+    qir.insert_after_producer(graph, x, cast)
+    assert list(graph) == [cast]
+
+
+def test_redirect_rewires_only_the_given_uses():
+    graph, x, r = _relu_neg_graph()
+    abs_node = onnx_ir.node("Abs", [r], name="abs")
+    abs_node.outputs[0].name = "a"
+    graph.append(abs_node)
+    uses = [(user, index) for user, index in r.uses() if user.name == "neg"]
+    cast = qir.make_cast(graph, r, FLOAT16, "r_fp16")
+    qir.insert_after_producer(graph, r, cast)
+    qir.redirect(uses, cast.outputs[0])
+    neg = next(n for n in graph if n.name == "neg")
+    assert neg.inputs[0] is cast.outputs[0]
+    assert abs_node.inputs[0] is r and cast.inputs[0] is r
+    assert [user.name for user, _ in cast.outputs[0].uses()] == ["neg"]
+
+
+def test_replace_graph_output_keeps_the_signature():
+    graph, _, r = _relu_neg_graph()
+    uses = list(r.uses())
+    cast = qir.make_cast(graph, r, FLOAT16, "r_fp16")
+    qir.insert_after_producer(graph, r, cast)
+    qir.replace_graph_output(graph, r, cast.outputs[0], "r_fp32")
+    assert list(graph.outputs)[1] is cast.outputs[0]
+    assert [v.name for v in graph.outputs] == ["y", "r"]
+    assert r.name == "r_fp32" and not r.is_graph_output()
+    assert list(r.uses()) == [*uses, (cast, 0)]  # its readers keep reading it
+    assert _names(graph) == ["relu", "Cast_r_fp16", "neg"]
+    # the model still checks and runs: the output r is the cast, in FP16
+    model = onnx_ir.Model(graph, ir_version=10)
+    proto = onnx_ir.to_proto(model)
+    onnx.checker.check_model(proto, full_check=True)
+    feed = {"x": np.array([[-1.0, 0.5, 2.0, -3.0]], np.float32)}
+    y, r_out = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+    assert r_out.dtype == np.float16
+    np.testing.assert_array_equal(r_out, np.maximum(feed["x"], 0).astype(np.float16))
+    np.testing.assert_array_equal(y, -np.maximum(feed["x"], 0))
+
+
+def test_replace_graph_output_listed_twice():
+    graph, _, r = _relu_neg_graph()
+    graph.outputs.append(r)
+    cast = qir.make_cast(graph, r, FLOAT16, "r_fp16")
+    qir.insert_after_producer(graph, r, cast)
+    qir.replace_graph_output(graph, r, cast.outputs[0], "r_fp32")
+    assert [v.name for v in graph.outputs] == ["y", "r", "r"]
+    assert list(graph.outputs)[1:] == [cast.outputs[0], cast.outputs[0]]
+
+
+def test_replace_graph_output_names_stay_unique():
+    graph, _, r = _relu_neg_graph()
+    qir.unique_name(graph, "r_fp32")  # taken already
+    cast = qir.make_cast(graph, r, FLOAT16, "r_fp16")
+    qir.replace_graph_output(graph, r, cast.outputs[0], "r_fp32")
+    assert (r.name, cast.outputs[0].name) == ("r_fp32_1", "r")

@@ -11,6 +11,8 @@ import numpy as np
 import onnx
 import pytest
 
+from conftest import run_qonnx
+
 from qonnx import ir as qir
 from qonnx import runtime
 from qonnx.api import evaluate_fidelity, quantize
@@ -160,3 +162,20 @@ def test_minilm_dynamic_int8_keeps_its_sentence_embeddings(tmp_path):
     np.fill_diagonal(similarity_test, -np.inf)
     agreement = float(np.mean(similarity_ref.argmax(1) == similarity_test.argmax(1)))
     assert agreement >= MINILM_DYNAMIC_NN_FLOOR
+
+
+def test_a_misordered_pipeline_on_yolov8n_is_refused_before_calibration(photos, tmp_path):
+    """insert-qdq before calibrate: exit 2 with one line naming the fix, from the order the passes
+    declare, before the model is read or any photo calibrated; nothing is written."""
+    calib, _ = photos
+    out = tmp_path / "out" / "yolo.onnx"
+    before = kit.fetch("yolov8n").read_bytes()
+    result = run_qonnx(
+        "quantize", kit.fetch("yolov8n"), "-o", out, "--calib", calib, "--size", "320x320", "--report", tmp_path / "r.json",
+        "--pipeline", "normalize,resolve-policy,insert-qdq,calibrate,finalize,verify",
+    )
+    assert result.rc == 2, result.err
+    assert result.error_lines == ["qonnx: error: insert-qdq needs the ranges analysis, which no earlier pass produces: put calibrate before insert-qdq"]
+    assert "Traceback" not in result.err and "calibrat" not in result.out
+    assert not out.parent.exists() and not (tmp_path / "r.json").exists()
+    assert kit.fetch("yolov8n").read_bytes() == before

@@ -11,7 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from qonnx.metrics import Accumulator, cosine, sqnr_db, top1_agreement
+from qonnx.errors import UserError
+from qonnx.metrics import Accumulator, compare, cosine, sqnr_db, top1_agreement
 
 REL = 1e-5  # the hand-computed references below carry 6 significant digits
 
@@ -170,3 +171,52 @@ def test_accumulator_edge_cases():
     capped = Accumulator()
     capped.update(np.array([1.0]), np.array([1.0 + 1e-11]))  # 220 dB before the cap
     assert capped.sqnr_db() == 200.0
+
+
+# ----------------------------------------------------------------------------------------------
+# compare: pooled over samples, runners or stored outputs on either side
+
+
+class _Fixed:
+    """A runner that answers each feed's ``i`` with stored outputs, and refuses ``i`` = ``refuse``."""
+
+    def __init__(self, outputs, refuse=None):
+        self.outputs, self.refuse = outputs, refuse
+
+    def run(self, feed):
+        index = int(feed["i"][0])
+        if index == self.refuse:
+            raise UserError("onnxruntime failed on this input")
+        return self.outputs[index]
+
+
+_FEEDS = [{"i": np.array([0])}, {"i": np.array([1])}]
+_REF = [{"y": np.array([1.0, 2.0]), "z": np.array([1.0])}, {"y": np.array([3.0, 4.0]), "z": np.array([2.0])}]
+_TEST = [{"y": np.array([1.0, 2.0]), "z": np.array([1.0])}, {"y": np.array([3.0, 5.0]), "z": np.array([2.5])}]
+
+
+def test_compare_pools_energies_over_samples_by_hand():
+    # y: signal 1+4+9+16 = 30, noise 1: 10·log10(30) = 14.7712 dB; cosine 34 / sqrt(30·39) = 34 / 34.2053 = 0.993999.
+    # z: signal 1+4 = 5, noise 0.25: 10·log10(20) = 13.0103 dB, the worst output.
+    for reference, test in ((_REF, _TEST), (_Fixed(_REF), _Fixed(_TEST)), (_REF, _Fixed(_TEST))):
+        result = compare(reference, test, _FEEDS)
+        assert result.samples == 2
+        assert result.sqnr_db() == {"y": 14.771, "z": 13.01}
+        assert result.cosine()["y"] == 0.993999
+        assert result.worst_sqnr_db == pytest.approx(13.0103, abs=1e-4)
+        assert result.to_dict()["y"] == {"sqnr_db": 14.771, "cosine": 0.993999}
+        assert result.sqnr_db(digits=1) == {"y": 14.8, "z": 13.0}
+        assert result.cosine(digits=2)["y"] == 0.99
+
+
+def test_compare_without_outputs_or_samples():
+    assert compare([], [], []).samples == 0
+    assert compare([], [], []).worst_sqnr_db == 200.0
+    assert compare([{}], [{}], [{"i": np.array([0])}]).samples == 1
+
+
+def test_compare_names_the_sample_a_runner_refuses():
+    with pytest.raises(UserError, match="^evaluation sample 1: onnxruntime failed on this input$"):
+        compare(_Fixed(_REF), _Fixed(_TEST, refuse=1), _FEEDS, what="evaluation sample")
+    with pytest.raises(UserError, match="^sample 0: "):
+        compare(_Fixed(_REF, refuse=0), _TEST, _FEEDS)

@@ -302,8 +302,8 @@ def test_matmul_quantizes_the_constant_and_both_activations():
     assert sqnr_db(outputs(proto, feed)[0], outputs(model, feed)[0]) > 30
 
 
-def test_insert_qdq_without_ranges_says_which_tensor():
-    with pytest.raises(UserError, match="run the calibrate pass"):
+def test_insert_qdq_without_calibrate_is_refused_with_the_fix():
+    with pytest.raises(UserError, match="^insert-qdq needs the ranges analysis, which no earlier pass produces: put calibrate before insert-qdq$"):
         run_text(tiny.conv_chain(), "resolve-policy,insert-qdq")
 
 
@@ -360,6 +360,8 @@ def _dynamic_conv_chain() -> onnx.ModelProto:
 _FP16 = {"precision": "fp16", "target": "cuda"}
 _BF16 = {"precision": "bf16", "target": "cuda"}
 _FLOAT_PREP = "normalize,resolve-policy,calibrate,float-islands"
+_QUANTIZE_PREP = "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,finalize"
+_MEASURED = {"evaluate": "fidelity", "sensitivity": "sensitivity", "latency": "latency"}  # pass -> its record
 _TWICE = [
     _Twice("inline-functions", tiny.function_model, "", True),
     _Twice("upgrade-opset", tiny.constants_model, "", True),  # opset 11
@@ -386,6 +388,11 @@ _TWICE = [
     _Twice("emulate-float", tiny.detector_neck, f"{_FLOAT_PREP},convert-float", True, _FP16),
     _Twice("emulate-float", tiny.detector_neck, f"{_FLOAT_PREP},convert-float(keep_io_types=false)", True, _FP16),
     _Twice("emulate-float", tiny.detector_neck, f"{_FLOAT_PREP},convert-float(keep_io_types=false)", True, _BF16),
+    # The measuring passes change nothing, on a quantized model as on a converted one.
+    _Twice("evaluate", tiny.conv_chain, _QUANTIZE_PREP, False),
+    _Twice("evaluate", tiny.detector_neck, f"{_FLOAT_PREP},convert-float", False, _BF16),
+    _Twice("sensitivity(samples=2)", tiny.conv_chain, _QUANTIZE_PREP, False),
+    _Twice("latency(runs=2,warmup=0)", tiny.conv_chain, _QUANTIZE_PREP, False),
 ]
 
 
@@ -409,7 +416,8 @@ def test_a_second_run_of_a_pass_changes_nothing(case):
     proto = case.make()
     model = ir.serde.deserialize_model(proto)
     source = ListSource([tiny.random_feed(proto, seed=i) for i in range(4)], input_specs(model))
-    context = pipeline.Context(calib=source, **case.context)
+    reference = ir.serde.deserialize_model(proto)
+    context = pipeline.Context(calib=source, eval_data=source, source=reference, **case.context)
     if case.before:
         pipeline.run_pipeline(model, pipeline.build(pipeline.parse_pipeline(case.before), context), context)
     (first,) = pipeline.run_pipeline(model, pipeline.build(pipeline.parse_pipeline(case.step), context), context)
@@ -418,6 +426,8 @@ def test_a_second_run_of_a_pass_changes_nothing(case):
     (second,) = pipeline.run_pipeline(model, pipeline.build(pipeline.parse_pipeline(case.step), context), context)
     assert second.modified is False, f"{case.step} reports a change on its own output"
     assert _serialized(model) == after_first, f"{case.step} rewrote its own output"
+    if (name := case.step.split("(")[0]) in _MEASURED:  # they ran, and published what they measured
+        assert _MEASURED[name] in context.records
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,7 +450,7 @@ from qonnx.calib.observers import MSE, Entropy, MinMax, MovingAverageMinMax, Per
     ],
 )
 def test_calibrate_makes_one_observer_factory_from_its_options(text, target, expected):
-    (calibrate,) = pipeline.build(pipeline.parse_pipeline(text), pipeline.Context(target=target))
+    calibrate = pipeline.build(pipeline.parse_pipeline(f"resolve-policy,{text}"), pipeline.Context(target=target))[-1]
     assert type(calibrate.observer) is type(expected) and calibrate.observer == expected
     assert calibrate.method == expected.method
 
@@ -456,7 +466,7 @@ def test_calibrate_makes_one_observer_factory_from_its_options(text, target, exp
 )
 def test_calibrate_refuses_bad_options_when_it_is_built(text, message):
     with pytest.raises(UserError, match=message):
-        pipeline.build(pipeline.parse_pipeline(text), pipeline.Context())
+        pipeline.build(pipeline.parse_pipeline(f"resolve-policy,{text}"), pipeline.Context())
 
 
 def test_calibrate_records_the_method_and_the_observer_settings(tmp_path):
@@ -466,5 +476,5 @@ def test_calibrate_records_the_method_and_the_observer_settings(tmp_path):
     assert table.method == "percentile" and table.observer == {"percentile": 99.5, "symmetric": False, "bins": 4096}
     saved = json.loads(path.read_text())
     assert saved["method"] == "percentile" and saved["observer"] == {"percentile": 99.5, "symmetric": False, "bins": 4096}
-    note = context.notes["calibration"]
-    assert note["method"] == "percentile" and note["observer"] == table.observer
+    record = context.records["calibration"]
+    assert record.method == "percentile" and record.observer == table.observer

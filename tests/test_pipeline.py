@@ -376,3 +376,72 @@ def test_no_dump_unless_asked(tmp_path):
     context = Context()
     run_pipeline(model, build(parse_pipeline("normalize"), context), context, dump_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# The order of a pipeline, checked from the analyses the passes declare, before any pass runs
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pipeline.DEFAULT_PIPELINE,
+        pipeline.default_pipeline("fp16", calibrated=True),
+        pipeline.default_pipeline("bf16", calibrated=False, keep_io_types=False),
+        "normalize,resolve-policy,calibrate,insert-qdq,verify,evaluate,sensitivity,latency",
+        "resolve-policy,calibrate,remove-dead,insert-qdq",  # remove-dead keeps the plan and the ranges
+        "verify,evaluate",  # passes that need no analysis
+    ],
+)
+def test_well_ordered_pipelines_pass_the_check(text):
+    pipeline.check_order([s.name for s in pipeline.parse_pipeline(text)])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("normalize,insert-qdq,calibrate", "insert-qdq needs the plan analysis, which no earlier pass produces: put resolve-policy before insert-qdq"),
+        ("normalize,resolve-policy,insert-qdq,calibrate", "insert-qdq needs the ranges analysis, which no earlier pass produces: put calibrate before insert-qdq"),
+        ("calibrate", "calibrate needs the plan analysis, which no earlier pass produces: put resolve-policy before calibrate"),
+        ("convert-float", "convert-float needs the plan analysis, which no earlier pass produces: put resolve-policy before convert-float"),
+        (
+            "resolve-policy,div-to-mul,calibrate,insert-qdq",
+            "calibrate needs the plan analysis, which div-to-mul (after resolve-policy) does not preserve: put resolve-policy after div-to-mul",
+        ),
+        (
+            "resolve-policy,calibrate,fold-batchnorm,insert-qdq",
+            "insert-qdq needs the plan analysis, which fold-batchnorm (after resolve-policy) does not preserve: put resolve-policy after fold-batchnorm",
+        ),
+    ],
+)
+def test_misordered_pipelines_are_refused_naming_the_fix(text, message):
+    with pytest.raises(UserError) as caught:
+        pipeline.check_order([s.name for s in pipeline.parse_pipeline(text)])
+    assert str(caught.value) == message
+
+
+def test_an_analysis_already_held_counts_and_build_checks_the_order():
+    pipeline.check_order(["insert-qdq"], available={"plan", "ranges"})  # placement is computed from the plan
+    with pytest.raises(UserError, match="needs the ranges analysis"):
+        pipeline.check_order(["insert-qdq"], available={"plan"})
+    context = pipeline.Context()
+    with pytest.raises(UserError, match="put resolve-policy before calibrate"):
+        pipeline.build(pipeline.parse_pipeline("calibrate"), context)
+    context.analyses["plan"] = True
+    assert [p.name for p in pipeline.build(pipeline.parse_pipeline("calibrate"), context)] == ["calibrate"]
+
+
+def test_on_demand_analyses_are_computed_once_and_dropped_by_a_modifying_pass():
+    model = ir.serde.deserialize_model(tiny.conv_chain())
+    context = pipeline.Context(calib=None, reduce_range=True)
+    pipeline.run_pipeline(model, pipeline.build(pipeline.parse_pipeline("normalize,resolve-policy"), context), context)
+    first = context.analysis("placement", model)
+    assert first.calibrated and context.analysis("placement", model) is first  # cached, not recomputed
+    source = ListSource([tiny.random_feed(tiny.conv_chain(), seed=i) for i in range(2)], input_specs(model))
+    context.calib = source
+    pipeline.run_pipeline(model, pipeline.build(pipeline.parse_pipeline("calibrate"), context), context)
+    assert context.analyses["placement"] is first  # calibrate changes nothing: kept for insert-qdq
+    pipeline.run_pipeline(model, pipeline.build(pipeline.parse_pipeline("insert-qdq"), context), context)
+    assert "placement" not in context.analyses and {"plan", "ranges"} <= set(context.analyses)
+    with pytest.raises(UserError, match="no bogus available"):
+        context.analysis("bogus", model)

@@ -6,11 +6,13 @@ activation input keeps its QuantizeLinear/DequantizeLinear pair; every other act
 bypassed. A node whose variant alone falls far below the weights-only figure is where 8-bit
 activations break the model, the place to look for better ranges or a wider format. One session
 per node: the cost is linear in the number of weighted nodes, so it runs on request
-(``--sensitivity``), on a few samples.
+(``--sensitivity N``: the ``sensitivity`` pass on N evaluation samples), after ``verify``.
+Changes nothing; without evaluation data, or for an FP16/BF16 model, it records nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -19,9 +21,11 @@ import numpy as np
 import onnx_ir as ir
 
 from qonnx import metrics, runtime
+from qonnx.errors import UserError
+from qonnx.pipeline import Pass, Record, register
 from qonnx.progress import Progress
 
-__all__ = ["activation_sensitivity"]
+__all__ = ["activation_sensitivity", "ActivationSensitivity", "SensitivityRecord"]
 
 _WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -49,13 +53,7 @@ def _bypass_all(model: ir.Model) -> list[tuple[ir.Node, int, ir.Value]]:
 
 
 def _worst_sqnr(model: ir.Model, feeds: Sequence[dict[str, np.ndarray]], reference: list[dict[str, np.ndarray]]) -> float:
-    session = runtime.session(model)
-    accumulators: dict[str, metrics.Accumulator] = {}
-    for feed, expected in zip(feeds, reference):
-        got = session.run(feed)
-        for name, value in expected.items():
-            accumulators.setdefault(name, metrics.Accumulator()).update(value, got[name])
-    return min(acc.sqnr_db() for acc in accumulators.values())
+    return metrics.compare(reference, runtime.session(model), feeds).worst_sqnr_db
 
 
 def activation_sensitivity(
@@ -93,3 +91,36 @@ def activation_sensitivity(
             bar.advance()
     results.sort(key=lambda r: r["sqnr_db"])
     return {"samples": len(feeds), "weights_only_db": round(weights_only_db, 2), "all_db": round(all_db, 2), "nodes": results[:top]}
+
+
+@dataclasses.dataclass
+class SensitivityRecord(Record):
+    """``activation_sensitivity``'s figures: weights only, all, and the worst nodes with theirs."""
+
+    report_key = "sensitivity"
+    samples: int
+    weights_only_db: float
+    all_db: float
+    nodes: list[dict[str, Any]]
+
+
+@register
+class ActivationSensitivity(Pass):
+    name = "sensitivity"
+    summary = "rank the INT8 weighted nodes by the output SQNR with only their activations quantized"
+    read_only = True
+
+    def __init__(self, context=None, *, samples: int = 4, top: int = 10) -> None:
+        super().__init__(context)
+        if samples < 1 or top < 1:
+            raise UserError(f"sensitivity: samples and top must be positive (samples={samples}, top={top})")
+        self.samples, self.top = samples, top
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        data, source = self.context.eval_data, self.context.source
+        if data is None or source is None or self.context.precision != "int8":
+            return ir.passes.PassResult(model, False)
+        feeds = [data[i] for i in range(min(self.samples, len(data)))]
+        found = activation_sensitivity(source, model, feeds, top=self.top, progress=self.context.progress)
+        self.publish(SensitivityRecord(**found))
+        return ir.passes.PassResult(model, False)

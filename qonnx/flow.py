@@ -1,0 +1,302 @@
+"""One run, start to end: check the job, build the pipeline from the config, run it in the pass
+manager, then save the model and write the report.
+
+The pipeline is the config's (or the precision's default) followed by the measuring passes:
+``evaluate`` (fidelity on held-out data), ``sensitivity`` and ``latency`` when asked for. They run
+on the model as rewritten, before anything is written, so a failure anywhere leaves no output.
+Saving and the report are the final steps: the model is written atomically, then the range table,
+then the report; a failure after the model was written withdraws what this run published.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from qonnx import ir as qir
+from qonnx import runtime
+from qonnx.calib.ranges import RangeTable
+from qonnx.calib.sources import ImagePreprocess, Source, open_source
+from qonnx.config import CalibrationConfig, QuantizeConfig
+from qonnx.errors import UserError
+from qonnx.pipeline import Context, PassRecord, PipelineStep, build, check_dump_after, check_order, default_pipeline, parse_pipeline, run_pipeline
+from qonnx.report import Report, assemble, write_json
+
+__all__ = ["Job", "QuantizeResult", "run", "split_holdout"]
+
+Data = str | os.PathLike | Iterable[Mapping[str, np.ndarray]] | Source
+
+# The passes that measure rather than rewrite: their time is "fidelity_s", not "pipeline_s".
+_MEASURING = ("evaluate", "sensitivity")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What one run reads and writes, besides the config: the model, the output and report paths,
+    the calibration and evaluation data and how images are read."""
+
+    model: Path
+    output: Path
+    report: Path | None = None
+    calib: Data | None = None
+    eval_data: Data | None = None
+    preprocess: ImagePreprocess | None = None
+    progress: bool = False
+    uncalibrated: bool = False  # calibrated on random data: said in the report
+
+
+@dataclasses.dataclass
+class QuantizeResult:
+    """The written model and the report (also written to the job's report path, if any)."""
+
+    output: Path
+    report: Report
+
+    @property
+    def fidelity(self) -> dict[str, Any] | None:
+        return self.report.get("fidelity")
+
+
+def split_holdout(source: Source) -> tuple[Source, Source, bool]:
+    """Calibration and evaluation parts of one source: the last quarter (at least one) is held out.
+
+    With a single sample there is nothing to hold out: it serves both, and the flag says so.
+    """
+    n = len(source)
+    if n < 2:
+        return source, source, True
+    held = max(1, n // 4)
+    return source.subset(range(n - held)), source.subset(range(n - held, n)), False
+
+
+def _calibrate_step(step: PipelineStep, calibration: CalibrationConfig) -> PipelineStep:
+    """The ``calibrate`` step with the config's calibration settings; one that the pipeline text sets
+    differently is an error."""
+    given = [
+        ("method", calibration.method),
+        ("percentile", calibration.percentile),
+        ("batch_size", calibration.batch_size),
+        ("memory", calibration.memory),
+        ("ranges", calibration.ranges),
+    ]
+    options = dict(step.options)
+    for key, value in given:
+        if value is None:
+            continue
+        if key in options and options[key] != value:
+            raise UserError(f"{step.name}: option {key}={value} conflicts with {key}={options[key]} in the pipeline")
+        options[key] = value
+    return dataclasses.replace(step, options=options)
+
+
+def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool) -> list[PipelineStep]:
+    """The steps of a run: the config's pipeline (or the default for its precision), with the
+    calibration settings on ``calibrate``, then the measuring passes the config asks for."""
+    text = config.pipeline
+    if text is None:
+        text = default_pipeline(config.precision, calibrated=calibrated, keep_io_types=config.io_types == "float32")
+    steps = [_calibrate_step(s, config.calibration) if s.name == "calibrate" else s for s in parse_pipeline(text)]
+    names = {s.name for s in steps}
+    if "calibrate" not in names:
+        cal = config.calibration
+        flags = {"--method": cal.method, "--percentile": cal.percentile, "--batch-size": cal.batch_size, "--calib-memory": cal.memory, "--ranges": cal.ranges, "--save-ranges": cal.save_ranges}
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            hint = " (give --calib DATA)" if config.pipeline is None else ""
+            raise UserError(f"{', '.join(given)}: the pipeline has no calibrate pass{hint}")
+    check_order([s.name for s in steps])
+    if evaluated:
+        wanted = [PipelineStep("evaluate", {})]
+        if config.evaluation.sensitivity and config.precision == "int8":
+            wanted.append(PipelineStep("sensitivity", {"samples": config.evaluation.sensitivity}))
+        if config.evaluation.latency:
+            wanted.append(PipelineStep("latency", {}))
+        steps += [s for s in wanted if s.name not in names]
+    return steps
+
+
+def _check_writable(path: Path, what: str) -> None:
+    """Fail before the work, not after it, when ``path`` cannot be written; creates nothing."""
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory")
+    folder = path.parent
+    while not folder.exists():  # the folders still to be made are made when the file is written
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"cannot write the {what} into {path.parent}: {folder} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write the {what} into {path.parent}: {exc.strerror or exc}") from None
+
+
+def _check_loadable(path: Path) -> None:
+    """The input model must be one onnxruntime loads (calibration and fidelity run it): if not, it is
+    the model's fault (an undefined input, an unknown operator or opset, a type or shape error), and
+    it is said before any work. Without graph optimizations a session costs milliseconds."""
+    try:
+        runtime.session(path, disable_optimizations=True)
+    except RuntimeError as exc:
+        reason = re.sub(r"^.*?Load model from .*? failed:\s*", "", str(exc))
+        reason = re.sub(r"^/\S+:\d+ [^(]*\(.*?\) (?=[A-Z])", "", reason)  # the C++ source line and signature
+        raise UserError(f"{path} is not a model onnxruntime can load: {reason}") from exc
+
+
+def _check_outputs(job: Job, save_ranges: Path | None) -> None:
+    """Every path the run writes can be written, none is the input, no two are the same file."""
+    outputs = [("output model", job.output), ("report", job.report), ("range table", save_ranges)]
+    outputs = [(what, path) for what, path in outputs if path is not None]
+    for index, (what, path) in enumerate(outputs):
+        if path.exists() and path.resolve() == job.model.resolve():
+            raise UserError(f"refusing to overwrite the input model {job.model}; choose another {what} path")
+        for other_what, other in outputs[:index]:
+            if path.resolve() == other.resolve():
+                raise UserError(f"the {what} and the {other_what} would be the same file {path}")
+        _check_writable(path, what)
+
+
+def _missing_folders(paths: Iterable[Path | None]) -> list[Path]:
+    """The folders above ``paths`` that do not exist yet, deepest first."""
+    missing = set()
+    for path in filter(None, paths):
+        folder = path.parent
+        while not folder.exists():
+            missing.add(folder)
+            folder = folder.parent
+    return sorted(missing, key=lambda f: len(f.parts), reverse=True)
+
+
+def _remove_empty(folders: Iterable[Path]) -> None:
+    """Remove the folders a failed run made, deepest first, as long as they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            continue
+
+
+def _withdraw(path: Path) -> None:
+    """Remove a model this run published (with its external data), when a later step failed."""
+    for part in qir.external_data_files(path) if path.is_file() else []:
+        part.unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
+
+
+def _model_facts(path: Path, model: ir.Model) -> dict[str, Any]:
+    return {
+        "path": str(path),
+        "sha256": qir.file_hash(path),
+        "bytes": qir.file_size(path),
+        "opset": model.opset_imports.get("", 0),
+        "nodes": sum(1 for _ in qir.all_nodes(model)),
+    }
+
+
+def _sources(job: Job, model: ir.Model) -> tuple[Source | None, Source | None, bool]:
+    """Calibration and evaluation sources; without evaluation data a quarter of the calibration data
+    is held out. The flag says the evaluation samples also calibrated (a single sample)."""
+    if job.calib is None:
+        return None, None if job.eval_data is None else open_source(job.eval_data, model, job.preprocess), False
+    calib = open_source(job.calib, model, job.preprocess)
+    if job.eval_data is not None:
+        return calib, open_source(job.eval_data, model, job.preprocess), False
+    return split_holdout(calib)
+
+
+def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
+    """Check everything, run the pipeline, save and report: the whole flow of one quantization."""
+    started = time.perf_counter()
+    cal = config.calibration
+    save_ranges = None if cal.save_ranges is None else Path(cal.save_ranges)
+
+    # Every argument is checked before any work (the config checked its own fields when it was
+    # made): a bad one costs nothing and leaves nothing behind.
+    calibrated = job.calib is not None or cal.ranges is not None
+    evaluated = job.calib is not None or job.eval_data is not None
+    steps = pipeline_steps(config, calibrated=calibrated, evaluated=evaluated)
+    check_dump_after(config.dump_after, [s.name for s in steps])
+    qir.check_file(job.model)  # a missing file, a folder, not ONNX, unsafe external data
+    _check_loadable(job.model)
+    _check_outputs(job, save_ranges)
+    if cal.ranges is not None:
+        RangeTable.load(cal.ranges)  # a file that is no range table fails here; its model hash is checked by calibrate
+    if isinstance(config.policy, str) and not Path(config.policy).is_file():
+        raise UserError(f"policy file not found: {config.policy}")
+    context = Context(
+        target=config.effective_target,
+        precision=config.precision,
+        mode=config.mode,
+        reduce_range=config.reduce_range,
+        policy=config.policy,
+        nodes_to_exclude=config.nodes_to_exclude,
+        op_types_to_quantize=config.op_types_to_quantize,
+        samples=config.samples,
+        progress=job.progress,
+        debug=config.debug,
+        source=job.model,
+    )
+    passes = build(steps, context)  # the order of the pipeline and the passes' options are checked here
+
+    model = qir.load(job.model)
+    input_facts = _model_facts(job.model, model)
+    context.calib, context.eval_data, shared = _sources(job, model)
+    context.eval_held_out = not shared
+
+    made = _missing_folders([job.output, job.report, save_ranges])
+    try:
+        verify = None
+        if config.debug:
+            from qonnx.passes.verify import verify_model
+
+            verify = verify_model
+        ranges_used: list[RangeTable] = []
+
+        def keep_ranges(record: PassRecord) -> None:
+            if record.name == "calibrate" and "ranges" in context.analyses:
+                ranges_used.append(context.analyses["ranges"])
+
+        records = run_pipeline(model, passes, context, dump_after=config.dump_after, dump_dir=job.output.parent, verify=verify, on_pass=keep_ranges)
+        timing = {
+            "pipeline_s": round(sum(r.seconds for r in records if r.name not in (*_MEASURING, "latency")), 3),
+            "fidelity_s": round(sum(r.seconds for r in records if r.name in _MEASURING), 3),
+        }
+        save_started = time.perf_counter()
+        qir.save(model, job.output, protect=(job.model,))
+        timing["save_s"] = round(time.perf_counter() - save_started, 3)
+        published = [job.output]
+        try:
+            report = assemble(
+                config=config,
+                input_facts=input_facts,
+                output_facts=_model_facts(job.output, model),
+                steps=steps,
+                records=records,
+                published=list(context.records.values()),
+                model=model,
+                uncalibrated=job.uncalibrated,
+                onnxruntime_version=runtime.version,
+            )
+            if save_ranges is not None and ranges_used:
+                ranges_used[-1].save(save_ranges)
+                published.append(save_ranges)
+            report["timing"] = {**timing, "total_s": round(time.perf_counter() - started, 3)}
+            if job.report is not None:
+                write_json(report, job.report)
+        except BaseException:
+            for path in published:
+                _withdraw(path)
+            raise
+        return QuantizeResult(job.output, report)
+    except BaseException:
+        _remove_empty(made)
+        raise
