@@ -125,6 +125,7 @@ def calibrate_qonnx(model_name: str, count: int, method: str, batch_size: int) -
     import onnx_ir as ir
 
     from qonnx.calib.collect import collect_ranges
+    from qonnx.calib.observers import MSE, factory_for
     from qonnx.models.kit import fetch
     from qonnx.passes.insert_qdq import tensors_to_calibrate
     from qonnx.pipeline import Context, build, parse_pipeline, run_pipeline
@@ -136,8 +137,8 @@ def calibrate_qonnx(model_name: str, count: int, method: str, batch_size: int) -
     run_pipeline(model, build(parse_pipeline("normalize,resolve-policy"), context), context)
     tensors = tensors_to_calibrate(model, get_target("cpu"))
     prepared = time.perf_counter()
-    settings = {"dtype": "uint8"} if method == "mse" else {}
-    table = collect_ranges(model, make_source(model_name, count, model), tensors, method=method, settings=settings, batch_size=batch_size)
+    observer = MSE(dtype="uint8") if method == "mse" else factory_for(method)()  # the cpu target's UINT8
+    table = collect_ranges(model, make_source(model_name, count, model), tensors, observer=observer, batch_size=batch_size)
     done = time.perf_counter()
     return {
         "time_s": done - started,

@@ -34,7 +34,7 @@ import onnx_ir as ir
 
 from qonnx import runtime
 from qonnx.calib.means import ChannelMean
-from qonnx.calib.observers import Observer, make_observer
+from qonnx.calib.observers import MinMax, Observer, ObserverFactory
 from qonnx.calib.ranges import RangeTable, TensorRange
 from qonnx.calib.sources import Source, input_specs
 from qonnx.errors import UserError
@@ -187,8 +187,7 @@ def collect_ranges(
     source: Source,
     tensors: Sequence[str],
     *,
-    method: str = "minmax",
-    settings: Mapping[str, Any] | None = None,
+    observer: ObserverFactory = MinMax(),
     samples: int | None = None,
     batch_size: int = 1,
     memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
@@ -196,21 +195,22 @@ def collect_ranges(
     model_hash: str = "",
     channel_means: Sequence[str] = (),
 ) -> RangeTable:
-    """Observe ``tensors`` over the first ``samples`` feeds of ``source`` with ``method``.
+    """Observe ``tensors`` over the first ``samples`` feeds of ``source``, one ``observer.new()`` each.
 
-    ``settings`` are the observer's keyword arguments (``percentile=99.9``…); ``memory_budget`` the
-    bytes the tapped outputs of one batch may take (an int, or text such as ``"2GiB"``).
-    ``channel_means``: tensors whose mean per channel (axis 1) is taken in the same runs, for bias
-    correction (``RangeTable.channel_means``).
+    ``observer``: the method and its settings, e.g. ``Percentile(99.9)`` or ``MSE(dtype="int8")``
+    (``qonnx.calib.observers``; the table records its method and the observers' settings);
+    ``memory_budget`` the bytes the tapped outputs of one batch may take (an int, or text such as
+    ``"2GiB"``). ``channel_means``: tensors whose mean per channel (axis 1) is taken in the same
+    runs, for bias correction (``RangeTable.channel_means``).
     """
-    settings = dict(settings or {})
-    make_observer(method, **settings)  # an unknown method or setting fails before any work
+    if not isinstance(observer, ObserverFactory):
+        raise TypeError(f"observer must be an ObserverFactory such as MinMax() or Percentile(99.9), not {observer!r}")
     budget = parse_bytes(memory_budget)
     _check_batchable(model, batch_size)
     count = len(source) if samples is None else min(samples, len(source))
     if count <= 0:
         raise UserError("no calibration samples")
-    observers: dict[str, Observer] = {name: make_observer(method, **settings) for name in tensors}
+    observers: dict[str, Observer] = {name: observer.new() for name in tensors}
     means = {name: ChannelMean() for name in channel_means}
     graph_inputs = {v.name for v in model.graph.inputs}
     watched = list(dict.fromkeys([*tensors, *channel_means]))
@@ -262,19 +262,19 @@ def collect_ranges(
         session = None
 
     ranges = {}
-    for name, observer in observers.items():
+    for name, obs in observers.items():
         try:
-            lo, hi = observer.compute_range()
+            lo, hi = obs.compute_range()
         except ValueError:
             raise UserError(f"tensor {name!r} held no finite value in {count} calibration samples") from None
-        ranges[name] = TensorRange(lo, hi, observer.nonfinite, observer.resolution)
-        if observer.nonfinite:
-            logger.warning("tensor %s: %d non-finite values excluded from its range", name, observer.nonfinite)
-    any_observer = next(iter(observers.values()), None) or make_observer(method, **settings)
+        ranges[name] = TensorRange(lo, hi, obs.nonfinite, obs.resolution)
+        if obs.nonfinite:
+            logger.warning("tensor %s: %d non-finite values excluded from its range", name, obs.nonfinite)
+    any_observer = next(iter(observers.values()), None) or observer.new()
     return RangeTable(
         ranges,
         model_hash=model_hash,
-        method=method,
+        method=observer.method,
         samples=count,
         data=source.description,
         data_hash=hasher.hexdigest(),

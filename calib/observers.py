@@ -1,20 +1,25 @@
 """Observers: streaming statistics of a tensor, folded in batch by batch.
 
-Contract (after torch.ao's observers): ``update(batch)`` folds a batch in; ``merge(other)`` combines
-two observers of the same tensor as if one had seen both streams; ``compute_range()`` answers
-``(lo, hi)``; ``to_dict()`` / ``from_dict()`` round-trip; ``settings()`` are the keyword arguments
-that rebuild an empty twin. Memory does not grow with the number of samples. Non-finite values (NaN,
-±inf) and the ±3.4e38 fill values of attention masks never reach a range: they are counted in
-``nonfinite`` and reported.
+Contract (after torch.ao's observers): ``Observer`` is an abstract base class. ``update(batch)``
+folds a batch in; ``merge(other)`` combines two observers of the same tensor as if one had seen
+both streams; ``compute_range()`` answers ``(lo, hi)``; ``to_dict()`` / ``from_dict()``
+round-trip; ``settings()`` are the keyword arguments that rebuild an empty twin. Memory does not
+grow with the number of samples. Non-finite values (NaN, ±inf) and the ±3.4e38 fill values of
+attention masks never reach a range: they are counted in ``nonfinite`` and reported.
 
-Methods (``OBSERVERS``):
+Methods: each has a factory, a frozen dataclass of its typed settings whose ``new()`` makes an
+empty observer (``FACTORIES``, by method name; ``factory_for(name)`` for a name read from text):
 
-* ``minmax``: the exact extremes;
-* ``moving-minmax``: exponential moving averages of the per-batch extremes (torch's
-  MovingAverageMinMaxObserver);
-* ``percentile``, ``entropy``, ``mse``: read off one streaming histogram per tensor
+* ``MinMax()``: the exact extremes;
+* ``MovingAverageMinMax(averaging_constant)``: exponential moving averages of the per-batch
+  extremes (torch's MovingAverageMinMaxObserver);
+* ``Percentile(percentile, symmetric, bins)``, ``Entropy(quantized_bins, fine_bins, symmetric,
+  bins)``, ``MSE(dtype, steps, bins)``: read off one streaming histogram per tensor
   (``calib.histogram.StreamingHistogram``), whose bins depend on the data seen and not on batch
   size or order.
+
+A factory checks its settings when it is made (a bad one is a UserError before any work), and its
+defaults are the observers' defaults.
 
 Ranges come back as ``(lo, hi)`` inside the observed ``[min, max]``. For the asymmetric UINT8
 activations of the CPU target that is the range to quantize; the symmetric targets take
@@ -25,6 +30,7 @@ is ``(-t, t)`` with ``t <= max|x|``, whatever the signs of the data.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any, ClassVar
 
@@ -43,9 +49,16 @@ __all__ = [
     "EntropyObserver",
     "MSEObserver",
     "OBSERVERS",
+    "ObserverFactory",
+    "MinMax",
+    "MovingAverageMinMax",
+    "Percentile",
+    "Entropy",
+    "MSE",
+    "FACTORIES",
+    "factory_for",
     "FILL_LIMIT",
     "finite_part",
-    "make_observer",
     "observer_from_dict",
     "kl_threshold_bins",
 ]
@@ -74,34 +87,166 @@ def _finite(batch: np.ndarray) -> tuple[np.ndarray, int, float, float]:
     return flat, dropped, float(lo), float(hi)
 
 
-class Observer:
+class Observer(abc.ABC):
+    """Streaming statistics of one tensor: ``update`` folds batches in, ``compute_range`` answers.
+
+    Every observer gives ``update``, ``merge``, ``compute_range``, ``settings``, ``to_dict`` and
+    ``from_dict``; ``nonfinite`` counts the values left out of the range (NaN, ±inf, fill values).
+    """
+
     name: ClassVar[str] = ""
     nonfinite: int = 0
 
+    @abc.abstractmethod
     def update(self, batch: np.ndarray) -> None:
-        raise NotImplementedError
+        """Fold ``batch`` (any shape) in."""
 
+    @abc.abstractmethod
     def merge(self, other: Observer) -> None:
-        raise NotImplementedError
+        """Fold in what ``other`` (of the same kind and settings) saw, as if this one had seen it."""
 
+    @abc.abstractmethod
     def compute_range(self) -> tuple[float, float]:
         """``(lo, hi)``; raises ValueError when no finite value was observed."""
-        raise NotImplementedError
 
     @property
     def resolution(self) -> float:
         """How finely the observer resolves values (a histogram's bin width; 0 when exact)."""
         return 0.0
 
+    @abc.abstractmethod
     def settings(self) -> dict[str, Any]:
-        return {}
+        """The keyword arguments that rebuild an empty twin (recorded in range tables)."""
 
+    @abc.abstractmethod
     def to_dict(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """Settings and state as JSON values, with the method's name under ``"observer"``."""
 
     @classmethod
+    @abc.abstractmethod
     def from_dict(cls, data: dict[str, Any]) -> Observer:
-        raise NotImplementedError
+        """The observer ``to_dict`` described."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Factories: one per method, its typed settings
+
+
+class ObserverFactory(abc.ABC):
+    """Makes the empty observers of one method with one set of settings.
+
+    A subclass is a frozen dataclass of the method's settings, named ``method``; ``new()`` (or
+    calling the factory) returns a fresh observer. Making a factory makes one observer, so that
+    settings the observer refuses fail there, before any work.
+    """
+
+    method: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        self.new()
+
+    @abc.abstractmethod
+    def new(self) -> Observer:
+        """An empty observer of these settings."""
+
+    def __call__(self) -> Observer:
+        return self.new()
+
+
+@dataclasses.dataclass(frozen=True)
+class MinMax(ObserverFactory):
+    """``MinMaxObserver``: the exact extremes; no settings."""
+
+    method: ClassVar[str] = "minmax"
+
+    def new(self) -> MinMaxObserver:
+        return MinMaxObserver()
+
+
+@dataclasses.dataclass(frozen=True)
+class MovingAverageMinMax(ObserverFactory):
+    """``MovingAverageMinMaxObserver``: moving averages of the batch extremes.
+
+    Attributes:
+        averaging_constant: the weight ``c`` of each new batch, in ``(0, 1]``.
+    """
+
+    method: ClassVar[str] = "moving-minmax"
+    averaging_constant: float = 0.01
+
+    def new(self) -> MovingAverageMinMaxObserver:
+        return MovingAverageMinMaxObserver(self.averaging_constant)
+
+
+@dataclasses.dataclass(frozen=True)
+class Percentile(ObserverFactory):
+    """``PercentileObserver``: percentiles read off a histogram.
+
+    Attributes:
+        percentile: ``P``, the share of values kept, in ``(50, 100]``.
+        symmetric: ``(-t, t)`` from the percentile of ``|x|`` instead of two ends.
+        bins: counters of the streaming histogram.
+    """
+
+    method: ClassVar[str] = "percentile"
+    percentile: float = 99.99
+    symmetric: bool = False
+    bins: int = 4096
+
+    def new(self) -> PercentileObserver:
+        return PercentileObserver(self.percentile, self.symmetric, self.bins)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entropy(ObserverFactory):
+    """``EntropyObserver``: TensorRT's entropy (KL divergence) calibration.
+
+    Attributes:
+        quantized_bins: levels of the quantized histogram, in ``[2, fine_bins]``.
+        fine_bins: at most this many bins of ``|x|`` are searched.
+        symmetric: ``(-t, t)`` instead of the observed ends clipped at ``±t``.
+        bins: counters of the streaming histogram.
+    """
+
+    method: ClassVar[str] = "entropy"
+    quantized_bins: int = 128
+    fine_bins: int = 2048
+    symmetric: bool = False
+    bins: int = 4096
+
+    def new(self) -> EntropyObserver:
+        return EntropyObserver(self.quantized_bins, self.fine_bins, self.symmetric, self.bins)
+
+
+@dataclasses.dataclass(frozen=True)
+class MSE(ObserverFactory):
+    """``MSEObserver``: the range of least expected squared quantization error.
+
+    Attributes:
+        dtype: the integer type the range is for, a key of ``MSE_FORMATS`` (``uint8``, ``int8``).
+        steps: candidate ranges, the observed one shrunk by ``k / steps``.
+        bins: counters of the streaming histogram.
+    """
+
+    method: ClassVar[str] = "mse"
+    dtype: str = "uint8"
+    steps: int = 256
+    bins: int = 4096
+
+    def new(self) -> MSEObserver:
+        return MSEObserver(self.dtype, self.steps, self.bins)
+
+
+FACTORIES: dict[str, type[ObserverFactory]] = {
+    cls.method: cls for cls in (MinMax, MovingAverageMinMax, Percentile, Entropy, MSE)
+}
+
+
+def factory_for(method: str) -> type[ObserverFactory]:
+    """The factory of the method named ``method`` (as pipeline text and configs name it)."""
+    if method not in FACTORIES:
+        raise UserError(f"unknown calibration method {method!r}; known: {', '.join(FACTORIES)}")
+    return FACTORIES[method]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,6 +283,9 @@ class MinMaxObserver(Observer):
             raise ValueError("no finite values observed")
         return self.lo, self.hi
 
+    def settings(self) -> dict[str, Any]:
+        return {}
+
     def to_dict(self) -> dict[str, Any]:
         return {"observer": self.name, "lo": self.lo, "hi": self.hi, "count": self.count, "nonfinite": self.nonfinite}
 
@@ -157,7 +305,7 @@ class MovingAverageMinMaxObserver(Observer):
     """
 
     name: ClassVar[str] = "moving-minmax"
-    averaging_constant: float = 0.01
+    averaging_constant: float = MovingAverageMinMax.averaging_constant
     lo: float = float("inf")
     hi: float = float("-inf")
     batches: int = 0
@@ -314,9 +462,9 @@ class HistogramObserver(Observer):
         lo, hi = min(max(lo, h.lo), h.hi), min(max(hi, h.lo), h.hi)  # inside the observed range
         return float(min(lo, hi)), float(max(lo, hi))
 
+    @abc.abstractmethod
     def _range(self) -> tuple[float, float]:
         """``(lo, hi)`` before it is put inside the observed range."""
-        raise NotImplementedError
 
     def _threshold(self) -> float:
         """``t`` of the symmetric range ``(-t, t)``, before it is capped at ``max|x|``."""
@@ -370,7 +518,9 @@ class PercentileObserver(HistogramObserver):
 
     name: ClassVar[str] = "percentile"
 
-    def __init__(self, percentile: float = 99.99, symmetric: bool = False, bins: int = 4096):
+    def __init__(
+        self, percentile: float = Percentile.percentile, symmetric: bool = Percentile.symmetric, bins: int = Percentile.bins
+    ):
         if not 50 < percentile <= 100:
             raise UserError(f"percentile must be in (50, 100], not {percentile}")
         super().__init__(bins)
@@ -460,7 +610,13 @@ class EntropyObserver(HistogramObserver):
 
     name: ClassVar[str] = "entropy"
 
-    def __init__(self, quantized_bins: int = 128, fine_bins: int = 2048, symmetric: bool = False, bins: int = 4096):
+    def __init__(
+        self,
+        quantized_bins: int = Entropy.quantized_bins,
+        fine_bins: int = Entropy.fine_bins,
+        symmetric: bool = Entropy.symmetric,
+        bins: int = Entropy.bins,
+    ):
         if not 2 <= quantized_bins <= fine_bins:
             raise UserError(f"quantized_bins must be in [2, fine_bins={fine_bins}], not {quantized_bins}")
         super().__init__(bins)
@@ -509,7 +665,7 @@ class MSEObserver(HistogramObserver):
 
     name: ClassVar[str] = "mse"
 
-    def __init__(self, dtype: str = "uint8", steps: int = 256, bins: int = 4096):
+    def __init__(self, dtype: str = MSE.dtype, steps: int = MSE.steps, bins: int = MSE.bins):
         if dtype not in MSE_FORMATS:
             raise UserError(f"MSE calibration supports {', '.join(MSE_FORMATS)}, not {dtype!r}")
         super().__init__(bins)
@@ -553,18 +709,6 @@ OBSERVERS: dict[str, type[Observer]] = {
     cls.name: cls
     for cls in (MinMaxObserver, MovingAverageMinMaxObserver, PercentileObserver, EntropyObserver, MSEObserver)
 }
-
-
-def make_observer(method: str, **settings: Any) -> Observer:
-    """An empty observer of ``method``; settings given as None keep their defaults."""
-    if method not in OBSERVERS:
-        raise UserError(f"unknown calibration method {method!r}; known: {', '.join(OBSERVERS)}")
-    cls = OBSERVERS[method]
-    given = {k: v for k, v in settings.items() if v is not None}
-    unknown = sorted(set(given) - set(cls().settings()))  # settings(): what rebuilds an empty twin
-    if unknown:
-        raise UserError(f"calibration method {method!r} takes no {', '.join(unknown)} setting")
-    return cls(**given)
 
 
 def observer_from_dict(data: dict[str, Any]) -> Observer:

@@ -22,7 +22,7 @@ import onnx_ir as ir
 
 from qonnx import ir as qir
 from qonnx.calib.collect import collect_ranges, parse_bytes
-from qonnx.calib.observers import make_observer
+from qonnx.calib.observers import MSE, ObserverFactory, Percentile, factory_for
 from qonnx.calib.ranges import RangeTable
 from qonnx.errors import UserError
 from qonnx.pipeline import Context, Pass, Record, register
@@ -94,12 +94,14 @@ class Calibrate(Pass):
         self.batch_size, self.memory = batch_size, parse_bytes(memory)
         if percentile is not None and method != "percentile":
             raise UserError(f"a percentile applies to --method percentile, not {method}")
-        self.settings: dict[str, object] = {}
-        if method == "percentile" and percentile is not None:
-            self.settings["percentile"] = percentile
-        if method == "mse":
-            self.settings["dtype"] = self.target.int8.activation_dtype
-        make_observer(method, **self.settings)  # unknown methods and bad settings fail here
+        # Unknown methods and bad settings fail here, before any work.
+        self.observer: ObserverFactory
+        if method == "percentile":
+            self.observer = Percentile() if percentile is None else Percentile(percentile)
+        elif method == "mse":
+            self.observer = MSE(dtype=self.target.int8.activation_dtype)
+        else:
+            self.observer = factory_for(method)()
 
     def requires(self, model: ir.Model) -> None:
         if self.ranges_path is None and self.context.calib is None and _tensors(model, self.context, self.adjacent):
@@ -115,8 +117,7 @@ class Calibrate(Pass):
                 model,
                 self.context.calib,
                 tensors,
-                method=self.method,
-                settings=self.settings,
+                observer=self.observer,
                 samples=self.context.samples,
                 batch_size=self.batch_size,
                 memory_budget=self.memory,

@@ -9,6 +9,7 @@ import onnx_ir as ir
 import pytest
 
 from qonnx.calib.collect import collect_ranges, parse_bytes, plan_groups
+from qonnx.calib.observers import MSE, Entropy, MinMax, Percentile
 from qonnx.calib.ranges import RangeTable
 from qonnx.calib.sources import ImagePreprocess, ListSource, input_specs, open_source
 from qonnx.errors import UserError
@@ -35,16 +36,16 @@ def test_parse_bytes_and_plan_groups():
     assert plan_groups({"a": 1, "b": 1}, budget=100) == [["a", "b"]]
 
 
-@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy", "mse"])
+@pytest.mark.parametrize("method", [MinMax(), Percentile(), Entropy(), MSE()], ids=lambda f: f.method)
 def test_variable_shapes_batches_and_a_split_give_one_table(method):
     proto, model = _dynamic_chain()
     # Three image sizes interleaved: batches of 4 break wherever the shape changes.
     feeds = _feeds(proto, [(8, 8), (8, 8), (12, 16), (12, 16), (12, 16), (8, 8), (20, 4)])
     source = ListSource(feeds, input_specs(model))
     tensors = ["x", "r0", "c1", "y"]
-    one = collect_ranges(model, source, tensors, method=method)
-    batched = collect_ranges(model, source, tensors, method=method, batch_size=4)
-    split = collect_ranges(model, source, tensors, method=method, memory_budget=1024)
+    one = collect_ranges(model, source, tensors, observer=method)
+    batched = collect_ranges(model, source, tensors, observer=method, batch_size=4)
+    split = collect_ranges(model, source, tensors, observer=method, memory_budget=1024)
     assert split.passes > 1 and one.passes == 1
     assert split.ranges == one.ranges  # histograms do not depend on how the data was cut
     for name in tensors:
@@ -74,11 +75,19 @@ def test_the_table_records_data_and_observer_settings(tmp_path):
     proto, model = _dynamic_chain()
     feeds = _feeds(proto, [(8, 8)] * 3)
     source = ListSource(feeds, input_specs(model))
-    table = collect_ranges(model, source, ["r0"], method="percentile", settings={"percentile": 99.0}, model_hash="m")
-    assert table.observer == {"percentile": 99.0, "symmetric": False, "bins": 4096}
+    table = collect_ranges(model, source, ["r0"], observer=Percentile(99.0), model_hash="m")
+    assert table.method == "percentile" and table.observer == {"percentile": 99.0, "symmetric": False, "bins": 4096}
     assert table["r0"].resolution > 0
     other = collect_ranges(model, ListSource(_feeds(proto, [(8, 8)] * 3, seed=5), input_specs(model)), ["r0"])
     assert other.data_hash != table.data_hash
+    assert other.method == "minmax" and other.observer == {}  # MinMax() by default
+    # The settings are the observers' own: floats where they are floats, even from an int
+    whole = collect_ranges(model, source, ["r0"], observer=Percentile(100))
+    assert whole.observer == {"percentile": 100.0, "symmetric": False, "bins": 4096}
+    assert isinstance(whole.observer["percentile"], float)
+    # Nothing to observe: the settings of an observer all the same
+    empty = collect_ranges(model, source, [], observer=MSE(dtype="int8", steps=64))
+    assert empty.ranges == {} and empty.method == "mse" and empty.observer == {"dtype": "int8", "steps": 64, "bins": 4096}
     table.save(tmp_path / "r.json")
     assert RangeTable.load(tmp_path / "r.json", model_hash="m") == table
 
@@ -105,7 +114,14 @@ def test_a_nan_only_tensor_is_a_user_error():
     proto, model = _dynamic_chain()
     source = ListSource([{"x": np.full((1, 3, 4, 4), np.nan, np.float32)}], input_specs(model))
     with pytest.raises(UserError, match="held no finite value"):
-        collect_ranges(model, source, ["x"], method="entropy")
+        collect_ranges(model, source, ["x"], observer=Entropy())
+
+
+def test_the_observer_must_be_a_factory():
+    proto, model = _dynamic_chain()
+    source = ListSource(_feeds(proto, [(8, 8)]), input_specs(model))
+    with pytest.raises(TypeError, match="^observer must be an ObserverFactory such as MinMax\\(\\) or Percentile\\(99.9\\), not 'entropy'$"):
+        collect_ranges(model, source, ["x"], observer="entropy")
 
 
 @pytest.mark.kit
@@ -120,10 +136,10 @@ def test_yolov8n_split_over_two_sessions_gives_the_identical_table(photos):
     tensors = tensors_to_calibrate(model, get_target("cpu"))
     source = open_source(photos[0], model, ImagePreprocess(size=(96, 96), **_kit_norm(KIT["yolov8n"])))
     source = source.subset(range(3))
-    whole = collect_ranges(model, source, tensors, method="entropy")
+    whole = collect_ranges(model, source, tensors, observer=Entropy())
     # The tapped outputs of one 96x96 sample take several MB, two in flight twice that: a 4 MB
     # budget needs two sessions or more.
-    split = collect_ranges(model, source, tensors, method="entropy", memory_budget="4MB")
+    split = collect_ranges(model, source, tensors, observer=Entropy(), memory_budget="4MB")
     assert whole.passes == 1 and split.passes >= 2
     assert split.ranges == whole.ranges
     assert split.to_dict()["ranges"] == whole.to_dict()["ranges"]

@@ -90,13 +90,15 @@ def test_range_table_refuses_another_model(tmp_path):
 
 from qonnx.calib.histogram import StreamingHistogram  # noqa: E402
 from qonnx.calib.observers import (  # noqa: E402
+    FACTORIES,
     OBSERVERS,
     EntropyObserver,
     MovingAverageMinMaxObserver,
     PerChannelMinMaxObserver,
+    Percentile,
     PercentileObserver,
+    factory_for,
     kl_threshold_bins,
-    make_observer,
     observer_from_dict,
 )
 
@@ -106,6 +108,11 @@ EXACT_MERGE_METHODS = ["minmax", *HISTOGRAM_METHODS]
 values = st.one_of(st.floats(-1e6, 1e6, width=32), st.floats(-1.0, 1.0, width=32), st.sampled_from([0.0, -0.0]))
 streams = st.lists(arrays(np.float32, st.integers(1, 40), elements=values), min_size=1, max_size=4)
 FAST = settings(max_examples=40, deadline=None)
+
+
+def make_observer(method, **settings):
+    """An empty observer of the method named ``method``, from its factory."""
+    return FACTORIES[method](**settings).new()
 
 
 def _fed(method, batches, **kwargs):
@@ -294,18 +301,20 @@ def test_two_sided_ranges_are_clipped_per_side_or_symmetric():
 def test_observer_settings_are_checked():
     with pytest.raises(UserError, match="percentile"):
         make_observer("percentile", percentile=40)
-    with pytest.raises(UserError, match="^calibration method 'entropy' takes no percentile setting$"):
-        make_observer("entropy", percentile=99.0)
-    with pytest.raises(UserError, match="^calibration method 'minmax' takes no count, lo setting$"):
-        make_observer("minmax", lo=1.0, count=3)  # state, not settings
+    with pytest.raises(TypeError, match="percentile"):
+        make_observer("entropy", percentile=99.0)  # no such setting
+    with pytest.raises(TypeError, match="'lo'"):
+        make_observer("minmax", lo=1.0)  # state, not settings
     with pytest.raises(UserError, match="^unknown calibration method 'kl'; known: minmax, moving-minmax, percentile, entropy, mse$"):
-        make_observer("kl")
+        factory_for("kl")
     with pytest.raises(UserError, match="^MSE calibration supports uint8, int8, not 'float8'$"):
         make_observer("mse", dtype="float8")
     # The percentile lies in (50, 100]
     for bad in (50, 100.5):
         with pytest.raises(UserError, match=f"^percentile must be in \\(50, 100\\], not {bad}$"):
             PercentileObserver(bad)
+        with pytest.raises(UserError, match=f"^percentile must be in \\(50, 100\\], not {bad}$"):
+            Percentile(bad)  # when the factory is made, before any observer is needed
     assert PercentileObserver(50.01).percentile == 50.01 and PercentileObserver(100).percentile == 100.0
 
 
@@ -739,14 +748,16 @@ def test_histogram_observers_count_non_finite_values_and_bin_the_rest(method):
     assert observer.__eq__(MinMaxObserver()) is NotImplemented
 
 
-def test_make_observer_drops_unset_settings():
-    observer = make_observer("percentile", percentile=None, symmetric=True, bins=None)
-    assert observer.settings() == {"percentile": 99.99, "symmetric": True, "bins": 4096}
-    assert type(make_observer("minmax")) is MinMaxObserver
+def test_every_method_has_a_factory_of_its_observer():
+    assert list(FACTORIES) == list(OBSERVERS) == ["minmax", "moving-minmax", "percentile", "entropy", "mse"]
     for method in OBSERVERS:
+        assert factory_for(method) is FACTORIES[method] and FACTORIES[method].method == method
         observer = make_observer(method)
-        assert observer.name == method
+        assert type(observer) is OBSERVERS[method] and observer.name == method
         assert type(make_observer(method, **observer.settings())) is type(observer)
+        # The factory's defaults are the observer's
+        assert observer.settings() == OBSERVERS[method]().settings()
+    assert type(make_observer("minmax")) is MinMaxObserver
 
 
 def test_kl_search_of_short_or_empty_histograms_keeps_every_bin():
@@ -810,3 +821,135 @@ def test_kl_search_defaults_to_128_levels():
     h[rng.integers(300, 400)] += 3
     assert kl_threshold_bins(h) == kl_threshold_bins(h, 128) == _kl_reference(h, 128)
     assert kl_threshold_bins(h, 129) != kl_threshold_bins(h, 128)
+
+
+# --------------------------------------------------------------------------------------------
+# The factories, one per method, and the abstract base
+
+import dataclasses  # noqa: E402
+
+from qonnx.calib.observers import (  # noqa: E402
+    MSE,
+    Entropy,
+    HistogramObserver,
+    MinMax,
+    MovingAverageMinMax,
+    Observer,
+    ObserverFactory,
+)
+
+
+@pytest.mark.parametrize(
+    ("factory", "observer_class", "expected"),
+    [
+        (MinMax(), MinMaxObserver, {}),
+        (MovingAverageMinMax(), MovingAverageMinMaxObserver, {"averaging_constant": 0.01}),
+        (MovingAverageMinMax(0.5), MovingAverageMinMaxObserver, {"averaging_constant": 0.5}),
+        (Percentile(), PercentileObserver, {"percentile": 99.99, "symmetric": False, "bins": 4096}),
+        (Percentile(99.5, True, 64), PercentileObserver, {"percentile": 99.5, "symmetric": True, "bins": 64}),
+        (Entropy(), EntropyObserver, {"quantized_bins": 128, "fine_bins": 2048, "symmetric": False, "bins": 4096}),
+        (Entropy(8, 48, True, 128), EntropyObserver, {"quantized_bins": 8, "fine_bins": 48, "symmetric": True, "bins": 128}),
+        (MSE(), MSEObserver, {"dtype": "uint8", "steps": 256, "bins": 4096}),
+        (MSE("int8", 64, 32), MSEObserver, {"dtype": "int8", "steps": 64, "bins": 32}),
+        (MSE(dtype="int8"), MSEObserver, {"dtype": "int8", "steps": 256, "bins": 4096}),
+    ],
+    ids=repr,
+)
+def test_a_factory_makes_empty_observers_of_its_method_and_settings(factory, observer_class, expected):
+    first, second = factory.new(), factory()
+    assert type(first) is type(second) is observer_class and first is not second
+    assert first.name == factory.method == observer_class.name
+    assert first.settings() == second.settings() == expected
+    assert dataclasses.asdict(factory) == expected  # the factory's fields are the settings, in order
+    assert observer_class(**expected).settings() == expected  # and rebuild the observer directly
+    # Each observer is new and empty: what one saw is not in the next
+    first.update(np.array([2.0, np.nan, -2.0], np.float32))
+    assert first.compute_range() == (-2.0, 2.0) and first.nonfinite == 1
+    third = factory.new()
+    assert third.nonfinite == 0 and third.to_dict() == observer_class(**expected).to_dict()
+    with pytest.raises(ValueError, match="^no finite values observed$"):
+        third.compute_range()
+
+
+def test_factories_are_frozen_values():
+    assert Percentile(99.9) == Percentile(percentile=99.9) != Percentile(99.0)
+    assert hash(MSE("int8")) == hash(MSE(dtype="int8")) and MinMax() == MinMax()
+    assert Percentile(100).new().settings()["percentile"] == 100.0  # the observer's float
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Percentile().percentile = 90.0
+    assert isinstance(Percentile(), ObserverFactory) and callable(Percentile())
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Percentile(40), r"^percentile must be in \(50, 100\], not 40$"),
+        (lambda: Percentile(100.5), r"^percentile must be in \(50, 100\], not 100.5$"),
+        (lambda: MovingAverageMinMax(0.0), r"^averaging_constant must be in \(0, 1\], not 0.0$"),
+        (lambda: MovingAverageMinMax(1.5), r"^averaging_constant must be in \(0, 1\], not 1.5$"),
+        (lambda: Entropy(quantized_bins=1), r"^quantized_bins must be in \[2, fine_bins=2048\], not 1$"),
+        (lambda: Entropy(quantized_bins=65, fine_bins=64), r"^quantized_bins must be in \[2, fine_bins=64\], not 65$"),
+        (lambda: MSE(dtype="float8"), r"^MSE calibration supports uint8, int8, not 'float8'$"),
+        (lambda: factory_for("kl"), r"^unknown calibration method 'kl'; known: minmax, moving-minmax, percentile, entropy, mse$"),
+    ],
+)
+def test_a_bad_setting_fails_when_the_factory_is_made(make, message):
+    with pytest.raises(UserError, match=message):
+        make()
+
+
+def test_a_setting_of_another_method_is_no_keyword():
+    with pytest.raises(TypeError, match="percentile"):
+        Entropy(percentile=99.0)
+    with pytest.raises(TypeError, match="dtype"):
+        Percentile(dtype="int8")
+    with pytest.raises(TypeError):
+        MinMax(99.0)
+    assert factory_for("entropy") is Entropy and factory_for("mse") is MSE and factory_for("minmax") is MinMax
+    assert factory_for("percentile") is Percentile and factory_for("moving-minmax") is MovingAverageMinMax
+
+
+_OBSERVER_METHODS = ["update", "merge", "compute_range", "settings", "to_dict", "from_dict"]
+
+
+def _observer_without(missing: str | None) -> type:
+    """A subclass of Observer that gives every required method but ``missing`` (None: all of them)."""
+    body = {
+        "update": lambda self, batch: None,
+        "merge": lambda self, other: None,
+        "compute_range": lambda self: (0.0, 1.0),
+        "settings": lambda self: {},
+        "to_dict": lambda self: {},
+        "from_dict": classmethod(lambda cls, data: cls()),
+    }
+    body.pop(missing, None)
+    return type(f"Without_{missing}", (Observer,), body)
+
+
+def test_observer_is_an_abstract_base():
+    with pytest.raises(TypeError, match="abstract"):
+        Observer()
+    with pytest.raises(TypeError, match="abstract.*_range"):
+        HistogramObserver(64)  # a histogram method gives _range
+    assert sorted(Observer.__abstractmethods__) == sorted(_OBSERVER_METHODS)
+    assert HistogramObserver.__abstractmethods__ == {"_range"}
+    complete = _observer_without(None)()  # every method given: it can be made
+    assert complete.compute_range() == (0.0, 1.0) and complete.resolution == 0.0 and complete.nonfinite == 0
+
+
+@pytest.mark.parametrize("missing", _OBSERVER_METHODS)
+def test_an_observer_without_a_required_method_cannot_be_made(missing):
+    with pytest.raises(TypeError, match=f"abstract.*{missing}"):
+        _observer_without(missing)()
+
+
+def test_an_observer_factory_must_give_new():
+    with pytest.raises(TypeError, match="abstract.*new"):
+        ObserverFactory()
+
+    @dataclasses.dataclass(frozen=True)
+    class NoNew(ObserverFactory):
+        method = "none"
+
+    with pytest.raises(TypeError, match="abstract.*new"):
+        NoNew()

@@ -431,3 +431,53 @@ def test_a_second_run_of_a_pass_changes_nothing(case):
     assert _serialized(model) == after_first, f"{case.step} rewrote its own output"
     if (name := case.step.split("(")[0]) in _MEASURED:  # they ran, and published what they measured
         assert _MEASURED[name] in context.records
+
+
+# --------------------------------------------------------------------------------------------
+# calibrate: one observer factory from its typed options
+
+from qonnx.calib.observers import MSE, Entropy, MinMax, MovingAverageMinMax, Percentile  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("text", "target", "expected"),
+    [
+        ("calibrate(method=minmax)", "cpu", MinMax()),
+        ("calibrate(method=moving-minmax)", "cpu", MovingAverageMinMax()),
+        ("calibrate(method=percentile)", "cpu", Percentile()),
+        ("calibrate(method=percentile,percentile=99.9)", "cpu", Percentile(99.9)),
+        ("calibrate(method=entropy)", "tensorrt", Entropy()),
+        ("calibrate(method=mse)", "cpu", MSE(dtype="uint8")),  # the error of the target's activation type
+        ("calibrate(method=mse)", "tensorrt", MSE(dtype="int8")),
+        ("calibrate", "cpu", MSE(dtype="uint8")),  # the target's method
+    ],
+)
+def test_calibrate_makes_one_observer_factory_from_its_options(text, target, expected):
+    calibrate = pipeline.build(pipeline.parse_pipeline(f"resolve-policy,{text}"), pipeline.Context(target=target))[-1]
+    assert type(calibrate.observer) is type(expected) and calibrate.observer == expected
+    assert calibrate.method == expected.method
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("calibrate(method=entropy,percentile=99.0)", "^a percentile applies to --method percentile, not entropy$"),
+        ("calibrate(method=kl,percentile=99.0)", "^a percentile applies to --method percentile, not kl$"),
+        ("calibrate(method=kl)", "^unknown calibration method 'kl'; known: minmax, moving-minmax, percentile, entropy, mse$"),
+        ("calibrate(method=percentile,percentile=120)", r"^percentile must be in \(50, 100\], not 120.0$"),
+    ],
+)
+def test_calibrate_refuses_bad_options_when_it_is_built(text, message):
+    with pytest.raises(UserError, match=message):
+        pipeline.build(pipeline.parse_pipeline(f"resolve-policy,{text}"), pipeline.Context())
+
+
+def test_calibrate_records_the_method_and_the_observer_settings(tmp_path):
+    path = tmp_path / "ranges.json"
+    _, _, context = run_text(tiny.conv_chain(), f"resolve-policy,calibrate(method=percentile,percentile=99.5,save={path})")
+    table = context.analyses["ranges"]
+    assert table.method == "percentile" and table.observer == {"percentile": 99.5, "symmetric": False, "bins": 4096}
+    saved = json.loads(path.read_text())
+    assert saved["method"] == "percentile" and saved["observer"] == {"percentile": 99.5, "symmetric": False, "bins": 4096}
+    record = context.records["calibration"]
+    assert record.method == "percentile" and record.observer == table.observer
