@@ -8,8 +8,11 @@ the copy quantizes:
   the node alone, cut out of the quantized copy with its own quantizers, is fed the FP32 values of
   its inputs; its output is compared with the FP32 node's output. Three figures: weights and
   activations quantized (``local_db``), weights only, activations only. No full-model run.
-- **global** (the ``top`` worst nodes by local score, every node with ``exhaustive``): the model's
-  output error with only that node in INT8, one full-model evaluation each.
+- **global** (every weighted node, Conv/ConvTranspose/Gemm/MatMul, and the ``top`` worst others by
+  local score; every node with ``exhaustive``): the model's output error with only that node in
+  INT8, one full-model evaluation each. The local score misses how much the rest of the network
+  amplifies a node's error (on PP-OCR cls the first Conv is 41.9 dB locally, among the best, and
+  the worst node globally), so the weighted nodes, where most of the error is made, are measured.
 
 The nodes come out worst first (by global score where measured, else local), with the rank
 correlation (Spearman) of local against global over the nodes that have both, which says how far the
@@ -34,6 +37,8 @@ from qonnx.pipeline import Pass, Record, register
 from qonnx.policy import node_spec
 from qonnx.progress import Progress
 from qonnx.trials import Trials, rank_correlation
+
+_WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +168,7 @@ class LayerSensitivityRecord(Record):
 class LayerSensitivity(Pass):
     """Attributes:
     samples: evaluation samples for the tapped run and the global trials.
-    top: nodes (worst by local score) that also get a global score.
+    top: nodes other than the weighted ones (worst by local score) that also get a global score.
     exhaustive: a global score for every node (one full evaluation each).
     """
 
@@ -187,11 +192,13 @@ class LayerSensitivity(Pass):
         trials = Trials(model, self.context, feeds, "sqnr")
         nodes = _local_scores(model, trials.quantized(), feeds, self.context.progress)
         nodes.sort(key=lambda e: (e["local_db"], e["node"]))
-        count = len(nodes) if self.exhaustive else min(self.top, len(nodes))
-        with Progress(count, "global sensitivity", enabled=self.context.progress) as bar:
+        others = [e for e in nodes if e["op_type"] not in _WEIGHTED]
+        chosen = {e["node"] for e in nodes if e["op_type"] in _WEIGHTED} | {e["node"] for e in others[: self.top]}
+        measured = nodes if self.exhaustive else [e for e in nodes if e["node"] in chosen]
+        with Progress(len(measured), "global sensitivity", enabled=self.context.progress) as bar:
             for entry in nodes:
                 entry["global_db"] = None
-            for entry in nodes[:count]:
+            for entry in measured:
                 entry["global_db"] = round(trials.score({entry["node"]}), 2)
                 bar.advance()
         pairs = [(e["local_db"], e["global_db"]) for e in nodes if e["global_db"] is not None]

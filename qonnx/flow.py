@@ -118,12 +118,13 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
             hint = " (give --calib DATA)" if config.pipeline is None else ""
             raise UserError(f"{', '.join(given)}: the pipeline has no calibrate pass{hint}")
     check_order([s.name for s in steps])
-    if config.policy == "auto" and "auto-policy" not in names:
+    if config.policy == "auto" or "auto-policy" in names:
         if "calibrate" not in names:
             raise UserError("--policy auto needs calibration data (give --calib DATA): its plans are measured on it")
         at = [s.name for s in steps].index("calibrate")
         steps[at] = dataclasses.replace(steps[at], options={**steps[at].options, "adjacent": True})  # ranges for every plan tried
         at += 1
+    if config.policy == "auto" and "auto-policy" not in names:
         evaluation = config.evaluation
         auto = {"metric": evaluation.metric if isinstance(evaluation.metric, str) else "auto"}
         if evaluation.min is not None:
