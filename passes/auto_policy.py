@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import onnx_ir as ir
@@ -39,9 +40,23 @@ from qonnx.verdict import DEFAULT_FLOORS, choose_metric, metric_value
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AutoPolicy", "AutoPolicyRecord"]
+__all__ = ["AutoPolicy", "AutoPolicyRecord", "smallest_prefix"]
 
 _WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def smallest_prefix(n: int, meets: Callable[[int], bool]) -> int:
+    """The smallest ``k`` in ``1..n`` with ``meets(k)``, by bisection, given that ``meets(0)`` is
+    false and ``meets(n)`` true (not evaluated) and assuming ``meets`` monotone: ``ceil(log2(n))``
+    calls at most."""
+    low, high = 0, n
+    while high - low > 1:
+        middle = (low + high) // 2
+        if meets(middle):
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 @dataclasses.dataclass
@@ -126,14 +141,12 @@ class AutoPolicy(Pass):
         fallback: list[str] = []
         achieved = measured[0]
         if not meets(measured[0]) and n:
-            low, high = 0, n  # low misses; high (all float: the FP32 model) meets
-            while high - low > 1:
-                middle = (low + high) // 2
-                measured[middle] = score(set(ranked[:middle]))
-                if meets(measured[middle]):
-                    high = middle
-                else:
-                    low = middle
+
+            def prefix_meets(k: int) -> bool:
+                measured[k] = score(set(ranked[:k]))
+                return meets(measured[k])
+
+            high = smallest_prefix(n, prefix_meets)  # all float (the FP32 model) meets any target
             fallback = ranked[:high]
             achieved = measured.get(high, math.inf)
             for node in list(reversed(fallback))[: self.max_return]:

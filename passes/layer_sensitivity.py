@@ -89,29 +89,35 @@ def _cut(extractor: onnx.utils.Extractor, node: ir.Node, fp32: dict[str, ir.Node
     output = node.outputs[0].name
     both = extractor.extract_model(inputs, [output])
 
-    def variant(rewire: dict[int, str], constants: dict[int, np.ndarray]) -> onnx.ModelProto:
+    def variant(rewire: dict[int, str], constants: dict[int, np.ndarray | None]) -> onnx.ModelProto:
+        """``both`` with inputs fed FP32 tensors (``rewire``) or FP32 constants (None: an input the
+        FP32 node lacks, such as a bias that bias correction added, is dropped)."""
         copy = onnx.ModelProto()
         copy.CopyFrom(both)
         inner = next(n for n in copy.graph.node if n.name == node.name)
         for index, name in rewire.items():
             inner.input[index] = name
-        for index, array in constants.items():
+        for index, array in sorted(constants.items(), reverse=True):
+            if array is None:
+                inner.input[index] = ""
+                continue
             name = f"{node.name}_fp32_input{index}"
             copy.graph.initializer.append(onnx.numpy_helper.from_array(array, name))
             inner.input[index] = name
+        while inner.input and inner.input[-1] == "":
+            del inner.input[-1]
         return copy
 
     weights = variant(rewired_activations, {}) if rewired_activations and quantized_constants else None
     original = fp32.get(node.name)
     activations = None
     if rewired_activations and quantized_constants and original is not None:
-        constants = {}
+        constants: dict[int, np.ndarray | None] = {}
         for index in quantized_constants:
             value = original.inputs[index] if index < len(original.inputs) else None
-            array = None if value is None or value.const_value is None else value.const_value.numpy()
-            if array is None:
-                break
-            constants[index] = array
+            if value is not None and value.const_value is None:
+                break  # a computed weight: no FP32 constant to put back
+            constants[index] = None if value is None else value.const_value.numpy()
         else:
             activations = variant({}, constants)
     return _Local(node.name, node.op_type, inputs, output, both, weights, activations)

@@ -146,6 +146,18 @@ examples:
   qonnx inspect model.onnx --json | python -m json.tool
 """
 
+_ANALYZE_EXAMPLES = """\
+examples:
+  qonnx analyze yolov8n.onnx --calib photos/ --size 320x320
+  qonnx analyze det.onnx --calib photos/ --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --bgr --report sens.json
+  then: qonnx quantize det.onnx -o det.int8.onnx --calib photos/ ... --policy auto --min 30
+"""
+
+# The quantize options that analyze takes as well.
+_ANALYZE_SHARED = frozenset(
+    {"calib", "eval_data", "target", "reduce_range", "exclude", "op_types", "samples", "method", "percentile", "size", "mean", "std", "layout", "bgr", "seed", "report", "json", "quiet", "debug"}
+)
+
 _PASSES_EXAMPLES = """\
 examples:
   qonnx passes
@@ -227,6 +239,24 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, help="seed for --calib random (default 0)")
     q.add_argument("--debug", action="store_true", help="verify after every pass; show tracebacks")
     q.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+
+    a = sub.add_parser(
+        "analyze",
+        help="per-layer sensitivity of a model's INT8 plan",
+        description="Score every node the INT8 plan quantizes: local (its own output error, one tapped run) and global "
+        "(the model's output error with only that node in INT8, for every weighted node and the worst others). "
+        "Writes no model; --report FILE or --json for the figures.",
+        epilog=_ANALYZE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    a.add_argument("model", type=Path)
+    for action in q._actions:  # the data and plan options mean the same as for quantize
+        if action.dest in _ANALYZE_SHARED:
+            a._add_action(action)
+    a.add_argument("--top", type=int, default=8, help="besides every weighted node, this many other nodes (worst locally) get a global score (default 8)")
+    a.add_argument("--exhaustive", action="store_true", default=False, help="a global score for every node (one full evaluation each)")
+    a.add_argument("--sensitivity-samples", dest="sensitivity_samples", type=int, default=4, metavar="N", help="evaluation samples per score (default 4)")
 
     i = sub.add_parser(
         "inspect",
@@ -350,6 +380,61 @@ def _quantize(args) -> int:
     return 0
 
 
+def _analyze(args) -> int:
+    from qonnx.calib.sources import ImagePreprocess
+    from qonnx.flow import Job, analyze
+
+    recipe = _recipe(args)
+    config, data = recipe.config, recipe.data
+    if data.calib is None:
+        raise UserError("analyze needs calibration data: give --calib DATA")
+    if min(args.top, args.sensitivity_samples) < 0 or args.sensitivity_samples == 0:
+        raise UserError("--top must not be negative and --sensitivity-samples must be positive")
+    report_arg = getattr(args, "report", None)
+    quiet = getattr(args, "quiet", False)
+    to_stdout = getattr(args, "json", False) or report_arg == "-"
+    job = Job(
+        args.model,
+        args.model,  # no model is written
+        None if report_arg in (None, "-") else Path(report_arg),
+        data.calib,
+        data.eval,
+        ImagePreprocess(size=data.size, mean=data.mean, std=data.std, layout=data.layout, bgr=data.bgr),
+        progress=not quiet and sys.stderr.isatty(),
+    )
+    report = analyze(config, job, top=args.top, exhaustive=args.exhaustive, samples=args.sensitivity_samples)
+    if to_stdout:
+        print(json.dumps(report, indent=2))
+    if not quiet:
+        print(_sensitivity_table(report), file=sys.stderr if to_stdout else sys.stdout)
+    return 0
+
+
+def _sensitivity_table(report) -> str:
+    found = report.get("layer_sensitivity")
+    if not found:
+        return "no node to score: the plan quantizes nothing"
+    lines = [f"{'node':<32} {'op':<10} {'local':>7} {'weights':>8} {'activ.':>7} {'global':>7}  (dB, worst first)"]
+
+    def db(value) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    for entry in found["nodes"][:20]:
+        lines.append(
+            f"{entry['node'][:32]:<32} {entry['op_type']:<10} {db(entry['local_db']):>7} {db(entry['local_weights_db']):>8} "
+            f"{db(entry['local_activations_db']):>7} {db(entry['global_db']):>7}"
+        )
+    if len(found["nodes"]) > 20:
+        lines.append(f"... {len(found['nodes']) - 20} more in the report")
+    correlation = found["rank_correlation"]
+    lines.append(
+        f"{len(found['nodes'])} nodes, {found['evaluations']} full-model evaluations on {found['samples']} samples; "
+        f"local vs global rank correlation {'n/a' if correlation is None else f'{correlation:.2f}'}"
+    )
+    lines.append(f"time {report['timing']['total_s']:.1f} s; next: qonnx quantize ... --policy auto --min VALUE")
+    return "\n".join(lines)
+
+
 def _inspect(args) -> int:
     from qonnx.inspect import inspect_model, format_inspection
 
@@ -411,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args = _parse(argv)
-        return {"quantize": _quantize, "inspect": _inspect, "passes": _passes}[args.command](args)
+        return {"quantize": _quantize, "analyze": _analyze, "inspect": _inspect, "passes": _passes}[args.command](args)
     except UsageError as exc:
         print(exc.usage, file=sys.stderr)
         print(f"qonnx: error: {_one_line(str(exc))}", file=sys.stderr)

@@ -34,7 +34,7 @@ from qonnx.pipeline import Context, PassRecord, PipelineStep, build, check_dump_
 from qonnx.report import Report, assemble, write_json
 from qonnx.verdict import Verdict, judge
 
-__all__ = ["Job", "QuantizeResult", "run", "split_holdout"]
+__all__ = ["Job", "QuantizeResult", "analyze", "plan_path", "run", "split_holdout"]
 
 Data = str | os.PathLike | Iterable[Mapping[str, np.ndarray]] | Source
 
@@ -368,3 +368,71 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
     except BaseException:
         _remove_empty(made)
         raise
+
+
+ANALYZE_PIPELINE = "normalize,div-to-mul,resolve-policy,calibrate(adjacent=true)"
+
+
+def analyze(config: QuantizeConfig, job: Job, *, top: int = 8, exhaustive: bool = False, samples: int = 4) -> Report:
+    """Per-layer sensitivity of ``job.model`` under the config's INT8 plan (``qonnx analyze``):
+    the pipeline up to calibration, then ``layer-sensitivity``; no model is written, the report is
+    (to ``job.report`` when given) and returned."""
+    started = time.perf_counter()
+    if config.precision != "int8":
+        raise UserError(f"analyze measures INT8 sensitivity; --precision {config.precision} has none")
+    if job.calib is None:
+        raise UserError("analyze needs calibration data: give --calib DATA")
+    steps = [_calibrate_step(s, config.calibration) if s.name == "calibrate" else s for s in parse_pipeline(ANALYZE_PIPELINE)]
+    steps.append(PipelineStep("layer-sensitivity", {"top": top, "exhaustive": exhaustive, "samples": samples}))
+    qir.check_file(job.model)
+    _check_loadable(job.model)
+    if job.report is not None:
+        if job.report.exists() and job.report.resolve() == job.model.resolve():
+            raise UserError(f"refusing to overwrite the input model {job.model}; choose another report path")
+        _check_writable(job.report, "report")
+    context = Context(
+        target=config.effective_target,
+        precision=config.precision,
+        mode=config.mode,
+        reduce_range=config.reduce_range,
+        policy=None if config.policy == "auto" else config.policy,
+        nodes_to_exclude=config.nodes_to_exclude,
+        op_types_to_quantize=config.op_types_to_quantize,
+        samples=config.samples,
+        progress=job.progress,
+        source=job.model,
+    )
+    passes = build(steps, context)
+    model = qir.load(job.model)
+    input_facts = _model_facts(job.model, model)
+    context.calib, context.eval_data, shared = _sources(job, model)
+    context.eval_held_out = not shared
+    made = _missing_folders([job.report])
+    try:
+        records = run_pipeline(model, passes, context)
+        sensitivity = context.records.get("layer_sensitivity")
+        report: Report = {
+            "schema": "qonnx.analysis/1",
+            "qonnx_version": qonnx_version(),
+            "onnxruntime_version": runtime.version,
+            "input": input_facts,
+            "target": config.effective_target,
+            "config": config.to_dict(),
+            "pipeline": ",".join(str(s) for s in steps),
+            "passes": [r.to_dict() for r in records],
+            "calibration": context.records["calibration"].to_report()["calibration"] if "calibration" in context.records else None,
+            "layer_sensitivity": None if sensitivity is None else sensitivity.to_report()["layer_sensitivity"],
+            "timing": {"total_s": round(time.perf_counter() - started, 3)},
+        }
+        if job.report is not None:
+            write_json(report, job.report)
+        return report
+    except BaseException:
+        _remove_empty(made)
+        raise
+
+
+def qonnx_version() -> str:
+    import qonnx
+
+    return qonnx.__version__

@@ -1,0 +1,136 @@
+"""Per-layer sensitivity and the automatic policy: the ranking, the bisection, the plan and its
+replay. Tiny generated models check the mechanics (an outlier-heavy layer must rank first); the
+quality on real models is in the benchmark and the demo."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import run_qonnx, run_text
+from qonnx.models import tiny
+from qonnx.passes.auto_policy import smallest_prefix
+from qonnx.trials import rank_correlation
+
+
+def test_rank_correlation_by_hand():
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # ranks (0, 1, 2, 3) against (1, 0, 3, 2): d² = 4 · 1, Spearman 1 - 6·4 / (4·15) = 0.6
+    assert rank_correlation([1, 2, 3, 4], [2, 1, 4, 3]) == pytest.approx(0.6)
+    # a tie takes the mean rank: (0, 1.5, 1.5, 3) against (0, 1, 2, 3): Pearson of the ranks
+    assert rank_correlation([1, 2, 2, 4], [1, 2, 3, 4]) == pytest.approx(np.corrcoef([0, 1.5, 1.5, 3], [0, 1, 2, 3])[0, 1])
+    assert rank_correlation([1, 2], [1, 2]) is None  # too few pairs to say anything
+    assert rank_correlation([1, 1, 1], [1, 2, 3]) is None  # one side constant
+
+
+@pytest.mark.parametrize("n, first", [(100, 37), (100, 1), (100, 100), (1, 1), (139, 110)])
+def test_bisection_finds_the_smallest_prefix_of_a_monotone_score(n, first):
+    calls = []
+
+    def meets(k):
+        calls.append(k)
+        assert 0 < k < n, "the ends are known, never evaluated"
+        return k >= first
+
+    assert smallest_prefix(n, meets) == first
+    assert len(calls) <= math.ceil(math.log2(n)) if n > 1 else not calls
+
+
+def _outlier_chain() -> onnx.ModelProto:
+    """x → conv0 → Relu → conv1 → Relu → conv2 → y, where conv0's channel 0 is a constant 100 (zero
+    weights, bias 100) that conv1 ignores (zero weights on it): conv1's input range is set by the
+    outlier channel, so its 8-bit activations round the channels it reads to a few levels. conv1
+    is the outlier-heavy layer."""
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(0, 0.5, (4, 3, 3, 3)).astype(np.float32)
+    w0[0] = 0.0
+    b0 = np.array([100.0, 0.1, 0.1, 0.1], np.float32)
+    w1 = rng.normal(0, 0.5, (4, 4, 3, 3)).astype(np.float32)
+    w1[:, 0] = 0.0
+    w2 = rng.normal(0, 0.5, (4, 4, 3, 3)).astype(np.float32)
+    inits = [onnx.numpy_helper.from_array(a, n) for a, n in ((w0, "W0"), (b0, "B0"), (w1, "W1"), (w2, "W2"))]
+    h = onnx.helper
+    nodes = [
+        h.make_node("Conv", ["x", "W0", "B0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        h.make_node("Conv", ["r0", "W1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        h.make_node("Conv", ["r1", "W2"], ["y"], name="conv2", pads=[1, 1, 1, 1]),
+    ]
+    graph = h.make_graph(
+        nodes, "outlier", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4, 16, 16])], inits,
+    )
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 13)])
+
+
+def test_the_outlier_heavy_layer_ranks_first_locally_and_globally():
+    _, _, context = run_text(_outlier_chain(), "normalize,resolve-policy,calibrate,layer-sensitivity(top=2)", samples=6, reduce_range=True)
+    found = context.records["layer_sensitivity"]
+    first = found.nodes[0]
+    assert first["node"] == "conv1"
+    activations_only = {e["node"]: e["local_activations_db"] for e in found.nodes}
+    assert min(activations_only, key=activations_only.get) == "conv1"  # its activations, not its weights
+    assert first["local_weights_db"] > first["local_activations_db"] + 10
+    assert first["global_db"] == min(e["global_db"] for e in found.nodes if e["global_db"] is not None)
+    # Every weighted node and the 2 worst others got a global score, one evaluation each.
+    scored = [e for e in found.nodes if e["global_db"] is not None]
+    assert found.evaluations == len(scored) == 3 + min(2, len(found.nodes) - 3)
+    assert -1.0 <= found.rank_correlation <= 1.0
+    assert all(e["local_db"] is not None for e in found.nodes)
+
+
+def test_auto_policy_keeps_the_outlier_layer_float_and_meets_the_target():
+    model, _, context = run_text(
+        _outlier_chain(),
+        "normalize,resolve-policy,calibrate(adjacent=true),layer-sensitivity,auto-policy(metric=sqnr,min=30,speed=false),insert-qdq",
+        samples=6,
+        reduce_range=True,
+    )
+    record = context.records["auto_policy"]
+    assert record.met and record.achieved >= 30
+    assert "conv1" in record.fallback and len(record.fallback) < 5
+    assert record.curve[0]["int8_fraction"] == 1.0 and record.curve[0]["value"] < 30  # all-INT8 misses
+    assert record.curve[record.chosen]["chosen"] and record.curve[record.chosen]["value"] == record.achieved
+    conv1 = next(n for n in model.graph if n.name == "conv1")
+    assert all(v.producer() is None or v.producer().op_type != "DequantizeLinear" for v in conv1.inputs)  # left float
+    plan = json.loads(model.metadata_props["qonnx.plan"])
+    assert plan["reasons"]["conv1"].startswith("auto policy: kept float for sqnr >= 30 (sensitivity rank 1 of")
+    assert len(plan["model_hash"]) == 64
+
+
+def test_auto_plan_replays_on_its_model_and_is_refused_on_another(tmp_path, calib_npz):
+    model = tmp_path / "m.onnx"
+    onnx.save(_outlier_chain(), model)
+    first = run_qonnx("quantize", model, "-o", tmp_path / "a.onnx", "--calib", calib_npz, "--policy", "auto", "--metric", "sqnr", "--min", "30",
+                      "--reduce-range", "--report", tmp_path / "a.json", "-q")
+    assert first.rc == 0, first.err
+    plan = tmp_path / "a.plan.json"
+    document = json.loads(plan.read_text())
+    assert document["nodes"]["conv1"] == "float" and "scores" in document and document["scores"]["conv1"]["local_db"] < 30
+    again = run_qonnx("quantize", model, "-o", tmp_path / "b.onnx", "--calib", calib_npz, "--policy", plan, "--reduce-range", "--report", tmp_path / "b.json", "-q")
+    assert again.rc == 0, again.err
+    formats = [{k: v["format"] for k, v in json.loads((tmp_path / f"{x}.json").read_text())["nodes"].items()} for x in "ab"]
+    assert formats[0] == formats[1]
+    other = tmp_path / "other.onnx"
+    onnx.save(tiny.conv_chain(depth=3, seed=5), other)
+    refused = run_qonnx("quantize", other, "-o", tmp_path / "c.onnx", "--calib", calib_npz, "--policy", plan, "-q")
+    assert refused.rc == 2 and "is a plan for another model" in refused.err and not (tmp_path / "c.onnx").exists()
+
+
+def test_analyze_scores_every_node_and_writes_no_model(tmp_path, calib_npz):
+    model = tmp_path / "m.onnx"
+    onnx.save(_outlier_chain(), model)
+    result = run_qonnx("analyze", model, "--calib", calib_npz, "--top", "1", "--report", tmp_path / "s.json", "--reduce-range")
+    assert result.rc == 0, result.err
+    assert result.out.splitlines()[1].startswith("conv1 ")  # the table, worst first
+    report = json.loads((tmp_path / "s.json").read_text())
+    assert report["schema"] == "qonnx.analysis/1" and report["layer_sensitivity"]["nodes"][0]["node"] == "conv1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "m.onnx", "s.json"]  # no model written
+    refused = run_qonnx("analyze", model)
+    assert refused.rc == 2 and refused.error_lines == ["qonnx: error: analyze needs calibration data: give --calib DATA"]
