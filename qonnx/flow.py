@@ -5,7 +5,8 @@ The pipeline is the config's (or the precision's default) followed by the measur
 ``evaluate`` (fidelity on held-out data), ``sensitivity`` and ``latency`` when asked for. They run
 on the model as rewritten, before anything is written, so a failure anywhere leaves no output.
 Saving and the report are the final steps: the model is written atomically, then the range table,
-then the report; a failure after the model was written withdraws what this run published.
+then the report and its HTML page; a failure after the model was written withdraws what this run
+published.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from qonnx.config import CalibrationConfig, QuantizeConfig
 from qonnx.errors import UserError
 from qonnx.pipeline import Context, PassRecord, PipelineStep, build, check_dump_after, check_order, default_pipeline, parse_pipeline, run_pipeline
 from qonnx.report import Report, assemble, write_json
+from qonnx.report_html import render_html
 
 __all__ = ["Job", "QuantizeResult", "run", "split_holdout"]
 
@@ -52,6 +54,7 @@ class Job:
     preprocess: ImagePreprocess | None = None
     progress: bool = False
     uncalibrated: bool = False  # calibrated on random data: said in the report
+    html: Path | None = None  # the report as an HTML page
 
 
 @dataclasses.dataclass
@@ -154,7 +157,7 @@ def _check_loadable(path: Path) -> None:
 
 def _check_outputs(job: Job, save_ranges: Path | None) -> None:
     """Every path the run writes can be written, none is the input, no two are the same file."""
-    outputs = [("output model", job.output), ("report", job.report), ("range table", save_ranges)]
+    outputs = [("output model", job.output), ("report", job.report), ("HTML report", job.html), ("range table", save_ranges)]
     outputs = [(what, path) for what, path in outputs if path is not None]
     for index, (what, path) in enumerate(outputs):
         if path.exists() and path.resolve() == job.model.resolve():
@@ -252,7 +255,7 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
     context.calib, context.eval_data, shared = _sources(job, model)
     context.eval_held_out = not shared
 
-    made = _missing_folders([job.output, job.report, save_ranges])
+    made = _missing_folders([job.output, job.report, job.html, save_ranges])
     try:
         verify = None
         if config.debug:
@@ -290,8 +293,18 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
                 ranges_used[-1].save(save_ranges)
                 published.append(save_ranges)
             report["timing"] = {**timing, "total_s": round(time.perf_counter() - started, 3)}
-            if job.report is not None:
-                write_json(report, job.report)
+            page = None if job.html is None else render_html(report)  # before anything more is written
+            written: list[Path] = []
+            try:
+                if job.report is not None:
+                    write_json(report, job.report)
+                    written.append(job.report)
+                if job.html is not None:
+                    qir.atomic_write(job.html, lambda f: f.write(page.encode("utf-8")))
+            except BaseException:
+                for path in written:
+                    path.unlink(missing_ok=True)
+                raise
         except BaseException:
             for path in published:
                 _withdraw(path)

@@ -119,7 +119,10 @@ def _fmt(value: Any, spec: str = ".2f", unit: str = "") -> str:
     if math.isinf(value):
         text = "∞" if value > 0 else "−∞"
     else:
-        text = format(value, spec)
+        try:
+            text = format(value, spec)
+        except (ValueError, OverflowError):  # a float where a count was expected, a huge integer
+            text = f"{value:g}" if isinstance(value, float) else str(value)
     return f"{text} {unit}" if unit else text
 
 
@@ -145,7 +148,7 @@ def _metric_value(metric: Any, value: Any) -> str:
 
 
 def _mib(n: Any) -> str:
-    return _num(n / 2**20, ".2f", "MiB") if _is_number(n) else "–"
+    return _num(float(n) / 2**20, ".2f", "MiB") if _finite(n) is not None else _num(n)
 
 
 def _dict(value: Any) -> dict:
@@ -195,6 +198,8 @@ def _nice_step(span: float, ticks: int = 6) -> float:
 
 
 def _ticks(lo: float, hi: float, count: int = 6) -> list[float]:
+    if not (math.isfinite(hi - lo) and hi - lo > 0):
+        return [lo, hi]
     step = _nice_step(hi - lo, count)
     first = math.ceil(lo / step - 1e-9) * step
     values, v = [], first
@@ -239,7 +244,7 @@ def _verdict(verdict: Any) -> str:
     threshold = verdict.get("threshold")
     text = f"{_esc(name)} {_metric_value(metric, verdict.get('value'))}"
     if threshold is not None:
-        relation = "≥" if met is True else "<" if met is False else "vs"
+        relation = "≥" if met is True else "&lt;" if met is False else "vs"
         text += f" {relation} threshold {_metric_value(metric, threshold)}"
         if source:
             text += f' <span class="muted">({_esc(source)})</span>'
@@ -337,11 +342,9 @@ def _precision(report: Mapping[str, Any]) -> str:
     counts = {fmt: sum(1 for e in entries if e[2] == fmt) for fmt in order}
     n = len(entries)
     left, width = 46, 1000
-    if n * 3 <= width:  # one row
-        cell, per_row = min(16.0, width / n), n
-    else:
-        cell, per_row = 3.0, int(width // 3)
-    rows = math.ceil(n / per_row)
+    rows = math.ceil(n * 3 / width)  # cells at least 3 wide
+    per_row = math.ceil(n / rows)
+    cell = min(16.0, width / per_row)
     cell_h, mark_h, row_gap = 26, 4, 10
     row_h = cell_h + mark_h + row_gap
     gap = 1.0 if cell >= 5 else 0.5
