@@ -83,10 +83,11 @@ svg .curve { fill: none; stroke: #0072B2; stroke-width: 2; }
 svg .point circle.dot { fill: #0072B2; stroke: #fff; stroke-width: 1.5; }
 svg .point.chosen circle.dot { fill: #D55E00; }
 svg .point.chosen circle.ring { fill: none; stroke: #D55E00; stroke-width: 2; }
-svg text.speed { font-size: 11px; fill: #374151; text-anchor: middle; }
+svg text.speed { font-size: 11px; fill: #374151; text-anchor: middle; paint-order: stroke; stroke: #fff; stroke-width: 3px; }
+svg text.axis-infinity { font-size: 13px; fill: #4b5563; }
 svg .point.chosen text.speed { font-weight: 700; fill: #a63d00; }
 svg line.target { stroke: #c0392b; stroke-width: 1.5; stroke-dasharray: 6 4; }
-svg text.target-label { fill: #c0392b; font-size: 12px; }
+svg text.target-label { fill: #c0392b; font-size: 12px; paint-order: stroke; stroke: #fff; stroke-width: 3px; }
 details summary { cursor: pointer; color: #374151; margin: 4px 0; }
 """
 
@@ -514,10 +515,16 @@ def _curve_chart(points: list[tuple[int, dict]], chosen: int | None, metric: Any
 
     parts = [f'<svg id="auto-policy-curve" viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" aria-label="{_esc(name)} versus fraction of nodes in INT8">']
     parts.append('<g class="grid axis">')
+    infinite = {p.get("value") for _, p in points if _is_number(p.get("value")) and math.isinf(p.get("value"))}
+    edges = [y for y, sign in ((top, math.inf), (top + ph, -math.inf)) if sign in infinite]
     for t in ticks:
         if lo <= t <= hi:
             _, y = xy(0, t)
-            parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}"/><text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{_tick_label(t)}</text>')
+            label = "" if any(abs(y - e) < 12 for e in edges) else _tick_label(t)
+            parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}"/><text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
+    for y, sign in ((top, math.inf), (top + ph, -math.inf)):
+        if sign in infinite:
+            parts.append(f'<text class="axis-infinity" x="{left - 8}" y="{y + 5:.1f}" text-anchor="end">{"∞" if sign > 0 else "−∞"}</text>')
     for i in range(11):
         x, _ = xy(i / 10, lo)
         parts.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}"/><text x="{x:.1f}" y="{top + ph + 16}" text-anchor="middle">{i * 10}%</text>')
@@ -550,7 +557,7 @@ def _curve_chart(points: list[tuple[int, dict]], chosen: int | None, metric: Any
     for index, p in points:
         fraction, raw = _finite(p.get("int8_fraction")), p.get("value")
         value = _finite(raw)
-        if value is None and _is_number(raw) and math.isinf(raw):
+        if value is None and _is_number(raw) and math.isinf(raw):  # no error at all: on the edge marked ∞
             value = hi if raw > 0 else lo
         if fraction is None or value is None:
             continue

@@ -279,8 +279,11 @@ def test_one_point_per_curve_point_the_chosen_one_marked_and_labelled_with_speed
 def test_a_point_with_an_infinite_value_stays_on_the_plot():
     report = full_report()
     report["auto_policy"]["curve"][4]["value"] = math.inf  # all float: the reference itself
-    page = Page(render_html(report))
+    text = render_html(report)
+    page = Page(text)
     assert len(page.find("g", "point")) == 5
+    assert len(page.find("text", "axis-infinity")) == 1 and ">∞</text>" in text
+    assert "SQNR ∞ dB" in text  # in its tooltip and the table of points
 
 
 def test_the_verdict_says_met_or_not_with_its_advice():
@@ -500,8 +503,9 @@ def test_a_kit_model_page_renders_in_headless_chromium(tmp_path, photos):
     assert len(parsed.find("line", "target")) == 1
     rgb = check_screenshot(shot, {report_html._LOCAL_COLOR: 2000, report_html._GLOBAL_COLOR: 2000, report_html._ACT_COLOR: 500, "#1f8a4c": 100})
     # The page ends inside the screenshot: its last rows are the background, not cut content.
-    assert len(set(rgb.crop((0, rgb.height - 20, rgb.width, rgb.height)).getdata())) == 1
-    keep = os.environ.get("QONNX_SCREENSHOTS")
+    assert len(rgb.crop((0, rgb.height - 20, rgb.width, rgb.height)).getcolors()) == 1
+    keep = os.environ.get("QONNX_SCREENSHOTS")  # a folder to keep the screenshots in, to look at them
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, Path(keep) / "report_html.png")
+        for name in ("cls.png", "cls_search.png"):
+            shutil.copy(tmp_path / name, Path(keep) / name)
