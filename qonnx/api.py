@@ -27,11 +27,13 @@ def quantize(
     eval_data: Data | None = None,
     preprocess: ImagePreprocess | None = None,
     report: str | os.PathLike | None = None,
+    html: str | os.PathLike | None = None,
     progress: bool = False,
     uncalibrated: bool = False,
     **options: Any,
 ) -> QuantizeResult:
-    """Quantize ``model`` into ``output`` as ``config`` says, and return the report (also written to ``report``).
+    """Quantize ``model`` into ``output`` as ``config`` says, and return the report (also written to
+    ``report`` as JSON, and to ``html`` as a self-contained page: ``qonnx.report_html``).
 
     ``config``: a :class:`qonnx.config.QuantizeConfig` (default: static INT8 for the CPU). The older
     keyword form, ``quantize(model, output, calib, precision="fp16", method="entropy", latency=True)``,
@@ -48,7 +50,7 @@ def quantize(
 
     Every argument is checked (UserError) before any work. Outputs appear only when everything has
     succeeded: the model is measured (the ``evaluate``, ``sensitivity`` and ``latency`` passes) before
-    anything is written, then saved atomically, then the range table and the report are written;
+    anything is written, then saved atomically, then the range table and the reports are written;
     after a failure none of them is left behind.
 
     ``reduce_range`` None leaves the choice to the target for this machine (``cpu``: Conv and Gemm
@@ -67,5 +69,8 @@ def quantize(
         config = QuantizeConfig()
     elif not isinstance(config, QuantizeConfig):
         raise TypeError(f"config must be a QuantizeConfig, not {type(config).__name__}")
-    job = Job(Path(model), Path(output), None if report is None else Path(report), calib, eval_data, preprocess, progress, uncalibrated)
+    job = Job(
+        Path(model), Path(output), None if report is None else Path(report), calib, eval_data, preprocess, progress, uncalibrated,
+        html=None if html is None else Path(html),
+    )
     return run(config, job)

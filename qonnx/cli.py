@@ -132,6 +132,7 @@ recipes:
 examples:
   qonnx quantize model.onnx -o model.int8.onnx --calib photos/ --size 320x320 --report report.json
   qonnx quantize model.onnx -o model.int8.onnx --calib samples.npz --eval held_out.npz --latency
+  qonnx quantize model.onnx -o model.int8.onnx --calib photos/ --latency --report report.json --html report.html
   qonnx quantize encoder.onnx -o encoder.int8.onnx --mode dynamic
   qonnx quantize model.onnx -o model.int8.onnx --calib photos/ --exclude 'head/.*' --op-types Conv,Gemm
   qonnx quantize model.onnx -o model.fp16.onnx --precision fp16
@@ -155,7 +156,7 @@ examples:
 
 # The quantize options that analyze takes as well.
 _ANALYZE_SHARED = frozenset(
-    {"calib", "eval_data", "target", "reduce_range", "exclude", "op_types", "samples", "method", "percentile", "size", "mean", "std", "layout", "bgr", "seed", "report", "json", "quiet", "debug"}
+    {"calib", "eval_data", "target", "reduce_range", "exclude", "op_types", "samples", "method", "percentile", "size", "mean", "std", "layout", "bgr", "seed", "report", "html", "json", "quiet", "debug"}
 )
 
 _PASSES_EXAMPLES = """\
@@ -215,6 +216,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--save-ranges", type=Path, metavar="FILE", help="save the calibrated range table for reuse with --ranges")
     q.add_argument("--report", metavar="FILE", help="write the JSON report here ('-': print it to stdout, as --json)")
     q.add_argument("--json", action="store_true", help="print the JSON report to stdout (the summary goes to stderr)")
+    q.add_argument("--html", type=Path, metavar="FILE", help="write the report as a self-contained HTML page here (plots in inline SVG)")
     q.add_argument("--pipeline", help="text pipeline, e.g. 'normalize,resolve-policy,calibrate,insert-qdq,verify'")
     q.add_argument("--policy", metavar="auto|FILE", help="auto: keep float the fewest most sensitive nodes that let the model meet --metric/--min, measured (plan written beside the model as NAME.plan.json); FILE: a policy or plan JSON to replay instead of the target's default")
     q.add_argument("--size", type=_size, help="image size HxW: images are stretched to it (bilinear, aspect ratio not kept); default: the model's static size")
@@ -364,6 +366,7 @@ def _quantize(args) -> int:
         eval_data=data.eval,
         preprocess=ImagePreprocess(size=data.size, mean=data.mean, std=data.std, layout=data.layout, bgr=data.bgr),
         report=None if report in (None, "-") else Path(report),
+        html=getattr(args, "html", None),
         progress=not quiet and sys.stderr.isatty(),
         uncalibrated=uncalibrated,
     )
@@ -401,6 +404,7 @@ def _analyze(args) -> int:
         data.eval,
         ImagePreprocess(size=data.size, mean=data.mean, std=data.std, layout=data.layout, bgr=data.bgr),
         progress=not quiet and sys.stderr.isatty(),
+        html=getattr(args, "html", None),
     )
     report = analyze(config, job, top=args.top, exhaustive=args.exhaustive, samples=args.sensitivity_samples)
     if to_stdout:

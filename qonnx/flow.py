@@ -5,7 +5,8 @@ The pipeline is the config's (or the precision's default) followed by the measur
 ``evaluate`` (fidelity on held-out data), ``sensitivity`` and ``latency`` when asked for. They run
 on the model as rewritten, before anything is written, so a failure anywhere leaves no output.
 Saving and the report are the final steps: the model is written atomically, then the range table,
-then the report; a failure after the model was written withdraws what this run published.
+then the report and its HTML page; a failure after the model was written withdraws what this run
+published.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from qonnx.errors import UserError
 from qonnx.policy import PLAN_KEY
 from qonnx.pipeline import Context, PassRecord, PipelineStep, build, check_dump_after, check_order, default_pipeline, parse_pipeline, run_pipeline
 from qonnx.report import Report, assemble, write_json
+from qonnx.report_html import render_html
 from qonnx.verdict import Verdict, judge
 
 __all__ = ["Job", "QuantizeResult", "analyze", "plan_path", "run", "split_holdout"]
@@ -55,6 +57,7 @@ class Job:
     preprocess: ImagePreprocess | None = None
     progress: bool = False
     uncalibrated: bool = False  # calibrated on random data: said in the report
+    html: Path | None = None  # the report as an HTML page
 
 
 @dataclasses.dataclass
@@ -175,7 +178,7 @@ def _check_loadable(path: Path) -> None:
 
 def _check_outputs(job: Job, save_ranges: Path | None, plan: Path | None) -> None:
     """Every path the run writes can be written, none is the input, no two are the same file."""
-    outputs = [("output model", job.output), ("report", job.report), ("range table", save_ranges), ("plan", plan)]
+    outputs = [("output model", job.output), ("report", job.report), ("HTML report", job.html), ("range table", save_ranges), ("plan", plan)]
     outputs = [(what, path) for what, path in outputs if path is not None]
     for index, (what, path) in enumerate(outputs):
         if path.exists() and path.resolve() == job.model.resolve():
@@ -311,7 +314,7 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
     context.calib, context.eval_data, shared = _sources(job, model)
     context.eval_held_out = not shared
 
-    made = _missing_folders([job.output, job.report, save_ranges, plan])
+    made = _missing_folders([job.output, job.report, job.html, save_ranges, plan])
     try:
         verify = None
         if config.debug:
@@ -358,8 +361,18 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
                 report["plan"] = str(plan)
             report["verdict"] = verdict.to_dict()
             report["timing"] = {**timing, "total_s": round(time.perf_counter() - started, 3)}
-            if job.report is not None:
-                write_json(report, job.report)
+            page = None if job.html is None else render_html(report)  # before anything more is written
+            written: list[Path] = []
+            try:
+                if job.report is not None:
+                    write_json(report, job.report)
+                    written.append(job.report)
+                if job.html is not None:
+                    qir.atomic_write(job.html, lambda f: f.write(page.encode("utf-8")))
+            except BaseException:
+                for path in written:
+                    path.unlink(missing_ok=True)
+                raise
         except BaseException:
             for path in published:
                 _withdraw(path)
@@ -386,10 +399,11 @@ def analyze(config: QuantizeConfig, job: Job, *, top: int = 8, exhaustive: bool 
     steps.append(PipelineStep("layer-sensitivity", {"top": top, "exhaustive": exhaustive, "samples": samples}))
     qir.check_file(job.model)
     _check_loadable(job.model)
-    if job.report is not None:
-        if job.report.exists() and job.report.resolve() == job.model.resolve():
-            raise UserError(f"refusing to overwrite the input model {job.model}; choose another report path")
-        _check_writable(job.report, "report")
+    for what, path in (("report", job.report), ("HTML report", job.html)):
+        if path is not None:
+            if path.exists() and path.resolve() == job.model.resolve():
+                raise UserError(f"refusing to overwrite the input model {job.model}; choose another {what} path")
+            _check_writable(path, what)
     context = Context(
         target=config.effective_target,
         precision=config.precision,
@@ -407,7 +421,7 @@ def analyze(config: QuantizeConfig, job: Job, *, top: int = 8, exhaustive: bool 
     input_facts = _model_facts(job.model, model)
     context.calib, context.eval_data, shared = _sources(job, model)
     context.eval_held_out = not shared
-    made = _missing_folders([job.report])
+    made = _missing_folders([job.report, job.html])
     try:
         records = run_pipeline(model, passes, context)
         sensitivity = context.records.get("layer_sensitivity")
@@ -424,8 +438,11 @@ def analyze(config: QuantizeConfig, job: Job, *, top: int = 8, exhaustive: bool 
             "layer_sensitivity": None if sensitivity is None else sensitivity.to_report()["layer_sensitivity"],
             "timing": {"total_s": round(time.perf_counter() - started, 3)},
         }
+        page = None if job.html is None else render_html(report)
         if job.report is not None:
             write_json(report, job.report)
+        if job.html is not None:
+            qir.atomic_write(job.html, lambda f: f.write(page.encode("utf-8")))
         return report
     except BaseException:
         _remove_empty(made)
