@@ -70,7 +70,7 @@ def test_concat_inputs_and_output_share_one_scale(neck):
 
 def test_the_neck_fuses_into_integer_kernels_and_keeps_fidelity(neck):
     proto, model, ctx = neck
-    fusion = ctx.notes["fusion"]
+    fusion = ctx.records["fusion"].fusion
     kernels = fusion["integer_kernels"]
     assert kernels["QLinearConv"] == 3 and kernels["QLinearSigmoid"] == 2 and kernels["QLinearConcat"] == 1
     assert kernels["QLinearMul"] == 3  # two SiLU products and the former Div
@@ -87,7 +87,7 @@ def test_residual_add_reads_quantized_inputs_but_a_graph_output_stays_float():
     add = _node(model, "Add")
     assert all(v.producer().op_type == "DequantizeLinear" for v in add.inputs)
     assert not any(user.op_type == "QuantizeLinear" for user, _ in add.outputs[0].uses())
-    assert ctx.notes["fusion"]["integer_kernels"] == {"QLinearConv": 3}
+    assert ctx.records["fusion"].fusion["integer_kernels"] == {"QLinearConv": 3}
     feed = tiny.random_feed(proto, seed=99)
     assert sqnr_db(outputs(proto, feed)[0], outputs(model, feed)[0]) >= FLOOR_DB
 
@@ -103,7 +103,7 @@ def test_depthwise_weights_are_per_output_channel():
 def test_matmuls_with_constant_and_activation_operands_become_integer_kernels():
     proto = tiny.matmul_model()
     model, _, ctx = run_text(proto, QUANTIZE)
-    kernels = ctx.notes["fusion"]["integer_kernels"]
+    kernels = ctx.records["fusion"].fusion["integer_kernels"]
     assert kernels.get("QLinearMatMul", 0) + kernels.get("MatMulIntegerToFloat", 0) == 2
     transpose = _node(model, "Transpose")
     assert _dq_params(transpose.inputs[0]) == _q_params(transpose.outputs[0])
@@ -166,7 +166,7 @@ def _strip_activation_qdq(model: ir.Model) -> None:
 def test_gemm_becomes_qgemm(trans_b):
     proto = tiny.gemm_bn(trans_b=trans_b)
     model, _, ctx = run_text(proto, QUANTIZE)
-    assert ctx.notes["fusion"]["integer_kernels"] == {"QGemm": 1} and ctx.notes["fusion"]["unfused"] == []
+    assert ctx.records["fusion"].fusion["integer_kernels"] == {"QGemm": 1} and ctx.records["fusion"].fusion["unfused"] == []
     feed = tiny.random_feed(proto, seed=99)
     assert sqnr_db(outputs(proto, feed)[0], outputs(model, feed)[0]) >= FLOOR_DB
 
@@ -176,7 +176,7 @@ def test_dynamic_mode_quantizes_matmuls_at_run_time_without_calibration_data():
     model = to_ir(proto)
     ctx = Context(mode="dynamic", reduce_range=True)  # no calibration data at all; 7-bit weights as above
     run_pipeline(model, build(parse_pipeline(QUANTIZE), ctx), ctx)
-    fusion = ctx.notes["fusion"]
+    fusion = ctx.records["fusion"].fusion
     assert fusion["integer_kernels"] == {"DynamicQuantizeMatMul": 2} and fusion["unfused"] == []
     feed = tiny.random_feed(proto, seed=5)
     assert sqnr_db(outputs(proto, feed)[0], outputs(model, feed)[0]) >= FLOOR_DB
