@@ -81,7 +81,7 @@ class AutoPolicy(Pass):
     """Attributes:
     metric: sqnr, cosine, top1 or auto (chosen from the outputs' shapes).
     min: the value to reach (default: the metric's floor, ``qonnx.verdict.DEFAULT_FLOORS``).
-    samples: evaluation samples per trial.
+    samples: calibration samples per trial (the evaluation data stays held out).
     max_return: fallback nodes tried back in INT8 after the bisection.
     speed: time the plans and prefer the fastest that meets the target.
     """
@@ -98,7 +98,7 @@ class AutoPolicy(Pass):
         *,
         metric: str = "auto",
         min: float | None = None,
-        samples: int = 8,
+        samples: int = 16,
         max_return: int = 16,
         speed: bool = True,
     ) -> None:
@@ -110,9 +110,11 @@ class AutoPolicy(Pass):
         self.metric, self.min, self.samples, self.max_return, self.speed = metric, min, samples, max_return, speed
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        data = self.context.eval_data if self.context.eval_data is not None else self.context.calib
+        # The plans are measured on calibration samples: the evaluation data stays held out, and the
+        # report's fidelity says whether the choice carries over to data the search never saw.
+        data = self.context.calib if self.context.calib is not None else self.context.eval_data
         if data is None or len(data) == 0:
-            raise UserError("--policy auto needs data to measure the plans: give --calib DATA (or --eval DATA)")
+            raise UserError("--policy auto needs data to measure the plans: give --calib DATA")
         feeds = [data[i] for i in range(min(self.samples, len(data)))]
         sensitivity = self.context.analyses["layer-sensitivity"]
         trials = Trials(model, self.context, feeds, "sqnr")

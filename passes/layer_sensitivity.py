@@ -4,7 +4,7 @@ Runs after ``calibrate``, on the planned FP32 model, and changes nothing. It qua
 the whole plan (``insert-qdq``, the same Q/DQ as the output would get), then scores every node that
 the copy quantizes:
 
-- **local** (all nodes, from one tapped run of the FP32 model on ``samples`` evaluation samples):
+- **local** (all nodes, from one tapped run of the FP32 model on ``samples`` calibration samples):
   the node alone, cut out of the quantized copy with its own quantizers, is fed the FP32 values of
   its inputs; its output is compared with the FP32 node's output. Three figures: weights and
   activations quantized (``local_db``), weights only, activations only. No full-model run.
@@ -173,7 +173,7 @@ class LayerSensitivityRecord(Record):
 @register
 class LayerSensitivity(Pass):
     """Attributes:
-    samples: evaluation samples for the tapped run and the global trials.
+    samples: calibration samples for the tapped run and the global trials.
     top: nodes other than the weighted ones (worst by local score) that also get a global score.
     exhaustive: a global score for every node (one full evaluation each).
     """
@@ -191,7 +191,7 @@ class LayerSensitivity(Pass):
         self.samples, self.top, self.exhaustive = samples, top, exhaustive
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        data = self.context.eval_data if self.context.eval_data is not None else self.context.calib
+        data = self.context.calib if self.context.calib is not None else self.context.eval_data  # evaluation data stays held out
         if data is None or len(data) == 0 or self.context.precision != "int8":
             return ir.passes.PassResult(model, False)
         feeds = [data[i] for i in range(min(self.samples, len(data)))]
