@@ -122,7 +122,7 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
             raise UserError(f"{', '.join(given)}: the pipeline has no calibrate pass{hint}")
     check_order([s.name for s in steps])
     if config.policy == "auto" or "auto-policy" in names:
-        if "calibrate" not in names:
+        if "calibrate" not in names or not calibrated:
             raise UserError("--policy auto needs calibration data (give --calib DATA): its plans are measured on it")
         at = [s.name for s in steps].index("calibrate")
         steps[at] = dataclasses.replace(steps[at], options={**steps[at].options, "adjacent": True})  # ranges for every plan tried
