@@ -50,6 +50,9 @@ def _quantize(name: str, scratch: Path, **options) -> dict:
         "search_evaluations": auto.get("evaluations", 0),
         "wall_s": round(time.perf_counter() - started, 1),
         "met": report["verdict"]["met"],
+        "size_ratio": report["size_ratio"],
+        "rank_correlation": sensitivity.get("rank_correlation"),
+        "worst_nodes": [{k: e[k] for k in ("node", "op_type", "local_db", "global_db")} for e in sensitivity.get("nodes", [])[:3]],
     }
 
 
@@ -101,16 +104,21 @@ def main(argv: list[str] | None = None) -> int:
         f"`python benchmarks/auto_bench.py`; {doc['environment']['date']}, qonnx {doc['environment']['qonnx_revision']}, "
         f"onnxruntime {doc['environment']['onnxruntime_version']}, load average at start {doc['environment']['load_average_at_start']}.",
         "",
-        "| model | INT8 SQNR | INT8 speed | auto SQNR | auto speed | auto float nodes | auto evaluations (search / with sensitivity) | auto wall s | greedy SQNR | greedy float nodes | greedy evaluations | greedy wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | INT8 SQNR | INT8 speed | auto SQNR | auto speed | auto size | auto float nodes | auto evaluations (search / with sensitivity) | auto wall s | greedy SQNR | greedy float nodes | greedy evaluations | greedy wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         i, a, g = row["int8"], row["auto"], row.get("greedy")
         greedy = f"{g['sqnr_db']:.1f} | {g['float_nodes']} | {g['evaluations']} | {g['wall_s']}" if g else "— | — | — | —"
         lines.append(
-            f"| {row['model']} | {i['sqnr_db']:.1f} | {i['speedup']:.2f}x | {a['sqnr_db']:.1f}{'' if a['met'] else ' (missed)'} | {a['speedup']:.2f}x | "
+            f"| {row['model']} | {i['sqnr_db']:.1f} | {i['speedup']:.2f}x | {a['sqnr_db']:.1f}{'' if a['met'] else ' (missed)'} | {a['speedup']:.2f}x | {a['size_ratio']:.2f} | "
             f"{a['float_nodes']} | {a['search_evaluations']} / {a['evaluations']} | {a['wall_s']} | {greedy} |"
         )
+    lines += ["", "SQNR on the held-out photos (the search measures on calibration photos); speed: the report's latency, FP32 / model, median of 20 runs, 2 threads.", ""]
+    for row in rows:
+        a = row["auto"]
+        worst = "; ".join(f"{e['node']} ({e['op_type']}) local {e['local_db']} / global {e['global_db']} dB" for e in a["worst_nodes"])
+        lines.append(f"- {row['model']}: local-vs-global rank correlation {a['rank_correlation']}; worst nodes: {worst}")
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out / "auto.json", lambda f: f.write((json.dumps(doc, indent=2) + "\n").encode()))
     atomic_write(args.out / "auto.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
