@@ -253,6 +253,24 @@ def _sources(job: Job, model: ir.Model) -> tuple[Source | None, Source | None, b
     return split_holdout(calib)
 
 
+def _context(config: QuantizeConfig, job: Job) -> Context:
+    """What the passes of this run share: the config's settings and the job's model and progress."""
+    return Context(
+        target=config.effective_target,
+        precision=config.precision,
+        mode=config.mode,
+        reduce_range=config.reduce_range,
+        policy=None if config.policy == "auto" else config.policy,  # auto: the target's plan, then auto-policy
+        nodes_to_exclude=config.nodes_to_exclude,
+        op_types_to_quantize=config.op_types_to_quantize,
+        samples=config.samples,
+        progress=job.progress,
+        debug=config.debug,
+        source=job.model,
+        score=config.evaluation.metric if callable(config.evaluation.metric) else None,
+    )
+
+
 def _verdict(config: QuantizeConfig, context: Context, *, token_inputs: bool, has_matmul: bool) -> Verdict:
     record = context.records.get("fidelity")
     fidelity = record.to_report()["fidelity"] if record is not None else None
@@ -293,20 +311,7 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
         RangeTable.load(cal.ranges)  # a file that is no range table fails here; its model hash is checked by calibrate
     if isinstance(config.policy, str) and config.policy != "auto" and not Path(config.policy).is_file():
         raise UserError(f"policy file not found: {config.policy}")
-    context = Context(
-        target=config.effective_target,
-        precision=config.precision,
-        mode=config.mode,
-        reduce_range=config.reduce_range,
-        policy=None if config.policy == "auto" else config.policy,
-        nodes_to_exclude=config.nodes_to_exclude,
-        op_types_to_quantize=config.op_types_to_quantize,
-        samples=config.samples,
-        progress=job.progress,
-        debug=config.debug,
-        source=job.model,
-        score=config.evaluation.metric if callable(config.evaluation.metric) else None,
-    )
+    context = _context(config, job)
     passes = build(steps, context)  # the order of the pipeline and the passes' options are checked here
 
     model = qir.load(job.model)
@@ -404,18 +409,7 @@ def analyze(config: QuantizeConfig, job: Job, *, top: int = 8, exhaustive: bool 
             if path.exists() and path.resolve() == job.model.resolve():
                 raise UserError(f"refusing to overwrite the input model {job.model}; choose another {what} path")
             _check_writable(path, what)
-    context = Context(
-        target=config.effective_target,
-        precision=config.precision,
-        mode=config.mode,
-        reduce_range=config.reduce_range,
-        policy=None if config.policy == "auto" else config.policy,
-        nodes_to_exclude=config.nodes_to_exclude,
-        op_types_to_quantize=config.op_types_to_quantize,
-        samples=config.samples,
-        progress=job.progress,
-        source=job.model,
-    )
+    context = _context(config, job)
     passes = build(steps, context)
     model = qir.load(job.model)
     input_facts = _model_facts(job.model, model)
