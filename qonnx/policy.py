@@ -14,11 +14,12 @@ import json
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal
-
-import onnx_ir as ir
+from typing import TYPE_CHECKING, Any, Literal
 
 from qonnx.errors import UserError
+
+if TYPE_CHECKING:  # only for annotations: importing qonnx.config stays light (no onnx, no onnx-ir)
+    import onnx_ir as ir
 
 __all__ = ["QuantSpec", "Rule", "MixedPrecisionPolicy", "FLOAT", "SPEC_KEY", "PLAN_KEY", "node_spec", "set_node_spec", "Plan", "record_formats", "load_policy"]
 
