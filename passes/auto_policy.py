@@ -3,7 +3,8 @@ at the best measured speed.
 
 Starts from the target's full INT8 plan and the ``layer-sensitivity`` ranking (worst first):
 
-1. the all-INT8 plan is evaluated; when it meets the target, nothing changes;
+1. the all-INT8 plan is evaluated; when it meets the target, nothing changes (and the ranking, the
+   costly part, is not computed: the analysis is asked for only past this point);
 2. else the smallest prefix of the ranking that, kept float, meets the target is found by
    bisection (the whole ranking in float is the FP32 model and meets any target), assuming the
    metric grows with the prefix: ``1 + ceil(log2(n))`` full-model evaluations for ``n`` nodes;
@@ -116,7 +117,6 @@ class AutoPolicy(Pass):
         if data is None or len(data) == 0:
             raise UserError("--policy auto needs data to measure the plans: give --calib DATA")
         feeds = [data[i] for i in range(min(self.samples, len(data)))]
-        sensitivity = self.context.analyses["layer-sensitivity"]
         trials = Trials(model, self.context, feeds, "sqnr")
         every = set(trials.candidates)
         metric = self.metric
@@ -126,19 +126,24 @@ class AutoPolicy(Pass):
             metric = choose_metric(all_int8, token_inputs)[0]
         trials.metric = metric
         target = self.min if self.min is not None else DEFAULT_FLOORS[metric]
-        ranked = [e["node"] for e in sensitivity.nodes if e["node"] in every]
+
+        def meets(value: float) -> bool:
+            return not math.isnan(value) and value >= target
+        measured: dict[int, float] = {0: float(metric_value(metric, all_int8))}
+        sensitivity = None
+        if not meets(measured[0]):  # the ranking is only needed, and only computed, when INT8 misses
+            sensitivity = self.context.analysis("layer-sensitivity", model)
+            if sensitivity is not None and "layer_sensitivity" not in self.context.records:
+                self.publish(sensitivity)
+        ranked = [e["node"] for e in (sensitivity.nodes if sensitivity is not None else []) if e["node"] in every]
         ranked += sorted(every - set(ranked))
         n = len(ranked)
-        measured: dict[int, float] = {0: float(metric_value(metric, all_int8))}
         curve: list[dict[str, Any]] = [{"int8_fraction": 1.0, "value": round(measured[0], 4), "speedup": None, "fallback": 0}]
 
         def score(fallback: set[str]) -> float:
             value = trials.score(every - fallback)
             curve.append({"int8_fraction": round(1 - len(fallback) / max(n, 1), 4), "value": round(value, 4), "speedup": None, "fallback": len(fallback)})
             return value
-
-        def meets(value: float) -> bool:
-            return not math.isnan(value) and value >= target
 
         fallback: list[str] = []
         achieved = measured[0]
@@ -181,7 +186,7 @@ class AutoPolicy(Pass):
         curve.append({"int8_fraction": round(1 - len(chosen_fallback) / max(n, 1), 4), "value": round(achieved, 4), "speedup": speedup, "fallback": len(chosen_fallback), "chosen": True})
 
         decisions = {}
-        scores = {e["node"]: e for e in sensitivity.nodes}
+        scores = {e["node"]: e for e in (sensitivity.nodes if sensitivity is not None else [])}
         for rank, name in enumerate(ranked, 1):
             if name not in chosen_fallback:
                 continue

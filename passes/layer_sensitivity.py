@@ -33,7 +33,7 @@ import onnx_ir as ir
 
 from qonnx import metrics, runtime
 from qonnx.errors import UserError
-from qonnx.pipeline import Pass, Record, register
+from qonnx.pipeline import Context, Pass, Record, analysis, register
 from qonnx.policy import node_spec
 from qonnx.progress import Progress
 from qonnx.trials import Trials, rank_correlation
@@ -191,26 +191,39 @@ class LayerSensitivity(Pass):
         self.samples, self.top, self.exhaustive = samples, top, exhaustive
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        data = self.context.calib if self.context.calib is not None else self.context.eval_data  # evaluation data stays held out
-        if data is None or len(data) == 0 or self.context.precision != "int8":
-            return ir.passes.PassResult(model, False)
-        feeds = [data[i] for i in range(min(self.samples, len(data)))]
-        trials = Trials(model, self.context, feeds, "sqnr")
-        nodes = _local_scores(model, trials.quantized(), feeds, self.context.progress)
-        nodes.sort(key=lambda e: (e["local_db"], e["node"]))
-        others = [e for e in nodes if e["op_type"] not in _WEIGHTED]
-        chosen = {e["node"] for e in nodes if e["op_type"] in _WEIGHTED} | {e["node"] for e in others[: self.top]}
-        measured = nodes if self.exhaustive else [e for e in nodes if e["node"] in chosen]
-        with Progress(len(measured), "global sensitivity", enabled=self.context.progress) as bar:
-            for entry in nodes:
-                entry["global_db"] = None
-            for entry in measured:
-                entry["global_db"] = round(trials.score({entry["node"]}), 2)
-                bar.advance()
-        pairs = [(e["local_db"], e["global_db"]) for e in nodes if e["global_db"] is not None]
-        correlation = rank_correlation([p[0] for p in pairs], [p[1] for p in pairs])
-        nodes.sort(key=lambda e: (e["global_db"] if e["global_db"] is not None else np.inf, e["local_db"], e["node"]))
-        record = LayerSensitivityRecord("sqnr_db", len(feeds), trials.evaluations, None if correlation is None else round(correlation, 3), nodes)
-        self.context.analyses["layer-sensitivity"] = record
-        self.publish(record)
+        record = sensitivity_of(model, self.context, samples=self.samples, top=self.top, exhaustive=self.exhaustive)
+        if record is not None:
+            self.context.analyses["layer-sensitivity"] = record
+            self.publish(record)
         return ir.passes.PassResult(model, False)
+
+
+@analysis("layer-sensitivity", requires=("plan", "ranges"))
+def _layer_sensitivity(model: ir.Model, context: Context) -> LayerSensitivityRecord | None:
+    """The ``layer-sensitivity`` analysis on demand (``auto-policy`` asks for it only when the
+    all-INT8 plan misses its target), with the pass's default options."""
+    return sensitivity_of(model, context)
+
+
+def sensitivity_of(model: ir.Model, context: Context, *, samples: int = 4, top: int = 8, exhaustive: bool = False) -> LayerSensitivityRecord | None:
+    """Local and global scores of the planned model's INT8 nodes, worst first (None without data)."""
+    data = context.calib if context.calib is not None else context.eval_data  # evaluation data stays held out
+    if data is None or len(data) == 0 or context.precision != "int8":
+        return None
+    feeds = [data[i] for i in range(min(samples, len(data)))]
+    trials = Trials(model, context, feeds, "sqnr")
+    nodes = _local_scores(model, trials.quantized(), feeds, context.progress)
+    nodes.sort(key=lambda e: (e["local_db"], e["node"]))
+    others = [e for e in nodes if e["op_type"] not in _WEIGHTED]
+    chosen = {e["node"] for e in nodes if e["op_type"] in _WEIGHTED} | {e["node"] for e in others[:top]}
+    measured = nodes if exhaustive else [e for e in nodes if e["node"] in chosen]
+    with Progress(len(measured), "global sensitivity", enabled=context.progress) as bar:
+        for entry in nodes:
+            entry["global_db"] = None
+        for entry in measured:
+            entry["global_db"] = round(trials.score({entry["node"]}), 2)
+            bar.advance()
+    pairs = [(e["local_db"], e["global_db"]) for e in nodes if e["global_db"] is not None]
+    correlation = rank_correlation([p[0] for p in pairs], [p[1] for p in pairs])
+    nodes.sort(key=lambda e: (e["global_db"] if e["global_db"] is not None else np.inf, e["local_db"], e["node"]))
+    return LayerSensitivityRecord("sqnr_db", len(feeds), trials.evaluations, None if correlation is None else round(correlation, 3), nodes)

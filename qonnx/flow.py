@@ -132,10 +132,7 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
         auto = {"metric": evaluation.metric if isinstance(evaluation.metric, str) else "auto"}
         if evaluation.min is not None:
             auto["min"] = evaluation.min
-        added = [PipelineStep("auto-policy", auto)]
-        if "layer-sensitivity" not in names:
-            added.insert(0, PipelineStep("layer-sensitivity", {}))
-        steps[at:at] = added
+        steps[at:at] = [PipelineStep("auto-policy", auto)]  # it computes the layer-sensitivity analysis when it needs it
         names = {s.name for s in steps}
         check_order([s.name for s in steps])
     if evaluated:

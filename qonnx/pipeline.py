@@ -469,7 +469,8 @@ def run_pipeline(
         seconds = time.perf_counter() - start
         model = result.model
         for made in pass_.analyses_produced:
-            context.analyses.setdefault(made, True)  # a pass that keeps its analysis in the model marks it held
+            if made not in analyses:  # a pass that keeps its analysis in the model (the plan) marks it held
+                context.analyses.setdefault(made, True)
         if result.modified:
             kept = {k: v for k, v in context.analyses.items() if k in pass_.preserves or k in pass_.analyses_produced}
             dropped = set(context.analyses) - set(kept)

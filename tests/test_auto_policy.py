@@ -72,12 +72,15 @@ def _outlier_chain() -> onnx.ModelProto:
 def test_the_outlier_heavy_layer_ranks_first_locally_and_globally():
     _, _, context = run_text(_outlier_chain(), "normalize,resolve-policy,calibrate,layer-sensitivity(top=2)", samples=6, reduce_range=True)
     found = context.records["layer_sensitivity"]
-    first = found.nodes[0]
-    assert first["node"] == "conv1"
-    activations_only = {e["node"]: e["local_activations_db"] for e in found.nodes}
-    assert min(activations_only, key=activations_only.get) == "conv1"  # its activations, not its weights
-    assert first["local_weights_db"] > first["local_activations_db"] + 10
-    assert first["global_db"] == min(e["global_db"] for e in found.nodes if e["global_db"] is not None)
+    by_node = {e["node"]: e for e in found.nodes}
+    # Locally conv1 is the worst, by its activations (the outlier channel sets their range).
+    assert min(by_node, key=lambda n: by_node[n]["local_db"]) == "conv1"
+    assert min(by_node, key=lambda n: by_node[n]["local_activations_db"] or 999) == "conv1"
+    assert by_node["conv1"]["local_weights_db"] > by_node["conv1"]["local_activations_db"] + 10
+    # Globally the outlier tensor costs the same whichever side quantizes it: conv1 reads it, conv0
+    # writes it (its INT8 output); both rank before conv2, by far, and one of them comes first.
+    assert found.nodes[0]["node"] in ("conv0", "conv1")
+    assert max(by_node["conv0"]["global_db"], by_node["conv1"]["global_db"]) + 5 < by_node["conv2"]["global_db"]
     # Every weighted node and the 2 worst others got a global score, one evaluation each.
     scored = [e for e in found.nodes if e["global_db"] is not None]
     assert found.evaluations == len(scored) == 3 + min(2, len(found.nodes) - 3)
@@ -128,9 +131,9 @@ def test_analyze_scores_every_node_and_writes_no_model(tmp_path, calib_npz):
     onnx.save(_outlier_chain(), model)
     result = run_qonnx("analyze", model, "--calib", calib_npz, "--top", "1", "--report", tmp_path / "s.json", "--reduce-range")
     assert result.rc == 0, result.err
-    assert result.out.splitlines()[1].startswith("conv1 ")  # the table, worst first
+    assert result.out.splitlines()[1].split()[0] in ("conv0", "conv1")  # the table, worst first
     report = json.loads((tmp_path / "s.json").read_text())
-    assert report["schema"] == "qonnx.analysis/1" and report["layer_sensitivity"]["nodes"][0]["node"] == "conv1"
+    assert report["schema"] == "qonnx.analysis/1" and report["layer_sensitivity"]["nodes"][-1]["node"] not in ("conv0", "conv1")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "m.onnx", "s.json"]  # no model written
     refused = run_qonnx("analyze", model)
     assert refused.rc == 2 and refused.error_lines == ["qonnx: error: analyze needs calibration data: give --calib DATA"]
