@@ -269,7 +269,7 @@ BAD: list[Bad] = [
     Bad("eval-after-save-keeps-earlier-outputs", _prior_outputs, "held_out/b.npz: input 'x' has dtype float64"),
     Bad("eval-shape-the-model-rejects-after-save", lambda ws: ws.quantize(model=_save(ws, "strict.onnx", _strict_conv()), calib=_npz(ws, "small.npz", x=np.zeros((4, 1, 3, 2, 2), np.float32))), "evaluation sample 0: onnxruntime failed on this input"),
     # The pipeline
-    Bad("unknown-pass", lambda ws: ws.quantize("--pipeline", "normalize,bogus"), "unknown pass 'bogus'; known passes: calibrate,"),
+    Bad("unknown-pass", lambda ws: ws.quantize("--pipeline", "normalize,bogus"), "unknown pass 'bogus'; known passes: auto-policy, calibrate,"),
     Bad("empty-pipeline", lambda ws: ws.quantize("--pipeline", ""), "empty pipeline"),
     Bad("bad-pass-option-value", lambda ws: ws.quantize("--pipeline", "normalize,calibrate(batch_size=x)"), "calibrate(batch_size): 'x' is not a valid int"),
     Bad("pass-before-its-prerequisite", lambda ws: ws.quantize("--pipeline", "normalize,resolve-policy,insert-qdq"), "put calibrate before insert-qdq"),
