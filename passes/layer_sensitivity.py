@@ -13,6 +13,8 @@ the copy quantizes:
   INT8, one full-model evaluation each. The local score misses how much the rest of the network
   amplifies a node's error (on PP-OCRv4 rec the first Conv is 35.0 dB locally, 16.8 dB globally,
   the second worst node), so the weighted nodes, where most of the error is made, are measured.
+  The global trials are independent: they run on the context's executor (``Context.get_executor``,
+  a local process pool by default, Ray when asked), with the same scores as one after the other.
 
 The nodes come out worst first (by global score where measured, else local), with the rank
 correlation (Spearman) of local against global over the nodes that have both, which says how far the
@@ -201,12 +203,13 @@ class LayerSensitivity(Pass):
         others = [e for e in nodes if e["op_type"] not in _WEIGHTED]
         chosen = {e["node"] for e in nodes if e["op_type"] in _WEIGHTED} | {e["node"] for e in others[: self.top]}
         measured = nodes if self.exhaustive else [e for e in nodes if e["node"] in chosen]
+        for entry in nodes:
+            entry["global_db"] = None
         with Progress(len(measured), "global sensitivity", enabled=self.context.progress) as bar:
-            for entry in nodes:
-                entry["global_db"] = None
-            for entry in measured:
-                entry["global_db"] = round(trials.score({entry["node"]}), 2)
-                bar.advance()
+            values = trials.scores([{entry["node"]} for entry in measured], self.context.get_executor())
+            bar.advance(len(measured))
+        for entry, value in zip(measured, values):
+            entry["global_db"] = round(value, 2)
         pairs = [(e["local_db"], e["global_db"]) for e in nodes if e["global_db"] is not None]
         correlation = rank_correlation([p[0] for p in pairs], [p[1] for p in pairs])
         nodes.sort(key=lambda e: (e["global_db"] if e["global_db"] is not None else np.inf, e["local_db"], e["node"]))
