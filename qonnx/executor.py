@@ -54,6 +54,7 @@ __all__ = [
     "ProcessExecutor",
     "RayExecutor",
     "EXECUTOR_SPECS",
+    "check_available",
     "check_spec",
     "default_workers",
     "make_executor",
@@ -325,6 +326,14 @@ def check_spec(spec: str | None) -> str | None:
     if spec is None or spec in ("serial", "local", "ray") or _RAY_ADDRESS.fullmatch(spec):
         return spec
     raise UserError(f"unknown executor {spec!r}: choose serial, local (a process pool, the default), ray (a local Ray instance) or ray://HOST:PORT (a Ray cluster)")
+
+
+def check_available(spec: str | None) -> None:
+    """A UserError, before any work, when ``spec`` names Ray and Ray is not installed."""
+    import importlib.util
+
+    if spec is not None and spec.startswith("ray") and importlib.util.find_spec("ray") is None:
+        raise UserError(f"--executor {spec}: {_RAY_MISSING}")
 
 
 def make_executor(spec: str | None = None, workers: int | None = None) -> Executor:
