@@ -209,13 +209,17 @@ def test_the_calibrate_pass_shards_on_the_contexts_executor(pool):
 # The command line
 
 
-def test_the_command_line_takes_an_executor(tmp_path, model_path, calib_npz, inproc):
+def test_the_command_line_takes_an_executor(tmp_path, model_path, calib_npz, inproc, monkeypatch):
     result = inproc("quantize", model_path, "-o", tmp_path / "out.onnx", "--calib", calib_npz, "--executor", "spark")
     assert result.rc == 2 and "--executor" in result.err and "'spark'" in result.err
     result = inproc("quantize", model_path, "-o", tmp_path / "out.onnx", "--calib", calib_npz, "--workers", "0")
     assert result.rc == 2 and "--workers" in result.err
     result = inproc("quantize", model_path, "-o", tmp_path / "out.onnx", "--calib", calib_npz, "--executor", "serial", "--workers", "1", "--print-recipe")
     assert result.rc == 0 and 'executor = "serial"' in result.out and "workers = 1" in result.out
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "ray", None)  # as if the ray extra were not installed: said before any work
+        result = inproc("quantize", model_path, "-o", tmp_path / "out.onnx", "--calib", calib_npz, "--executor", "ray")
+        assert result.rc == 2 and "pip install 'qonnx[ray]'" in result.err and not (tmp_path / "out.onnx").exists()
     result = inproc("quantize", model_path, "-o", tmp_path / "out.onnx", "--calib", calib_npz, "--policy", "auto", "--executor", "local", "--workers", "2", "--min", "20")
     assert result.rc == 0, result.err
     assert (tmp_path / "out.plan.json").is_file()
