@@ -13,7 +13,7 @@ item, the results in the order of the items, whichever worker ran each. Work mus
   ``shared`` object starts a new pool. The workers do not import the caller's main module, so a
   script needs no ``if __name__ == "__main__":`` guard.
 - ``RayExecutor(address)``: Ray tasks (the ``ray`` extra, ``pip install 'qonnx[ray]'``), one CPU
-  each. ``address=None`` starts a local Ray instance (or joins the one ``RAY_ADDRESS`` names);
+  each. ``address=None`` starts a new local Ray instance (or joins the one ``RAY_ADDRESS`` names);
   ``"ray://HOST:PORT"`` connects to an existing cluster, whose workers must have qonnx installed.
   ``shared`` goes into Ray's object store once (``ray.put``); each worker process fetches it on its
   first item and keeps it. A Ray instance already initialized in this process is used as it is.
@@ -280,10 +280,15 @@ class RayExecutor(Executor):
             raise UserError(_RAY_MISSING) from None
         if not ray.is_initialized():
             options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
-            if self.address is None and self._requested is not None:
-                options["num_cpus"] = self._requested
+            address = self.address
+            if address is None and not os.environ.get("RAY_ADDRESS"):
+                # A new local instance: "local", not None, which would join the cluster last started
+                # on this machine (/tmp/ray/ray_current_cluster), even one that died since.
+                address = "local"
+                if self._requested is not None:
+                    options["num_cpus"] = self._requested
             try:
-                ray.init(address=self.address, **options)
+                ray.init(address=address, **options)
             except (ConnectionError, ValueError, RuntimeError) as exc:
                 raise UserError(f"cannot reach the Ray cluster at {self.address or 'a local instance'}: {str(exc).splitlines()[0]}") from exc
             self._started = True
@@ -312,7 +317,13 @@ class RayExecutor(Executor):
             self._shared, self._token, self._ref = shared, uuid.uuid4().hex, ray.put(shared)
         token = None if shared is None else self._token
         holder = [self._ref] if shared is not None else []
-        return ray.get([self._remote.remote(fn, token, holder, item) for item in items])
+        try:
+            return ray.get([self._remote.remote(fn, token, holder, item) for item in items])
+        except ray.exceptions.RayTaskError as exc:  # a UserError in a task reaches the caller as itself
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, UserError):
+                raise cause from None
+            raise
 
     def close(self):
         if self._ray is not None and self._started:

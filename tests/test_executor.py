@@ -27,7 +27,7 @@ def ray_instance():
     """A real local Ray instance of 2 CPUs, shut down after the module's tests."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -107,6 +107,16 @@ def test_map_keeps_the_order_and_sends_shared_data(pool, ray_instance):
         assert ray.map(pow, items, shared=3) == expected
         assert ray.workers == 2  # the instance's CPUs
     assert ray_instance.is_initialized()  # an instance it did not start is left running
+
+
+def test_a_user_error_in_a_worker_reaches_the_caller_as_itself(pool, ray_instance):
+    # make_executor("bogus", 1) raises in the worker: fn(shared, item) = make_executor(spec, workers)
+    with RayExecutor() as ray:
+        for chosen in (SerialExecutor(), pool, ray):
+            with pytest.raises(UserError) as caught:
+                chosen.map(make_executor, [1, 2], shared="bogus")
+            assert type(caught.value) is UserError and str(caught.value).startswith("unknown executor 'bogus'")
+            assert "\n" not in str(caught.value)
 
 
 # --------------------------------------------------------------------------------------------

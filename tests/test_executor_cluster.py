@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,8 +39,11 @@ def cluster():
     os.environ["RAY_AUTH_MODE"] = "disabled"  # the head and this client: no token on a local test cluster
     client_port = _free_port()
     ray_command = Path(sys.executable).parent / "ray"
+    # Its own temporary folder: the head's sockets and logs, and the address file that a later
+    # ray.init() without an address would otherwise try to join.
+    temp = tempfile.mkdtemp(prefix="qonnx-ray-", dir="/tmp")  # short: Unix socket paths are limited
     head = subprocess.Popen(
-        [str(ray_command), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+        [str(ray_command), "start", "--head", "--block", f"--temp-dir={temp}", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
          f"--ray-client-server-port={client_port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
@@ -65,6 +70,7 @@ def cluster():
             pass
         head.wait()
         os.environ.pop("RAY_AUTH_MODE", None)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_trials_on_a_ray_cluster_are_the_serial_trials(cluster):
