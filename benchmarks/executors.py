@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds, result = run_pass(model, context, pool, args.samples)
     passes["local"] = {"pass_s": round(seconds, 2), "identical_to_serial": result.nodes == reference.nodes and result.evaluations == reference.evaluations}
     started = time.perf_counter()
-    ray.init(num_cpus=args.workers, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    ray.init(address="local", num_cpus=args.workers, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     ray_init_s = time.perf_counter() - started
     seconds, result = run_pass(model, context, RayExecutor(), args.samples)
     passes["ray"] = {"pass_s": round(seconds, 2), "identical_to_serial": result.nodes == reference.nodes and result.evaluations == reference.evaluations}

@@ -101,8 +101,10 @@ class Trials:
         each = time.perf_counter() - started
         rest = plans[1:]
         setup = None
-        if executor is not None and rest and executor.worth(len(rest), each, shared=self._setups.get(executor.threads)):
-            setup = self.setup(executor.threads)
+        if executor is not None and rest:
+            known = self._setups.get(executor.threads)  # workers that already hold it need no start-up
+            if executor.worth(len(rest), each, shared=known if known is not None else _NOT_SENT):
+                setup = self.setup(executor.threads)
         if setup is None:
             return values + [self.score(plan) for plan in rest]
         logger.info("%d trials on %d workers (%s), about %.2f s each here", len(rest), executor.workers, executor.name, each)
@@ -143,6 +145,7 @@ class Trials:
 
 
 _SHIP_LIMIT = 1 << 30  # bytes of weights above which trials stay in this process
+_NOT_SENT = object()  # a payload no worker holds yet
 
 
 def _plan_copy(model: ir.Model, candidates: Sequence[str], int8: Iterable[str] | None, target: str, precision: str, mode: str, reduce_range: bool | None, ranges: Any) -> ir.Model:
