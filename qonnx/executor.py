@@ -9,9 +9,10 @@ item, the results in the order of the items, whichever worker ran each. Work mus
 - ``SerialExecutor``: in this process, one item after the other.
 - ``ProcessExecutor(workers)``: a local pool of worker processes started with ``spawn`` (onnxruntime
   and ``fork`` do not mix: a forked copy of a process whose onnxruntime thread pools exist can
-  deadlock). ``shared`` goes to each worker through the pool's initializer; a ``map`` with another
-  ``shared`` object starts a new pool. The workers do not import the caller's main module, so a
-  script needs no ``if __name__ == "__main__":`` guard.
+  deadlock). The pool lasts as long as the executor; the first ``shared`` goes to each worker
+  through the pool's initializer, a later one through a temporary file each worker reads once. The
+  workers do not import the caller's main module, so a script needs no ``if __name__ ==
+  "__main__":`` guard.
 - ``RayExecutor(address)``: Ray tasks (the ``ray`` extra, ``pip install 'qonnx[ray]'``), one CPU
   each. ``address=None`` starts a new local Ray instance (or joins the one ``RAY_ADDRESS`` names);
   ``"ray://HOST:PORT"`` connects to an existing cluster, whose workers must have qonnx installed.
@@ -38,8 +39,10 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import pickle
 import re
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -97,8 +100,14 @@ def _install(token: str, value: Any) -> None:
     _remember(token, value)
 
 
-def _call_shared(fn: Callable[[Any, Any], Any], token: str | None, item: Any) -> Any:
-    return fn(None if token is None else _WORKER_SHARED[token], item)
+def _call_shared(fn: Callable[[Any, Any], Any], token: str | None, path: str | None, item: Any) -> Any:
+    """A process-pool task: the payload ``token`` from the initializer, or from ``path`` on first sight."""
+    if token is None:
+        return fn(None, item)
+    if token not in _WORKER_SHARED:
+        with open(path, "rb") as f:  # type: ignore[arg-type]
+            _remember(token, pickle.load(f))
+    return fn(_WORKER_SHARED[token], item)
 
 
 def _ray_call(fn: Callable[[Any, Any], Any], token: str | None, holder: list, item: Any) -> Any:
@@ -200,7 +209,8 @@ class SerialExecutor(Executor):
 class ProcessExecutor(Executor):
     """A local pool of ``workers`` spawned processes, each onnxruntime session with
     ``max(1, CPUs // workers)`` threads. The pool starts on the first ``map`` and lasts until
-    ``close`` (or until a ``map`` with another ``shared`` payload replaces it)."""
+    ``close``. The first ``shared`` payload goes to each worker through the pool's initializer; a
+    later one is written once to a temporary file, which each worker reads on its first item."""
 
     name = "local"
 
@@ -212,30 +222,46 @@ class ProcessExecutor(Executor):
         self.threads = max(1, _cpus() // workers)
         self._context = multiprocessing.get_context(start_method)
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self._shared: Any = None  # the payload the pool's workers hold (kept alive: its id is the key)
+        self._shared: Any = None  # the latest payload (kept alive: its identity is the key)
         self._token: str | None = None
+        self._path: str | None = None  # where a payload sent after the start lies
+        self._folder: tempfile.TemporaryDirectory | None = None
 
     def ready(self, shared=None):
         return self._pool is not None and (shared is None or shared is self._shared)
 
     def _start(self, shared: Any) -> None:
-        self.close()
         self._token = None if shared is None else uuid.uuid4().hex
-        self._shared = shared
+        self._shared, self._path = shared, None
         initializer, initargs = (None, ()) if shared is None else (_install, (self._token, shared))
         self._pool = concurrent.futures.ProcessPoolExecutor(
             self.workers, mp_context=self._context, initializer=initializer, initargs=initargs
         )
 
+    def _send(self, shared: Any) -> None:
+        """A new payload for running workers: pickled once into a file that each reads once."""
+        if self._folder is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="qonnx-pool-")
+        if self._path is not None:
+            os.unlink(self._path)  # the previous payload: its map is over
+        token = uuid.uuid4().hex
+        path = os.path.join(self._folder.name, f"{token}.pickle")
+        with open(path, "wb") as f:
+            pickle.dump(shared, f, protocol=pickle.HIGHEST_PROTOCOL)
+        self._shared, self._token, self._path = shared, token, path
+
     def map(self, fn, items, *, shared=None):
         if not items:
             return []
-        if self._pool is None or (shared is not None and shared is not self._shared):
+        if self._pool is None:
             self._start(shared)
+        elif shared is not None and shared is not self._shared:
+            self._send(shared)
         assert self._pool is not None
         token = None if shared is None else self._token
+        path = None if shared is None else self._path
         with _main_hidden():  # the pool spawns its processes on the first submits
-            futures = [self._pool.submit(_call_shared, fn, token, item) for item in items]
+            futures = [self._pool.submit(_call_shared, fn, token, path, item) for item in items]
         try:
             return [future.result() for future in futures]
         except concurrent.futures.process.BrokenProcessPool as exc:
@@ -248,7 +274,9 @@ class ProcessExecutor(Executor):
     def close(self):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-        self._pool, self._shared, self._token = None, None, None
+        if self._folder is not None:
+            self._folder.cleanup()
+        self._pool, self._shared, self._token, self._path, self._folder = None, None, None, None, None
 
 
 class RayExecutor(Executor):

@@ -103,6 +103,10 @@ def test_map_keeps_the_order_and_sends_shared_data(pool, ray_instance):
     assert SerialExecutor().map(pow, items, shared=3) == expected
     assert pool.map(pow, items, shared=3) == expected
     assert pool.map(pow, items, shared=3) == expected  # the warm pool, same payload
+    started = pool._pool
+    assert pool.map(pow, items, shared=2) == [pow(2, i) for i in items]  # another payload: the same pool
+    assert pool.map(isinstance, [int, type(None)]) == [False, True]  # no payload: fn(None, item)
+    assert pool._pool is started
     with RayExecutor() as ray:
         assert ray.map(pow, items, shared=3) == expected
         assert ray.workers == 2  # the instance's CPUs
