@@ -5,7 +5,8 @@ on the calibration photos); then the ``layer-sensitivity`` pass runs on it once 
 
 * ``serial``: every global trial in this process, one after the other;
 * ``local``: the default process pool (``--workers`` spawned processes; each trial's onnxruntime
-  session gets ``CPUs // workers`` threads), started by the pass, its start-up included;
+  session gets ``CPUs // workers`` threads), started by the pass (for the global trials alone: a fresh
+  pool per round), its start-up included;
 * ``ray``: a local Ray instance of ``--workers`` CPUs (``ray.init(num_cpus=...)``, timed apart), its
   worker processes started by the pass, their start-up included.
 
@@ -185,7 +186,8 @@ def markdown(document: dict[str, Any]) -> str:
         "Global trials: the pool's time includes starting its processes (spawned: each imports qonnx and onnxruntime "
         "and parses the model once); Ray's includes putting the model in the object store and each worker fetching "
         "and parsing it once (its worker processes outlive one round). The whole pass adds the local scores (one "
-        "tapped run and a small session per node, in this process, the same work for every executor). Record "
+        "tapped run here, then three small sessions per node, also on the executor: the pool is started once for "
+        "both kinds of work, the trials' payload reaching its running workers through a file). Record "
         "identical: every node's local and global score, the ranking and the evaluations counted; scores identical: "
         "the float values of every round, bit for bit.",
         "",
