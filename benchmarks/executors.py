@@ -68,7 +68,8 @@ def run_pass(model: Any, context: Context, executor: Any, samples: int) -> tuple
 def time_trials(model: Any, context: Context, plans: list[set[str]], samples: int, executor: Any) -> tuple[float, list[float]]:
     """The global trials alone, as the pass runs them: a fresh ``Trials`` (its FP32 reference runs
     not timed), then ``Trials.scores`` on the executor, start-up of its workers included."""
-    feeds = [context.eval_data[i] for i in range(samples)]
+    data = context.calib  # the pass measures on calibration samples; the evaluation data stays held out
+    feeds = [data[i] for i in range(min(samples, len(data)))]
     trials = Trials(model, context, feeds, "sqnr")
     started = time.perf_counter()
     values = trials.scores(plans, executor)
