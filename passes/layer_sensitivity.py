@@ -13,6 +13,9 @@ the copy quantizes:
   INT8, one full-model evaluation each. The local score misses how much the rest of the network
   amplifies a node's error (on PP-OCRv4 rec the first Conv is 35.0 dB locally, 16.8 dB globally,
   the second worst node), so the weighted nodes, where most of the error is made, are measured.
+  The global trials, and the local scores node by node, are independent: they run on the context's
+  executor (``Context.get_executor``, a local process pool by default, Ray when asked), with the
+  same scores as one after the other.
 
 The nodes come out worst first (by global score where measured, else local), with the rank
 correlation (Spearman) of local against global over the nodes that have both, which says how far the
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -123,8 +127,27 @@ def _cut(extractor: onnx.utils.Extractor, node: ir.Node, fp32: dict[str, ir.Node
     return _Local(node.name, node.op_type, inputs, output, both, weights, activations)
 
 
-def _local_scores(fp32_model: ir.Model, quantized: ir.Model, feeds: list[dict[str, np.ndarray]], progress: bool) -> list[dict[str, Any]]:
-    """Local SQNR of every quantized node, its weights-only and activations-only figures."""
+_LOCAL_KEYS = ("local_db", "local_weights_db", "local_activations_db")
+
+
+def _local_entry(_shared: Any, item: tuple) -> dict[str, Any]:
+    """One node's local scores (run here or in a worker): its three cut-out models (serialized; None
+    where a variant does not apply) on the FP32 values of its inputs, against its FP32 output."""
+    node, op_type, models, feeds, expected, threads = item
+    entry: dict[str, Any] = {"node": node, "op_type": op_type}
+    for key, small in zip(_LOCAL_KEYS, models):
+        if small is None:
+            entry[key] = None
+            continue
+        runner = runtime.session(ir.from_proto(onnx.ModelProto.FromString(small)), threads=threads)
+        entry[key] = round(metrics.compare(expected, runner, feeds).worst_sqnr_db, 2)
+    return entry
+
+
+def _local_scores(fp32_model: ir.Model, quantized: ir.Model, feeds: list[dict[str, np.ndarray]], progress: bool, executor: Any = None) -> list[dict[str, Any]]:
+    """Local SQNR of every quantized node, its weights-only and activations-only figures; the nodes
+    are independent units of work for ``executor`` (the first runs here and is timed, the rest go to
+    the workers when that saves more than their start-up)."""
     fp32 = {n.name: n for n in fp32_model.graph}
     proto = ir.to_proto(quantized)
     extractor = onnx.utils.Extractor(proto)
@@ -141,20 +164,27 @@ def _local_scores(fp32_model: ir.Model, quantized: ir.Model, feeds: list[dict[st
     graph_inputs = {v.name for v in fp32_model.graph.inputs}
     session = runtime.session(runtime.tapped_model(fp32_model, sorted(wanted - graph_inputs)))
     tapped = [{**feed, **session.run(feed)} for feed in feeds]
-    results = []
+
+    def item(cut: _Local, threads: int | None) -> tuple:
+        models = [None if small is None else small.SerializeToString() for small in (cut.both, cut.weights, cut.activations)]
+        local_feeds = [{name: values[name] for name in cut.inputs} for values in tapped]
+        expected = [{cut.output: values[cut.output]} for values in tapped]
+        return cut.node, cut.op_type, models, local_feeds, expected, threads
+
+    if not cuts:
+        return []
     with Progress(len(cuts), "local sensitivity", enabled=progress) as bar:
-        for cut in cuts:
-            entry: dict[str, Any] = {"node": cut.node, "op_type": cut.op_type}
-            for key, small in (("local_db", cut.both), ("local_weights_db", cut.weights), ("local_activations_db", cut.activations)):
-                if small is None:
-                    entry[key] = None
-                    continue
-                runner = runtime.session(ir.serde.deserialize_model(small))
-                local_feeds = [{name: values[name] for name in cut.inputs} for values in tapped]
-                expected = [{cut.output: values[cut.output]} for values in tapped]
-                entry[key] = round(metrics.compare(expected, runner, local_feeds).worst_sqnr_db, 2)
-            results.append(entry)
-            bar.advance()
+        started = time.perf_counter()
+        results = [_local_entry(None, item(cuts[0], None))]
+        bar.advance()
+        rest = cuts[1:]
+        if executor is not None and rest and executor.worth(len(rest), time.perf_counter() - started):
+            results += executor.map(_local_entry, [item(cut, executor.threads) for cut in rest])
+            bar.advance(len(rest))
+        else:
+            for cut in rest:
+                results.append(_local_entry(None, item(cut, None)))
+                bar.advance()
     return results
 
 
@@ -212,17 +242,18 @@ def sensitivity_of(model: ir.Model, context: Context, *, samples: int = 4, top: 
         return None
     feeds = [data[i] for i in range(min(samples, len(data)))]
     trials = Trials(model, context, feeds, "sqnr")
-    nodes = _local_scores(model, trials.quantized(), feeds, context.progress)
+    nodes = _local_scores(model, trials.quantized(), feeds, context.progress, context.get_executor())
     nodes.sort(key=lambda e: (e["local_db"], e["node"]))
     others = [e for e in nodes if e["op_type"] not in _WEIGHTED]
     chosen = {e["node"] for e in nodes if e["op_type"] in _WEIGHTED} | {e["node"] for e in others[:top]}
     measured = nodes if exhaustive else [e for e in nodes if e["node"] in chosen]
+    for entry in nodes:
+        entry["global_db"] = None
     with Progress(len(measured), "global sensitivity", enabled=context.progress) as bar:
-        for entry in nodes:
-            entry["global_db"] = None
-        for entry in measured:
-            entry["global_db"] = round(trials.score({entry["node"]}), 2)
-            bar.advance()
+        values = trials.scores([{entry["node"]} for entry in measured], context.get_executor())
+        bar.advance(len(measured))
+    for entry, value in zip(measured, values):
+        entry["global_db"] = round(value, 2)
     pairs = [(e["local_db"], e["global_db"]) for e in nodes if e["global_db"] is not None]
     correlation = rank_correlation([p[0] for p in pairs], [p[1] for p in pairs])
     nodes.sort(key=lambda e: (e["global_db"] if e["global_db"] is not None else np.inf, e["local_db"], e["node"]))

@@ -92,6 +92,8 @@ _FIELDS = {
     "samples": (None, "samples", "--samples"),
     "debug": (None, "debug", "--debug"),
     "dump_after": (None, "dump_after", "--dump-after"),
+    "executor": (None, "executor", "--executor"),
+    "workers": (None, "workers", "--workers"),
     "method": ("calibration", "method", "--method"),
     "percentile": ("calibration", "percentile", "--percentile"),
     "batch_size": ("calibration", "batch_size", "--batch-size"),
@@ -156,7 +158,7 @@ examples:
 
 # The quantize options that analyze takes as well.
 _ANALYZE_SHARED = frozenset(
-    {"calib", "eval_data", "target", "reduce_range", "exclude", "op_types", "samples", "method", "percentile", "size", "mean", "std", "layout", "bgr", "seed", "report", "html", "json", "quiet", "debug"}
+    {"calib", "eval_data", "target", "reduce_range", "exclude", "op_types", "samples", "method", "percentile", "size", "mean", "std", "layout", "bgr", "seed", "report", "html", "json", "quiet", "debug", "executor", "workers"}
 )
 
 _PASSES_EXAMPLES = """\
@@ -238,6 +240,13 @@ def _parser() -> argparse.ArgumentParser:
         help="rank the weighted nodes whose 8-bit activations cost most fidelity, on N held-out samples (one session per node)",
     )
     q.add_argument("--dump-after", action="append", metavar="PASS", help="save the model after PASS")
+    q.add_argument(
+        "--executor",
+        metavar="{serial,local,ray,ray://HOST:PORT}",
+        help="where independent trials (the global sensitivity scores of --policy auto and analyze) run: serial (this process), local (a process pool, the default), "
+        "ray (a local Ray instance) or ray://HOST:PORT (an existing Ray cluster); ray needs pip install 'qonnx[ray]'",
+    )
+    q.add_argument("--workers", type=int, metavar="N", help="workers of the executor (default 2, or the CPUs of a local Ray instance)")
     q.add_argument("--seed", type=int, help="seed for --calib random (default 0)")
     q.add_argument("--debug", action="store_true", help="verify after every pass; show tracebacks")
     q.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")

@@ -121,6 +121,17 @@ def _str(value: Any, key: str, table: str | None, optional: bool = True) -> Any:
     return value
 
 
+def _executor(value: Any) -> str | None:
+    """An executor spec (``qonnx.executor.EXECUTOR_SPECS``) or None."""
+    from qonnx.executor import check_spec
+
+    value = _str(value, "executor", None)
+    try:
+        return check_spec(value)
+    except UserError as exc:
+        raise ConfigError("executor", str(exc)) from None
+
+
 def _strings(value: Any, key: str, table: str | None, optional: bool = False) -> Any:
     if value is None and optional:
         return None
@@ -270,6 +281,9 @@ class QuantizeConfig:
     ``op_types_to_quantize``: only these op types may be quantized (None: the target's).
     ``pipeline``: a text pipeline instead of the default; ``samples``: at most N calibration
     samples; ``debug``: verify after every pass; ``dump_after``: save the model after these passes.
+    ``executor``: where independent trials (and sharded calibration) run: ``serial``, ``local`` (a
+    process pool, the default), ``ray`` (a local Ray instance) or ``ray://HOST:PORT`` (a Ray
+    cluster; the ``ray`` extra); ``workers``: its workers (default: two, or the Ray instance's CPUs).
     """
 
     precision: Literal["int8", "fp16", "bf16"] = "int8"
@@ -286,6 +300,8 @@ class QuantizeConfig:
     samples: int | None = None
     debug: bool = False
     dump_after: tuple[str, ...] = ()
+    executor: str | None = None
+    workers: int | None = None
 
     def __post_init__(self):
         precision = _choice(self.precision, PRECISIONS, "precision", None)
@@ -318,6 +334,8 @@ class QuantizeConfig:
             samples=_int(self.samples, "samples", None, minimum=1, optional=True, what="must be a positive number"),
             debug=_bool(self.debug, "debug", None),
             dump_after=_strings(self.dump_after, "dump_after", None),
+            executor=_executor(self.executor),
+            workers=_int(self.workers, "workers", None, minimum=1, optional=True, what=f"must be a positive number, not {self.workers}"),
         )
         if io_types != "float32" and precision == "int8":
             raise ConfigError("io_types", f"{io_types} applies to precision fp16 or bf16; with precision {precision} the graph's inputs and outputs stay float32")

@@ -30,6 +30,7 @@ from qonnx.calib.ranges import RangeTable
 from qonnx.calib.sources import ImagePreprocess, Source, open_source
 from qonnx.config import CalibrationConfig, QuantizeConfig
 from qonnx.errors import UserError
+from qonnx.executor import check_available
 from qonnx.policy import PLAN_KEY
 from qonnx.pipeline import Context, PassRecord, PipelineStep, build, check_dump_after, check_order, default_pipeline, parse_pipeline, run_pipeline
 from qonnx.report import Report, assemble, write_json
@@ -265,6 +266,8 @@ def _context(config: QuantizeConfig, job: Job) -> Context:
         debug=config.debug,
         source=job.model,
         score=config.evaluation.metric if callable(config.evaluation.metric) else None,
+        executor=config.executor,
+        workers=config.workers,
     )
 
 
@@ -308,6 +311,7 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
         RangeTable.load(cal.ranges)  # a file that is no range table fails here; its model hash is checked by calibrate
     if isinstance(config.policy, str) and config.policy != "auto" and not Path(config.policy).is_file():
         raise UserError(f"policy file not found: {config.policy}")
+    check_available(config.executor)
     context = _context(config, job)
     passes = build(steps, context)  # the order of the pipeline and the passes' options are checked here
 
@@ -383,6 +387,8 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
     except BaseException:
         _remove_empty(made)
         raise
+    finally:
+        context.close_executor()
 
 
 ANALYZE_PIPELINE = "normalize,div-to-mul,resolve-policy,calibrate(adjacent=true)"
@@ -408,6 +414,7 @@ def analyze(config: QuantizeConfig, job: Job, *, top: int = 8, exhaustive: bool 
             _check_writable(path, what)
     context = _context(config, job)
     passes = build(steps, context)
+    check_available(config.executor)
     model = qir.load(job.model)
     input_facts = _model_facts(job.model, model)
     context.calib, context.eval_data, shared = _sources(job, model)
@@ -438,6 +445,8 @@ def analyze(config: QuantizeConfig, job: Job, *, top: int = 8, exhaustive: bool 
     except BaseException:
         _remove_empty(made)
         raise
+    finally:
+        context.close_executor()
 
 
 def qonnx_version() -> str:

@@ -88,8 +88,28 @@ class Context:
     samples: int | None = None
     progress: bool = False
     debug: bool = False  # stricter checks (verify fails on unfused quantized nodes)
+    # Where independent trials and calibration shards run: a qonnx.executor.Executor, or its spec
+    # ("serial", "local", "ray", "ray://HOST:PORT"); None: a local process pool of ``workers``.
+    executor: Any = None
+    workers: int | None = None
     analyses: dict[str, Any] = dataclasses.field(default_factory=dict)
     records: dict[str, Record] = dataclasses.field(default_factory=dict)  # by report key, the latest of each
+
+    def get_executor(self) -> Any:
+        """The ``qonnx.executor.Executor`` of this run, made from ``executor`` and ``workers`` on first use
+        (and kept, so that its workers serve every pass); ``close_executor`` stops it."""
+        from qonnx.executor import Executor, make_executor
+
+        if not isinstance(self.executor, Executor):
+            self.executor = make_executor(self.executor, self.workers)
+        return self.executor
+
+    def close_executor(self) -> None:
+        """Stop the workers of an executor this context started."""
+        from qonnx.executor import Executor
+
+        if isinstance(self.executor, Executor):
+            self.executor.close()
 
     def require(self, analysis: str, hint: str) -> Any:
         if analysis not in self.analyses:

@@ -3,13 +3,23 @@
 A trial takes the planned FP32 model (``resolve-policy`` and ``calibrate`` have run), keeps in INT8
 only the nodes it is given, quantizes a copy with ``insert-qdq`` (asked for by name, with the
 calibrated ranges) and scores its outputs against the FP32 model's on the evaluation feeds.
+
+Trials are independent: ``Trials.scores`` hands a batch of them to an executor (``qonnx.executor``:
+a local process pool, Ray), which sends each worker the model and data once (``TrialSetup``) and
+each trial as a set of node names, run by ``run_trial``. A trial's value does not depend on where it
+ran.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from qonnx import metrics, runtime
@@ -17,7 +27,12 @@ from qonnx.pipeline import Context, apply
 from qonnx.policy import node_spec, set_node_spec
 from qonnx.verdict import metric_value
 
-__all__ = ["Trials", "rank_correlation"]
+if TYPE_CHECKING:
+    from qonnx.executor import Executor
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Trials", "TrialSetup", "rank_correlation", "run_trial"]
 
 
 def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -45,7 +60,7 @@ class Trials:
     """Plans of the planned FP32 ``model`` with only some nodes in INT8, evaluated on ``feeds``.
 
     ``metric`` is one of ``qonnx.verdict``'s (sqnr, cosine, top1; higher is better);
-    ``evaluations`` counts the full-model evaluations run.
+    ``evaluations`` counts the full-model evaluations run, wherever they ran.
     """
 
     def __init__(self, model: ir.Model, context: Context, feeds: list[dict[str, np.ndarray]], metric: str):
@@ -54,23 +69,12 @@ class Trials:
         self.reference = [reference.run(feed) for feed in feeds]
         self.candidates = [n.name for n in model.graph if node_spec(n.metadata_props).quantized]
         self.evaluations = 0
+        self._setups: dict[int | None, TrialSetup] = {}
 
     def quantized(self, int8: set[str] | None = None) -> ir.Model:
         """A copy with Q/DQ for the nodes in ``int8`` (None: every node the plan quantizes)."""
-        trial = self.model.clone()
-        if int8 is not None:
-            for node in trial.graph:
-                if node.name in self.candidates and node.name not in int8:
-                    set_node_spec(node, {"format": "float"})
-        scratch = Context(
-            target=self.context.target,
-            precision=self.context.precision,
-            mode=self.context.mode,
-            reduce_range=self.context.reduce_range,
-            analyses={"plan": True, "ranges": self.context.analyses["ranges"]},
-        )
-        apply("insert-qdq", trial, scratch)
-        return trial
+        c = self.context
+        return _plan_copy(self.model, self.candidates, int8, c.target, c.precision, c.mode, c.reduce_range, c.analyses["ranges"])
 
     def comparison(self, trial: ir.Model) -> metrics.Comparison:
         """Outputs of ``trial`` against the FP32 model's (one full-model evaluation)."""
@@ -79,5 +83,121 @@ class Trials:
 
     def score(self, int8: set[str] | None = None) -> float:
         """The metric of the plan with ``int8`` quantized; NaN when the outputs do not have it."""
-        value = metric_value(self.metric, self.comparison(self.quantized(int8)).to_dict())
-        return float("nan") if value is None else float(value)
+        return _value(self.metric, self.comparison(self.quantized(int8)))
+
+    def scores(self, plans: Sequence[set[str] | None], executor: Executor | None = None) -> list[float]:
+        """``[score(plan) for plan in plans]``, the plans evaluated by ``executor`` (None: here, in order).
+
+        The first plan runs here and is timed; the others go to the executor's workers when that
+        saves more than their start-up (``Executor.worth``), else they run here too. The workers
+        get the model, feeds, reference outputs and ranges once each (``TrialSetup``) and one set
+        of node names per plan. The values are the same wherever they ran.
+        """
+        plans = list(plans)
+        if not plans:
+            return []
+        started = time.perf_counter()
+        values = [self.score(plans[0])]
+        each = time.perf_counter() - started
+        rest = plans[1:]
+        setup = None
+        if executor is not None and rest:
+            known = self._setups.get(executor.threads)  # workers that already hold it need no start-up
+            if executor.worth(len(rest), each, shared=known if known is not None else _NOT_SENT):
+                setup = self.setup(executor.threads)
+        if setup is None:
+            return values + [self.score(plan) for plan in rest]
+        logger.info("%d trials on %d workers (%s), about %.2f s each here", len(rest), executor.workers, executor.name, each)
+        items = [(None if plan is None else sorted(plan), self.metric) for plan in rest]
+        values += executor.map(run_trial, items, shared=setup)
+        self.evaluations += len(rest)
+        return values
+
+    def setup(self, threads: int | None = None) -> TrialSetup | None:
+        """What a worker needs to run this model's trials (made once per thread count); None when the
+        model cannot travel as one protobuf (external data, over 1 GiB): its trials run here."""
+        if threads in self._setups:
+            return self._setups[threads]
+        total = 0
+        for graph in self.model.graphs():
+            for value in graph.initializers.values():
+                tensor = value.const_value
+                if isinstance(tensor, ir.ExternalTensor):
+                    return None
+                total += tensor.nbytes if tensor is not None else 0
+        if total > _SHIP_LIMIT:
+            return None
+        c = self.context
+        setup = TrialSetup(
+            model=ir.to_proto(self.model).SerializeToString(),
+            candidates=list(self.candidates),
+            target=c.target,
+            precision=c.precision,
+            mode=c.mode,
+            reduce_range=c.reduce_range,
+            ranges=c.analyses["ranges"],
+            feeds=self.feeds,
+            reference=self.reference,
+            threads=threads,
+        )
+        self._setups[threads] = setup
+        return setup
+
+
+_SHIP_LIMIT = 1 << 30  # bytes of weights above which trials stay in this process
+_NOT_SENT = object()  # a payload no worker holds yet
+
+
+def _plan_copy(model: ir.Model, candidates: Sequence[str], int8: Iterable[str] | None, target: str, precision: str, mode: str, reduce_range: bool | None, ranges: Any) -> ir.Model:
+    """A copy of ``model`` with Q/DQ for the candidates in ``int8`` (None: all), the others float."""
+    trial = model.clone()
+    if int8 is not None:
+        keep, planned = set(int8), set(candidates)
+        for node in trial.graph:
+            if node.name in planned and node.name not in keep:
+                set_node_spec(node, {"format": "float"})
+    scratch = Context(target=target, precision=precision, mode=mode, reduce_range=reduce_range, analyses={"plan": True, "ranges": ranges})
+    apply("insert-qdq", trial, scratch)
+    return trial
+
+
+def _value(metric: str, comparison: metrics.Comparison) -> float:
+    value = metric_value(metric, comparison.to_dict())
+    return float("nan") if value is None else float(value)
+
+
+@dataclasses.dataclass
+class TrialSetup:
+    """Everything a worker needs for the trials of one model, sent once per worker: the planned FP32
+    model as protobuf bytes, the plan's INT8 candidates, the target settings, the range table (a
+    plain dataclass, pickled as it is), the evaluation feeds and the FP32 reference outputs, and
+    the onnxruntime threads of a trial's session. The worker parses the model once and keeps it."""
+
+    model: bytes
+    candidates: list[str]
+    target: str
+    precision: str
+    mode: str
+    reduce_range: bool | None
+    ranges: Any
+    feeds: list[dict[str, np.ndarray]]
+    reference: list[dict[str, np.ndarray]]
+    threads: int | None = None
+    _parsed: ir.Model | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_parsed": None}
+
+    def parsed(self) -> ir.Model:
+        if self._parsed is None:
+            self._parsed = ir.from_proto(onnx.ModelProto.FromString(self.model))
+        return self._parsed
+
+
+def run_trial(setup: TrialSetup, item: tuple[list[str] | None, str]) -> float:
+    """One trial in a worker: the plan with the nodes ``item[0]`` in INT8 (None: all), scored by the
+    metric ``item[1]`` against the reference outputs. The same value ``Trials.score`` gives."""
+    int8, metric = item
+    trial = _plan_copy(setup.parsed(), setup.candidates, int8, setup.target, setup.precision, setup.mode, setup.reduce_range, setup.ranges)
+    session = runtime.session(trial, threads=setup.threads)
+    return _value(metric, metrics.compare(setup.reference, session, setup.feeds, what="evaluation sample"))

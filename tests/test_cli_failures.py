@@ -279,6 +279,8 @@ BAD: list[Bad] = [
     # Option values
     Bad("sensitivity-negative", lambda ws: ws.quantize("--sensitivity", "-3"), "--sensitivity: must be 0 or a positive number of samples, not -3"),  # was 1
     Bad("samples-zero", lambda ws: ws.quantize("--samples", "0"), "--samples: must be a positive number"),
+    Bad("unknown-executor", lambda ws: ws.quantize("--executor", "spark"), "--executor: unknown executor 'spark': choose serial, local"),
+    Bad("workers-zero", lambda ws: ws.quantize("--workers", "0"), "--workers: must be a positive number, not 0"),
     Bad("batch-size-zero", lambda ws: ws.quantize("--batch-size", "0"), "--batch-size: must be a positive number, not 0"),
     Bad("batch-size-on-static-batch", lambda ws: ws.quantize("--batch-size", "4"), "--batch-size 4 needs a dynamic first dimension"),
     Bad("percentile-out-of-range", lambda ws: ws.quantize("--method", "percentile", "--percentile", "120"), "percentile must be in (50, 100], not 120"),

@@ -47,3 +47,44 @@ def test_inputs_without_channels_are_ignored():
     assert means.mean().tolist() == [1.0, 2.0, 3.0] and means.count == 1
     means.update(np.array([[3.0, 2.0, 1.0]], np.float32))
     assert means.mean().tolist() == [2.0, 2.0, 2.0] and means.count == 2
+
+
+def test_merged_shards_give_the_mean_of_all_batches():
+    rng = np.random.default_rng(1)
+    batches = [rng.standard_normal((1, 3, 4, 4)).astype(np.float32) + k for k in range(5)]
+    whole, first, second = ChannelMean(), ChannelMean(), ChannelMean()
+    for k, batch in enumerate(batches):
+        whole.update(batch)
+        (first if k < 2 else second).update(batch)
+    first.merge(second)
+    assert first.count == whole.count == 80
+    np.testing.assert_allclose(first.mean(), whole.mean(), rtol=1e-12)  # float64 sums in another order
+
+
+def test_merge_with_nothing_seen_and_into_nothing_seen():
+    seen = ChannelMean()
+    seen.update(np.ones((1, 2, 3), np.float32))
+    seen.merge(ChannelMean())
+    assert seen.mean().tolist() == [1.0, 1.0] and seen.count == 3
+    empty = ChannelMean()
+    empty.merge(seen)
+    assert empty.mean().tolist() == [1.0, 1.0] and empty.count == 3
+    seen.update(np.full((1, 2, 3), 4.0, np.float32))  # a copy was taken, not the other's array
+    assert empty.mean().tolist() == [1.0, 1.0] and empty.sums is not seen.sums
+
+
+def test_merge_ignores_another_channel_count():
+    two, three = ChannelMean(), ChannelMean()
+    two.update(np.ones((1, 2, 3), np.float32))
+    three.update(np.ones((1, 3, 3), np.float32))
+    two.merge(three)
+    assert two.sums.tolist() == [3.0, 3.0] and two.count == 3
+
+
+def test_to_dict_round_trips():
+    means = ChannelMean()
+    assert ChannelMean.from_dict(means.to_dict()).sums is None and ChannelMean.from_dict(means.to_dict()).count == 0
+    means.update(np.arange(12, dtype=np.float32).reshape(2, 3, 2))
+    again = ChannelMean.from_dict(means.to_dict())
+    assert again.sums.dtype == np.float64 and again.sums.tolist() == means.sums.tolist() and again.count == means.count == 4
+    assert means.to_dict() == {"sums": [14.0, 22.0, 30.0], "count": 4}
