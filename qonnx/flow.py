@@ -123,6 +123,8 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
             raise UserError(f"{', '.join(given)}: the pipeline has no calibrate pass{hint}")
     check_order([s.name for s in steps])
     if config.policy == "auto" or "auto-policy" in names:
+        if config.precision != "int8":
+            raise UserError(f"--policy auto chooses between INT8 and float; with --precision {config.precision} there is no INT8 plan to start from")
         if "calibrate" not in names or not calibrated:
             raise UserError("--policy auto needs calibration data (give --calib DATA): its plans are measured on it")
         at = [s.name for s in steps].index("calibrate")

@@ -137,3 +137,14 @@ def test_analyze_scores_every_node_and_writes_no_model(tmp_path, calib_npz):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "m.onnx", "s.json"]  # no model written
     refused = run_qonnx("analyze", model)
     assert refused.rc == 2 and refused.error_lines == ["qonnx: error: analyze needs calibration data: give --calib DATA"]
+
+
+def test_auto_policy_needs_int8_and_calibration_data(tmp_path, calib_npz):
+    model = tmp_path / "m.onnx"
+    onnx.save(_outlier_chain(), model)
+    fp16 = run_qonnx("quantize", model, "-o", tmp_path / "a.onnx", "--calib", calib_npz, "--precision", "fp16", "--policy", "auto")
+    assert fp16.rc == 2 and fp16.error_lines == ["qonnx: error: --policy auto chooses between INT8 and float; with --precision fp16 there is no INT8 plan to start from"]
+    dynamic = run_qonnx("quantize", model, "-o", tmp_path / "b.onnx", "--mode", "dynamic", "--policy", "auto")
+    assert dynamic.rc == 2 and dynamic.error_lines == ["qonnx: error: --policy auto needs calibration data (give --calib DATA): its plans are measured on it"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "m.onnx"]
+
