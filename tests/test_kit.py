@@ -179,3 +179,26 @@ def test_a_misordered_pipeline_on_yolov8n_is_refused_before_calibration(photos, 
     assert "Traceback" not in result.err and "calibrat" not in result.out
     assert not out.parent.exists() and not (tmp_path / "r.json").exists()
     assert kit.fetch("yolov8n").read_bytes() == before
+
+
+def test_python_exclusions_on_yolov8n_without_any_file(photos, tmp_path):
+    """nodes_to_exclude and op_types_to_quantize from Python, on a real model: the excluded Conv and
+    every node of another op type keep float inputs (no DequantizeLinear feeds them)."""
+    import qonnx
+
+    calib, evaluation = photos
+    first_conv = "/model.0/conv/Conv"
+    config = qonnx.QuantizeConfig(nodes_to_exclude=(first_conv,), op_types_to_quantize=("Conv",), reduce_range=True)
+    out = tmp_path / "yolo.onnx"
+    result = qonnx.quantize(kit.fetch("yolov8n"), out, config=config, calib=calib, eval_data=evaluation, preprocess=kit.KIT["yolov8n"].preprocess)
+    graph = onnx.load(str(out)).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    fed_by_dq = {n.name: any(producers.get(i) == "DequantizeLinear" for i in n.input) for n in graph.node}
+    assert fed_by_dq[first_conv] is False
+    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    assert sum(fed_by_dq[name] for name in convs) == len(convs) - 1  # every other Conv is INT8
+    nodes = result.report["nodes"]
+    assert nodes[first_conv]["reason"] == "excluded by the config"
+    others = {name: e for name, e in nodes.items() if e["op_type"] not in ("Conv", "Cast")}
+    assert others and all(e["format"] == "float" for e in others.values())
+    assert {e.get("reason") for e in others.values() if e.get("reason")} <= {f"op type {e['op_type']} not in op_types_to_quantize" for e in others.values()}
