@@ -466,6 +466,17 @@ def _expected_conv_correction(w, q, w_scale, bias, means, group):
     return corrected
 
 
+def _assert_corrected_bias(model, node: str, feeds, w_scale, expected, original) -> None:
+    """The node's INT32 bias is ``expected`` to within half a step of its grid (x_scale · w_scale,
+    float32 rounding on top), and the correction is well above that grid, so that the check could fail."""
+    x_scale, _ = _activation_params(feeds)
+    b_q, _, _, _ = _dq(_node(model, node).inputs[2])
+    step = x_scale * w_scale.astype(np.float64)
+    tolerance = step * 0.5 * (1 + 1e-5) + 1e-7  # the INT32 grid: half a step (the float32 bias: 1e-7)
+    assert np.abs(expected - original).max() > 20 * tolerance.max()  # the correction is well above the grid
+    np.testing.assert_array_less(np.abs(b_q * step - expected), tolerance)
+
+
 @pytest.mark.parametrize("group,out_c,in_c", [(1, 6, 4), (2, 6, 4), (4, 4, 4)])
 def test_conv_bias_correction_subtracts_the_mean_shift_of_the_rounded_weights(group, out_c, in_c):
     proto = _conv(out_c=out_c, in_c=in_c, group=group, seed=group)
@@ -475,12 +486,7 @@ def test_conv_bias_correction_subtracts_the_mean_shift_of_the_rounded_weights(gr
     bias = numpy_helper.to_array(proto.graph.initializer[1])
     q, w_scale = _expected_weight(w, 0)
     expected = _expected_conv_correction(w, q, w_scale, bias, _channel_means(feeds), group)
-    x_scale, _ = _activation_params(feeds)
-    b_q, b_scale, _, _ = _dq(_node(model, "conv").inputs[2])
-    step = x_scale * w_scale.astype(np.float64)
-    tolerance = step * 0.5 * (1 + 1e-5) + 1e-7  # the INT32 grid: half a step (the float32 bias: 1e-7)
-    assert np.abs(expected - bias).max() > 20 * tolerance.max()  # the correction is well above the grid
-    np.testing.assert_array_less(np.abs(b_q * step - expected), tolerance)
+    _assert_corrected_bias(model, "conv", feeds, w_scale, expected, bias)
 
 
 @pytest.mark.parametrize("trans_b", [1, 0])
@@ -497,12 +503,7 @@ def test_gemm_bias_correction_subtracts_the_mean_shift_of_the_rounded_weights(tr
     means = _channel_means(feeds)
     b = numpy_helper.to_array(proto.graph.initializer[1]).astype(np.float64) if bias else np.zeros(6)
     expected = np.array([b[n] - sum(dw[n, k] * means[k] for k in range(10)) for n in range(6)])
-    x_scale, _ = _activation_params(feeds)
-    b_q, _, _, _ = _dq(_node(model, "gemm").inputs[2])
-    step = x_scale * w_scale.astype(np.float64)
-    tolerance = step * 0.5 * (1 + 1e-5) + 1e-7  # the INT32 grid: half a step (the float32 bias: 1e-7)
-    assert np.abs(expected - b).max() > 20 * tolerance.max()
-    np.testing.assert_array_less(np.abs(b_q * step - expected), tolerance)
+    _assert_corrected_bias(model, "gemm", feeds, w_scale, expected, b)
     assert "B" not in model.graph.initializers and "B_corrected" not in model.graph.initializers
 
 
@@ -864,12 +865,7 @@ def test_a_gemm_without_a_trans_b_attribute_is_corrected_as_x_times_b():
     dw = (q.astype(np.float64) * w_scale.astype(np.float64) - w).T  # [N, K]
     b = numpy_helper.to_array(proto.graph.initializer[1]).astype(np.float64)
     expected = b - dw @ _channel_means(feeds)
-    x_scale, _ = _activation_params(feeds)
-    b_q, _, _, _ = _dq(_node(model, "gemm").inputs[2])
-    step = x_scale * w_scale.astype(np.float64)
-    tolerance = step * 0.5 * (1 + 1e-5) + 1e-7  # the INT32 grid: half a step (the float32 bias: 1e-7)
-    assert np.abs(expected - b).max() > 20 * tolerance.max()
-    np.testing.assert_array_less(np.abs(b_q * step - expected), tolerance)
+    _assert_corrected_bias(model, "gemm", feeds, w_scale, expected, b)
 
 
 def test_a_matmul_of_two_constants_stores_b_as_the_weight():
