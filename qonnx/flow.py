@@ -150,6 +150,7 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
 
 def _check_writable(path: Path, what: str) -> None:
     """Fail before the work, not after it, when ``path`` cannot be written; creates nothing."""
+    path = qir.output_target(path)
     if path.is_dir():
         raise UserError(f"{what} {path} is a directory")
     folder = path.parent
@@ -210,7 +211,9 @@ def _remove_empty(folders: Iterable[Path]) -> None:
 
 
 def _withdraw(path: Path) -> None:
-    """Remove a model this run published (with its external data), when a later step failed."""
+    """Remove a model this run published (with its external data), when a later step failed; through
+    a symlink, the file it points to (what was written)."""
+    path = Path(os.path.realpath(path))
     for part in qir.external_data_files(path) if path.is_file() else []:
         part.unlink(missing_ok=True)
     path.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "load",
     "check_file",
     "save",
+    "output_target",
     "file_hash",
     "model_hash",
     "file_size",
@@ -136,7 +138,7 @@ def save(
     beside it, under the names it will keep) before anything is renamed into the destination
     folder; when it raises, the temporary files are removed and ``path`` is left as it was.
     """
-    path = Path(path)
+    path = output_target(path)
     for other in protect:
         if Path(other).exists() and path.exists() and path.resolve() == Path(other).resolve():
             raise UserError(f"refusing to overwrite the input model {other}; choose another output path")
@@ -276,14 +278,36 @@ def _umask() -> int:
     return mask
 
 
+def output_target(path: str | os.PathLike) -> Path:
+    """The file that writing ``path`` replaces.
+
+    A symlink is written through: its final target is replaced (atomically, from a temporary file
+    beside the target) and the link itself stays. Anything that exists and is neither a regular
+    file nor a folder (a device such as ``/dev/stdout``, a FIFO, a socket) is refused: an atomic
+    rename would replace the special file with a regular one.
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode  # follows links
+    except (FileNotFoundError, NotADirectoryError):  # a new file, or a folder that cannot be: said by the writer
+        mode = None
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise UserError(f"{path} is {kind}, not a regular file: refusing to replace it (give a file path)")
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
     """Write a file through ``write(f)`` into a temporary file beside it, fsync, then rename.
 
     On any failure the temporary file is removed and an existing file at ``path`` is untouched.
     The file gets the permissions of a plain ``open(path, "w")`` (0666 less the umask, so 0644
-    usually), not mkstemp's private 0600.
+    usually), not mkstemp's private 0600. A symlink at ``path`` is written through
+    (``output_target``); the returned path is the file written.
     """
-    path = Path(path)
+    path = output_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
