@@ -157,31 +157,58 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 class NpzSource(Source):
-    """One ``.npz`` with an ``[N, *shape]`` array per model input."""
+    """One ``.npz`` with one array per model input, holding ``N`` samples in either layout:
+
+    - stacked, ``[N, *input_shape]``: sample ``i`` is ``array[i]``;
+    - rows, ``[N, *input_shape[1:]]`` when the input's first axis is a batch axis (dynamic, or 1):
+      sample ``i`` is ``array[i:i+1]``, a batch of one. This is the natural layout of token ids
+      (``[N, seq]`` for a ``[batch, seq]`` input).
+
+    The rank tells the layouts apart, so neither is ever guessed. A rank-0 input (a scalar such as
+    a sample rate) is a 1-D array, each sample a 0-d array.
+    """
 
     def __init__(self, path: Path, specs: Sequence[InputSpec]):
         arrays = _load_npz(path)
         scalars = sorted(k for k, v in arrays.items() if v.ndim == 0)
         if scalars:
             raise UserError(f"{path}: arrays {', '.join(scalars)} have no sample axis; each must be [N, *input_shape]")
-        check_feed({k: v[:1] for k, v in arrays.items()}, _batched(specs), str(path))
+        check_feed({k: v[:1] for k, v in arrays.items()}, [dataclasses.replace(s, shape=None) for s in specs], str(path))  # names, dtypes
+        self.rows = {spec.name: _rows_layout(path, spec, arrays[spec.name]) for spec in specs}
         counts = {k: len(v) for k, v in arrays.items()}
         if len(set(counts.values())) != 1:
             raise UserError(f"{path}: arrays hold different numbers of samples: {counts}")
         self.arrays, self.specs = arrays, specs
         self.count = next(iter(counts.values()))
         self.description = f"{path} ({self.count} samples)"
+        if self.count:
+            check_feed(self[0], specs, f"{path}, sample 0")
 
     def __len__(self) -> int:
         return self.count
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        return {k: v[index] for k, v in self.arrays.items()}
+        return {k: np.asarray(v[index : index + 1] if self.rows[k] else v[index]) for k, v in self.arrays.items()}
 
 
-def _batched(specs: Sequence[InputSpec]) -> list[InputSpec]:
-    """Specs of ``[N, *shape]`` arrays: one more leading axis than the model's inputs."""
-    return [dataclasses.replace(s, shape=None if s.shape is None else (None, *s.shape)) for s in specs]
+def _rows_layout(path: Path, spec: InputSpec, array: np.ndarray) -> bool:
+    """Whether ``array`` holds ``spec``'s samples as rows (True) or stacked (False); raises when
+    it is neither, naming the file's shape and both layouts with this array's sample count."""
+    if spec.shape is None or array.ndim == len(spec.shape) + 1:
+        return False
+    batch_axis = len(spec.shape) >= 1 and not (isinstance(spec.shape[0], int) and spec.shape[0] > 1)
+    if batch_axis and array.ndim == len(spec.shape):
+        return True
+    n = len(array)
+    shown = [d if isinstance(d, int) else (d or "?") for d in spec.shape]
+    stacked = f"[{', '.join(map(str, [n, *shown]))}]"
+    layouts = f"{stacked} (stacked)"
+    if batch_axis:
+        layouts += f" or [{', '.join(map(str, [n, *shown[1:]]))}] (one row per sample, batch 1)"
+    raise UserError(
+        f"{path}: array {spec.name!r} has shape {list(array.shape)}; the model's input {spec.name!r} is {shown}, "
+        f"so {n} samples are {layouts}"
+    )
 
 
 class NpzFolderSource(Source):

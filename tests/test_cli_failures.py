@@ -254,7 +254,7 @@ BAD: list[Bad] = [
     Bad("npz-scalar", lambda ws: ws.quantize(calib=_npz(ws, "scalar.npz", x=np.float32(1))), "no sample axis"),
     Bad("inputs-named-differently", lambda ws: ws.quantize(calib=_npz(ws, "bad.npz", **calib_arrays(name="input"))), "missing x; unexpected input (the model expects inputs: x)"),
     Bad("wrong-dtype", lambda ws: ws.quantize(calib=_npz(ws, "bad.npz", **calib_arrays(dtype=np.float64))), "input 'x' has dtype float64, the model expects float32"),
-    Bad("wrong-rank", lambda ws: ws.quantize(calib=_npz(ws, "bad.npz", x=np.zeros((8, 3, 16, 16), np.float32))), "input 'x' has rank 4"),
+    Bad("wrong-rank", lambda ws: ws.quantize(calib=_npz(ws, "bad.npz", x=np.zeros((8, 16, 16), np.float32))), "so 8 samples are [8, 1, 3, 16, 16] (stacked) or [8, 3, 16, 16] (one row per sample, batch 1)"),
     Bad("wrong-static-dimension", lambda ws: ws.quantize(calib=_npz(ws, "bad.npz", x=np.zeros((8, 1, 3, 8, 8), np.float32))), "the model expects [None, 1, 3, 16, 16] (axis 3)"),
     Bad("no-samples-in-folder", lambda ws: ws.quantize(calib=_folder(ws, "empty")), "no samples in empty"),
     Bad("no-finite-value", lambda ws: ws.quantize(calib=_npz(ws, "nan.npz", x=np.full((4, 1, 3, 16, 16), np.nan, np.float32))), "held no finite value"),

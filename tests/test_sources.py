@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import builtins
 from pathlib import Path
 
@@ -276,16 +278,46 @@ def test_wrong_dtype(tmp_path, chain):
         open_source(tmp_path / "c.npz", chain)
 
 
-def test_wrong_rank(tmp_path, chain):
-    # [N, 3, 16, 16]: the model's leading batch axis of 1 is missing.
-    np.savez(tmp_path / "c.npz", x=_samples(2, [3, 16, 16]))
-    with pytest.raises(UserError, match=r"'x' has rank 4 .*expects rank 5"):
+def test_rows_layout_for_a_batch_axis_of_one(tmp_path, chain):
+    # [N, 3, 16, 16] for a [1, 3, 16, 16] input: N samples, each a batch of one.
+    rows = _samples(2, [3, 16, 16])
+    np.savez(tmp_path / "c.npz", x=rows)
+    source = open_source(tmp_path / "c.npz", chain)
+    assert len(source) == 2 and source[1]["x"].shape == (1, 3, 16, 16)
+    np.testing.assert_array_equal(source[1]["x"][0], rows[1])
+
+
+def test_token_ids_as_rows_or_stacked_give_the_same_samples(tmp_path):
+    model = _identity_model({"ids": ["batch", "seq"]}, TensorProto.INT64)
+    ids = np.arange(24, dtype=np.int64).reshape(4, 6)
+    np.savez(tmp_path / "rows.npz", ids=ids)
+    np.savez(tmp_path / "stacked.npz", ids=ids[:, None])
+    rows, stacked = open_source(tmp_path / "rows.npz", model), open_source(tmp_path / "stacked.npz", model)
+    assert len(rows) == len(stacked) == 4
+    for i in range(4):
+        np.testing.assert_array_equal(rows[i]["ids"], stacked[i]["ids"])
+        assert rows[i]["ids"].shape == (1, 6)
+
+
+def test_wrong_rank_names_the_file_shape_and_both_layouts(tmp_path, chain):
+    np.savez(tmp_path / "c.npz", x=_samples(2, [16, 16]))
+    with pytest.raises(UserError, match=re.escape(
+        "array 'x' has shape [2, 16, 16]; the model's input 'x' is [1, 3, 16, 16], "
+        "so 2 samples are [2, 1, 3, 16, 16] (stacked) or [2, 3, 16, 16] (one row per sample, batch 1)"
+    )):
         open_source(tmp_path / "c.npz", chain)
+
+
+def test_scalar_input_samples_are_0d_arrays(tmp_path):
+    model = _identity_model({"rate": []})
+    np.savez(tmp_path / "c.npz", rate=np.array([16000, 8000], np.float32))
+    source = open_source(tmp_path / "c.npz", model)
+    assert isinstance(source[1]["rate"], np.ndarray) and source[1]["rate"].shape == () and source[1]["rate"] == 8000
 
 
 def test_static_dim_mismatch(tmp_path, chain):
     np.savez(tmp_path / "c.npz", x=_samples(2, [1, 3, 8, 16]))
-    with pytest.raises(UserError, match=r"the model expects \[None, 1, 3, 16, 16\] \(axis 3\)"):
+    with pytest.raises(UserError, match=r"sample 0: input 'x' has shape \[1, 3, 8, 16\], the model expects \[1, 3, 16, 16\] \(axis 2\)"):
         open_source(tmp_path / "c.npz", chain)
 
 
