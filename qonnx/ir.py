@@ -70,6 +70,7 @@ def _checked_proto(path: Path) -> onnx.ModelProto:
         raise UserError(f"{path} is not an ONNX model: {exc}") from exc
     if not proto.HasField("graph"):
         raise UserError(f"{path} is not an ONNX model: it has no graph")
+    _check_versions(path, proto)
     folder = path.parent.resolve()
     for location in _external_locations(proto):
         target = (folder / location).resolve()
@@ -79,7 +80,52 @@ def _checked_proto(path: Path) -> onnx.ModelProto:
             )
         if not target.is_file():
             raise UserError(f"{path}: external data file {location!r} is missing")
+    _check_external_lengths(path, proto)
     return proto
+
+
+def _check_versions(path: Path, proto: onnx.ModelProto) -> None:
+    """An IR version or ai.onnx opset newer than the installed onnx and onnxruntime read is refused,
+    naming both versions (onnxruntime's own message speaks of an opset "under development")."""
+    from qonnx import runtime
+
+    if proto.ir_version > onnx.IR_VERSION:
+        raise UserError(
+            f"{path} has IR version {proto.ir_version}, newer than the installed onnx {onnx.__version__} reads "
+            f"(IR version {onnx.IR_VERSION} at most): export it for an older IR version, or upgrade onnx and onnxruntime"
+        )
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    newest = min(onnx.defs.onnx_opset_version(), runtime.max_opset())
+    if opset > newest:
+        raise UserError(
+            f"{path} uses ai.onnx opset {opset}; the installed onnx {onnx.__version__} knows opsets up to "
+            f"{onnx.defs.onnx_opset_version()} and onnxruntime {runtime.version} runs up to {runtime.max_opset()}: "
+            f"export it at opset {newest} or lower, or upgrade both"
+        )
+
+
+def _check_external_lengths(path: Path, proto: onnx.ModelProto) -> None:
+    """Every external tensor's bytes lie within its file (a truncated copy is refused, not read as zeros)."""
+    folder = path.parent
+    for tensor in external_data_helper._get_all_tensors(proto):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        size = (folder / info.location).stat().st_size
+        offset = info.offset or 0
+        length = info.length
+        if length is None:
+            count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize if tensor.data_type not in _SUBBYTE else 0
+            length = count * itemsize
+        if offset + length > size:
+            raise UserError(
+                f"{path}: external data of {tensor.name!r} needs bytes {offset}..{offset + length} of "
+                f"{info.location!r}, which has only {size}: the file is truncated or not this model's"
+            )
+
+
+_SUBBYTE = frozenset({onnx.TensorProto.INT4, onnx.TensorProto.UINT4})
 
 
 def _external_locations(proto: onnx.ModelProto) -> set[str]:

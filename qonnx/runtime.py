@@ -5,6 +5,7 @@ Every other module hands this one an ``onnx_ir`` model (or a path) and gets nump
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import statistics
@@ -31,6 +32,26 @@ __all__ = [
 ]
 
 version = ort.__version__
+
+
+@functools.cache
+def max_opset() -> int:
+    """The newest ai.onnx opset this onnxruntime loads (probed with one-node models, newest first,
+    from the installed onnx's newest; milliseconds)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", value[:1], value[1:])
+    for opset in range(onnx.defs.onnx_opset_version(), 0, -1):
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        proto.ir_version = min(proto.ir_version, 10)
+        try:
+            ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+            return opset
+        except Exception:  # noqa: BLE001 (any refusal means: not this opset)
+            continue
+    return 0
 ort.set_default_logger_severity(3)
 
 

@@ -117,6 +117,10 @@ def _unknown_op(proto):
     proto.graph.node[1].op_type = "NoSuchOp"
 
 
+def _future_ir_version(proto):
+    proto.ir_version = onnx.IR_VERSION + 1
+
+
 def _unreleased_opset(proto):
     proto.opset_import[0].version = 99
 
@@ -243,7 +247,9 @@ BAD: list[Bad] = [
     # was 1: a model onnxruntime cannot load failed deep in the pipeline as an internal error
     Bad("undefined-input", lambda ws: ws.quantize(model=_save(ws, "bad.onnx", _with_node(_undefined_input))), "not a model onnxruntime can load: Invalid model. Node input 'nothere'"),
     Bad("unknown-operator", lambda ws: ws.quantize(model=_save(ws, "bad.onnx", _with_node(_unknown_op))), "No Op registered for NoSuchOp"),
-    Bad("unreleased-opset", lambda ws: ws.quantize(model=_save(ws, "bad.onnx", _with_node(_unreleased_opset))), "Opset 99 is under development"),
+    Bad("unreleased-opset", lambda ws: ws.quantize(model=_save(ws, "bad.onnx", _with_node(_unreleased_opset))), "uses ai.onnx opset 99; the installed onnx"),  # was: onnxruntime's "under development"
+    Bad("ir-version-too-new", lambda ws: ws.quantize(model=_save(ws, "bad.onnx", _with_node(_future_ir_version))), f"has IR version {onnx.IR_VERSION + 1}, newer than the installed onnx {onnx.__version__} reads"),
+    Bad("external-data-truncated", lambda ws: ws.quantize(model=_save(ws, "ext.onnx", _external("weights.bin")) + _write(ws, "weights.bin", b"\0" * 8)[:0]), "which has only 8: the file is truncated"),
     # Calibration data
     Bad("no-calibration-data", lambda ws: ws.quantize(calib=None), "give --calib DATA (or --ranges FILE)"),
     Bad("calibration-data-missing", lambda ws: ws.quantize(calib="nope.npz"), "calibration data not found: nope.npz"),
