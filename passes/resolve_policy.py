@@ -24,6 +24,7 @@ from qonnx import ir as qir
 from qonnx.errors import UserError
 from qonnx.policy import FLOAT, PLAN_KEY, MixedPrecisionPolicy, Plan, Rule, load_policy, set_node_spec
 from qonnx.pipeline import Pass, Record, register
+from qonnx.quantized_parts import already_quantized
 from qonnx.targets import FLOAT_PRECISIONS, WEIGHT_AXIS_OPS, get_target
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ def _name_unnamed_nodes(model: ir.Model) -> bool:
 def _refusal(node: ir.Node, target) -> str | None:
     """Why ``node`` cannot run in INT8, or None. Only data inputs count: Reshape's shape, Resize's
     scales and Gather's indices are not quantized."""
+    if already_quantized(node):
+        return "already quantized"
     if node.op_type in target.passthrough_ops:
         data = node.inputs[:1]
     elif node.op_type in target.weighted_ops:

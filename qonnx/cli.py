@@ -91,6 +91,7 @@ _FIELDS = {
     "pipeline": (None, "pipeline", "--pipeline"),
     "samples": (None, "samples", "--samples"),
     "debug": (None, "debug", "--debug"),
+    "requantize": (None, "requantize", "--requantize"),
     "dump_after": (None, "dump_after", "--dump-after"),
     "executor": (None, "executor", "--executor"),
     "workers": (None, "workers", "--workers"),
@@ -206,6 +207,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--exclude", action="append", metavar="NODE_OR_REGEX", help="keep these nodes float: an exact node name or a regular expression matching the whole name (repeatable)")
     q.add_argument("--op-types", action="extend", type=_op_types, metavar="OP[,OP...]", help="quantize only these op types (e.g. Conv,Gemm); the others stay float")
     q.add_argument("--samples", type=int, help="use at most N calibration samples")
+    q.add_argument("--requantize", action="store_true", help="the model is already partly quantized: leave those parts as they are and quantize the float rest (without it, such a model is refused)")
     q.add_argument(
         "--method",
         metavar="{minmax,moving-minmax,percentile,entropy,mse}",

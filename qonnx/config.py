@@ -281,7 +281,8 @@ class QuantizeConfig:
     ``op_types_to_quantize``: only these op types may be quantized (None: the target's).
     ``pipeline``: a text pipeline instead of the default; ``samples``: at most N calibration
     samples; ``debug``: verify after every pass; ``dump_after``: save the model after these passes.
-    ``executor``: where independent trials (and sharded calibration) run: ``serial``, ``local`` (a
+    ``requantize``: accept a model that already holds quantizers, leaving those parts alone (without
+    it, such a model is refused). ``executor``: where independent trials (and sharded calibration) run: ``serial``, ``local`` (a
     process pool, the default), ``ray`` (a local Ray instance) or ``ray://HOST:PORT`` (a Ray
     cluster; the ``ray`` extra); ``workers``: its workers (default: two, or the Ray instance's CPUs).
     """
@@ -299,6 +300,7 @@ class QuantizeConfig:
     pipeline: str | None = None
     samples: int | None = None
     debug: bool = False
+    requantize: bool = False
     dump_after: tuple[str, ...] = ()
     executor: str | None = None
     workers: int | None = None
@@ -333,6 +335,7 @@ class QuantizeConfig:
             pipeline=_str(self.pipeline, "pipeline", None),
             samples=_int(self.samples, "samples", None, minimum=1, optional=True, what="must be a positive number"),
             debug=_bool(self.debug, "debug", None),
+            requantize=_bool(self.requantize, "requantize", None),
             dump_after=_strings(self.dump_after, "dump_after", None),
             executor=_executor(self.executor),
             workers=_int(self.workers, "workers", None, minimum=1, optional=True, what=f"must be a positive number, not {self.workers}"),

@@ -25,7 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qonnx import ir as qir
-from qonnx import runtime
+from qonnx import quantized_parts, runtime
 from qonnx.calib.ranges import RangeTable
 from qonnx.calib.sources import ImagePreprocess, Source, open_source
 from qonnx.config import CalibrationConfig, QuantizeConfig
@@ -177,6 +177,17 @@ def _check_loadable(path: Path) -> None:
         raise UserError(f"{path} is not a model onnxruntime can load: {reason}") from exc
 
 
+def _check_not_quantized(path: Path, model: ir.Model, config: QuantizeConfig) -> None:
+    """A model that already holds quantizers is refused, saying what was found and where, unless
+    ``requantize`` (then ``resolve-policy`` keeps those parts as they are)."""
+    found = quantized_parts.find(qir.all_nodes(model))
+    if found and not config.requantize:
+        raise UserError(
+            f"{path} is already quantized: {quantized_parts.describe(found)}; quantizing it again would stack a second set "
+            f"of quantizers (give --requantize to leave those parts alone and quantize the float rest)"
+        )
+
+
 def _check_outputs(job: Job, save_ranges: Path | None, plan: Path | None) -> None:
     """Every path the run writes can be written, none is the input, no two are the same file."""
     outputs = [("output model", job.output), ("report", job.report), ("HTML report", job.html), ("range table", save_ranges), ("plan", plan)]
@@ -321,6 +332,7 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
     passes = build(steps, context)  # the order of the pipeline and the passes' options are checked here
 
     model = qir.load(job.model)
+    _check_not_quantized(job.model, model, config)
     input_facts = _model_facts(job.model, model)
     context.calib, context.eval_data, shared = _sources(job, model)
     context.eval_held_out = not shared
