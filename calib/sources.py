@@ -94,6 +94,11 @@ def check_feed(feed: Mapping[str, np.ndarray], specs: Sequence[InputSpec], where
                         f"{where}: input {spec.name!r} has shape {list(array.shape)}, "
                         f"the model expects {list(spec.shape)} (axis {axis})"
                     )
+        if array.dtype.kind == "f" and np.isnan(array).any():
+            # NaN is never data; an infinity can be (an additive attention mask of -inf), and the
+            # calibration keeps it out of the ranges, saying so.
+            bad = np.argwhere(np.isnan(array))
+            raise UserError(f"{where}: input {spec.name!r} holds {len(bad)} NaN values (first at index {list(map(int, bad[0]))})")
         checked[spec.name] = array
     return checked
 
@@ -173,7 +178,8 @@ class NpzSource(Source):
         scalars = sorted(k for k, v in arrays.items() if v.ndim == 0)
         if scalars:
             raise UserError(f"{path}: arrays {', '.join(scalars)} have no sample axis; each must be [N, *input_shape]")
-        check_feed({k: v[:1] for k, v in arrays.items()}, [dataclasses.replace(s, shape=None) for s in specs], str(path))  # names, dtypes
+        names_and_types = {k: v[:0] for k, v in arrays.items()}  # no values: those are checked per sample
+        check_feed(names_and_types, [dataclasses.replace(s, shape=None) for s in specs], str(path))
         self.rows = {spec.name: _rows_layout(path, spec, arrays[spec.name]) for spec in specs}
         counts = {k: len(v) for k, v in arrays.items()}
         if len(set(counts.values())) != 1:
@@ -183,6 +189,10 @@ class NpzSource(Source):
         self.description = f"{path} ({self.count} samples)"
         if self.count:
             check_feed(self[0], specs, f"{path}, sample 0")
+        for name, array in arrays.items():
+            if array.dtype.kind == "f" and np.isnan(array).any():
+                first = int(np.argwhere(np.isnan(array))[0][0])
+                check_feed(self[first], specs, f"{path}, sample {first}")
 
     def __len__(self) -> int:
         return self.count

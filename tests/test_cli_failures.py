@@ -117,6 +117,13 @@ def _unknown_op(proto):
     proto.graph.node[1].op_type = "NoSuchOp"
 
 
+def _with_value(value: float, sample: int) -> np.ndarray:
+    """calib_arrays()["x"] with ``value`` at the first element of ``sample``."""
+    x = calib_arrays()["x"]
+    x[sample, 0, 0, 0, 0] = value
+    return x
+
+
 def _future_ir_version(proto):
     proto.ir_version = onnx.IR_VERSION + 1
 
@@ -260,10 +267,12 @@ BAD: list[Bad] = [
     Bad("npz-scalar", lambda ws: ws.quantize(calib=_npz(ws, "scalar.npz", x=np.float32(1))), "no sample axis"),
     Bad("inputs-named-differently", lambda ws: ws.quantize(calib=_npz(ws, "bad.npz", **calib_arrays(name="input"))), "missing x; unexpected input (the model expects inputs: x)"),
     Bad("wrong-dtype", lambda ws: ws.quantize(calib=_npz(ws, "bad.npz", **calib_arrays(dtype=np.float64))), "input 'x' has dtype float64, the model expects float32"),
+    Bad("nan-in-calibration", lambda ws: ws.quantize(calib=_npz(ws, "nan.npz", x=_with_value(np.nan, 5))), "nan.npz, sample 5: input 'x' holds 1 NaN values (first at index [0, 0, 0, 0])"),  # was 0
+    Bad("nan-in-evaluation", lambda ws: ws.quantize("--eval", _npz(ws, "held.npz", x=_with_value(np.nan, 2))), "held.npz, sample 2: input 'x' holds 1 NaN values"),
     Bad("wrong-rank", lambda ws: ws.quantize(calib=_npz(ws, "bad.npz", x=np.zeros((8, 16, 16), np.float32))), "so 8 samples are [8, 1, 3, 16, 16] (stacked) or [8, 3, 16, 16] (one row per sample, batch 1)"),
     Bad("wrong-static-dimension", lambda ws: ws.quantize(calib=_npz(ws, "bad.npz", x=np.zeros((8, 1, 3, 8, 8), np.float32))), "the model expects [None, 1, 3, 16, 16] (axis 3)"),
     Bad("no-samples-in-folder", lambda ws: ws.quantize(calib=_folder(ws, "empty")), "no samples in empty"),
-    Bad("no-finite-value", lambda ws: ws.quantize(calib=_npz(ws, "nan.npz", x=np.full((4, 1, 3, 16, 16), np.nan, np.float32))), "held no finite value"),
+    Bad("no-finite-value", lambda ws: ws.quantize(calib=_npz(ws, "nan.npz", x=np.full((4, 1, 3, 16, 16), np.nan, np.float32))), "nan.npz, sample 0: input 'x' holds 768 NaN values"),
     Bad("shape-the-model-rejects", lambda ws: ws.quantize(model=_save(ws, "strict.onnx", _strict_convs()), calib=_npz(ws, "small.npz", x=np.zeros((4, 1, 3, 2, 2), np.float32))), "calibration sample 0: onnxruntime failed on this input"),
     Bad("image-undecodable", lambda ws: ws.quantize(calib=_images(ws, ["a.png"], broken=True)), "a.png: cannot decode image"),
     Bad("image-size-unknown", lambda ws: ws.quantize(model=_save(ws, "dyn.onnx", tiny.conv_chain(dynamic=True)), calib=_images(ws, ["a.png"])), "dynamic height/width ['n', 3, 'h', 'w']: give --size HxW"),

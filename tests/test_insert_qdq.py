@@ -1007,9 +1007,9 @@ def test_the_pass_reports_a_change_when_the_last_bias_stays_float():
     """A Conv whose input stays float (non-finite): only its weight changes, its bias cannot."""
     proto = _conv(seed=35)
     feeds = _feeds([1, 4, 5, 5], [0] * 4)
-    feeds[0]["x"][0, 0, 0, 0] = np.nan
     model = to_ir(proto)
     ctx = Context(reduce_range=False, calib=ListSource(feeds, input_specs(model)))
+    feeds[0]["x"][0, 0, 0, 0] = np.nan  # after the source's check, which refuses non-finite data files
     records = run_pipeline(model, build(parse_pipeline(UNCORRECTED), ctx), ctx)
     assert records[-1].modified is True
     assert _node(model, "conv").inputs[2].name == "B"
