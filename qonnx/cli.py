@@ -11,7 +11,9 @@ import argparse
 import difflib
 import json
 import logging
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -505,10 +507,29 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so that a run withdraws what it had written (as for
+    Ctrl-C) instead of dying with its temporary files in place."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
+    try:
+        return _main(argv, debug)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str], debug: bool) -> int:
     try:
         args = _parse(argv)
         return {"quantize": _quantize, "analyze": _analyze, "inspect": _inspect, "passes": _passes}[args.command](args)
@@ -529,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("qonnx: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("qonnx: terminated", file=sys.stderr)
+        return 143
     except Exception as exc:  # an internal error: say so, keep the traceback for --debug
         if debug:
             traceback.print_exc()
