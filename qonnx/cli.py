@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -507,6 +509,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+# A full disk, a file-size limit, a quota, a read-only file system: the machine's state, not a bug.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
+
+
 class Terminated(BaseException):
     """SIGTERM, raised where the program is, so that a run withdraws what it had written (as for
     Ctrl-C) instead of dying with its temporary files in place."""
@@ -556,5 +562,9 @@ def _main(argv: list[str], debug: bool) -> int:
     except Exception as exc:  # an internal error: say so, keep the traceback for --debug
         if debug:
             traceback.print_exc()
+        if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+            where = f" writing {exc.filename}" if exc.filename else ""
+            print(f"qonnx: error: {exc.strerror or os.strerror(exc.errno)}{where}; nothing was written", file=sys.stderr)
+            return 2
         print(f"qonnx: internal error: {type(exc).__name__}: {_one_line(str(exc))} (run with --debug for details)", file=sys.stderr)
         return 1

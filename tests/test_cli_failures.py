@@ -215,6 +215,17 @@ def _table_for_another_model(ws: Workspace) -> str:
 
 # A pass registered through the public registry whose ``call`` has a genuine bug (it reads a key it
 # never wrote), run through ``qonnx.cli.main``: what an internal error looks like to a user.
+# A full disk, as a file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored so that writes fail with EFBIG):
+# the output model (more than 3000 bytes) cannot be written. The pipeline has no verify pass, whose
+# fusion check writes a temporary model through onnxruntime first.
+_SMALL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
+from qonnx import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
 _BUGGY_PASS = """
 import sys
 
@@ -328,6 +339,7 @@ BAD: list[Bad] = [
     # Inspect
     Bad("inspect-missing-model", lambda ws: ["inspect", "nope.onnx"], "model file not found: nope.onnx"),
     # Internal errors: a real bug in a registered pass
+    Bad("disk-full", lambda ws: ws.quantize("--pipeline", "normalize,resolve-policy,calibrate,insert-qdq,finalize"), "qonnx: error: File too large; nothing was written", program=_SMALL_DISK),  # was 1
     Bad("internal-error", lambda ws: ws.quantize("--pipeline", "normalize,double-scales"), "qonnx: internal error: KeyError: 'W0' (run with --debug for details)", rc=1, program=_BUGGY_PASS),
     Bad("internal-error-debug", lambda ws: ws.quantize("--pipeline", "normalize,double-scales", "--debug"), "qonnx: internal error: KeyError: 'W0' (run with --debug for details)", rc=1, program=_BUGGY_PASS, traceback=True),
 ]
