@@ -15,6 +15,7 @@ dtype, rank, static dimensions) before use; ``np.load`` always runs with ``allow
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import zipfile
 import zlib
@@ -25,6 +26,8 @@ import numpy as np
 import onnx_ir as ir
 
 from qonnx.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "InputSpec",
@@ -309,6 +312,28 @@ class ImageFolderSource(Source):
         return check_feed(feed, self.specs, str(path))
 
 
+def _folder_source(folder: Path, specs: Sequence[InputSpec], preprocess: ImagePreprocess | None) -> Source:
+    """A folder of .npz files or of images, never both: one stray file must not decide what the
+    rest is read as. Other files are ignored, and listed in the log."""
+    entries = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    arrays = [p for p in entries if p.suffix == ".npz"]
+    images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
+    if arrays and images:
+        def few(paths: list[Path]) -> str:
+            return ", ".join(p.name for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+
+        raise UserError(
+            f"{folder} holds both .npz files ({len(arrays)}: {few(arrays)}) and images ({len(images)}: {few(images)}); "
+            f"a data folder holds one kind: move the others out"
+        )
+    ignored = [p.name for p in entries if p not in arrays and p not in images]
+    if ignored:
+        logger.info("%s: %d files that are neither .npz nor images ignored: %s", folder, len(ignored), ", ".join(ignored[:10]))
+    if arrays:
+        return NpzFolderSource(folder, specs)
+    return ImageFolderSource(folder, specs, preprocess or ImagePreprocess())
+
+
 def open_source(
     data: str | os.PathLike | Iterable[Mapping[str, np.ndarray]] | Source,
     model: ir.Model,
@@ -327,11 +352,7 @@ def open_source(
                 raise UserError(f"{path}: calibration data must be a .npz file or a folder (of .npz files or images)")
             source = NpzSource(path, specs)
         else:
-            entries = [p for p in path.iterdir() if p.is_file()]
-            if any(p.suffix == ".npz" for p in entries):
-                source = NpzFolderSource(path, specs)
-            else:
-                source = ImageFolderSource(path, specs, preprocess or ImagePreprocess())
+            source = _folder_source(path, specs, preprocess)
     else:
         source = ListSource(data, specs)
     if len(source) == 0:

@@ -280,6 +280,7 @@ BAD: list[Bad] = [
     Bad("wrong-dtype", lambda ws: ws.quantize(calib=_npz(ws, "bad.npz", **calib_arrays(dtype=np.float64))), "input 'x' has dtype float64, the model expects float32"),
     Bad("nan-in-calibration", lambda ws: ws.quantize(calib=_npz(ws, "nan.npz", x=_with_value(np.nan, 5))), "nan.npz, sample 5: input 'x' holds 1 NaN values (first at index [0, 0, 0, 0])"),  # was 0
     Bad("nan-in-evaluation", lambda ws: ws.quantize("--eval", _npz(ws, "held.npz", x=_with_value(np.nan, 2))), "held.npz, sample 2: input 'x' holds 1 NaN values"),
+    Bad("images-and-npz-in-one-folder", lambda ws: ws.quantize(calib=_images(ws, ["a.png", "b.png"]) if _npz(ws, "photos/stray.npz", **calib_arrays()) else ""), "photos holds both .npz files (1: stray.npz) and images (2: a.png, b.png)"),  # was 0
     Bad("wrong-rank", lambda ws: ws.quantize(calib=_npz(ws, "bad.npz", x=np.zeros((8, 16, 16), np.float32))), "so 8 samples are [8, 1, 3, 16, 16] (stacked) or [8, 3, 16, 16] (one row per sample, batch 1)"),
     Bad("wrong-static-dimension", lambda ws: ws.quantize(calib=_npz(ws, "bad.npz", x=np.zeros((8, 1, 3, 8, 8), np.float32))), "the model expects [None, 1, 3, 16, 16] (axis 3)"),
     Bad("no-samples-in-folder", lambda ws: ws.quantize(calib=_folder(ws, "empty")), "no samples in empty"),
