@@ -192,7 +192,7 @@ class NpzSource(Source):
         self.description = f"{path} ({self.count} samples)"
         if self.count:
             check_feed(self[0], specs, f"{path}, sample 0")
-        for name, array in arrays.items():
+        for array in arrays.values():
             if array.dtype.kind == "f" and np.isnan(array).any():
                 first = int(np.argwhere(np.isnan(array))[0][0])
                 check_feed(self[first], specs, f"{path}, sample {first}")

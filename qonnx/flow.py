@@ -25,14 +25,24 @@ import numpy as np
 import onnx_ir as ir
 
 from qonnx import ir as qir
-from qonnx import quantized_parts, runtime
+from qonnx import legacy, quantized_parts, runtime
 from qonnx.calib.ranges import RangeTable
 from qonnx.calib.sources import ImagePreprocess, Source, open_source
 from qonnx.config import CalibrationConfig, QuantizeConfig
 from qonnx.errors import UserError
 from qonnx.executor import check_available
+from qonnx.pipeline import (
+    Context,
+    PassRecord,
+    PipelineStep,
+    build,
+    check_dump_after,
+    check_order,
+    default_pipeline,
+    parse_pipeline,
+    run_pipeline,
+)
 from qonnx.policy import PLAN_KEY
-from qonnx.pipeline import Context, PassRecord, PipelineStep, build, check_dump_after, check_order, default_pipeline, parse_pipeline, run_pipeline
 from qonnx.report import Report, assemble, write_json
 from qonnx.report_html import render_html
 from qonnx.verdict import Verdict, judge
@@ -310,17 +320,26 @@ def _verdict(config: QuantizeConfig, context: Context, *, token_inputs: bool, ha
 def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
     """Check everything, run the pipeline, save and report: the whole flow of one quantization."""
     started = time.perf_counter()
-    cal = config.calibration
-    save_ranges = None if cal.save_ranges is None else Path(cal.save_ranges)
-
     # Every argument is checked before any work (the config checked its own fields when it was
     # made): a bad one costs nothing and leaves nothing behind.
-    calibrated = job.calib is not None or cal.ranges is not None
+    calibrated = job.calib is not None or config.calibration.ranges is not None
     evaluated = job.calib is not None or job.eval_data is not None
     steps = pipeline_steps(config, calibrated=calibrated, evaluated=evaluated)
     check_dump_after(config.dump_after, [s.name for s in steps])
     qir.check_file(job.model)  # a missing file, a folder, not ONNX, unsafe external data
-    _check_loadable(job.model)
+    scratch = tempfile.TemporaryDirectory(prefix="qonnx-")
+    try:
+        reference, upgrade_note = legacy.upgraded_if_needed(job.model, Path(scratch.name), _check_loadable, runtime.version)
+        return _run(config, job, steps, reference, upgrade_note, started)
+    finally:
+        scratch.cleanup()
+
+
+def _run(config: QuantizeConfig, job: Job, steps: list[PipelineStep], reference: Path, upgrade_note: str | None, started: float) -> QuantizeResult:
+    """``run`` once the model is known to load in onnxruntime: ``reference`` is the FP32 model
+    (the input, or its upgraded copy, then ``upgrade_note`` says so)."""
+    cal = config.calibration
+    save_ranges = None if cal.save_ranges is None else Path(cal.save_ranges)
     plan = plan_path(job.output) if config.policy == "auto" else None
     _check_outputs(job, save_ranges, plan)
     if cal.ranges is not None:
@@ -329,11 +348,14 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
         raise UserError(f"policy file not found: {config.policy}")
     check_available(config.executor)
     context = _context(config, job)
+    context.source = reference
     passes = build(steps, context)  # the order of the pipeline and the passes' options are checked here
 
-    model = qir.load(job.model)
+    model = qir.load(reference)
     _check_not_quantized(job.model, model, config)
     input_facts = _model_facts(job.model, model)
+    if upgrade_note is not None:
+        input_facts["upgraded"] = upgrade_note
     context.calib, context.eval_data, shared = _sources(job, model)
     context.eval_held_out = not shared
 

@@ -282,7 +282,7 @@ BAD: list[Bad] = [
     Bad("nan-in-evaluation", lambda ws: ws.quantize("--eval", _npz(ws, "held.npz", x=_with_value(np.nan, 2))), "held.npz, sample 2: input 'x' holds 1 NaN values"),
     Bad("images-and-npz-in-one-folder", lambda ws: ws.quantize(calib=_images(ws, ["a.png", "b.png"]) if _npz(ws, "photos/stray.npz", **calib_arrays()) else ""), "photos holds both .npz files (1: stray.npz) and images (2: a.png, b.png)"),  # was 0
     Bad("wrong-rank", lambda ws: ws.quantize(calib=_npz(ws, "bad.npz", x=np.zeros((8, 16, 16), np.float32))), "so 8 samples are [8, 1, 3, 16, 16] (stacked) or [8, 3, 16, 16] (one row per sample, batch 1)"),
-    Bad("wrong-static-dimension", lambda ws: ws.quantize(calib=_npz(ws, "bad.npz", x=np.zeros((8, 1, 3, 8, 8), np.float32))), "the model expects [None, 1, 3, 16, 16] (axis 3)"),
+    Bad("wrong-static-dimension", lambda ws: ws.quantize(calib=_npz(ws, "bad.npz", x=np.zeros((8, 1, 3, 8, 8), np.float32))), "bad.npz, sample 0: input 'x' has shape [1, 3, 8, 8], the model expects [1, 3, 16, 16] (axis 2)"),
     Bad("no-samples-in-folder", lambda ws: ws.quantize(calib=_folder(ws, "empty")), "no samples in empty"),
     Bad("no-finite-value", lambda ws: ws.quantize(calib=_npz(ws, "nan.npz", x=np.full((4, 1, 3, 16, 16), np.nan, np.float32))), "nan.npz, sample 0: input 'x' holds 768 NaN values"),
     Bad("shape-the-model-rejects", lambda ws: ws.quantize(model=_save(ws, "strict.onnx", _strict_convs()), calib=_npz(ws, "small.npz", x=np.zeros((4, 1, 3, 2, 2), np.float32))), "calibration sample 0: onnxruntime failed on this input"),
