@@ -174,6 +174,11 @@ class WeightInputStatistics(Mapping[str, InputStatistics]):
     def __len__(self) -> int:
         return len(self.tensor_of)
 
+    @property
+    def held_tensors(self) -> list[str]:
+        """The tensors whose statistics are in memory now (one group's)."""
+        return list(self._held)
+
     def input_scaled(self, nodes: Sequence[str], scales: np.ndarray, tensor: str | None = None) -> None:
         """The input of ``nodes`` is now divided by ``scales``, under the name ``tensor`` (default: the
         same name, 1/s folded into its producer): held statistics are rescaled; ones computed later
@@ -215,8 +220,29 @@ class WeightInputStatistics(Mapping[str, InputStatistics]):
         if tensor in feed:
             value = feed[tensor]
         else:
-            value = runtime.session(runtime.tapped_model(self.model, [tensor])).run(feed, [tensor])[tensor]
+            value = self._session([tensor]).run(feed, [tensor])[tensor]
         return max(1, value.size // self.channels[tensor])
+
+    def _session(self, tensors: Sequence[str]) -> runtime.Session:
+        """A session of the model with ``tensors`` among its outputs, which are added to the model
+        itself for as long as the session takes to build (a copy of a large model would be one more
+        model's worth of memory at the peak)."""
+        graph = self.model.graph
+        outputs = list(graph.outputs)
+        values = {v.name: v for v in outputs}
+        for node in graph:
+            for value in node.outputs:
+                if value.name in tensors and value.name not in values:
+                    values[value.name] = value
+                    graph.outputs.append(value)
+        missing = [t for t in tensors if t not in values]
+        if missing:
+            raise KeyError(f"no tensor named {missing[0]!r} in the model")
+        try:
+            return runtime.session(self.model)
+        finally:
+            graph.outputs.clear()
+            graph.outputs.extend(outputs)
 
     def _compute(self, tensor: str) -> None:
         group = next(g for g in self._plan() if tensor in g)
@@ -225,7 +251,7 @@ class WeightInputStatistics(Mapping[str, InputStatistics]):
         stats = {t: InputStatistics(self.channels[t]) for t in live}
         graph_inputs = {v.name for v in self.model.graph.inputs}
         fetch = [t for t in live if t not in graph_inputs]
-        session = runtime.session(runtime.tapped_model(self.model, fetch)) if fetch else None
+        session = self._session(fetch) if fetch else None
         self.groups_computed += 1
         label = f"weight statistics, group {self.groups_computed}"
         with Progress(self.count, label, enabled=self.progress) as bar:
