@@ -25,4 +25,5 @@ from qonnx.passes import (  # noqa: F401
     sensitivity,
     upgrade_opset,
     verify,
+    weight_statistics,
 )
