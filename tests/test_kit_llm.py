@@ -16,7 +16,7 @@ from qonnx import runtime
 from qonnx.calib.sources import NpzSource, input_specs
 from qonnx.errors import UserError
 from qonnx.lm_metrics import perplexity
-from qonnx.models import llm
+from qonnx.models import lm_eval, llm
 
 needs_export = pytest.mark.skipif(not llm.available(), reason="exporting needs the export extra (torch, transformers, gguf...)")
 
@@ -91,6 +91,17 @@ def test_windows_written_as_npz_feed_the_model_through_the_cli_source(tiny, tmp_
     assert runtime.session(tiny).run(source[0])["logits"].shape == (1, 20, 256)
 
 
+@needs_export
+def test_score_of_a_model_against_itself(tiny):
+    # Same model, same onnxruntime: identical logits, so agreement 1 and KL 0 (float64 rounding only).
+    windows = np.random.default_rng(3).integers(0, 256, size=(3, 24), dtype=np.int64)
+    scores = lm_eval.score(tiny, windows, reference=tiny)
+    assert scores["top1_agreement"] == 1.0 and abs(scores["kl_divergence"]) < 1e-12
+    assert scores["perplexity"] == scores["reference_perplexity"]
+    # Random weights of std 0.02 give logits near 0: nearly uniform over 256 tokens.
+    assert 200 < scores["perplexity"] < 320
+
+
 def test_write_windows_npz_refuses_what_is_not_int64_windows(tmp_path):
     with pytest.raises(UserError, match="int64"):
         llm.write_windows_npz(tmp_path / "x.npz", np.zeros((2, 3), np.int32))
@@ -118,6 +129,15 @@ def test_text_windows_keep_calibration_and_evaluation_apart():
         llm.text_windows(half // 100 + 1, 100, "eval")
     with pytest.raises(UserError, match="split"):
         llm.text_windows(1, 8, "test")
+
+
+@pytest.mark.kit
+def test_windows_command_writes_an_npz_the_cli_reads(smollm2, tmp_path):
+    path = tmp_path / "eval.npz"
+    assert lm_eval.main(["windows", str(path), "--split", "eval", "--count", "2", "--length", "64"]) == 0
+    source = NpzSource(path, input_specs(qir.load(smollm2)))
+    assert len(source) == 2
+    np.testing.assert_array_equal(source[1]["input_ids"], llm.text_windows(2, 64, "eval")[1:])
 
 
 @pytest.mark.kit
