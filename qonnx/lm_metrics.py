@@ -42,7 +42,13 @@ def perplexity(logits: np.ndarray, input_ids: np.ndarray) -> float:
         NLL = -1 / (B (T-1)) * sum_b sum_{t=0}^{T-2} log_softmax(logits[b, t])[input_ids[b, t+1]]
         perplexity = exp(NLL)
 
-    Uniform logits over ``V`` tokens give perplexity ``V``; a perfect prediction gives 1.
+    Uniform logits over ``V`` tokens give perplexity ``V``; a perfect prediction gives 1. Position 0
+    gives token 1 probability 3/4 and the last position is not scored, so here perplexity is 4/3:
+
+    >>> import math
+    >>> logits = np.array([[[0.0, math.log(3)], [9.0, -9.0]]])
+    >>> round(perplexity(logits, np.array([[0, 1]])), 6)
+    1.333333
     """
     logits = _check_logits(logits, "logits")
     ids = np.asarray(input_ids)
@@ -70,7 +76,12 @@ def kl_divergence(reference_logits: np.ndarray, test_logits: np.ndarray) -> floa
 
         KL = 1 / (B T) * sum_{b, t} sum_v P_ref[b, t, v] * (log P_ref[b, t, v] - log P_test[b, t, v])
 
-    Zero when the two distributions agree; never negative (up to float64 rounding).
+    Zero when the two distributions agree; never negative (up to float64 rounding). P_ref = [1/4, 3/4]
+    against a uniform P_test gives ``3/4 ln 3 - ln 2``:
+
+    >>> import math
+    >>> round(kl_divergence(np.array([[[0.0, math.log(3)]]]), np.zeros((1, 1, 2))), 6)
+    0.130812
     """
     reference, test = _check_pair(reference_logits, test_logits)
     log_p, log_q = log_softmax(reference), log_softmax(test)
