@@ -173,8 +173,8 @@ def load_smollm2():
 def _logits_module(torch, model):
     """``model`` as a module ``input_ids -> logits`` (no KV cache, no other outputs).
 
-    The wrapped model sits in the attribute ``model``, so its weights keep their Hugging Face names
-    behind a ``model.`` prefix (``model.lm_head.weight``, ``model.model.layers.0...``).
+    The wrapped model sits in the attribute ``model``, so the initializers that keep a Hugging Face
+    name have it behind a ``model.`` prefix (``model.lm_head.weight``, ``model.model.norm.weight``).
     """
 
     class Logits(torch.nn.Module):
