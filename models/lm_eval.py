@@ -98,6 +98,9 @@ def _run(args: argparse.Namespace) -> int:
         path = llm.write_windows_npz(args.output, llm.text_windows(args.count, args.length, args.split))
         print(f"wrote {path}: {args.count} {args.split} windows of {args.length} tokens as input_ids [{args.count}, 1, {args.length}]")
     else:
+        for path in (args.model, args.reference):
+            if path is not None and not path.is_file():
+                raise UserError(f"{path}: no such model file")
         windows = llm.text_windows(args.count, args.length, args.split)
         print(json.dumps(score(args.model, windows, reference=args.reference, threads=args.threads), indent=2))
     return 0
