@@ -9,7 +9,7 @@ import importlib
 
 import pytest
 
-MODULES = ["qonnx.quant"]
+MODULES = ["qonnx.quant", "qonnx.lm_metrics"]
 
 
 @pytest.mark.parametrize("name", MODULES)

