@@ -52,6 +52,8 @@ def max_opset() -> int:
         except Exception:  # noqa: BLE001 (any refusal means: not this opset)
             continue
     return 0
+
+
 ort.set_default_logger_severity(3)
 
 
@@ -65,6 +67,10 @@ def _options(threads: int | None, optimized_path: str | None = None, disable_opt
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
+        # Every initializer of the optimized graph goes into one file beside it: left to itself,
+        # onnxruntime keeps references to the source model's external data file, which is not there.
+        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", Path(optimized_path).name + ".data")
+        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     return opts
 
 

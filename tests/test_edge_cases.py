@@ -16,7 +16,7 @@ from qonnx.errors import UserError
 from qonnx.metrics import sqnr_db
 from qonnx.models import tiny
 
-from conftest import run_text
+from conftest import run_qonnx, run_text
 
 F = TensorProto.FLOAT
 
@@ -181,3 +181,20 @@ def test_a_scalar_input_from_npz_calibrates_and_evaluates(tmp_path):
     result = qonnx.quantize(tmp_path / "m.onnx", tmp_path / "q.onnx", calib=tmp_path / "calib.npz", eval_data=tmp_path / "calib.npz")
     # 8-bit activations and weights on a 27-tap conv: well above 30 dB; 20 dB leaves room for the scalar path
     assert result.fidelity["outputs"]["y"]["sqnr_db"] > 20
+
+
+def test_a_model_with_external_data_quantizes_dynamically_from_another_folder(tmp_path):
+    """Weights in an external data file beside the model, the command run from elsewhere: the
+    checker must not look for the file in the working directory, and onnxruntime's optimized graph
+    (the fusion check) must not refer to a data file that is not beside it."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "W")
+    b = numpy_helper.from_array(rng.standard_normal((8, 64)).astype(np.float32), "B")  # stays float: still external in the output
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["m"], name="mm"), helper.make_node("Add", ["m", "B"], ["y"], name="add")]
+    model = _model(nodes, [helper.make_tensor_value_info("x", F, [1, 8, 64])], [helper.make_tensor_value_info("y", F, [1, 8, 64])], [w, b])
+    (tmp_path / "models").mkdir()
+    onnx.save_model(model, str(tmp_path / "models" / "m.onnx"), save_as_external_data=True, location="m.onnx.data", size_threshold=0)
+    (tmp_path / "elsewhere").mkdir()
+    result = run_qonnx("quantize", "../models/m.onnx", "-o", "q.onnx", "--mode", "dynamic", "--quiet", cwd=tmp_path / "elsewhere")
+    assert result.rc == 0, result.err
+    assert any(n.op_type == "DynamicQuantizeLinear" for n in onnx.load(str(tmp_path / "elsewhere" / "q.onnx")).graph.node)
