@@ -178,6 +178,9 @@ class ResolvePolicy(Pass):
         for node in model.graph.all_nodes():
             if node.graph is not model.graph and (float_format or node.op_type in self.target.quantized_ops):
                 plan.add(node.name, {"format": "float", "reason": "inside a subgraph"})
+            elif node.domain not in ("", "ai.onnx") and not float_format:
+                reason = "already quantized" if already_quantized(node) else f"operator of the {node.domain} domain: left float, quantized around"
+                plan.add(node.name, {"format": "float", "reason": reason})
         document = plan.to_json(self.target.name, recorded)
         if model.metadata_props.get(PLAN_KEY) != document:
             model.metadata_props[PLAN_KEY] = document
