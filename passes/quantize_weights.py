@@ -13,6 +13,10 @@ For every node whose spec (``qonnx.spec``, from ``resolve-policy``) is ``weight-
 4. ``Gather(E, indices)`` along axis 0, ``E`` a constant FP32 ``[V, H]`` (an embedding table): the
    rows are quantized along ``H``, so a tied table gets the blocks of its lm_head.
 
+A tied table in the ``matmulnbits`` format is stored once: the Gather reads the lm_head's
+MatMulNBits codes (as ``[V, n_blocks, blob]`` blocks, then a Reshape), with its own copy of the
+scales only (the two kernels want them in different shapes).
+
 Emission (``format``):
 
 - ``matmulnbits``: MatMul/Gemm → ``MatMulNBits`` (com.microsoft; a Gemm's bias as its ``bias``
@@ -40,7 +44,7 @@ import onnx_ir as ir
 from qonnx import blockwise
 from qonnx import ir as qir
 from qonnx.errors import UserError
-from qonnx.nbits_packing import NBitsWeight, gather_block_quantized, matmul_nbits, signed_codes
+from qonnx.nbits_packing import NBitsWeight, gather_block_quantized, matmul_nbits, pack_codes, signed_codes
 from qonnx.pipeline import Pass, Record, apply, register
 from qonnx.policy import SPEC_KEY, QuantSpec, node_spec, record_formats, set_node_spec
 
@@ -135,11 +139,12 @@ class QuantizeWeights(Pass):
         counts: dict[str, int] = {}
         bits: dict[str, int] = {}
         before = after = 0
-        sources: set[str] = set()
+        counted: list[np.ndarray] = []  # the float weights whose bytes are counted (a tied table once)
         tied: list[str] = []
         refused: dict[str, dict] = {}
-        tables = {n.inputs[0] for n in graph if n.op_type == "Gather" and n.domain in ("", "ai.onnx")}
-        for node in nodes:
+        tables = _embedding_tables(graph)
+        shared: dict[ir.Value, tuple[QuantSpec, blockwise.BlockQuantized, ir.Value]] = {}
+        for node in sorted(nodes, key=lambda n: n.op_type == "Gather"):  # a tied lm_head's codes first: its Gather may share them
             found = self._candidate(node)
             if isinstance(found, str):
                 if found:
@@ -147,15 +152,23 @@ class QuantizeWeights(Pass):
                     refused[node.name] = {"format": "float", "reason": found}
                     set_node_spec(node, refused[node.name])
                 continue
-            stored, made = self._rewrite(model, found)
+            quantized = self._quantize(model, found)
+            table = _tied_table(found, tables) if node.op_type != "Gather" else None
+            reuse = shared.get(found.source) if node.op_type == "Gather" else None
+            if reuse is not None and reuse[0] == found.spec and _can_share(node, reuse[1]):
+                stored, made, codes = self._gather_shared(graph, node, reuse[1], reuse[2], found.source.name), "GatherBlockQuantized", None
+            else:
+                stored, made, codes = self._rewrite(model, found, quantized)
+            if table is not None and codes is not None:
+                shared[table] = (found.spec, quantized, codes)
             counts[made] = counts.get(made, 0) + 1
             key = str(found.spec.weight_bits)
             bits[key] = bits.get(key, 0) + 1
             after += stored
-            if found.source.name not in sources:
-                sources.add(found.source.name)
+            if not any(found.weight.shape == w.shape and np.array_equal(found.weight, w) for w in counted):
+                counted.append(found.weight)
                 before += found.weight.nbytes
-            if node.op_type != "Gather" and found.source in tables:
+            if table is not None:
                 tied.append(node.name)
             modified = True
         if refused:
@@ -216,18 +229,19 @@ class QuantizeWeights(Pass):
             found.weight, bits=spec.weight_bits, block_size=spec.block_size, symmetric=spec.symmetric_weights, algorithm=self.algorithm, statistics=statistics
         )
 
-    def _rewrite(self, model: ir.Model, found: _Candidate) -> tuple[int, str]:
-        """Rewrite one node; returns the bytes of its stored weight and the op that now reads it."""
-        quantized = self._quantize(model, found)
+    def _rewrite(self, model: ir.Model, found: _Candidate, quantized: blockwise.BlockQuantized) -> tuple[int, str, ir.Value | None]:
+        """Rewrite one node; returns the bytes of its stored weight, the op that now reads it, and
+        the MatMulNBits codes (which the Gather of a tied table may share)."""
         graph, node = model.graph, found.node
         base = found.source.name or node.name
         if node.op_type == "Gather":
             if self.format == "matmulnbits":
-                return self._gather_block_quantized(graph, node, quantized, base), "GatherBlockQuantized"
-            return self._dequantized(graph, node, quantized, base, index=0, axis=1, transpose=True), "Gather"
+                return self._gather_block_quantized(graph, node, quantized, base), "GatherBlockQuantized", None
+            return self._dequantized(graph, node, quantized, base, index=0, axis=1, transpose=True), "Gather", None
         bias = node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) > 2 else None
+        codes = None
         if self.format == "matmulnbits":
-            stored = self._matmul_nbits(graph, node, quantized, base, bias)
+            stored, codes = self._matmul_nbits(graph, node, quantized, base, bias)
         elif node.op_type == "Gemm":
             stored = self._gemm_as_matmul(graph, node, quantized, base, bias)
         else:
@@ -235,7 +249,7 @@ class QuantizeWeights(Pass):
         transpose = found.via_transpose
         if transpose is not None and not transpose.outputs[0].uses() and not transpose.outputs[0].is_graph_output():
             graph.remove(transpose, safe=True)
-        return stored, "MatMulNBits" if self.format == "matmulnbits" else "MatMul"
+        return stored, "MatMulNBits" if self.format == "matmulnbits" else "MatMul", codes
 
     @staticmethod
     def _initializers(graph: ir.Graph, base: str, packed: NBitsWeight) -> tuple[ir.Value, ir.Value, ir.Value | None]:
@@ -245,7 +259,7 @@ class QuantizeWeights(Pass):
             None if packed.zero_points is None else qir.make_initializer(graph, f"{base}_zero_points", packed.zero_points),
         )
 
-    def _matmul_nbits(self, graph: ir.Graph, node: ir.Node, quantized: blockwise.BlockQuantized, base: str, bias: ir.Value | None) -> int:
+    def _matmul_nbits(self, graph: ir.Graph, node: ir.Node, quantized: blockwise.BlockQuantized, base: str, bias: ir.Value | None) -> tuple[int, ir.Value]:
         packed = matmul_nbits(quantized)
         k, n = quantized.codes.shape
         stored, scales, zero_points = self._initializers(graph, base, packed)
@@ -264,7 +278,7 @@ class QuantizeWeights(Pass):
             attributes["accuracy_level"] = self.accuracy_level
         replacement = ir.node("MatMulNBits", inputs, attributes=attributes, domain=MS_DOMAIN, name=node.name)
         _replace(graph, node, [replacement] + ([_add(graph, replacement.outputs[0], add_after, node.name)] if add_after is not None else []))
-        return packed.nbytes
+        return packed.nbytes, stored
 
     def _gather_block_quantized(self, graph: ir.Graph, node: ir.Node, quantized: blockwise.BlockQuantized, base: str) -> int:
         packed = gather_block_quantized(quantized)
@@ -273,6 +287,26 @@ class QuantizeWeights(Pass):
         inputs = [stored, node.inputs[1], scales] + ([zero_points] if zero_points is not None else [])
         _replace(graph, node, [ir.node("GatherBlockQuantized", inputs, attributes=attributes, domain=MS_DOMAIN, name=node.name)])
         return packed.nbytes
+
+    def _gather_shared(self, graph: ir.Graph, node: ir.Node, quantized: blockwise.BlockQuantized, codes: ir.Value, base: str) -> int:
+        """The Gather of a tied table reads its lm_head's MatMulNBits codes ``[V, n_blocks, blob]``
+        (``quantize_axis=2``, one block per row of the last axis), then a Reshape to ``[..., H]``;
+        only its scales (and zero points) are its own: MatMulNBits wants them ``[V, n_blocks]``,
+        GatherBlockQuantized of the same rank as the data. Returns the bytes it added."""
+        h, v = quantized.codes.shape
+        blocks = quantized.scales.shape[0]
+        scales = qir.make_initializer(graph, f"{base}_gather_scales", np.ascontiguousarray(quantized.scales.T).reshape(v, blocks, 1))
+        inputs = [codes, node.inputs[1], scales]
+        if not quantized.symmetric:
+            zero_points = np.ascontiguousarray(quantized.zero_points.T).reshape(v, blocks, 1)
+            inputs.append(qir.make_initializer(graph, f"{base}_gather_zero_points", pack_codes(zero_points, quantized.bits, pad=1 << (quantized.bits - 1))))
+        attributes = {"bits": quantized.bits, "block_size": quantized.block_size, "gather_axis": 0, "quantize_axis": 2}
+        gather = ir.node("GatherBlockQuantized", inputs, attributes=attributes, domain=MS_DOMAIN, name=node.name)
+        rank = len(node.inputs[1].shape)
+        shape = qir.make_initializer(graph, f"{base}_rows_shape", np.array([0] * rank + [h], np.int64))
+        reshape = ir.node("Reshape", [gather.outputs[0], shape], name=qir.unique_name(graph, f"{node.name}_rows"))
+        _replace(graph, node, [gather, reshape])
+        return sum(int(x.const_value.nbytes) for x in inputs[2:])
 
     def _dequantized(self, graph: ir.Graph, node: ir.Node, quantized: blockwise.BlockQuantized, base: str, *, index: int, axis: int, transpose: bool) -> int:
         """A blocked ``DequantizeLinear`` (along ``axis``) of the stored weight, read by ``node`` at
@@ -293,6 +327,31 @@ class QuantizeWeights(Pass):
         nodes = [matmul] + ([_add(graph, matmul.outputs[0], bias, node.name)] if bias is not None else [])
         _replace(graph, node, nodes)
         return self._dequantized(graph, matmul, quantized, base, index=1, axis=0, transpose=False)
+
+
+def _embedding_tables(graph: ir.Graph) -> dict[ir.Value, np.ndarray]:
+    """The constant tables of the graph's Gathers, as ``[H, V]`` (the layout of their lm_head's weight)."""
+    tables = {}
+    for node in graph:
+        if node.op_type == "Gather" and node.domain in ("", "ai.onnx"):
+            array = qir.constant_array(node.inputs[0])
+            if array is not None and array.ndim == 2:
+                tables[node.inputs[0]] = array.T
+    return tables
+
+
+def _tied_table(found: _Candidate, tables: dict[ir.Value, np.ndarray]) -> ir.Value | None:
+    """The embedding table whose transpose the weight is: read through a Transpose (or Gemm's
+    transB), or equal to it (``fold-constants`` folded the Transpose of a table small enough)."""
+    if found.source in tables:
+        return found.source
+    return next((value for value, table in tables.items() if found.weight.shape == table.shape and np.array_equal(found.weight, table)), None)
+
+
+def _can_share(gather: ir.Node, quantized: blockwise.BlockQuantized) -> bool:
+    """Whether a Gather can read its tied lm_head's codes: no padded last block (H a multiple of the
+    block size), and indices of known rank (for the Reshape that joins the blocks)."""
+    return quantized.codes.shape[0] % quantized.block_size == 0 and gather.inputs[1].shape is not None
 
 
 def _weight_only_nodes(model: ir.Model) -> list[ir.Node]:

@@ -178,19 +178,27 @@ def test_gather_embedding(fmt, bits):
 
 @pytest.mark.parametrize("fmt", ["matmulnbits", "qdq"])
 @pytest.mark.parametrize("tied_through", ["transpose", "gemm"])
-def test_tied_lm_head(fmt, tied_through):
+@pytest.mark.parametrize("bits,symmetric", [(4, True), (4, False), (8, True)])
+def test_tied_lm_head(fmt, tied_through, bits, symmetric):
     """The lm_head reads E through a Transpose (or Gemm transB): its weight is E^T, quantized with
-    the same blocks (along H) as the Gather's table; the Transpose and the float table go."""
+    the same blocks (along H) as the Gather's table; the Transpose and the float table go. With
+    MatMulNBits the Gather reads the lm_head's codes: the table is stored once."""
     proto, table = _embedding_model(tied_through)
+    spec = {"format": "weight-only", "weight_bits": bits, "block_size": 32, "symmetric_weights": symmetric}
+    policy = _policy({"rules": [{"op_type": op, "spec": spec} for op in ("MatMul", "Gemm", "Gather")]})
     text = "resolve-policy,quantize-weights(format={}),remove-dead,finalize,verify".format(fmt)  # no fold-constants: keep the Transpose
-    model, _, ctx = run_text(proto, text, precision="int4")
+    model, _, ctx = run_text(proto, text, precision="int4", policy=policy)
     ops = op_types(model)
     assert "Transpose" not in ops and "E" not in model.graph.initializers
     assert ctx.records["weight_only"].tied == ["lm_head"]
     assert ctx.records["weight_only"].bytes_before == table.nbytes  # one float table, counted once
-    rows = quantize_rtn(table.T, 4, 32, True).dequantize().T[IDS["ids"]]
-    got = outputs(model, IDS)[0]
-    np.testing.assert_allclose(got, rows @ quantize_rtn(table.T, 4, 32, True).dequantize(), rtol=1e-4, atol=1e-4)
+    if fmt == "matmulnbits":
+        nodes = {n.op_type: n for n in model.graph}
+        assert nodes["GatherBlockQuantized"].inputs[0] is nodes["MatMulNBits"].inputs[1]
+        assert ctx.records["weight_only"].bytes_after < table.nbytes * bits / 32 * 1.6  # codes once, scales (and zero points) twice
+    decoded = quantize_rtn(table.T, bits, 32, symmetric).dequantize()
+    got = outputs(model, IDS)
+    np.testing.assert_allclose(got[0], decoded.T[IDS["ids"]] @ decoded, rtol=1e-4, atol=1e-4)  # float32 sums of 64 products
 
 
 def test_skips_say_why():
