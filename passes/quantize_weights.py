@@ -94,7 +94,10 @@ class QuantizeWeights(Pass):
         format: ``matmulnbits`` (onnxruntime's MatMulNBits / GatherBlockQuantized) or ``qdq``
             (standard blocked DequantizeLinear, opset 21).
         accuracy_level: MatMulNBits's ``accuracy_level``: the least precise type its kernel may
-            compute in (0 unset: float; 4: int8 activations, the fastest on CPU).
+            compute in (0, unset: float; 4: int8 activations, faster on CPU at the same
+            fidelity on ``benchmarks/int4_synthetic.py``). The ``qdq`` format has none: onnxruntime
+            fuses its DequantizeLinear → MatMul with the session option
+            ``session.qdq_matmulnbits_accuracy_level`` (4 unless set).
         algorithm: how weights are rounded: ``rtn`` (round to nearest), or a data-aware method of
             ``qonnx.weight_rounding`` (``gptq``, ``awq``) fed with the
             ``weight-input-statistics`` analysis; tables of Gathers are always rounded to nearest.
@@ -110,7 +113,7 @@ class QuantizeWeights(Pass):
         context=None,
         *,
         format: Literal["matmulnbits", "qdq"] = "matmulnbits",
-        accuracy_level: int = 0,
+        accuracy_level: int = 4,
         algorithm: Literal["rtn", "gptq", "awq"] = "rtn",
     ) -> None:
         super().__init__(context)

@@ -114,7 +114,7 @@ def _weights_step(step: PipelineStep, options: WeightOnlyConfig) -> PipelineStep
     given = {"format": options.format, "accuracy_level": options.accuracy_level, "algorithm": options.algorithm}
     merged = dict(step.options)
     for key, value in given.items():
-        if value == getattr(defaults, key):
+        if value is None or value == getattr(defaults, key):
             continue
         if key in merged and merged[key] != value:
             raise UserError(f"{step.name}: option {key}={value} conflicts with {key}={merged[key]} in the pipeline")

@@ -7,7 +7,8 @@ bound (times 1.01 for float32 accumulation), computed from the stored scales, no
 
 onnxruntime's CPU provider fuses a blocked ``DequantizeLinear → MatMul`` into MatMulNBits with the
 session option ``session.qdq_matmulnbits_accuracy_level``, 4 (int8 activations) unless set: the
-sessions here set it to 0, so that both formats compute in float and only the weights differ.
+sessions here set it to 0, and MatMulNBits nodes are written with ``accuracy_level=0`` (the pass's
+default is 4), so that both formats compute in float and only the weights differ.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from qonnx.policy import PLAN_KEY
 from conftest import op_types, run_text
 
 PIPELINE = "normalize,resolve-policy,quantize-weights{options},remove-dead,finalize,verify"
+EXACT = "accuracy_level=0"  # float compute in MatMulNBits: only the weights differ (module docstring)
 K, N, V = 64, 24, 50
 
 
@@ -46,7 +48,7 @@ def _weights(seed=0):
 
 
 def _run(proto, fmt="matmulnbits", **options):
-    text = PIPELINE.format(options="(" + ",".join(f"{k}={v}" for k, v in {"format": fmt, **options}.items()) + ")")
+    text = PIPELINE.format(options="(" + ",".join(f"{k}={v}" for k, v in {"format": fmt, "accuracy_level": 0, **options}.items()) + ")")
     return run_text(proto, text, precision="int4")
 
 
@@ -108,7 +110,7 @@ def test_matmul_bits_and_symmetry(fmt, bits, symmetric):
     w, _ = _weights(2)
     proto = _model([oh.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [_x([4, K])], [4, N], [onnx.numpy_helper.from_array(w, "w")])
     policy = {"rules": [{"op_type": "MatMul", "spec": {"format": "weight-only", "weight_bits": bits, "block_size": 16, "symmetric_weights": symmetric}}]}
-    text = PIPELINE.format(options=f"(format={fmt})")
+    text = PIPELINE.format(options=f"(format={fmt},{EXACT})")
     model, _, _ = run_text(proto, text, precision="int4", policy=_policy(policy))
     x = np.random.default_rng(3).standard_normal((4, K)).astype(np.float32)
     _check_close(proto, model, x, w, block_size=16, symmetric=symmetric, bits=bits)
@@ -168,7 +170,7 @@ IDS = {"ids": np.array([0, 7, 49, 7], np.int64)}
 def test_gather_embedding(fmt, bits):
     proto, table = _embedding_model(None)
     policy = _policy({"rules": [{"op_type": "Gather", "spec": {"format": "weight-only", "weight_bits": bits, "block_size": 32}}]})
-    model, _, ctx = run_text(proto, PIPELINE.format(options=f"(format={fmt})"), precision="int4", policy=policy)
+    model, _, ctx = run_text(proto, PIPELINE.format(options=f"(format={fmt},{EXACT})"), precision="int4", policy=policy)
     assert ("GatherBlockQuantized" if fmt == "matmulnbits" else "DequantizeLinear") in op_types(model)
     got = outputs(model, IDS)[0]
     expected = quantize_rtn(table.T, bits, 32, True).dequantize().T[IDS["ids"]]
@@ -186,7 +188,7 @@ def test_tied_lm_head(fmt, tied_through, bits, symmetric):
     proto, table = _embedding_model(tied_through)
     spec = {"format": "weight-only", "weight_bits": bits, "block_size": 32, "symmetric_weights": symmetric}
     policy = _policy({"rules": [{"op_type": op, "spec": spec} for op in ("MatMul", "Gemm", "Gather")]})
-    text = "resolve-policy,quantize-weights(format={}),remove-dead,finalize,verify".format(fmt)  # no fold-constants: keep the Transpose
+    text = f"resolve-policy,quantize-weights(format={fmt},{EXACT}),remove-dead,finalize,verify"  # no fold-constants: keep the Transpose
     model, _, ctx = run_text(proto, text, precision="int4", policy=policy)
     ops = op_types(model)
     assert "Transpose" not in ops and "E" not in model.graph.initializers
