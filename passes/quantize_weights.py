@@ -142,7 +142,7 @@ class QuantizeWeights(Pass):
         counts: dict[str, int] = {}
         bits: dict[str, int] = {}
         before = after = 0
-        counted: list[np.ndarray] = []  # the float weights whose bytes are counted (a tied table once)
+        counted: set[ir.Value] = set()  # the float weights whose bytes are counted (a tied table once)
         tied: list[str] = []
         refused: dict[str, dict] = {}
         tables = _embedding_tables(graph)
@@ -155,21 +155,22 @@ class QuantizeWeights(Pass):
                     refused[node.name] = {"format": "float", "reason": found}
                     set_node_spec(node, refused[node.name])
                 continue
-            quantized = self._quantize(model, found)
             table = _tied_table(found, tables) if node.op_type != "Gather" else None
             reuse = shared.get(found.source) if node.op_type == "Gather" else None
             if reuse is not None and reuse[0] == found.spec and _can_share(node, reuse[1]):
                 stored, made, codes = self._gather_shared(graph, node, reuse[1], reuse[2], found.source.name), "GatherBlockQuantized", None
             else:
+                quantized = self._quantize(model, found)
                 stored, made, codes = self._rewrite(model, found, quantized)
-            if table is not None and codes is not None:
-                shared[table] = (found.spec, quantized, codes)
+                if table is not None and codes is not None:
+                    shared[table] = (found.spec, quantized, codes)
             counts[made] = counts.get(made, 0) + 1
             key = str(found.spec.weight_bits)
             bits[key] = bits.get(key, 0) + 1
             after += stored
-            if not any(found.weight.shape == w.shape and np.array_equal(found.weight, w) for w in counted):
-                counted.append(found.weight)
+            weight_key = found.source if table is None else table
+            if weight_key not in counted:
+                counted.add(weight_key)
                 before += found.weight.nbytes
             if table is not None:
                 tied.append(node.name)
