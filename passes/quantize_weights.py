@@ -153,7 +153,7 @@ class QuantizeWeights(Pass):
                 if found:
                     self.skip(found, node)
                     refused[node.name] = {"format": "float", "reason": found}
-                    set_node_spec(node, refused[node.name])
+                    modified |= set_node_spec(node, refused[node.name])
                 continue
             table = _tied_table(found, tables) if node.op_type != "Gather" else None
             reuse = shared.get(found.source) if node.op_type == "Gather" else None
