@@ -101,6 +101,8 @@ class QuantizeWeights(Pass):
         algorithm: how weights are rounded: ``rtn`` (round to nearest), or a data-aware method of
             ``qonnx.weight_rounding`` (``gptq``, ``awq``) fed with the
             ``weight-input-statistics`` analysis; tables of Gathers are always rounded to nearest.
+            A weight stored as ``diag(s) W`` (AWQ's ``input_scales``) gets a Mul by ``1 / s`` on
+            its input, unless a pass before folded the scales into the graph.
     """
 
     name = "quantize-weights"
@@ -243,6 +245,9 @@ class QuantizeWeights(Pass):
                 return self._gather_block_quantized(graph, node, quantized, base), "GatherBlockQuantized", None
             return self._dequantized(graph, node, quantized, base, index=0, axis=1, transpose=True), "Gather", None
         bias = node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) > 2 else None
+        input_scales = getattr(quantized, "input_scales", None)  # AWQ: codes of diag(s) W, for the input x / s
+        if input_scales is not None:
+            _divide_input(graph, node, input_scales)
         codes = None
         if self.format == "matmulnbits":
             stored, codes = self._matmul_nbits(graph, node, quantized, base, bias)
@@ -253,6 +258,8 @@ class QuantizeWeights(Pass):
         transpose = found.via_transpose
         if transpose is not None and not transpose.outputs[0].uses() and not transpose.outputs[0].is_graph_output():
             graph.remove(transpose, safe=True)
+        if input_scales is not None:
+            codes = None  # the table's Gather cannot read codes of a scaled weight
         return stored, "MatMulNBits" if self.format == "matmulnbits" else "MatMul", codes
 
     @staticmethod
@@ -424,6 +431,17 @@ def _stored_bytes(tensor: ir.Tensor) -> int:
     """Bytes of a tensor as the file stores it (4-bit types two values a byte)."""
     count = int(np.prod(tensor.shape.numpy()))
     return (count + 1) // 2 if tensor.dtype in (ir.DataType.INT4, ir.DataType.UINT4) else count * tensor.dtype.itemsize
+
+
+def _divide_input(graph: ir.Graph, node: ir.Node, input_scales: np.ndarray) -> None:
+    """``node`` reads ``x / s`` (a Mul by ``1 / s`` along K), for a weight stored as ``diag(s) W``:
+    ``(x / s) @ (diag(s) W) = x @ W``."""
+    inverse = qir.make_initializer(graph, f"{node.name}_input_scales", (1.0 / np.asarray(input_scales, np.float64)).astype(np.float32))
+    scale = ir.node("Mul", [node.inputs[0], inverse], name=qir.unique_name(graph, f"{node.name}_input_scale"))
+    scale.outputs[0].name = qir.unique_name(graph, f"{node.name}_scaled_input")
+    scale.outputs[0].dtype = ir.DataType.FLOAT
+    graph.insert_before(node, scale)
+    node.replace_input_with(0, scale.outputs[0])
 
 
 def _add(graph: ir.Graph, value: ir.Value, bias: ir.Value, name: str) -> ir.Node:

@@ -249,3 +249,33 @@ def test_unknown_algorithm_module_is_a_clear_error():
     proto = _model([oh.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [_x([2, K])], [2, N], [onnx.numpy_helper.from_array(w, "w")])
     with pytest.raises(UserError, match="qonnx.weight_rounding"):
         _run(proto, algorithm="gptq")
+
+
+def test_scaled_weight_gets_its_input_divided():
+    """AWQ's contract (``qonnx.weight_rounding``): codes of ``diag(s) W`` with ``input_scales = s``;
+    the rewritten node must compute ``(x / s) @ dequantize()``, the same function as ``x @ W``."""
+    import dataclasses
+
+    from qonnx.blockwise import BlockQuantized
+    from qonnx.pipeline import Context, build, parse_pipeline, run_pipeline
+
+    @dataclasses.dataclass(frozen=True)
+    class Scaled(BlockQuantized):
+        input_scales: np.ndarray | None = None
+
+    w, _ = _weights(9)
+    s = np.random.default_rng(10).uniform(0.5, 2.0, K).astype(np.float32)
+    proto = _model([oh.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [_x([3, K])], [3, N], [onnx.numpy_helper.from_array(w, "w")])
+    model = ir.serde.deserialize_model(proto)
+    context = Context(precision="int4")
+    run_pipeline(model, build(parse_pipeline("normalize,resolve-policy"), context), context)
+    from qonnx.passes.quantize_weights import QuantizeWeights
+
+    rewrite = QuantizeWeights(context, accuracy_level=0)
+    found = rewrite._candidate(model.graph.node(0))
+    q = quantize_rtn(w * s[:, None], 4, 32, True)
+    rewrite._rewrite(model, found, Scaled(q.codes, q.scales, q.zero_points, 4, 32, True, input_scales=s))
+    assert op_types(model) == ["Mul", "MatMulNBits"]
+    x = np.random.default_rng(11).standard_normal((3, K)).astype(np.float32)
+    expected = (x / s) @ q.dequantize()
+    np.testing.assert_allclose(outputs(model, {"x": x})[0], expected, rtol=1e-5, atol=1e-5)  # float32 sums of 64 products
