@@ -95,7 +95,7 @@ def test_cli_policy_plan_replays_with_an_8_bit_lm_head(tmp_path, cli):
     model = _decoder(tmp_path / "decoder.onnx")
     first = tmp_path / "a.onnx"
     assert cli("quantize", model, "-o", first, "--precision", "int4", "--exclude", "down").rc == 0
-    plan = json.loads(onnx.load(str(first)).metadata_props[0].value if onnx.load(str(first)).metadata_props[0].key == "qonnx.plan" else next(p.value for p in onnx.load(str(first)).metadata_props if p.key == "qonnx.plan"))
+    plan = json.loads(next(p.value for p in onnx.load(str(first)).metadata_props if p.key == "qonnx.plan"))
     assert plan["nodes"]["down"] == "float" and plan["reasons"]["down"] == "excluded by the config"
     plan["specs"]["weight-only#8"] = {"format": "weight-only", "weight_bits": 8, "block_size": 32, "symmetric_weights": True}
     plan["nodes"]["lm_head"] = "weight-only#8"
