@@ -20,6 +20,7 @@ from qonnx.passes import (  # noqa: F401
     insert_qdq,
     latency,
     layer_sensitivity,
+    quantize_weights,
     remove_dead,
     resolve_policy,
     sensitivity,

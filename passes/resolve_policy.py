@@ -3,7 +3,9 @@
 Each node of the main graph whose op the target quantizes gets the spec that the mixed-precision
 policy resolves for it, stored as JSON in ``metadata_props["qonnx.spec"]``; later passes read only
 that. A node that the policy wants in INT8 but that cannot be (its data is not FP32, or it sits in
-a subgraph that calibration cannot reach) is written as float with the reason. The whole plan (the
+a subgraph that calibration cannot reach) is written as float with the reason. With precision
+``int4`` the nodes decided are MatMul, Gemm and Gather (their weights stored in blocks, the
+``weight-only`` format); a weight that is not FP32 keeps its node float. The whole plan (the
 policy, each distinct spec once, each node's spec and the reasons for float fallbacks) is stored
 in the model's metadata as compact JSON (``qonnx.plan``) for the report and for replaying with
 ``--policy plan.json``.
@@ -25,7 +27,7 @@ from qonnx.errors import UserError
 from qonnx.policy import FLOAT, PLAN_KEY, MixedPrecisionPolicy, Plan, Rule, load_policy, set_node_spec
 from qonnx.pipeline import Pass, Record, register
 from qonnx.quantized_parts import already_quantized
-from qonnx.targets import FLOAT_PRECISIONS, WEIGHT_AXIS_OPS, get_target
+from qonnx.targets import FLOAT_PRECISIONS, WEIGHT_AXIS_OPS, WEIGHT_ONLY_OPS, get_target
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,17 @@ def _refusal(node: ir.Node, target) -> str | None:
         return "inputs are not FP32"
     if node.outputs[0].dtype not in (None, ir.DataType.FLOAT):
         return "output is not FP32"
+    return None
+
+
+def _weight_only_refusal(node: ir.Node) -> str | None:
+    """Why ``node``'s weight (a Gather's table, a MatMul/Gemm's input 1) cannot be stored in blocks,
+    or None; whether it is a constant 2-D weight the ``quantize-weights`` pass checks and records."""
+    if already_quantized(node):
+        return "already quantized"
+    weight = node.inputs[0 if node.op_type == "Gather" else 1]
+    if weight is not None and weight.dtype is not None and weight.dtype != ir.DataType.FLOAT:
+        return "weight is not FP32"
     return None
 
 
@@ -142,21 +155,20 @@ class ResolvePolicy(Pass):
             saturating = self.context.reduce_range is None and host.u8s8_saturates()
             if saturating:
                 logger.info("onnxruntime's U8S8 kernels saturate on this CPU (no VNNI): 7-bit weights where the target says so")
-            policy = recorded = self.target.policy(
-                self.context.precision, self.context.mode, self.context.reduce_range, saturating_cpu=saturating
-            )
+            policy = recorded = self._default_policy(saturating)
         modified = _name_unnamed_nodes(model)
         if isinstance(self.policy_path, str) and self.policy_path:
             _check_plan_model(self.policy_path, model)
         plan = Plan()
         seven_bit: set[str] = set()
         float_format = self.context.precision in FLOAT_PRECISIONS
+        decided_ops = WEIGHT_ONLY_OPS if self.context.precision == "int4" else self.target.quantized_ops
         candidates = []
         for node in model.graph:
             if float_format:
                 if not _has_fp32_data(node):
                     continue
-            elif node.op_type not in self.target.quantized_ops or node.domain not in ("", "ai.onnx"):
+            elif node.op_type not in decided_ops or node.domain not in ("", "ai.onnx"):
                 continue
             candidates.append(node)
         extra = config_rules(candidates, self.context.nodes_to_exclude, self.context.op_types_to_quantize)
@@ -170,13 +182,15 @@ class ResolvePolicy(Pass):
                 entry["reason"] = rule.reason
             if spec.quantized and (reason := _refusal(node, self.target)):
                 entry = {"format": "float", "reason": reason}
+            elif spec.weight_only and (reason := _weight_only_refusal(node)):
+                entry = {"format": "float", "reason": reason}
             modified |= set_node_spec(node, entry)
             plan.add(node.name, entry)
             if entry.get("reduce_range") and node.op_type in WEIGHT_AXIS_OPS:
                 seven_bit.add(node.op_type)
         self.publish(PolicyRecord(sorted(seven_bit)))
         for node in model.graph.all_nodes():
-            if node.graph is not model.graph and (float_format or node.op_type in self.target.quantized_ops):
+            if node.graph is not model.graph and (float_format or node.op_type in decided_ops):
                 plan.add(node.name, {"format": "float", "reason": "inside a subgraph"})
             elif node.domain not in ("", "ai.onnx") and not float_format:
                 reason = "already quantized" if already_quantized(node) else f"operator of the {node.domain} domain: left float, quantized around"
@@ -186,3 +200,14 @@ class ResolvePolicy(Pass):
             model.metadata_props[PLAN_KEY] = document
             modified = True
         return ir.passes.PassResult(model, modified)
+
+    def _default_policy(self, saturating: bool) -> MixedPrecisionPolicy:
+        """The target's policy for the run's precision (INT4: with the run's weight-only options)."""
+        if self.context.precision == "int4":
+            options = self.context.weight_only
+            if options is None:
+                return self.target.weight_only_policy()
+            return self.target.weight_only_policy(
+                bits=options.bits, block_size=options.block_size, symmetric=options.symmetric, embedding_bits=options.embedding_bits
+            )
+        return self.target.policy(self.context.precision, self.context.mode, self.context.reduce_range, saturating_cpu=saturating)

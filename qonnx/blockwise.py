@@ -24,10 +24,10 @@ import math
 
 import numpy as np
 
+from qonnx.policy import BLOCK_SIZES  # the block sizes onnxruntime's MatMulNBits runs on its packed fast path (MLAS)
+
 __all__ = ["BlockQuantized", "BLOCK_SIZES", "block_count", "block_params", "quantize_rows", "quantize_rtn"]
 
-# Block sizes that onnxruntime's MatMulNBits runs on its packed fast path (MLAS).
-BLOCK_SIZES = (16, 32, 64, 128, 256)
 
 
 def block_count(k: int, block_size: int) -> int:

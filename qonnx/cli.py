@@ -109,6 +109,13 @@ _FIELDS = {
     "sensitivity": ("evaluation", "sensitivity", "--sensitivity"),
     "metric": ("evaluation", "metric", "--metric"),
     "min": ("evaluation", "min", "--min"),
+    "block_size": ("weight_only", "block_size", "--block-size"),
+    "weight_bits": ("weight_only", "bits", "--weight-bits"),
+    "embedding_bits": ("weight_only", "embedding_bits", "--embedding-bits"),
+    "weight_symmetric": ("weight_only", "symmetric", "--asymmetric"),
+    "weight_format": ("weight_only", "format", "--weight-format"),
+    "accuracy_level": ("weight_only", "accuracy_level", "--accuracy-level"),
+    "algorithm": ("weight_only", "algorithm", "--algorithm"),
     "calib": ("data", "calib", "--calib"),
     "eval_data": ("data", "eval", "--eval"),
     "seed": ("data", "seed", "--seed"),
@@ -143,6 +150,8 @@ examples:
   qonnx quantize encoder.onnx -o encoder.int8.onnx --mode dynamic
   qonnx quantize model.onnx -o model.int8.onnx --calib photos/ --exclude 'head/.*' --op-types Conv,Gemm
   qonnx quantize model.onnx -o model.fp16.onnx --precision fp16
+  qonnx quantize llm.onnx -o llm.int4.onnx --precision int4 --block-size 32
+  qonnx quantize llm.onnx -o llm.int4.onnx --precision int4 --weight-format qdq --embedding-bits 8
   qonnx quantize model.onnx -o model.int8.onnx --recipe recipes/cnn-cpu.toml --calib photos/
   qonnx quantize model.onnx -o model.int8.onnx --calib photos/ --method entropy --print-recipe > mine.toml
   qonnx quantize model.onnx -o model.int8.onnx --calib photos/ --json > report.json
@@ -183,7 +192,7 @@ def _parser() -> argparse.ArgumentParser:
     q = sub.add_parser(
         "quantize",
         help="quantize a model with calibration data",
-        description="Quantize a model (INT8) or convert it (FP16/BF16), measure it and report.",
+        description="Quantize a model (INT8, or INT4 weight-only) or convert it (FP16/BF16), measure it and report.",
         epilog=_QUANTIZE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
@@ -194,8 +203,12 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--print-recipe", action="store_true", help="print the settings in effect as a TOML recipe and exit without quantizing")
     q.add_argument("--calib", help=".npz file, folder of .npz files, folder of images, or 'random' (optional with --ranges, --mode dynamic, fp16/bf16)")
     q.add_argument("--eval", dest="eval_data", help="held-out data for fidelity (default: last quarter of --calib)")
-    q.add_argument("--precision", metavar="{int8,fp16,bf16}", help="int8 quantizes (default); fp16 and bf16 convert")
-    q.add_argument("--target", metavar="{cpu,tensorrt,cuda}", help="default: cpu for int8, cuda for fp16/bf16")
+    q.add_argument(
+        "--precision",
+        metavar="{int8,int4,fp16,bf16}",
+        help="int8 quantizes (default); int4 stores MatMul/Gemm weights and embeddings in 4-bit blocks, activations float, no data needed; fp16 and bf16 convert",
+    )
+    q.add_argument("--target", metavar="{cpu,tensorrt,cuda}", help="default: cpu for int8 and int4, cuda for fp16/bf16")
     q.add_argument(
         "--mode",
         metavar="{static,dynamic}",
@@ -245,6 +258,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="rank the weighted nodes whose 8-bit activations cost most fidelity, on N held-out samples (one session per node)",
     )
+    w = q.add_argument_group("int4 (weight-only) options")
+    w.add_argument("--block-size", type=int, metavar="N", help="weights per scale along the reduction axis: 16, 32 (default), 64, 128 or 256")
+    w.add_argument("--weight-bits", type=int, metavar="{4,8}", help="bits of MatMul/Gemm weights (default 4)")
+    w.add_argument("--embedding-bits", type=int, metavar="{4,8}", help="bits of Gather tables (embeddings) (default: --weight-bits)")
+    w.add_argument("--asymmetric", dest="weight_symmetric", action="store_false", help="a zero point per block (default: symmetric, none stored)")
+    w.add_argument(
+        "--weight-format",
+        metavar="{matmulnbits,qdq}",
+        help="matmulnbits: onnxruntime's MatMulNBits and GatherBlockQuantized (default); qdq: standard INT4 DequantizeLinear with block_size (opset 21)",
+    )
+    w.add_argument("--accuracy-level", type=int, metavar="L", help="MatMulNBits compute type: 0 float to 4 int8 activations (default 4: faster on CPU, same fidelity within 0.02 dB in benchmarks/int4_synthetic.py)")
+    w.add_argument("--algorithm", metavar="{rtn,gptq,awq}", help="weight rounding: rtn, round to nearest (default, no data); gptq or awq, from the activations of --calib DATA")
     q.add_argument("--dump-after", action="append", metavar="PASS", help="save the model after PASS")
     q.add_argument(
         "--executor",
@@ -480,6 +505,7 @@ def _passes(args) -> int:
     for name, expansion in aliases.items():
         print(f"{name:<{width}}  = {expansion}")
     print(f"\ndefault pipeline: {DEFAULT_PIPELINE}")
+    print(f"int4 pipeline: {default_pipeline('int4')} (with the [weight_only] options on quantize-weights)")
     print(f"fp16/bf16 pipeline: {default_pipeline('fp16', calibrated=True)} (calibrate and float-sensitivity only with --calib or --ranges)")
     print("then, with data: evaluate (and sensitivity, latency when asked for); the model is saved and the report written last")
     return 0

@@ -28,7 +28,7 @@ from qonnx import ir as qir
 from qonnx import legacy, quantized_parts, runtime
 from qonnx.calib.ranges import RangeTable
 from qonnx.calib.sources import ImagePreprocess, Source, open_source
-from qonnx.config import CalibrationConfig, QuantizeConfig
+from qonnx.config import CalibrationConfig, QuantizeConfig, WeightOnlyConfig
 from qonnx.errors import UserError
 from qonnx.executor import check_available
 from qonnx.pipeline import (
@@ -116,6 +116,22 @@ def _calibrate_step(step: PipelineStep, calibration: CalibrationConfig) -> Pipel
     return dataclasses.replace(step, options=options)
 
 
+def _weights_step(step: PipelineStep, options: WeightOnlyConfig) -> PipelineStep:
+    """The ``quantize-weights`` step with the config's emission and rounding options (those that
+    differ from their defaults); one that the pipeline text sets differently is an error. Bits,
+    block size and symmetry go through the policy (each node's spec)."""
+    defaults = WeightOnlyConfig()
+    given = {"format": options.format, "accuracy_level": options.accuracy_level, "algorithm": options.algorithm}
+    merged = dict(step.options)
+    for key, value in given.items():
+        if value is None or value == getattr(defaults, key):
+            continue
+        if key in merged and merged[key] != value:
+            raise UserError(f"{step.name}: option {key}={value} conflicts with {key}={merged[key]} in the pipeline")
+        merged[key] = value
+    return dataclasses.replace(step, options=merged)
+
+
 def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool) -> list[PipelineStep]:
     """The steps of a run: the config's pipeline (or the default for its precision), with the
     calibration settings on ``calibrate``, then the measuring passes the config asks for."""
@@ -123,6 +139,7 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
     if text is None:
         text = default_pipeline(config.precision, calibrated=calibrated, keep_io_types=config.io_types == "float32")
     steps = [_calibrate_step(s, config.calibration) if s.name == "calibrate" else s for s in parse_pipeline(text)]
+    steps = [_weights_step(s, config.weight_only) if s.name == "quantize-weights" else s for s in steps]
     names = {s.name for s in steps}
     if "calibrate" not in names:
         cal = config.calibration
@@ -287,6 +304,7 @@ def _context(config: QuantizeConfig, job: Job) -> Context:
         policy=None if config.policy == "auto" else config.policy,  # auto: the target's plan, then auto-policy
         nodes_to_exclude=config.nodes_to_exclude,
         op_types_to_quantize=config.op_types_to_quantize,
+        weight_only=config.weight_only,
         samples=config.samples,
         progress=job.progress,
         debug=config.debug,
@@ -324,6 +342,8 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
     # made): a bad one costs nothing and leaves nothing behind.
     calibrated = job.calib is not None or config.calibration.ranges is not None
     evaluated = job.calib is not None or job.eval_data is not None
+    if config.precision == "int4" and config.weight_only.algorithm != "rtn" and job.calib is None:
+        raise UserError(f"--algorithm {config.weight_only.algorithm} rounds weights from the activations of calibration data: give --calib DATA")
     steps = pipeline_steps(config, calibrated=calibrated, evaluated=evaluated)
     check_dump_after(config.dump_after, [s.name for s in steps])
     qir.check_file(job.model)  # a missing file, a folder, not ONNX, unsafe external data

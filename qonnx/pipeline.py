@@ -80,6 +80,7 @@ class Context:
     policy: Any = None  # a MixedPrecisionPolicy, or a policy / plan JSON file, replacing the target's default
     nodes_to_exclude: tuple[str, ...] = ()  # node names or regexes (full match) that stay float
     op_types_to_quantize: tuple[str, ...] | None = None  # None: every op type the policy quantizes
+    weight_only: Any = None  # precision int4: a qonnx.config.WeightOnlyConfig (None: its defaults)
     calib: Any = None  # a qonnx.calib.sources.Source, or None
     eval_data: Any = None  # a Source of evaluation samples, or None
     eval_held_out: bool = True  # False: the evaluation samples were also used to calibrate
@@ -218,17 +219,21 @@ aliases: dict[str, str] = {
 }
 
 DEFAULT_PIPELINE = "normalize,div-to-mul,resolve-policy,calibrate,insert-qdq,remove-dead,finalize,verify"
+# Weight-only: no calibration (data-aware rounding reads its statistics on demand, from the run's data).
+INT4_PIPELINE = "normalize,resolve-policy,quantize-weights,remove-dead,finalize,verify"
 
 
 def default_pipeline(precision: str = "int8", *, calibrated: bool = True, keep_io_types: bool = True) -> str:
     """The pipeline a precision runs when none is given.
 
-    INT8: ``DEFAULT_PIPELINE``. FP16/BF16: calibration only when data is given (its ranges are then
+    INT8: ``DEFAULT_PIPELINE``. INT4: ``INT4_PIPELINE``. FP16/BF16: calibration only when data is given (its ranges are then
     the evidence for FP32 islands, and ``float-sensitivity`` measures the converted graph on it),
     then ``float-islands`` and ``convert-float``.
     """
     if precision == "int8":
         return DEFAULT_PIPELINE
+    if precision == "int4":
+        return INT4_PIPELINE
     steps = ["normalize", "resolve-policy"]
     if calibrated:
         steps.append("calibrate")

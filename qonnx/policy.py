@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from qonnx.errors import UserError
 
+# Block sizes along the reduction axis that onnxruntime's block-quantized kernels run on their fast
+# path (MLAS); ``qonnx.blockwise`` repeats them (this module imports nothing of ours but errors).
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+
 if TYPE_CHECKING:  # only for annotations: importing qonnx.config stays light (no onnx, no onnx-ir)
     import onnx_ir as ir
 
@@ -26,7 +30,10 @@ __all__ = ["QuantSpec", "Rule", "MixedPrecisionPolicy", "FLOAT", "SPEC_KEY", "PL
 SPEC_KEY = "qonnx.spec"
 PLAN_KEY = "qonnx.plan"
 
-Format = Literal["float", "int8", "fp16", "bf16"]
+Format = Literal["float", "int8", "fp16", "bf16", "weight-only"]
+WeightBits = Literal[4, 8]
+# The fields that only a "weight-only" spec carries (left out of other specs' dicts).
+_WEIGHT_ONLY_FIELDS = ("weight_bits", "block_size", "symmetric_weights")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +47,11 @@ class QuantSpec:
     asymmetric) instead of calibrated ranges. ``reduce_range`` stores weights in 7 bits
     (-63..63): on x86 CPUs without VNNI, onnxruntime multiplies U8 by S8 with ``vpmaddubsw``,
     whose 16-bit sums of two products saturate with full-range weights.
+
+    ``format`` "weight-only" stores the constant weight (a MatMul/Gemm weight, a Gather table) in
+    ``weight_bits`` with one scale per block of ``block_size`` values along the reduction axis
+    (``qonnx.blockwise``), symmetric (zero point ``2**(bits-1)``) unless ``symmetric_weights`` is
+    false; activations stay float and need no calibration.
     """
 
     format: Format = "float"
@@ -49,26 +61,38 @@ class QuantSpec:
     per_channel: bool = True
     dynamic: bool = False
     reduce_range: bool = False
+    weight_bits: WeightBits = 4
+    block_size: int = 32
+    symmetric_weights: bool = True
 
     def __post_init__(self):
-        hints = typing.get_type_hints(type(self), globalns={"Literal": Literal, "Format": Format})
+        hints = typing.get_type_hints(type(self), globalns={"Literal": Literal, "Format": Format, "WeightBits": WeightBits})
         for field in dataclasses.fields(self):
             allowed = typing.get_args(hints[field.name])
             value = getattr(self, field.name)
             if hints[field.name] is bool:
                 if not isinstance(value, bool):
                     raise ValueError(f"spec field {field.name} must be true or false, not {value!r}")
-            elif allowed and value not in allowed:
-                raise ValueError(f"spec field {field.name} must be one of {', '.join(allowed)}, not {value!r}")
+            elif allowed and (value not in allowed or isinstance(value, bool)):
+                raise ValueError(f"spec field {field.name} must be one of {', '.join(map(str, allowed))}, not {value!r}")
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size not in BLOCK_SIZES:
+            raise ValueError(f"spec field block_size must be one of {', '.join(map(str, BLOCK_SIZES))}, not {self.block_size!r}")
 
     @property
     def quantized(self) -> bool:
+        """INT8 through Q/DQ: activations quantized with calibrated (or dynamic) ranges."""
         return self.format == "int8"
 
+    @property
+    def weight_only(self) -> bool:
+        return self.format == "weight-only"
+
     def to_dict(self) -> dict[str, Any]:
+        if self.format == "weight-only":
+            return {"format": self.format, **{name: getattr(self, name) for name in _WEIGHT_ONLY_FIELDS}}
         if self.format != "int8":
             return {"format": self.format}
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _WEIGHT_ONLY_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantSpec:

@@ -21,7 +21,7 @@ SCHEMA = "qonnx.report/1"
 Report = dict[str, Any]  # the JSON document; its fields are listed in the README
 
 # Where each pass's record goes, in the order the document lists them; records of other keys follow.
-_RECORD_ORDER = ("calibration", "fusion", "float_islands", "float_sensitivity", "conversion", "fidelity", "sensitivity", "latency")
+_RECORD_ORDER = ("calibration", "fusion", "weight_only", "float_islands", "float_sensitivity", "conversion", "fidelity", "sensitivity", "latency")
 _FLOAT_ONLY = ("float_islands", "float_sensitivity", "conversion")  # present (null when not made) for fp16/bf16
 
 
@@ -120,6 +120,15 @@ def summary_table(report: dict[str, Any]) -> str:
     for entry in report["nodes"].values():
         counts[entry["format"]] = counts.get(entry["format"], 0) + 1
     lines.append("nodes      " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    weight_only = report.get("weight_only")
+    if weight_only and weight_only["nodes"]:
+        made = ", ".join(f"{op} {n}" for op, n in weight_only["nodes"].items())
+        bits = ", ".join(f"{n} in {b} bits" for b, n in weight_only["bits"].items())
+        lines.append(
+            f"weights    {made} ({bits}; {weight_only['format']}, {weight_only['algorithm']}): "
+            f"{_mib(weight_only['bytes_before'])} -> {_mib(weight_only['bytes_after'])}"
+            + (f"; tied lm_head: {', '.join(weight_only['tied'])}" if weight_only["tied"] else "")
+        )
     fusion = report.get("fusion")
     if fusion:
         kernels = sum(fusion["integer_kernels"].values())

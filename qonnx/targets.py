@@ -35,12 +35,14 @@ import dataclasses
 from qonnx.errors import UserError
 from qonnx.policy import MixedPrecisionPolicy, QuantSpec, Rule
 
-__all__ = ["Target", "TARGETS", "get_target", "WEIGHT_AXIS_OPS", "FLOAT_COMPUTE_OPS", "FLOAT_PRECISIONS", "default_target"]
+__all__ = ["Target", "TARGETS", "get_target", "WEIGHT_AXIS_OPS", "WEIGHT_ONLY_OPS", "FLOAT_COMPUTE_OPS", "FLOAT_PRECISIONS", "default_target"]
 
 FLOAT_PRECISIONS = ("fp16", "bf16")
 
 # Ops with a weight input whose output channels are the quantization axis.
 WEIGHT_AXIS_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# The ops whose constant weight (MatMul/Gemm input 1, a Gather's table) INT4 weight-only quantization stores in blocks.
+WEIGHT_ONLY_OPS = ("MatMul", "Gemm", "Gather")
 # The ops whose arithmetic, not only storage, runs in FP16/BF16 when converted.
 FLOAT_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum"})
 CPU_INTEGER_OPS = ("Add", "Mul", "Concat", "Sigmoid", "LeakyRelu", "AveragePool", "GlobalAveragePool")
@@ -77,10 +79,13 @@ class Target:
     # one), or the only ops that have one ("bf16": ops with one). Empty: the format is not offered.
     no_fp16_kernel: frozenset[str] | None = None
     bf16_kernels: frozenset[str] | None = None
+    # Whether the provider runs block-quantized weights (MatMulNBits, GatherBlockQuantized, blocked
+    # DequantizeLinear): precision "int4".
+    weight_only: bool = False
 
     @property
     def precisions(self) -> tuple[str, ...]:
-        offered = ["int8"]
+        offered = ["int8", "int4"] if self.weight_only else ["int8"]
         if self.no_fp16_kernel is not None:
             offered.append("fp16")
         if self.bf16_kernels is not None:
@@ -113,6 +118,8 @@ class Target:
         """
         if precision not in self.precisions:  # QuantizeConfig refuses this pairing before any work
             raise ValueError(f"precision {precision!r} is not supported for target {self.name!r} (supported: {', '.join(self.precisions)})")
+        if precision == "int4":
+            return self.weight_only_policy()
         if precision != "int8":
             return MixedPrecisionPolicy(QuantSpec(precision))
         if reduce_range is None:
@@ -129,6 +136,19 @@ class Target:
             dynamic = int8("MatMul", activation_dtype="uint8", symmetric_activations=False, dynamic=True)
             return MixedPrecisionPolicy(rules=[Rule(dynamic, op_type="MatMul"), Rule(int8("Gather"), op_type="Gather")])
         raise ValueError(f"unknown mode {mode!r}")  # QuantizeConfig checks the mode
+
+    def weight_only_policy(
+        self, *, bits: int = 4, block_size: int = 32, symmetric: bool = True, embedding_bits: int | None = None
+    ) -> MixedPrecisionPolicy:
+        """The INT4 policy: MatMul and Gemm weights in ``bits``, Gather tables (embeddings) in
+        ``embedding_bits`` (None: ``bits``), blocks of ``block_size`` along the reduction axis;
+        activations float. A tied lm_head is a MatMul like any other: a rule by its name sets it apart.
+        """
+        def spec(weight_bits: int) -> QuantSpec:
+            return QuantSpec("weight-only", weight_bits=weight_bits, block_size=block_size, symmetric_weights=symmetric)
+
+        table = spec(bits if embedding_bits is None else embedding_bits)
+        return MixedPrecisionPolicy(rules=[Rule(spec(bits), op_type="MatMul"), Rule(spec(bits), op_type="Gemm"), Rule(table, op_type="Gather")])
 
 
 # CUDA provider ops registered for float (and double) but not float16.
@@ -150,6 +170,7 @@ TARGETS = {
         integer_ops=CPU_INTEGER_OPS,
         passthrough_ops=DATA_MOVEMENT_OPS,
         seven_bit_ops_without_vnni=("Conv", "ConvTranspose", "Gemm"),
+        weight_only=True,
     ),
     "tensorrt": Target(
         name="tensorrt",
@@ -165,6 +186,7 @@ TARGETS = {
         quantize_outputs=False,
         no_fp16_kernel=_CUDA_NO_FP16,
         bf16_kernels=_CUDA_BF16,
+        weight_only=True,
     ),
 }
 

@@ -78,6 +78,12 @@ def metric_value(metric: str, outputs: dict[str, dict[str, float]]) -> float | N
 
 def _advice(precision: str, mode: str, has_matmul: bool, metric: str, threshold: float) -> list[str]:
     """What to try, as options of the command."""
+    if precision == "int4":
+        return [
+            "--block-size 16 (a scale per 16 weights)",
+            "--embedding-bits 8, or 8 bits for the lm_head by a policy rule on its name",
+            "--algorithm gptq --calib DATA (rounding that minimizes each layer's output error)",
+        ]
     if precision != "int8":
         return ["--calib DATA (FP32 islands measured on real data)", "--precision fp16 instead of bf16" if precision == "bf16" else "--exclude NODE for the layers named in the report"]
     advice = [f"--policy auto --metric {metric} --min {threshold:g} (keep the most sensitive layers in float)"]

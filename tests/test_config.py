@@ -33,10 +33,10 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: QuantizeConfig(precision="int4"), "precision: 'int4' is not one of int8, fp16, bf16"),
+        (lambda: QuantizeConfig(precision="fp8"), "precision: 'fp8' is not one of int8, int4, fp16, bf16"),
         (lambda: QuantizeConfig(mode="online"), "mode: 'online' is not one of static, dynamic"),
         (lambda: QuantizeConfig(target="npu"), "target: 'npu' is not one of cpu, tensorrt, cuda"),
-        (lambda: QuantizeConfig(precision="fp16", target="cpu"), "target: cpu does not take precision fp16 (it takes: int8)"),
+        (lambda: QuantizeConfig(precision="fp16", target="cpu"), "target: cpu does not take precision fp16 (it takes: int8, int4)"),
         (lambda: QuantizeConfig(io_types="fp16"), "io_types: fp16 applies to precision fp16 or bf16"),
         (lambda: QuantizeConfig(precision="bf16", io_types="fp16"), "io_types: fp16 does not go with precision bf16"),
         (lambda: QuantizeConfig(samples=0), "samples: must be a positive number"),

@@ -18,6 +18,7 @@ import pytest
 from qonnx import ir as qir
 from qonnx import pipeline
 from qonnx.calib.sources import ListSource, input_specs
+from qonnx.config import WeightOnlyConfig
 from qonnx.errors import UserError
 from qonnx.metrics import sqnr_db
 from qonnx.models import tiny
@@ -360,6 +361,7 @@ def _dynamic_conv_chain() -> onnx.ModelProto:
 _FP16 = {"precision": "fp16", "target": "cuda"}
 _BF16 = {"precision": "bf16", "target": "cuda"}
 _FLOAT_PREP = "normalize,resolve-policy,calibrate,float-islands"
+_INT4 = {"precision": "int4", "weight_only": WeightOnlyConfig(block_size=16)}
 _QUANTIZE_PREP = "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,finalize"
 _MEASURED = {"evaluate": "fidelity", "sensitivity": "sensitivity", "latency": "latency", "layer-sensitivity": "layer_sensitivity"}  # pass -> its record
 _TWICE = [
@@ -377,6 +379,12 @@ _TWICE = [
     _Twice("calibrate", tiny.conv_chain, "normalize,resolve-policy", False),
     _Twice("insert-qdq", tiny.conv_chain, "normalize,resolve-policy,calibrate", True),
     _Twice("insert-qdq", tiny.matmul_model, "normalize,resolve-policy,calibrate", True, {"mode": "dynamic"}),
+    # Weight-only: a MatMul (and one whose weight is an activation, refused), a Gather and a Gemm
+    # (its BatchNormalization folded in), in blocks of 16 along their K of 16.
+    _Twice("quantize-weights", tiny.matmul_model, "normalize,resolve-policy", True, _INT4),
+    _Twice("quantize-weights(format=qdq)", tiny.embedding_model, "normalize,resolve-policy", True, _INT4),
+    _Twice("quantize-weights", tiny.embedding_model, "normalize,resolve-policy", True, _INT4),
+    _Twice("quantize-weights(format=qdq)", tiny.gemm_bn, "normalize,resolve-policy", True, _INT4),
     _Twice("finalize", tiny.conv_chain, "normalize,resolve-policy,calibrate,insert-qdq", True),
     _Twice("verify", tiny.conv_chain, "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,finalize", False),
     _Twice("float-islands", tiny.if_model, "normalize,resolve-policy,calibrate", True, _FP16),
