@@ -34,14 +34,13 @@ DequantizeLinear is left alone, so a second run changes nothing.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 from typing import Literal
 
 import numpy as np
 import onnx_ir as ir
 
-from qonnx import blockwise
+from qonnx import blockwise, weight_rounding
 from qonnx import ir as qir
 from qonnx.errors import UserError
 from qonnx.nbits_packing import NBitsWeight, gather_block_quantized, matmul_nbits, pack_codes, signed_codes
@@ -101,8 +100,10 @@ class QuantizeWeights(Pass):
         algorithm: how weights are rounded: ``rtn`` (round to nearest), or a data-aware method of
             ``qonnx.weight_rounding`` (``gptq``, ``awq``) fed with the
             ``weight-input-statistics`` analysis; tables of Gathers are always rounded to nearest.
-            A weight stored as ``diag(s) W`` (AWQ's ``input_scales``) gets a Mul by ``1 / s`` on
-            its input, unless a pass before folded the scales into the graph.
+            ``awq`` first scales the inputs of every group of MatMuls that share one, with ``1/s``
+            folded exactly into the op before (``qonnx.input_scaling.scale_inputs``; a group with no
+            exact fold is not scaled, the skip says why), then rounds each weight with the clip
+            search. A weight handed over as ``diag(s) W`` (``input_scales``) gets a Mul by ``1/s``.
     """
 
     name = "quantize-weights"
@@ -127,10 +128,6 @@ class QuantizeWeights(Pass):
             raise UserError(f"quantize-weights: accuracy_level must be 0 to 4, not {accuracy_level}")
         self.format, self.accuracy_level, self.algorithm = format, accuracy_level, algorithm
 
-    def requires(self, model: ir.Model) -> None:
-        if self.algorithm != "rtn":
-            _rounding_module()  # a clear error before any work
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         nodes = _weight_only_nodes(model)
         if not nodes:
@@ -140,6 +137,8 @@ class QuantizeWeights(Pass):
             _upgrade_keeping_specs(model, self.context)
             nodes = _weight_only_nodes(model)
             modified = True
+        if self.algorithm == "awq":
+            modified |= self._scale_inputs(model, nodes)
         graph = model.graph
         counts: dict[str, int] = {}
         bits: dict[str, int] = {}
@@ -226,13 +225,35 @@ class QuantizeWeights(Pass):
 
     # -- the rewrite ---------------------------------------------------------------------------
 
+    def _scale_inputs(self, model: ir.Model, nodes: list[ir.Node]) -> bool:
+        """AWQ over the model before any weight is quantized (``qonnx.input_scaling.scale_inputs``):
+        each group of MatMuls reading one input gets its scales, ``1/s`` folded exactly into the op
+        before (a norm's weight, a MatMul's columns) and ``diag(s) W`` in the graph; groups with no
+        exact fold are left for the clip search alone. Returns whether any group was scaled."""
+        from qonnx.input_scaling import scale_inputs
+
+        statistics = self.context.analysis("weight-input-statistics", model)
+        matmuls = [n for n in nodes if n.op_type == "MatMul" and n.name in statistics]
+        if not matmuls:
+            return False
+        spec = node_spec(matmuls[0].metadata_props)
+        done = scale_inputs(model, statistics, [n.name for n in matmuls], bits=spec.weight_bits, block_size=spec.block_size, symmetric=spec.symmetric_weights)
+        for scaling in done.values():
+            if not scaling.fold:
+                self.skip(f"AWQ scales not folded: {scaling.fold.reason}")
+        return any(scaling.fold for scaling in done.values())
+
     def _quantize(self, model: ir.Model, found: _Candidate) -> blockwise.BlockQuantized:
         spec = found.spec
         if self.algorithm == "rtn" or found.node.op_type == "Gather":
             return blockwise.quantize_rtn(found.weight, spec.weight_bits, spec.block_size, spec.symmetric_weights)
         statistics = self.context.analysis("weight-input-statistics", model).get(found.node.name)
-        return _rounding_module().quantize(
-            found.weight, bits=spec.weight_bits, block_size=spec.block_size, symmetric=spec.symmetric_weights, algorithm=self.algorithm, statistics=statistics
+        if statistics is None:  # not a MatMul the statistics cover (a Gemm): nothing to be aware of
+            return blockwise.quantize_rtn(found.weight, spec.weight_bits, spec.block_size, spec.symmetric_weights)
+        # AWQ's scales are in the graph already (_scale_inputs): what is left is its clip search.
+        algorithm, clip = ("rtn", True) if self.algorithm == "awq" else (self.algorithm, None)
+        return weight_rounding.quantize(
+            found.weight, bits=spec.weight_bits, block_size=spec.block_size, symmetric=spec.symmetric_weights, algorithm=algorithm, statistics=statistics, clip=clip
         )
 
     def _rewrite(self, model: ir.Model, found: _Candidate, quantized: blockwise.BlockQuantized) -> tuple[int, str, ir.Value | None]:
@@ -377,13 +398,6 @@ def _upgrade_keeping_specs(model: ir.Model, context) -> None:
     for node in model.graph:
         if node.name in specs:
             node.metadata_props[SPEC_KEY] = specs[node.name]
-
-
-def _rounding_module():
-    try:
-        return importlib.import_module("qonnx.weight_rounding")
-    except ImportError as exc:
-        raise UserError(f"weight rounding other than rtn needs qonnx.weight_rounding, which cannot be imported ({exc}); use algorithm rtn") from exc
 
 
 def _weight_problem(weight: ir.Value | None, spec: QuantSpec) -> str | None:

@@ -23,7 +23,6 @@ import onnx_ir as ir
 import pytest
 
 from qonnx.blockwise import quantize_rtn
-from qonnx.errors import UserError
 from qonnx.policy import PLAN_KEY
 
 from conftest import op_types, run_text
@@ -236,19 +235,6 @@ def test_second_run_changes_nothing(fmt):
     again, records, _ = _run(ir.to_proto(model), fmt)
     assert next(r for r in records if r.name == "quantize-weights").modified is False
     assert op_types(again) == op_types(model)
-
-
-def test_unknown_algorithm_module_is_a_clear_error():
-    try:
-        import qonnx.weight_rounding  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("qonnx.weight_rounding is present: the error does not apply")
-    w, _ = _weights()
-    proto = _model([oh.make_node("MatMul", ["x", "w"], ["y"], name="mm")], [_x([2, K])], [2, N], [onnx.numpy_helper.from_array(w, "w")])
-    with pytest.raises(UserError, match="qonnx.weight_rounding"):
-        _run(proto, algorithm="gptq")
 
 
 def test_scaled_weight_gets_its_input_divided():
