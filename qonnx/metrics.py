@@ -14,7 +14,7 @@ import numpy as np
 
 from qonnx.errors import UserError
 
-__all__ = ["sqnr_db", "cosine", "top1_agreement", "Accumulator", "TaskAccumulator", "Comparison", "compare"]
+__all__ = ["sqnr_db", "cosine", "top1_agreement", "Accumulator", "TaskAccumulator", "Comparison", "compare", "is_logits"]
 
 Feed = Mapping[str, np.ndarray]
 Outputs = Mapping[str, np.ndarray]
@@ -85,18 +85,26 @@ class Runner(Protocol):
     def run(self, feed: Feed) -> Outputs: ...
 
 
+def is_logits(output_name: str) -> bool:
+    """Whether an output is a language model's next-token logits, by the name exporters give it."""
+    return "logits" in output_name.lower()
+
+
 class TaskAccumulator:
     """Task metrics of one output over many samples, where its shape says what it holds.
 
     ``top1``: rows of a 2-D output ``[N, C]`` with ``C >= 2`` (class scores) whose arg-max agrees.
     ``pooled_cosine``: rows of a 3-D output ``[N, T, H]`` (token embeddings) mean-pooled over ``T``,
-    then the cosine of each pooled row, averaged over rows. None where the shape does not apply.
+    then the cosine of each pooled row, averaged over rows. ``next_token_top1``: positions of a 3-D
+    output ``[N, T, V]`` (a language model's logits) whose arg-max over ``V`` agrees. None where the
+    shape does not apply.
     """
 
     def __init__(self):
         self.rows = self.agree = 0
         self.pooled_rows = 0
         self.pooled_sum = 0.0
+        self.positions = self.positions_agree = 0
 
     def update(self, reference: np.ndarray, test: np.ndarray) -> None:
         ref, tst = np.asarray(reference), np.asarray(test)  # argmax and mean need no float64; cosine converts
@@ -107,12 +115,17 @@ class TaskAccumulator:
             for a, b in zip(ref.mean(axis=1), tst.mean(axis=1)):
                 self.pooled_sum += cosine(a, b)
                 self.pooled_rows += 1
+            self.positions += ref.shape[0] * ref.shape[1]
+            self.positions_agree += int(np.sum(ref.argmax(axis=2) == tst.argmax(axis=2)))
 
     def top1(self) -> float | None:
         return self.agree / self.rows if self.rows else None
 
     def pooled_cosine(self) -> float | None:
         return self.pooled_sum / self.pooled_rows if self.pooled_rows else None
+
+    def next_token_top1(self) -> float | None:
+        return self.positions_agree / self.positions if self.positions else None
 
 
 @dataclasses.dataclass
@@ -146,6 +159,8 @@ class Comparison:
                 entry["top1_agreement"] = round(top1, 6)
             if task is not None and (pooled := task.pooled_cosine()) is not None:
                 entry["pooled_cosine"] = round(pooled, 6)
+            if task is not None and is_logits(name) and (next_token := task.next_token_top1()) is not None:
+                entry["next_token_agreement"] = round(next_token, 6)
             result[name] = entry
         return result
 

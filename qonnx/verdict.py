@@ -61,6 +61,8 @@ def choose_metric(outputs: dict[str, dict[str, float]], token_inputs: bool) -> t
     """The metric for ``auto``, from the fidelity entries of the outputs, and why."""
     if any("top1_agreement" in entry for entry in outputs.values()):
         return "top1", "an output is shaped like class scores [N, C]"
+    if token_inputs and any("next_token_agreement" in entry for entry in outputs.values()):
+        return "top1", "an output holds next-token logits [N, T, V] of integer token inputs: top-1 agreement per position"
     if token_inputs and any("pooled_cosine" in entry for entry in outputs.values()):
         return "cosine", "an output holds token embeddings [N, T, H] of integer token inputs"
     return "sqnr", "no output is shaped like class scores or token embeddings"
@@ -68,7 +70,7 @@ def choose_metric(outputs: dict[str, dict[str, float]], token_inputs: bool) -> t
 
 def metric_value(metric: str, outputs: dict[str, dict[str, float]]) -> float | None:
     """The value of ``metric`` (sqnr, top1, cosine) over fidelity entries: the worst output's."""
-    keys = {"sqnr": ("sqnr_db",), "top1": ("top1_agreement",), "cosine": ("pooled_cosine", "cosine")}[metric]
+    keys = {"sqnr": ("sqnr_db",), "top1": ("top1_agreement", "next_token_agreement"), "cosine": ("pooled_cosine", "cosine")}[metric]
     for key in keys:
         values = [entry[key] for entry in outputs.values() if key in entry]
         if values:

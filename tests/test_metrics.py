@@ -251,3 +251,26 @@ def test_task_metrics_pool_rows_over_samples():
     half = {"t": np.array([[[1.0, 0.0]], [[1.0, 0.0]]])}
     # Two rows, cosines 1 and 0: their mean 0.5 (not the cosine of the pooled batch).
     assert compare([two], [half], [{}]).to_dict()["t"]["pooled_cosine"] == 0.5
+
+
+def test_next_token_agreement_of_logits_counts_positions_over_samples():
+    # Logits [N=2, T=2, V=3]; positions' arg-max: ref (2, 0), (1, 1); test (2, 1), (1, 1): 3 of 4.
+    ref = np.array([[[0.0, 0.1, 0.9], [0.8, 0.1, 0.1]], [[0.0, 1.0, 0.0], [0.2, 0.7, 0.1]]])
+    test = np.array([[[0.0, 0.2, 0.8], [0.1, 0.8, 0.1]], [[0.0, 1.0, 0.0], [0.2, 0.7, 0.1]]])
+    entries = compare([{"logits": ref, "hidden": ref}], [{"logits": test, "hidden": test}], [{}]).to_dict()
+    assert entries["logits"]["next_token_agreement"] == 0.75
+    assert "next_token_agreement" not in entries["hidden"]  # not named as logits: an embedding
+    # A second sample of 2x2 positions, all agreeing: 7 of 8, pooled over positions of both.
+    pooled = compare([{"Logits": ref}, {"Logits": ref}], [{"Logits": test}, {"Logits": ref}], [{}, {}]).to_dict()
+    assert pooled["Logits"]["next_token_agreement"] == 0.875
+    # One position of one sample: 1 of 1, and 0 of 1.
+    one = np.array([[[0.0, 1.0]]])
+    assert compare([{"logits": one}], [{"logits": one}], [{}]).to_dict()["logits"]["next_token_agreement"] == 1.0
+    assert compare([{"logits": one}], [{"logits": one[..., ::-1]}], [{}]).to_dict()["logits"]["next_token_agreement"] == 0.0
+
+
+def test_is_logits_reads_the_name():
+    from qonnx.metrics import is_logits
+
+    assert is_logits("logits") and is_logits("lm_logits") and is_logits("LOGITS")
+    assert not is_logits("last_hidden_state") and not is_logits("logit")

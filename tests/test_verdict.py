@@ -81,3 +81,14 @@ def test_min_is_a_gate_for_ci(tmp_path, model_path, calib_npz, minimum, rc):
     verdict = json.loads(report.read_text())["verdict"]
     assert (verdict["metric"], verdict["threshold"], verdict["source"], verdict["met"]) == ("sqnr", float(minimum), "--min", rc == 0)
     assert (rc == 3) == result.err.startswith("verdict    BELOW sqnr")
+
+
+def test_logits_of_token_inputs_are_judged_by_next_token_agreement():
+    from qonnx.verdict import choose_metric, metric_value
+
+    outputs = {"logits": {"sqnr_db": 12.0, "cosine": 0.99, "pooled_cosine": 0.999, "next_token_agreement": 0.82}}
+    metric, why = choose_metric(outputs, token_inputs=True)
+    assert metric == "top1" and "next-token logits" in why
+    assert metric_value("top1", outputs) == 0.82
+    # without token inputs (a float model whose output happens to be called logits): not a language model
+    assert choose_metric(outputs, token_inputs=False)[0] == "sqnr"
