@@ -17,6 +17,8 @@ __all__ = [
     "matmul_model",
     "constants_model",
     "if_model",
+    "recurrent_model",
+    "loop_model",
     "detector_neck",
     "same_padded_conv",
     "embedding_model",
@@ -180,6 +182,68 @@ def if_model(seed: int = 0) -> onnx.ModelProto:
         [helper.make_tensor_value_info("x", F, [1, 3, 4, 4])],
         [helper.make_tensor_value_info("y", F, [1, 2, 4, 4])],
         [numpy_helper.from_array(np.zeros((), np.float32), "zero")],
+    )
+
+
+def recurrent_model(op_type: str = "LSTM", seed: int = 0, hidden: int = 16, direction: str = "forward", steps: int = 6) -> onnx.ModelProto:
+    """x[steps, 1, 8] → LSTM / GRU / RNN (constant W, R, B; state inputs h0 (and c0)) → Y, Y_h.
+
+    ``direction`` "bidirectional" gives W [2, gates * hidden, 8]. Weights of scale 0.3: the gates
+    neither saturate nor stay linear on unit-normal inputs.
+    """
+    rng = np.random.default_rng(seed)
+    gates = {"LSTM": 4, "GRU": 3, "RNN": 1}[op_type]
+    dirs = 2 if direction == "bidirectional" else 1
+    inits = [
+        _init(rng, "W", (dirs, gates * hidden, 8), 0.3),
+        _init(rng, "R", (dirs, gates * hidden, hidden), 0.3),
+        _init(rng, "B", (dirs, 2 * gates * hidden), 0.1),
+    ]
+    inputs = [helper.make_tensor_value_info("x", F, [steps, 1, 8]), helper.make_tensor_value_info("h0", F, [dirs, 1, hidden])]
+    node_inputs = ["x", "W", "R", "B", "", "h0"]
+    outputs = ["Y", "Y_h"]
+    if op_type == "LSTM":
+        inputs.append(helper.make_tensor_value_info("c0", F, [dirs, 1, hidden]))
+        node_inputs.append("c0")
+    node = helper.make_node(op_type, node_inputs, outputs, name=op_type.lower(), hidden_size=hidden, direction=direction)
+    return _model(
+        [node],
+        inputs,
+        [helper.make_tensor_value_info("Y", F, [steps, dirs, 1, hidden]), helper.make_tensor_value_info("Y_h", F, [dirs, 1, hidden])],
+        inits,
+        opset=14,
+    )
+
+
+def loop_model(seed: int = 0, trips: int = 3) -> onnx.ModelProto:
+    """x[1, 8] → Loop (``trips`` iterations) whose body carries h through MatMul(h, W) → Tanh, W a
+    Constant inside the body; and a Gemm on the result in the main graph."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((8, 8)) * 0.4).astype(np.float32)
+    body = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["body_w"], value=numpy_helper.from_array(w, "body_w")),
+            helper.make_node("MatMul", ["h_in", "body_w"], ["h_mm"], name="body_matmul"),
+            helper.make_node("Tanh", ["h_mm"], ["h_out"], name="body_tanh"),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"], name="body_cond"),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_in", F, [1, 8]),
+        ],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("h_out", F, [1, 8])],
+    )
+    nodes = [
+        helper.make_node("Loop", ["trips", "", "x"], ["h"], name="loop", body=body),
+        helper.make_node("Gemm", ["h", "G"], ["y"], name="head"),
+    ]
+    return _model(
+        nodes,
+        [helper.make_tensor_value_info("x", F, [1, 8])],
+        [helper.make_tensor_value_info("y", F, [1, 4])],
+        [numpy_helper.from_array(np.array(trips, np.int64), "trips"), _init(rng, "G", (8, 4), 0.4)],
     )
 
 

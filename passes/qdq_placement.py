@@ -19,6 +19,8 @@ a Concat copies bytes instead of requantizing. After Relu or Clip(0, …) the cl
 quantized in place of the op's (see ``output_to_quantize``).
 
 A tensor that already has a DequantizeLinear producer (a model quantized before) is left alone.
+Recurrent ops (LSTM, GRU, RNN) in INT8 get their weights stored as integers and no activation
+Q/DQ: no kernel would consume one.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def _active_integer_ops(nodes: list[tuple[ir.Node, QuantSpec]], target: Target) 
     Readers are followed through passthrough ops. Visited in reverse graph order, so every
     reader is decided before its producer.
     """
-    static = {node for node, spec in nodes if not spec.dynamic}
+    static = {node for node, spec in nodes if not spec.dynamic and node.op_type not in target.recurrent_ops}
     wants: dict[ir.Node, bool] = {}
     active: set[ir.Node] = set()
 
@@ -206,8 +208,8 @@ def plan_placement(model: ir.Model, target: Target) -> Placement:
     active = _active_integer_ops(nodes, target)
     dynamic: dict[str, None] = {}
     for node, spec in nodes:
-        if node.op_type in target.passthrough_ops:
-            continue
+        if node.op_type in target.passthrough_ops or node.op_type in target.recurrent_ops:
+            continue  # (a recurrent op's INT8 is its weights only: passes/quantize_recurrent.py)
         if spec.dynamic:
             for index in activation_inputs(node, target):
                 value = node.inputs[index]

@@ -2,10 +2,16 @@
 
 Each node of the main graph whose op the target quantizes gets the spec that the mixed-precision
 policy resolves for it, stored as JSON in ``metadata_props["qonnx.spec"]``; later passes read only
-that. A node that the policy wants in INT8 but that cannot be (its data is not FP32, or it sits in
-a subgraph that calibration cannot reach) is written as float with the reason. With precision
+that. A node that the policy wants in INT8 but that cannot be (its data is not FP32) is written as
+float with the reason. With precision
 ``int4`` the nodes decided are MatMul, Gemm and Gather (their weights stored in blocks, the
-``weight-only`` format); a weight that is not FP32 keeps its node float. The whole plan (the
+``weight-only`` format); a weight that is not FP32 keeps its node float.
+
+Inside If/Loop/Scan bodies calibration cannot reach the activations: there (INT8) only the weighted
+ops (Conv, ConvTranspose, Gemm, MatMul) and the recurrent ops (LSTM, GRU, RNN) with a constant FP32
+weight get the policy's INT8 spec, as weight-only INT8 (full 8 bits: no integer kernel saturates),
+with the reason "weights only" in the plan; every other node the target would quantize stays
+float with the reason. Recurrent ops are weight-only in the main graph too. The whole plan (the
 policy, each distinct spec once, each node's spec and the reasons for float fallbacks) is stored
 in the model's metadata as compact JSON (``qonnx.plan``) for the report and for replaying with
 ``--policy plan.json``.
@@ -76,6 +82,25 @@ def _weight_only_refusal(node: ir.Node) -> str | None:
     if weight is not None and weight.dtype is not None and weight.dtype != ir.DataType.FLOAT:
         return "weight is not FP32"
     return None
+
+
+def _weight_refusal(node: ir.Node, target) -> str | None:
+    """Why a weight-only node (recurrent, or weighted inside a subgraph) cannot have INT8 weights, or None."""
+    if already_quantized(node):
+        return "already quantized"
+    indices = (1, 2) if node.op_type in target.recurrent_ops else (1,) if node.op_type != "MatMul" else (0, 1)
+    weights = [node.inputs[i] for i in indices if i < len(node.inputs) and node.inputs[i] is not None]
+    constant = [w for w in weights if qir.is_constant_initializer(w) and w.const_value.dtype == ir.DataType.FLOAT]
+    if node.op_type in target.recurrent_ops and len(constant) < 2:
+        return "W or R is not a constant FP32 initializer"
+    if not constant:
+        return "weight is not a constant FP32 initializer"
+    return None
+
+
+SUBGRAPH_FLOAT = "inside a subgraph: calibration cannot reach its activations"
+SUBGRAPH_WEIGHTS = "weights only: inside a subgraph, calibration cannot reach its activations"
+RECURRENT_WEIGHTS = "weights only: onnxruntime has no integer kernel for this op"
 
 
 def _has_fp32_data(node: ir.Node) -> bool:
@@ -163,12 +188,15 @@ class ResolvePolicy(Pass):
         seven_bit: set[str] = set()
         float_format = self.context.precision in FLOAT_PRECISIONS
         decided_ops = WEIGHT_ONLY_OPS if self.context.precision == "int4" else self.target.quantized_ops
+        weight_only_in_subgraphs = set(self.target.weighted_ops) | set(self.target.recurrent_ops)
         candidates = []
-        for node in model.graph:
+        for node in model.graph.all_nodes():
             if float_format:
-                if not _has_fp32_data(node):
+                if node.graph is not model.graph or not _has_fp32_data(node):
                     continue
             elif node.op_type not in decided_ops or node.domain not in ("", "ai.onnx"):
+                continue
+            elif node.graph is not model.graph and (self.context.precision != "int8" or node.op_type not in weight_only_in_subgraphs):
                 continue
             candidates.append(node)
         extra = config_rules(candidates, self.context.nodes_to_exclude, self.context.op_types_to_quantize)
@@ -180,7 +208,14 @@ class ResolvePolicy(Pass):
             entry = spec.to_dict()
             if rule is not None and rule.reason and not spec.quantized:
                 entry["reason"] = rule.reason
-            if spec.quantized and (reason := _refusal(node, self.target)):
+            in_subgraph = node.graph is not model.graph
+            weights_only = in_subgraph or node.op_type in self.target.recurrent_ops
+            if spec.quantized and weights_only:
+                if reason := _weight_refusal(node, self.target):
+                    entry = {"format": "float", "reason": f"inside a subgraph: {reason}" if in_subgraph else reason}
+                else:
+                    entry = {**spec.to_dict(), "reduce_range": False, "reason": SUBGRAPH_WEIGHTS if in_subgraph else RECURRENT_WEIGHTS}
+            elif spec.quantized and (reason := _refusal(node, self.target)):
                 entry = {"format": "float", "reason": reason}
             elif spec.weight_only and (reason := _weight_only_refusal(node)):
                 entry = {"format": "float", "reason": reason}
@@ -189,12 +224,17 @@ class ResolvePolicy(Pass):
             if entry.get("reduce_range") and node.op_type in WEIGHT_AXIS_OPS:
                 seven_bit.add(node.op_type)
         self.publish(PolicyRecord(sorted(seven_bit)))
+        decided = {node.name for node in candidates}
         for node in model.graph.all_nodes():
             if node.graph is not model.graph and (float_format or node.op_type in decided_ops):
                 plan.add(node.name, {"format": "float", "reason": "inside a subgraph"})
             elif node.domain not in ("", "ai.onnx") and not float_format:
                 reason = "already quantized" if already_quantized(node) else f"operator of the {node.domain} domain: left float, quantized around"
                 plan.add(node.name, {"format": "float", "reason": reason})
+            if node.graph is model.graph or node.name in decided:
+                continue
+            if float_format or node.op_type in self.target.quantized_ops:
+                plan.add(node.name, {"format": "float", "reason": "inside a subgraph" if float_format else SUBGRAPH_FLOAT})
         document = plan.to_json(self.target.name, recorded)
         if model.metadata_props.get(PLAN_KEY) != document:
             model.metadata_props[PLAN_KEY] = document

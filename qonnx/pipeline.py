@@ -218,7 +218,9 @@ aliases: dict[str, str] = {
     "normalize": "inline-functions,upgrade-opset,constants-to-initializers,fold-constants,infer-shapes,fold-bias-add,fold-batchnorm,fold-pad,remove-dead",
 }
 
-DEFAULT_PIPELINE = "normalize,div-to-mul,resolve-policy,calibrate,insert-qdq,remove-dead,finalize,verify"
+# quantize-recurrent and quantize-subgraph-weights store weights whose activations stay float
+# (LSTM/GRU/RNN; weighted nodes inside If/Loop/Scan bodies): no calibration, after insert-qdq.
+DEFAULT_PIPELINE = "normalize,div-to-mul,resolve-policy,calibrate,insert-qdq,quantize-recurrent,quantize-subgraph-weights,remove-dead,finalize,verify"
 # Weight-only: no calibration (data-aware rounding reads its statistics on demand, from the run's data).
 INT4_PIPELINE = "normalize,resolve-policy,quantize-weights,remove-dead,finalize,verify"
 

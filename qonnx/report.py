@@ -26,7 +26,8 @@ _FLOAT_ONLY = ("float_islands", "float_sensitivity", "conversion")  # present (n
 
 
 def node_formats(model: ir.Model) -> dict[str, dict[str, Any]]:
-    """The format of every node but the Q/DQ ones, from the plan in the model's metadata."""
+    """The format of every node but the Q/DQ ones, from the plan in the model's metadata; nodes
+    inside If/Loop/Scan bodies follow the main graph's (``"subgraph": true``)."""
     plan = json.loads(model.metadata_props.get(PLAN_KEY, "{}"))
     specs, reasons = plan.get("specs", {}), plan.get("reasons", {})
     formats = {name: specs.get(spec_id, {"format": spec_id})["format"] for name, spec_id in plan.get("nodes", {}).items()}
@@ -39,6 +40,14 @@ def node_formats(model: ir.Model) -> dict[str, dict[str, Any]]:
         if name in reasons:
             entry["reason"] = reasons[name]
         result[name] = entry
+    for node in model.graph.all_nodes():
+        if node.graph is model.graph or node.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"):
+            continue
+        if node.name and node.name not in result and (node.name in formats or node.name in reasons):
+            entry = {"op_type": node.op_type, "format": formats.get(node.name, "float"), "subgraph": True}
+            if node.name in reasons:
+                entry["reason"] = reasons[node.name]
+            result[node.name] = entry
     return result
 
 

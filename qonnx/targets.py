@@ -13,7 +13,9 @@ kernel: its weight is still stored as INT8 (4x smaller) and dequantized at load.
 runs U8 activations (asymmetric) with S8 weights fastest, wants weights symmetric per output
 channel and the bias of Conv/Gemm as INT32 with ``scale = input_scale * weight_scale``.
 Softmax is left out of the default: its integer kernel rounds small attention probabilities
-to zero.
+to zero. LSTM, GRU and RNN have no integer kernel in the standard domain (only the contrib
+``DynamicQuantizeLSTM``): their W and R are stored as INT8 behind a DequantizeLinear, weight-only
+(``recurrent_ops``, ``passes/quantize_recurrent.py``), and their activations stay float.
 
 ``tensorrt``: symmetric INT8 for activations and weights (zero point 0), per-channel weights, Q/DQ
 on the inputs of weighted ops and of residual Adds; TensorRT chooses output precisions itself.
@@ -35,7 +37,7 @@ import dataclasses
 from qonnx.errors import UserError
 from qonnx.policy import MixedPrecisionPolicy, QuantSpec, Rule
 
-__all__ = ["Target", "TARGETS", "get_target", "WEIGHT_AXIS_OPS", "WEIGHT_ONLY_OPS", "FLOAT_COMPUTE_OPS", "FLOAT_PRECISIONS", "default_target"]
+__all__ = ["Target", "TARGETS", "get_target", "WEIGHT_AXIS_OPS", "WEIGHT_ONLY_OPS", "RECURRENT_OPS", "FLOAT_COMPUTE_OPS", "FLOAT_PRECISIONS", "default_target"]
 
 FLOAT_PRECISIONS = ("fp16", "bf16")
 
@@ -43,6 +45,9 @@ FLOAT_PRECISIONS = ("fp16", "bf16")
 WEIGHT_AXIS_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # The ops whose constant weight (MatMul/Gemm input 1, a Gather's table) INT4 weight-only quantization stores in blocks.
 WEIGHT_ONLY_OPS = ("MatMul", "Gemm", "Gather")
+# Recurrent ops: W (input 1) and R (input 2) are [num_directions, gates * hidden, ·]; axis 1 indexes
+# the gate rows (ONNX operator schemas of LSTM, GRU, RNN).
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 # The ops whose arithmetic, not only storage, runs in FP16/BF16 when converted.
 FLOAT_COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Einsum"})
 CPU_INTEGER_OPS = ("Add", "Mul", "Concat", "Sigmoid", "LeakyRelu", "AveragePool", "GlobalAveragePool")
@@ -57,7 +62,8 @@ class Target:
     """``weighted_ops`` take a weight and Q/DQ on their activations; ``integer_ops`` have integer
     kernels and take Q/DQ on every float input; ``passthrough_ops`` only move values and carry their
     input's quantization forward. ``quantize_outputs``: whether outputs of weighted and integer ops
-    get a Q too (needed for onnxruntime's fused kernels)."""
+    get a Q too (needed for onnxruntime's fused kernels). ``recurrent_ops`` get INT8 weights only
+    (W and R behind a DequantizeLinear), no activation Q/DQ."""
 
     name: str
     providers: tuple[str, ...]
@@ -65,6 +71,7 @@ class Target:
     weighted_ops: tuple[str, ...] = WEIGHT_AXIS_OPS
     integer_ops: tuple[str, ...] = ()
     passthrough_ops: tuple[str, ...] = ()
+    recurrent_ops: tuple[str, ...] = ()
     quantize_outputs: bool = True
     # Default calibration method. cpu: MSE, chosen from `make bench` (README, "Calibration"): it
     # beat MinMax on every kit model, while Percentile's results swing by several dB with P.
@@ -102,7 +109,7 @@ class Target:
 
     @property
     def quantized_ops(self) -> tuple[str, ...]:
-        return self.weighted_ops + self.integer_ops + self.passthrough_ops
+        return self.weighted_ops + self.integer_ops + self.passthrough_ops + self.recurrent_ops
 
     def policy(
         self, precision: str, mode: str = "static", reduce_range: bool | None = False, *, saturating_cpu: bool = False
@@ -111,7 +118,8 @@ class Target:
 
         ``mode="dynamic"`` (INT8): MatMul activations quantized at run time (onnxruntime fuses
         ``DynamicQuantizeLinear → DQ → MatMul`` into DynamicQuantizeMatMul), Gather tables stored in
-        8 bits; everything else, convolutions included, stays float and needs no calibration.
+        8 bits, recurrent weights in 8 bits; everything else, convolutions included, stays float
+        and needs no calibration.
 
         ``reduce_range``: 7-bit weights for every op (True), none (False), or, with None, for
         ``seven_bit_ops_without_vnni`` when ``saturating_cpu`` (see ``qonnx.host``).
@@ -125,7 +133,8 @@ class Target:
         if reduce_range is None:
             seven_bit = set(self.seven_bit_ops_without_vnni) if saturating_cpu else set()
         else:
-            seven_bit = set(self.quantized_ops) | {"MatMul", "Gather"} if reduce_range else set()
+            # (not recurrent weights: they are dequantized to float, no integer kernel saturates)
+            seven_bit = set(self.quantized_ops) - set(self.recurrent_ops) | {"MatMul", "Gather"} if reduce_range else set()
 
         def int8(op_type: str, **changes) -> QuantSpec:
             return dataclasses.replace(self.int8, reduce_range=op_type in seven_bit, **changes)
@@ -134,7 +143,8 @@ class Target:
             return MixedPrecisionPolicy(rules=[Rule(int8(op), op_type=op) for op in self.quantized_ops])
         if mode == "dynamic":
             dynamic = int8("MatMul", activation_dtype="uint8", symmetric_activations=False, dynamic=True)
-            return MixedPrecisionPolicy(rules=[Rule(dynamic, op_type="MatMul"), Rule(int8("Gather"), op_type="Gather")])
+            recurrent = [Rule(int8(op), op_type=op) for op in self.recurrent_ops]
+            return MixedPrecisionPolicy(rules=[Rule(dynamic, op_type="MatMul"), Rule(int8("Gather"), op_type="Gather"), *recurrent])
         raise ValueError(f"unknown mode {mode!r}")  # QuantizeConfig checks the mode
 
     def weight_only_policy(
@@ -169,6 +179,7 @@ TARGETS = {
         int8=QuantSpec("int8", activation_dtype="uint8", symmetric_activations=False, per_channel=True),
         integer_ops=CPU_INTEGER_OPS,
         passthrough_ops=DATA_MOVEMENT_OPS,
+        recurrent_ops=RECURRENT_OPS,
         seven_bit_ops_without_vnni=("Conv", "ConvTranspose", "Gemm"),
         weight_only=True,
     ),

@@ -26,7 +26,7 @@ from qonnx.policy import SPEC_KEY
 
 from conftest import op_types, outputs, run_text
 
-QUANTIZE = "normalize,div-to-mul,resolve-policy,calibrate,insert-qdq,remove-dead,finalize,verify"
+QUANTIZE = "normalize,div-to-mul,resolve-policy,calibrate,insert-qdq,quantize-recurrent,quantize-subgraph-weights,remove-dead,finalize,verify"
 NORMALIZE_TOLERANCE = 1e-5
 
 
@@ -244,11 +244,15 @@ def test_policy_file_replays_and_exact_names_win(tmp_path):
     assert conv2.inputs[1].producer().op_type == "DequantizeLinear"
 
 
-def test_subgraph_nodes_stay_float_with_a_reason():
+def test_subgraph_nodes_get_int8_weights_only_with_a_reason():
     model, _, ctx = run_text(tiny.if_model(), QUANTIZE)
     plan = json.loads(model.metadata_props["qonnx.plan"])
-    assert plan["reasons"] == {"then_conv": "inside a subgraph", "else_conv": "inside a subgraph"}
+    weights_only = "weights only: inside a subgraph, calibration cannot reach its activations"
+    assert plan["reasons"] == {"then_conv": weights_only, "else_conv": weights_only}
+    assert plan["specs"][plan["nodes"]["then_conv"]]["format"] == "int8"
     assert "QuantizeLinear" not in [n.op_type for n in model.graph.all_nodes()]
+    for conv in (n for n in model.graph.all_nodes() if n.op_type == "Conv"):
+        assert conv.inputs[1].producer().op_type == "DequantizeLinear" and conv.inputs[1].producer().graph is conv.graph
 
 
 def test_insert_qdq_stores_int8_weights_int32_bias_and_is_idempotent():
@@ -358,6 +362,10 @@ def _dynamic_conv_chain() -> onnx.ModelProto:
     return tiny.conv_chain(dynamic=True)
 
 
+def _lstm() -> onnx.ModelProto:
+    return tiny.recurrent_model("LSTM")
+
+
 _FP16 = {"precision": "fp16", "target": "cuda"}
 _BF16 = {"precision": "bf16", "target": "cuda"}
 _FLOAT_PREP = "normalize,resolve-policy,calibrate,float-islands"
@@ -385,6 +393,9 @@ _TWICE = [
     _Twice("quantize-weights(format=qdq)", tiny.embedding_model, "normalize,resolve-policy", True, _INT4),
     _Twice("quantize-weights", tiny.embedding_model, "normalize,resolve-policy", True, _INT4),
     _Twice("quantize-weights(format=qdq)", tiny.gemm_bn, "normalize,resolve-policy", True, _INT4),
+    _Twice("quantize-recurrent", _lstm, "normalize,resolve-policy", True),
+    _Twice("quantize-subgraph-weights", tiny.if_model, "normalize,resolve-policy", True),
+    _Twice("quantize-subgraph-weights", tiny.loop_model, "normalize,resolve-policy", True),
     _Twice("finalize", tiny.conv_chain, "normalize,resolve-policy,calibrate,insert-qdq", True),
     _Twice("verify", tiny.conv_chain, "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,finalize", False),
     _Twice("float-islands", tiny.if_model, "normalize,resolve-policy,calibrate", True, _FP16),

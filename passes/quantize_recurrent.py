@@ -1,0 +1,88 @@
+"""Recurrent weights to INT8: LSTM, GRU and RNN read W and R through a DequantizeLinear.
+
+For every LSTM/GRU/RNN node, in every graph (If/Loop/Scan bodies included: a constant needs no
+calibration), whose spec is INT8:
+
+1. ``W`` (input 1, ``[num_directions, gates * hidden, input]``) and ``R`` (input 2,
+   ``[num_directions, gates * hidden, hidden]``) become symmetric INT8 initializers, one scale per
+   gate row (axis 1, shared by the directions of a bidirectional node: the DequantizeLinear axis
+   takes one scale vector), read through ``DequantizeLinear`` (``qonnx.weight_only``);
+2. the bias ``B``, the peepholes ``P`` and the activations stay float: they are small, and
+   onnxruntime has no integer kernel for these ops in the standard domain.
+
+Weight-only DequantizeLinear rather than the contrib ``DynamicQuantizeLSTM``: measured on
+onnxruntime 1.32's CPU provider (``benchmarks/recurrent_bench.py``, README "Recurrent layers"),
+the float LSTM behind a DequantizeLinear is as fast as the FP32 model on the sizes of the kit's
+model, and closer to it, while ``DynamicQuantizeLSTM`` quantizes every step's input and state too.
+
+Not rewritten, with the reason (``skip`` and the plan): a node whose W or R is not a constant FP32
+initializer (computed, or a graph input), and a node whose weights are stored as INT8 already
+(so that a second run changes nothing). The float rest of the node is untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx_ir as ir
+
+from qonnx.passes.qdq_placement import is_dequantized, is_float_constant
+from qonnx.pipeline import Pass, register
+from qonnx.policy import node_spec, record_formats
+from qonnx.targets import RECURRENT_OPS
+from qonnx.weight_only import WeightStore
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["QuantizeRecurrent", "WEIGHT_INPUTS"]
+
+WEIGHT_INPUTS = (1, 2)  # W, R
+GATE_AXIS = 1
+
+
+@register
+class QuantizeRecurrent(Pass):
+    name = "quantize-recurrent"
+    summary = "store the W and R of INT8 LSTM/GRU/RNN nodes as INT8 behind DequantizeLinear (weight-only)"
+    preserves = frozenset({"shapes", "ranges", "plan", "placement"})
+    analyses_required = frozenset({"plan"})
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        store = WeightStore(model)
+        modified = False
+        refused: dict[str, dict] = {}
+        for graph in model.graphs():
+            for node in list(graph):
+                if node.op_type not in RECURRENT_OPS or node.domain not in ("", "ai.onnx"):
+                    continue
+                spec = node_spec(node.metadata_props)
+                if not spec.quantized:
+                    continue  # float by the plan, which says why
+                reason = self._refusal(node)
+                if reason is None:
+                    axis = GATE_AXIS if spec.per_channel else None
+                    for index in WEIGHT_INPUTS:
+                        node.replace_input_with(index, store.dequantized(graph, node.inputs[index], axis))
+                    modified = True
+                elif reason != ALREADY:
+                    self.skip(reason, node)
+                    refused[node.name] = {"format": "float", "reason": reason}
+                else:
+                    self.skip(reason, node)
+        store.drop_replaced()
+        if refused:
+            record_formats(model, refused)
+            modified = True
+        return ir.passes.PassResult(model, modified)
+
+    @staticmethod
+    def _refusal(node: ir.Node) -> str | None:
+        weights = [node.inputs[i] if len(node.inputs) > i else None for i in WEIGHT_INPUTS]
+        if all(w is not None and is_dequantized(w) for w in weights):
+            return ALREADY
+        if not all(is_float_constant(w) and w.const_value.numpy().ndim == 3 for w in weights):
+            return "W or R is not a constant FP32 initializer"
+        return None
+
+
+ALREADY = "weights stored as INT8 already"
