@@ -78,7 +78,7 @@ def time_trials(model: Any, context: Context, plans: list[set[str]], samples: in
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="ppocr-cls", choices=sorted(kit.KIT))
+    parser.add_argument("--model", default="ppocr-cls", choices=sorted(kit.IMAGE_MODELS))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--samples", type=int, default=4, help="evaluation samples per trial (the pass's default)")
     parser.add_argument("--calib-samples", type=int, default=8)

