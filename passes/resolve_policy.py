@@ -227,14 +227,11 @@ class ResolvePolicy(Pass):
         decided = {node.name for node in candidates}
         for node in model.graph.all_nodes():
             if node.graph is not model.graph and (float_format or node.op_type in decided_ops):
-                plan.add(node.name, {"format": "float", "reason": "inside a subgraph"})
+                if node.name not in decided:
+                    plan.add(node.name, {"format": "float", "reason": SUBGRAPH_FLOAT if self.context.precision == "int8" else "inside a subgraph"})
             elif node.domain not in ("", "ai.onnx") and not float_format:
                 reason = "already quantized" if already_quantized(node) else f"operator of the {node.domain} domain: left float, quantized around"
                 plan.add(node.name, {"format": "float", "reason": reason})
-            if node.graph is model.graph or node.name in decided:
-                continue
-            if float_format or node.op_type in self.target.quantized_ops:
-                plan.add(node.name, {"format": "float", "reason": "inside a subgraph" if float_format else SUBGRAPH_FLOAT})
         document = plan.to_json(self.target.name, recorded)
         if model.metadata_props.get(PLAN_KEY) != document:
             model.metadata_props[PLAN_KEY] = document
