@@ -159,7 +159,7 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
         at += 1
     if config.policy == "auto" and "auto-policy" not in names:
         evaluation = config.evaluation
-        auto = {"metric": evaluation.metric if isinstance(evaluation.metric, str) else "auto"}
+        auto = {"metric": evaluation.metric if isinstance(evaluation.metric, str) else "custom"}  # custom: the callable, Context.score
         if evaluation.min is not None:
             auto["min"] = evaluation.min
         steps[at:at] = [PipelineStep("auto-policy", auto)]  # it computes the layer-sensitivity analysis when it needs it
