@@ -3,6 +3,7 @@ are known by construction (a ResNet-style residual block, one transformer encode
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from conftest import run_text
+from conftest import run_qonnx, run_text
 from qonnx.executor import ProcessExecutor
 from qonnx.models import tiny
 from qonnx.node_groups import find_groups, units
@@ -118,3 +119,19 @@ def test_a_python_metric_scores_trials_in_the_caller_whichever_executor_ran_them
         there = pooled.scores(plans, pool)
     assert here == there and pooled.evaluations == 3  # the same values, to the bit
     assert calls == [4] * 6 and all(0 < v <= 1 for v in here) and not math.isclose(here[0], here[2])
+
+
+def test_analyze_shows_the_groups_in_the_table_the_json_and_the_page(tmp_path, calib_npz):
+    model = tmp_path / "m.onnx"
+    onnx.save(tiny.residual_convs(), model)
+    result = run_qonnx("analyze", model, "--calib", calib_npz, "--report", tmp_path / "s.json", "--html", tmp_path / "s.html")
+    assert result.rc == 0, result.err
+    table = result.out.splitlines()
+    header = next(i for i, line in enumerate(table) if line.startswith("group "))
+    shown = {line.split()[0] for line in table[header + 1 : header + 4]}
+    assert shown == {"chain:stem", "chain:branch_conv1", "residual:join"}
+    groups = {g["name"]: g for g in json.loads((tmp_path / "s.json").read_text())["layer_sensitivity"]["groups"]}
+    assert groups["residual:join"]["nodes"] == ["branch_conv1", "branch_relu", "branch_conv2", "join"]
+    assert groups["residual:join"]["measured"] and groups["residual:join"]["global_db"] is not None
+    page = (tmp_path / "s.html").read_text()
+    assert "residual:join" in page and "Node groups" in page
