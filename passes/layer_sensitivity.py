@@ -26,8 +26,8 @@ The nodes come out worst first (by global score where measured, else local), wit
 correlation (Spearman) of local against global over the nodes that have both, which says how far the
 cheap local score can be trusted on this model, and the count of full-model evaluations spent; the
 groups too, worst first. The ``layer-sensitivity`` analysis holds the result for ``auto-policy``
-(computed on demand, it scores the chains and attention blocks, the groups the policy moves, and
-not the residual branches, which contain them).
+(computed on demand, without the groups: ``add_group_scores`` adds the chains and attention blocks,
+the groups the policy can move, when it moves them).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ _WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LayerSensitivity", "LayerSensitivityRecord"]
+__all__ = ["LayerSensitivity", "LayerSensitivityRecord", "add_group_scores", "sensitivity_of"]
 
 def _boundary(value: ir.Value) -> tuple[str | None, bool]:
     """The FP32 tensor behind a node input and whether it reaches the node through a Q/DQ pair:
@@ -241,9 +241,9 @@ class LayerSensitivity(Pass):
 @analysis("layer-sensitivity", requires=("plan", "ranges"))
 def _layer_sensitivity(model: ir.Model, context: Context) -> LayerSensitivityRecord | None:
     """The ``layer-sensitivity`` analysis on demand (``auto-policy`` asks for it only when the
-    all-INT8 plan misses its target), with the pass's default options but for the groups: the
-    chains and attention blocks, the units the policy moves."""
-    return sensitivity_of(model, context, groups=("chain", "attention"))
+    all-INT8 plan misses its target), with the pass's default options but no group scores (the
+    policy asks for those, ``add_group_scores``, only when it moves groups)."""
+    return sensitivity_of(model, context, groups=())
 
 
 GROUP_KINDS = ("chain", "attention", "residual")
@@ -275,6 +275,17 @@ def sensitivity_of(
     nodes.sort(key=lambda e: (e["global_db"] if e["global_db"] is not None else np.inf, e["local_db"], e["node"]))
     group_entries = _group_scores(model, trials, nodes, groups, context)
     return LayerSensitivityRecord("sqnr_db", len(feeds), trials.evaluations, None if correlation is None else round(correlation, 3), nodes, group_entries)
+
+
+def add_group_scores(model: ir.Model, context: Context, record: LayerSensitivityRecord, kinds: tuple[str, ...] = ("chain", "attention")) -> None:
+    """Score the groups of ``kinds`` into ``record`` (when it has none yet), on the record's samples
+    and metric, so that group and node scores rank on one scale; the evaluations are counted."""
+    if record.groups:
+        return
+    data = context.calib if context.calib is not None else context.eval_data
+    trials = Trials(model, context, [data[i] for i in range(record.samples)], "sqnr")
+    record.groups = _group_scores(model, trials, record.nodes, kinds, context)
+    record.evaluations += trials.evaluations
 
 
 def _group_scores(model: ir.Model, trials: Trials, nodes: list[dict[str, Any]], kinds: tuple[str, ...], context: Context) -> list[dict[str, Any]]:
