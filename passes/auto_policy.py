@@ -10,7 +10,7 @@ Starts from the target's full INT8 plan and the ``layer-sensitivity`` ranking (w
    metric grows with the prefix: ``1 + ceil(log2(n))`` full-model evaluations for ``n`` nodes;
 3. then each node of that prefix, least sensitive first (at most ``max_return``), goes back to INT8
    when the target still holds without it;
-4. speed, measured: the chosen plan, the input model and, when the plan is slower than FP32, the plan
+4. speed, measured (``cpu`` target): the chosen plan, the input model and, when the plan is slower than FP32, the plan
    with every node but Conv/ConvTranspose/Gemm/MatMul in float (integer islands that onnxruntime
    runs slower than float) are timed on one sample; the fastest that meets the target wins. A plan
    slower than FP32 is kept only with the record saying so (``binding``: "speed").
@@ -21,6 +21,11 @@ moves whole units, the return pass single nodes. On the ``cpu`` target (static m
 left in the fallback then try dynamic INT8 (``QuantSpec.dynamic``: activations quantized at run
 time from each input's own range, which an outlier-heavy or input-dependent activation needs),
 all at once, else one by one; a MatMul keeps dynamic INT8 where the target holds, float otherwise.
+On ``cuda`` and ``tensorrt`` the lighter format is FP16 (for the ops the CUDA provider has an FP16
+kernel for), tried the same way; the trials convert those nodes with ``convert-float(precision=fp16)``
+after ``insert-qdq``, as the pipeline does (``qonnx.flow.pipeline_steps``), and measure them on this
+machine's CPU provider (FP16 values, not the CUDA kernels' accumulation). Speed is measured only on
+the ``cpu`` target: another target's provider is not this CPU.
 The metric can be a Python callable (``metric=custom``: ``Context.score``, the config's
 ``evaluation.metric``), which scores the trials' outputs in this process.
 
@@ -47,6 +52,7 @@ from qonnx.node_groups import NodeGroup, units
 from qonnx.passes.layer_sensitivity import add_group_scores
 from qonnx.pipeline import Pass, Record, register
 from qonnx.policy import PLAN_KEY, QuantSpec, node_spec, record_formats, set_node_spec
+from qonnx.targets import get_target
 from qonnx.trials import Trials
 from qonnx.verdict import DEFAULT_FLOORS, choose_metric, metric_value
 
@@ -86,11 +92,12 @@ class AutoPolicyRecord(Record):
     fp32_ms: float | None
     curve: list[dict[str, Any]]
     chosen: int
-    formats: dict[str, str] = dataclasses.field(default_factory=dict)  # fallback node -> "float" or "int8-dynamic"
+    formats: dict[str, str] = dataclasses.field(default_factory=dict)  # fallback node -> "float", "int8-dynamic" or "fp16"
     units: int | None = None  # steps of the ranking (groups moved whole count as one)
 
 
 _DYNAMIC = "int8-dynamic"
+_FP16_TARGETS = ("cuda", "tensorrt")
 
 
 @register
@@ -107,6 +114,8 @@ class AutoPolicy(Pass):
         attention block) as one step each, by their group score, instead of node by node.
     dynamic: on the cpu target, a MatMul of the fallback goes to dynamic INT8 (activations
         quantized at run time) rather than float when the target still holds.
+    fp16: on the cuda and tensorrt targets, a node of the fallback goes to FP16 rather than FP32
+        when the target still holds (and the CUDA provider has an FP16 kernel for it).
     """
 
     name = "auto-policy"
@@ -126,6 +135,7 @@ class AutoPolicy(Pass):
         speed: bool = True,
         groups: bool = False,
         dynamic: bool = True,
+        fp16: bool = True,
     ) -> None:
         super().__init__(context)
         if metric not in ("auto", "sqnr", "cosine", "top1", "custom"):
@@ -135,7 +145,7 @@ class AutoPolicy(Pass):
         if metric == "custom" and min is None:
             raise UserError("auto-policy: a custom metric needs a threshold (min)")
         self.metric, self.min, self.samples, self.max_return, self.speed = metric, min, samples, max_return, speed
-        self.groups, self.dynamic = groups, dynamic
+        self.groups, self.dynamic, self.fp16 = groups, dynamic, fp16
 
     def requires(self, model: ir.Model) -> None:
         if self.metric == "custom" and self.context.score is None:
@@ -182,17 +192,26 @@ class AutoPolicy(Pass):
         steps = _ranked_units(ranked, sensitivity) if self.groups else [(name, [name]) for name in ranked]
         n = len(ranked)
         curve: list[dict[str, Any]] = [{"int8_fraction": 1.0, "value": round(measured[0], 4), "speedup": None, "fallback": 0}]
-        dynamic_ok = self.dynamic and self.context.target == "cpu" and self.context.mode == "static"
-        dynamic: set[str] = set()  # fallback MatMuls in dynamic INT8; the rest of the fallback is float
+        # The lighter fallback: dynamic INT8 for MatMuls on the cpu, FP16 on cuda/tensorrt.
+        if self.dynamic and self.context.target == "cpu" and self.context.mode == "static":
+            lighter_kind, fallback_format = _DYNAMIC, "dynamic INT8 for MatMul where it meets the target, else float"
+            eligible = {name for name in every if op_types.get(name) == "MatMul"}
+        elif self.fp16 and self.context.target in _FP16_TARGETS:
+            lighter_kind, fallback_format = "fp16", "FP16 where it meets the target, else FP32"
+            eligible = {name for name in every if get_target("cuda").has_kernel(op_types.get(name, ""), "fp16")}
+        else:
+            lighter_kind, fallback_format, eligible = None, "float", set()
+        lighter: dict[str, str] = {}  # fallback node -> its lighter format; the rest of the fallback is float
 
-        def formats(float_nodes: set[str], dynamic_nodes: set[str]) -> dict[str, dict]:
-            return {name: _dynamic_spec(specs[name]) for name in dynamic_nodes} | {name: {"format": "float"} for name in float_nodes - dynamic_nodes}
+        def formats(float_nodes: set[str], light: dict[str, str]) -> dict[str, dict]:
+            return {name: _spec(kind, specs[name]) for name, kind in light.items()} | {name: {"format": "float"} for name in float_nodes - set(light)}
 
-        def score(fallback: set[str], dynamic_nodes: frozenset[str] | set[str] = frozenset()) -> float:
-            value = trials.score(every - fallback, formats(fallback, set(dynamic_nodes)))
+        def score(fallback: set[str], light: dict[str, str] | None = None) -> float:
+            light = light or {}
+            value = trials.score(every - fallback, formats(fallback, light))
             curve.append({"int8_fraction": round(1 - len(fallback) / max(n, 1), 4), "value": round(value, 4), "speedup": None, "fallback": len(fallback)})
-            if dynamic_nodes:
-                curve[-1]["dynamic"] = len(dynamic_nodes)
+            for kind in sorted(set(light.values())):
+                curve[-1][kind] = sum(1 for k in light.values() if k == kind)
             return value
 
         fallback: list[str] = []
@@ -214,23 +233,24 @@ class AutoPolicy(Pass):
                 if meets(value):
                     fallback.remove(node)
                     achieved = value
-            if dynamic_ok:
-                achieved = self._dynamic_matmuls(fallback, dynamic, op_types, order, score, meets, achieved)
+            if lighter_kind is not None:
+                candidates = [name for name in fallback if name in eligible]
+                achieved = self._lighten(fallback, candidates, lighter_kind, lighter, order, score, meets, achieved)
             if math.isinf(achieved):  # only the all-float plan met it: measure it for the record
-                achieved = score(set(fallback), dynamic)
+                achieved = score(set(fallback), lighter)
         chosen_fallback = set(fallback)
 
         speedup = fp32_ms = None
         binding = None if meets(achieved) else "accuracy"
-        if self.speed:
+        if self.speed and self.context.target == "cpu":  # (other targets' providers are not this CPU)
             fp32_s = runtime.measure_latency(model, feeds[0])["median_s"]
-            plan_s = runtime.measure_latency(trials.quantized(every - chosen_fallback, formats(chosen_fallback, dynamic)), feeds[0])["median_s"]
+            plan_s = runtime.measure_latency(trials.quantized(every - chosen_fallback, formats(chosen_fallback, lighter)), feeds[0])["median_s"]
             if plan_s > fp32_s:  # integer islands slower than float: try the weighted ops alone in INT8
                 islands = {name for name in every - chosen_fallback if op_types.get(name) not in _WEIGHTED}
                 if islands:
                     candidate = chosen_fallback | islands
-                    value = score(candidate, dynamic)
-                    candidate_s = runtime.measure_latency(trials.quantized(every - candidate, formats(candidate, dynamic)), feeds[0])["median_s"]
+                    value = score(candidate, lighter)
+                    candidate_s = runtime.measure_latency(trials.quantized(every - candidate, formats(candidate, lighter)), feeds[0])["median_s"]
                     curve[-1]["speedup"] = round(fp32_s / candidate_s, 3)
                     if meets(value) and candidate_s < plan_s:
                         chosen_fallback, plan_s, achieved = candidate, candidate_s, value
@@ -239,8 +259,8 @@ class AutoPolicy(Pass):
                 binding = "speed"
                 logger.warning("the chosen plan runs at %.2fx the FP32 speed on this CPU", speedup)
         curve.append({"int8_fraction": round(1 - len(chosen_fallback) / max(n, 1), 4), "value": round(achieved, 4), "speedup": speedup, "fallback": len(chosen_fallback), "chosen": True})
-        if dynamic:
-            curve[-1]["dynamic"] = len(dynamic)
+        for kind in sorted(set(lighter.values())):
+            curve[-1][kind] = sum(1 for k in lighter.values() if k == kind)
 
         decisions, chosen_formats = {}, {}
         scores = {e["node"]: e for e in (sensitivity.nodes if sensitivity is not None else [])}
@@ -251,9 +271,12 @@ class AutoPolicy(Pass):
             entry = scores.get(name, {})
             figures = ", ".join(f"{label} {entry[key]:.1f} dB" for key, label in (("global_db", "global"), ("local_db", "local")) if entry.get(key) is not None)
             where = f"sensitivity rank {rank} of {n}{'; ' + figures if figures else ''}{'; group ' + group_of[name] if name in group_of else ''}"
-            if name in dynamic:
+            if lighter.get(name) == _DYNAMIC:
                 chosen_formats[name] = _DYNAMIC
-                decisions[name] = {**_dynamic_spec(specs[name]), "reason": f"auto policy: dynamic INT8 (activations quantized at run time) for {metric} >= {target:g}: static INT8 costs too much ({where})"}
+                decisions[name] = {**_spec(_DYNAMIC, specs[name]), "reason": f"auto policy: dynamic INT8 (activations quantized at run time) for {metric} >= {target:g}: static INT8 costs too much ({where})"}
+            elif lighter.get(name) == "fp16":
+                chosen_formats[name] = "fp16"
+                decisions[name] = {"format": "fp16", "reason": f"auto policy: FP16 for {metric} >= {target:g}: INT8 costs too much ({where})"}
             else:
                 chosen_formats[name] = "float"
                 decisions[name] = {"format": "float", "reason": f"auto policy: kept float for {metric} >= {target:g} ({where})"}
@@ -275,7 +298,7 @@ class AutoPolicy(Pass):
                 achieved=round(achieved, 4),
                 met=meets(achieved),
                 fallback=[name for name in ranked if name in chosen_fallback],
-                fallback_format="dynamic INT8 for MatMul where it meets the target, else float" if dynamic_ok else "float",
+                fallback_format=fallback_format,
                 evaluations=trials.evaluations,
                 binding=binding,
                 speedup=speedup,
@@ -288,28 +311,30 @@ class AutoPolicy(Pass):
         )
         return ir.passes.PassResult(model, modified)
 
-    def _dynamic_matmuls(self, fallback, dynamic, op_types, order, score, meets, achieved) -> float:
-        """The float MatMuls of ``fallback`` to dynamic INT8: all at once when the target holds so,
-        else one at a time, least sensitive first (at most ``max_return``). Fills ``dynamic``;
-        returns the value of the plan."""
-        matmuls = [name for name in fallback if op_types.get(name) == "MatMul"]
-        if not matmuls:
+    def _lighten(self, fallback, candidates, kind, lighter, order, score, meets, achieved) -> float:
+        """The ``candidates`` of the float ``fallback`` to the lighter format ``kind``: all at once
+        when the target holds so, else one at a time, least sensitive first (at most
+        ``max_return``). Fills ``lighter``; returns the value of the plan."""
+        if not candidates:
             return achieved
-        value = score(set(fallback), set(matmuls))
+        value = score(set(fallback), {name: kind for name in candidates})
         if meets(value):
-            dynamic.update(matmuls)
+            lighter.update({name: kind for name in candidates})
             return value
-        for name in sorted(matmuls, key=order.__getitem__, reverse=True)[: self.max_return]:
-            value = score(set(fallback), dynamic | {name})
+        for name in sorted(candidates, key=order.__getitem__, reverse=True)[: self.max_return]:
+            value = score(set(fallback), {**lighter, name: kind})
             if meets(value):
-                dynamic.add(name)
+                lighter[name] = kind
                 achieved = value
         return achieved
 
 
-def _dynamic_spec(spec: QuantSpec) -> dict[str, Any]:
-    """The node's INT8 spec with its activations quantized at run time (UINT8 asymmetric, as
-    ``--mode dynamic`` makes them: onnxruntime's DynamicQuantizeLinear)."""
+def _spec(kind: str, spec: QuantSpec) -> dict[str, Any]:
+    """The plan entry of a node in a lighter fallback format: ``fp16``, or the node's INT8 spec with
+    its activations quantized at run time (UINT8 asymmetric, as ``--mode dynamic`` makes them:
+    onnxruntime's DynamicQuantizeLinear)."""
+    if kind == "fp16":
+        return {"format": "fp16"}
     return dataclasses.replace(spec, dynamic=True, activation_dtype="uint8", symmetric_activations=False).to_dict()
 
 

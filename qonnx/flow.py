@@ -165,6 +165,10 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
         steps[at:at] = [PipelineStep("auto-policy", auto)]  # it computes the layer-sensitivity analysis when it needs it
         names = {s.name for s in steps}
         check_order([s.name for s in steps])
+    if config.effective_target in ("cuda", "tensorrt") and config.precision == "int8" and config.policy is not None and "insert-qdq" in names and "convert-float" not in names:
+        at = [s.name for s in steps].index("insert-qdq") + 1  # the FP16 nodes of an auto plan (or of a replayed one); none: a no-op
+        steps[at:at] = [PipelineStep("convert-float", {"precision": "fp16"})]
+        names = {s.name for s in steps}
     if evaluated:
         wanted = [PipelineStep("evaluate", {})]
         if config.evaluation.sensitivity and config.precision == "int8":

@@ -181,7 +181,23 @@ def _plan_copy(
                 set_node_spec(node, dict(formats.get(node.name, {"format": "float"})))
     scratch = Context(target=target, precision=precision, mode=mode, reduce_range=reduce_range, analyses={"plan": True, "ranges": ranges})
     apply("insert-qdq", trial, scratch)
+    low = {spec["format"] for spec in (formats or {}).values()} & {"fp16", "bf16"}
+    if low:
+        _own_types(trial)
+    for fmt in sorted(low):  # FP16 islands of the plan: converted as the pipeline's convert-float does
+        apply("convert-float", trial, scratch, precision=fmt)
     return trial
+
+
+def _own_types(model: ir.Model) -> None:
+    """Give every value of ``model`` (a clone) a type object of its own: onnx-ir 1.1's
+    ``Model.clone`` shares them with the original, so setting a dtype in the clone (as
+    ``convert-float`` does) would change the original's too."""
+    graph = model.graph
+    values = [*graph.inputs, *graph.initializers.values(), *(out for node in graph for out in node.outputs)]
+    for value in values:
+        if isinstance(value.type, ir.TensorType):
+            value.type = ir.TensorType(value.type.dtype)
 
 
 def _value(metric: str, comparison: metrics.Comparison) -> float:

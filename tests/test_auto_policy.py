@@ -238,3 +238,28 @@ def test_auto_policy_searches_with_a_python_metric(tmp_path):
     assert record["curve"][0]["value"] < 0.995 and record["met"] and record["achieved"] >= 0.995
     assert len(seen) >= record["evaluations"] > 1  # every trial scored by the callable (and the verdict once)
     assert result.verdict.metric == record["metric"] and result.report["fidelity"]["custom"]["value"] == pytest.approx(result.verdict.value)
+
+
+def test_on_cuda_the_fallback_is_fp16_where_the_target_holds(tmp_path):
+    """target cuda: the fallback nodes are converted to FP16 (convert-float(precision=fp16) after
+    insert-qdq, in the trials and in the pipeline) instead of staying FP32; measured on the CPU
+    provider, which computes the FP16 nodes behind Casts."""
+    model = tmp_path / "block.onnx"
+    onnx.save(tiny.transformer_block(), model)
+    feeds = _scaled_feeds((1, 4, 0.25, 2, 8, 0.5, 1, 3))  # milder than the dynamic test's: some MatMuls stay INT8
+    result = quantize(model, tmp_path / "q.onnx", feeds, policy="auto", target="cuda", metric="cosine", min=0.997)
+    record = result.report["auto_policy"]
+    assert record["curve"][0]["value"] < 0.997 and record["met"] and record["speedup"] is None  # no CPU timing for a CUDA plan
+    fp16 = sorted(n for n, f in record["formats"].items() if f == "fp16")
+    assert fp16 and record["fallback_format"] == "FP16 where it meets the target, else FP32"
+    written = onnx.load(tmp_path / "q.onnx")
+    plan = json.loads(next(p.value for p in written.metadata_props if p.key == "qonnx.plan"))
+    assert plan["nodes"][fp16[0]] == "fp16" and plan["reasons"][fp16[0]].startswith("auto policy: FP16 for cosine >= 0.997: INT8 costs too much")
+    assert len(fp16) < 8 and "int8" in plan["nodes"].values()  # the others stay INT8
+    weights = {init.name: init.data_type for init in written.graph.initializer}
+    read = [name for n in written.graph.node if n.name in fp16 for name in n.input if name in weights]
+    assert read and all(weights[name] == onnx.TensorProto.FLOAT16 for name in read)  # their weights stored in FP16
+    ops = {n.op_type for n in written.graph.node}
+    assert {"Cast", "DequantizeLinear"} <= ops, ops
+    assert session(tmp_path / "q.onnx").run(feeds[0])["y"].dtype == np.float32
+    assert (tmp_path / "q.plan.json").is_file()
