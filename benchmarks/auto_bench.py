@@ -130,8 +130,8 @@ def _markdown(doc: dict) -> list[str]:
         env = row.get("environment", doc["environment"])
         runs.setdefault((env["date"], env["qonnx_revision"], env["onnxruntime_version"], str(env["load_average_at_start"])), []).append(row["model"])
     lines = [f"# Automatic mixed precision (target {doc['target_sqnr_db']:g} dB output SQNR; MiniLM: pooled-embedding cosine 0.998)", ""]
-    for (date, revision, ort, load), models in runs.items():
-        lines.append(f"`python benchmarks/auto_bench.py --models {' '.join(models)}`; {date}, qonnx {revision}, onnxruntime {ort}, load average at start {load}.")
+    for (date, revision, ort, load_average), models in runs.items():
+        lines.append(f"`python benchmarks/auto_bench.py --models {' '.join(models)}`; {date}, qonnx {revision}, onnxruntime {ort}, load average at start {load_average}.")
     lines += [
         "",
         "| model | INT8 SQNR | INT8 speed | auto target | INT8 / auto on the target metric | auto SQNR | auto speed | auto size | auto float nodes (+ dynamic INT8) | auto evaluations (search / with sensitivity) | auto wall s | greedy SQNR | greedy float nodes | greedy evaluations | greedy wall s |",

@@ -499,7 +499,7 @@ def _layer_sensitivity(report: Mapping[str, Any]) -> str:
             for g in groups
         ]  # fmt: skip
         body += (
-            f'\n<p class="note">Node groups (a layer with its activation chain, an attention block, a residual branch): the model output\'s error '
+            '\n<p class="note">Node groups (a layer with its activation chain, an attention block, a residual branch): the model output\'s error '
             "with only the group's INT8 nodes quantized, worst first.</p>\n"
             + _table(["group", "kind", "nodes", "INT8 nodes", "global"], rows, numeric=(2, 3, 4))
         )
