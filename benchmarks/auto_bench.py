@@ -1,15 +1,17 @@
 """The automatic policy beside pure INT8 and a brute-force greedy, in one run.
 
 For each kit model named: (a) pure INT8 (the default pipeline), (b) ``--policy auto --metric sqnr
---min TARGET``, and, on the models named with ``--greedy``, (c) a brute-force greedy: the model's
+--min TARGET`` (MiniLM: ``--metric cosine --min 0.998``, the cosine of mean-pooled sentence
+embeddings; ``MODEL_TARGETS``), and, on the models named with ``--greedy``, (c) a brute-force greedy: the model's
 output SQNR with each node alone in INT8 (one full evaluation per node), then nodes kept float in
 that order, worst first, one more evaluation per node, until the target holds. For each: the output
 SQNR on held-out data (the report's fidelity), the nodes kept float, the full-model evaluations
 spent and the wall time; for (a) and (b) the latency against FP32 (the report's, median of 20 runs,
 2 threads).
 
-Usage: ``python benchmarks/auto_bench.py [--models ppocr-cls yolov8n] [--greedy ppocr-cls] [--min 30]``
-(results in ``benchmarks/results/auto.md`` and ``auto.json``).
+Usage: ``python benchmarks/auto_bench.py [--models ppocr-cls yolov8n] [--greedy ppocr-cls] [--min 30] [--merge]``
+(results in ``benchmarks/results/auto.md`` and ``auto.json``; ``--merge`` keeps the rows of the
+models not run from the existing ``auto.json``, each row with the revision and date it was run at).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ from qonnx.pipeline import Context, build, parse_pipeline, run_pipeline  # noqa:
 from qonnx.trials import Trials  # noqa: E402
 
 
+# Models judged by another metric than the output SQNR: (metric, target).
+MODEL_TARGETS = {"minilm": ("cosine", 0.998)}
+
+
 def _quantize(name: str, scratch: Path, **options) -> dict:
     case = CASES[name]
     started = time.perf_counter()
@@ -44,6 +50,9 @@ def _quantize(name: str, scratch: Path, **options) -> dict:
     sensitivity = report.get("layer_sensitivity") or {}
     return {
         "sqnr_db": min(v["sqnr_db"] for v in report["fidelity"]["outputs"].values()),
+        "metric": report["verdict"]["metric"],
+        "metric_value": report["verdict"]["value"],
+        "dynamic_nodes": sum(1 for f in auto.get("formats", {}).values() if f == "int8-dynamic"),
         "speedup": report["latency"]["speedup"],
         "float_nodes": len(auto.get("fallback", [])),
         "evaluations": auto.get("evaluations", 0) + sensitivity.get("evaluations", 0),
@@ -84,46 +93,71 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--greedy", nargs="*", default=["ppocr-cls", "ppocr-rec"])
     parser.add_argument("--min", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--merge", action="store_true", help="keep the other models' rows of the existing auto.json")
     args = parser.parse_args(argv)
     rows = []
+    environment = environment_facts()
     with tempfile.TemporaryDirectory(prefix="qonnx-auto-bench-") as scratch:
         for name in args.models:
             print(f"{name}: pure INT8", flush=True)
-            row = {"model": name, "int8": _quantize(name, Path(scratch))}
-            print(f"{name}: --policy auto --min {args.min:g}", flush=True)
-            row["auto"] = _quantize(name, Path(scratch), policy="auto", metric="sqnr", min=args.min)
+            metric, target = MODEL_TARGETS.get(name, ("sqnr", args.min))
+            row = {"model": name, "metric": metric, "target": target, "environment": environment, "int8": _quantize(name, Path(scratch))}
+            print(f"{name}: --policy auto --metric {metric} --min {target:g}", flush=True)
+            row["auto"] = _quantize(name, Path(scratch), policy="auto", metric=metric, min=target)
             if name in args.greedy:
                 print(f"{name}: brute-force greedy", flush=True)
                 row["greedy"] = _greedy(name, args.min)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    doc = {"environment": environment_facts(), "target_sqnr_db": args.min, "rows": rows}
-    lines = [
-        f"# Automatic mixed precision (target {args.min:g} dB output SQNR)",
-        "",
-        f"`python benchmarks/auto_bench.py`; {doc['environment']['date']}, qonnx {doc['environment']['qonnx_revision']}, "
-        f"onnxruntime {doc['environment']['onnxruntime_version']}, load average at start {doc['environment']['load_average_at_start']}.",
-        "",
-        "| model | INT8 SQNR | INT8 speed | auto SQNR | auto speed | auto size | auto float nodes | auto evaluations (search / with sensitivity) | auto wall s | greedy SQNR | greedy float nodes | greedy evaluations | greedy wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        i, a, g = row["int8"], row["auto"], row.get("greedy")
-        greedy = f"{g['sqnr_db']:.1f} | {g['float_nodes']} | {g['evaluations']} | {g['wall_s']}" if g else "— | — | — | —"
-        lines.append(
-            f"| {row['model']} | {i['sqnr_db']:.1f} | {i['speedup']:.2f}x | {a['sqnr_db']:.1f}{'' if a['met'] else ' (missed)'} | {a['speedup']:.2f}x | {a['size_ratio']:.2f} | "
-            f"{a['float_nodes']} | {a['search_evaluations']} / {a['evaluations']} | {a['wall_s']} | {greedy} |"
-        )
-    lines += ["", "SQNR on the held-out photos (the search measures on calibration photos); speed: the report's latency, FP32 / model, median of 20 runs, 2 threads.", ""]
-    for row in rows:
-        a = row["auto"]
-        worst = "; ".join(f"{e['node']} ({e['op_type']}) local {e['local_db']} / global {e['global_db']} dB" for e in a["worst_nodes"])
-        lines.append(f"- {row['model']}: local-vs-global rank correlation {a['rank_correlation']}; worst nodes: {worst}")
+    doc = {"environment": environment, "target_sqnr_db": args.min, "rows": rows}
+    if args.merge and (args.out / "auto.json").is_file():
+        previous = json.loads((args.out / "auto.json").read_text())
+        ran = {row["model"] for row in rows}
+        kept = [{"environment": previous["environment"], **row} for row in previous["rows"] if row["model"] not in ran]
+        doc = {"environment": previous["environment"], "target_sqnr_db": previous.get("target_sqnr_db", args.min), "rows": kept + rows}
+    lines = _markdown(doc)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out / "auto.json", lambda f: f.write((json.dumps(doc, indent=2) + "\n").encode()))
     atomic_write(args.out / "auto.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
     print("\n".join(lines))
     return 0
+
+
+def _markdown(doc: dict) -> list[str]:
+    """The results page: one row per model, each with the revision and date it was run at."""
+    runs = {}
+    for row in doc["rows"]:
+        env = row.get("environment", doc["environment"])
+        runs.setdefault((env["date"], env["qonnx_revision"], env["onnxruntime_version"], str(env["load_average_at_start"])), []).append(row["model"])
+    lines = [f"# Automatic mixed precision (target {doc['target_sqnr_db']:g} dB output SQNR; MiniLM: pooled-embedding cosine 0.998)", ""]
+    for (date, revision, ort, load_average), models in runs.items():
+        lines.append(f"`python benchmarks/auto_bench.py --models {' '.join(models)}`; {date}, qonnx {revision}, onnxruntime {ort}, load average at start {load_average}.")
+    lines += [
+        "",
+        "| model | INT8 SQNR | INT8 speed | auto target | INT8 / auto on the target metric | auto SQNR | auto speed | auto size | auto float nodes (+ dynamic INT8) | auto evaluations (search / with sensitivity) | auto wall s | greedy SQNR | greedy float nodes | greedy evaluations | greedy wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in doc["rows"]:
+        i, a, g = row["int8"], row["auto"], row.get("greedy")
+        metric, target = row.get("metric", "sqnr"), row.get("target", doc["target_sqnr_db"])
+        values = f"{i['sqnr_db']:.1f} / {a['sqnr_db']:.1f} dB" if metric == "sqnr" else f"{i.get('metric_value', float('nan')):.4f} / {a.get('metric_value', float('nan')):.4f}"
+        greedy = f"{g['sqnr_db']:.1f} | {g['float_nodes']} | {g['evaluations']} | {g['wall_s']}" if g else "— | — | — | —"
+        dynamic = f" (+ {a['dynamic_nodes']})" if a.get("dynamic_nodes") else ""
+        lines.append(
+            f"| {row['model']} | {i['sqnr_db']:.1f} | {i['speedup']:.2f}x | {metric} >= {target:g} | {values}{'' if a['met'] else ' (missed)'} | {a['sqnr_db']:.1f} | {a['speedup']:.2f}x | {a['size_ratio']:.2f} | "
+            f"{a['float_nodes'] - a.get('dynamic_nodes', 0)}{dynamic} | {a['search_evaluations']} / {a['evaluations']} | {a['wall_s']} | {greedy} |"
+        )
+    lines += [
+        "",
+        "Fidelity on held-out data (photos; MiniLM: other sentences of the Python docs), the search measures on calibration data; "
+        "speed: the report's latency, FP32 / model, median of 20 runs, 2 threads. Rows run before dynamic INT8 existed have no dynamic nodes.",
+        "",
+    ]
+    for row in doc["rows"]:
+        a = row["auto"]
+        worst = "; ".join(f"{e['node']} ({e['op_type']}) local {e['local_db']} / global {e['global_db']} dB" for e in a["worst_nodes"])
+        lines.append(f"- {row['model']}: local-vs-global rank correlation {a['rank_correlation']}; worst nodes: {worst}")
+    return lines
 
 
 if __name__ == "__main__":

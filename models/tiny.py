@@ -24,6 +24,8 @@ __all__ = [
     "embedding_model",
     "conv_bias_add",
     "function_model",
+    "transformer_block",
+    "residual_convs",
     "random_feed",
 ]
 
@@ -369,6 +371,72 @@ def function_model(seed: int = 0) -> onnx.ModelProto:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def transformer_block(seed: int = 0, tokens: int = 8, width: int = 16, heads: int = 2) -> onnx.ModelProto:
+    """One encoder layer without LayerNorm, on float inputs x[1, T, H]: Q/K/V projections (MatMul +
+    bias Add), two heads (Reshape, Transpose), scores (MatMul, scaling Mul, Softmax), the context
+    MatMul, the output projection with its bias, a residual Add; then the feed-forward block
+    (MatMul + bias, GELU as Div/Erf/Add/Mul/Mul, MatMul + bias) and a second residual Add."""
+    rng = np.random.default_rng(seed)
+    d = width // heads
+    inits = [_init(rng, f"W{n}", (width, width), 0.3) for n in "qkvo"] + [_init(rng, f"b{n}", (width,), 0.1) for n in "qkvo"]
+    inits += [_init(rng, "W1", (width, 2 * width), 0.3), _init(rng, "b1", (2 * width,), 0.1), _init(rng, "W2", (2 * width, width), 0.3), _init(rng, "b2", (width,), 0.1)]
+    consts = {"heads_shape": np.array([1, tokens, heads, d], np.int64), "merged_shape": np.array([1, tokens, width], np.int64),
+              "scale": np.array(1 / np.sqrt(d), np.float32), "sqrt2": np.array(np.sqrt(2), np.float32),
+              "one": np.array(1, np.float32), "half": np.array(0.5, np.float32)}  # fmt: skip
+    inits += [numpy_helper.from_array(v, k) for k, v in consts.items()]
+    node = helper.make_node
+    nodes = []
+    for n, perm in (("q", [0, 2, 1, 3]), ("k", [0, 2, 3, 1]), ("v", [0, 2, 1, 3])):
+        nodes += [
+            node("MatMul", ["x", f"W{n}"], [f"{n}0"], name=f"{n}_proj"),
+            node("Add", [f"{n}0", f"b{n}"], [f"{n}1"], name=f"{n}_bias"),
+            node("Reshape", [f"{n}1", "heads_shape"], [f"{n}2"], name=f"{n}_heads"),
+            node("Transpose", [f"{n}2"], [f"{n}3"], name=f"{n}_transpose", perm=perm),
+        ]
+    nodes += [
+        node("MatMul", ["q3", "k3"], ["s0"], name="scores"),
+        node("Mul", ["s0", "scale"], ["s1"], name="scale_scores"),
+        node("Softmax", ["s1"], ["p"], name="softmax", axis=-1),
+        node("MatMul", ["p", "v3"], ["c0"], name="context"),
+        node("Transpose", ["c0"], ["c1"], name="context_transpose", perm=[0, 2, 1, 3]),
+        node("Reshape", ["c1", "merged_shape"], ["c2"], name="context_merge"),
+        node("MatMul", ["c2", "Wo"], ["o0"], name="o_proj"),
+        node("Add", ["o0", "bo"], ["o1"], name="o_bias"),
+        node("Add", ["x", "o1"], ["h"], name="residual1"),
+        node("MatMul", ["h", "W1"], ["f0"], name="ffn1"),
+        node("Add", ["f0", "b1"], ["f1"], name="ffn1_bias"),
+        node("Div", ["f1", "sqrt2"], ["g0"], name="gelu_div"),
+        node("Erf", ["g0"], ["g1"], name="gelu_erf"),
+        node("Add", ["g1", "one"], ["g2"], name="gelu_add"),
+        node("Mul", ["f1", "g2"], ["g3"], name="gelu_mul"),
+        node("Mul", ["g3", "half"], ["g4"], name="gelu_half"),
+        node("MatMul", ["g4", "W2"], ["f2"], name="ffn2"),
+        node("Add", ["f2", "b2"], ["f3"], name="ffn2_bias"),
+        node("Add", ["h", "f3"], ["y"], name="residual2"),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", F, [1, tokens, width])], [helper.make_tensor_value_info("y", F, [1, tokens, width])], inits)
+
+
+def residual_convs(seed: int = 0, channels: int = 4) -> onnx.ModelProto:
+    """x → stem Conv → Relu → (Conv → Relu → Conv) + the Relu's output → Relu → head Conv → y: a
+    residual block as in ResNet."""
+    rng = np.random.default_rng(seed)
+    inits = [_init(rng, "W0", (channels, 3, 3, 3)), _init(rng, "B0", (channels,), 0.1)]
+    inits += [_init(rng, f"W{i}", (channels, channels, 3, 3), 0.3) for i in (1, 2, 3)]
+    node = helper.make_node
+    nodes = [
+        node("Conv", ["x", "W0", "B0"], ["c0"], name="stem", pads=[1, 1, 1, 1]),
+        node("Relu", ["c0"], ["r0"], name="stem_relu"),
+        node("Conv", ["r0", "W1"], ["c1"], name="branch_conv1", pads=[1, 1, 1, 1]),
+        node("Relu", ["c1"], ["r1"], name="branch_relu"),
+        node("Conv", ["r1", "W2"], ["c2"], name="branch_conv2", pads=[1, 1, 1, 1]),
+        node("Add", ["r0", "c2"], ["s"], name="join"),
+        node("Relu", ["s"], ["r2"], name="join_relu"),
+        node("Conv", ["r2", "W3"], ["y"], name="head", pads=[1, 1, 1, 1]),
+    ]
+    return _model(nodes, [helper.make_tensor_value_info("x", F, [1, 3, 16, 16])], [helper.make_tensor_value_info("y", F, [1, channels, 16, 16])], inits)
 
 
 def random_feed(model: onnx.ModelProto, seed: int = 0, dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:

@@ -10,13 +10,27 @@ Starts from the target's full INT8 plan and the ``layer-sensitivity`` ranking (w
    metric grows with the prefix: ``1 + ceil(log2(n))`` full-model evaluations for ``n`` nodes;
 3. then each node of that prefix, least sensitive first (at most ``max_return``), goes back to INT8
    when the target still holds without it;
-4. speed, measured: the chosen plan, the input model and, when the plan is slower than FP32, the plan
+4. speed, measured (``cpu`` target): the chosen plan, the input model and, when the plan is slower than FP32, the plan
    with every node but Conv/ConvTranspose/Gemm/MatMul in float (integer islands that onnxruntime
    runs slower than float) are timed on one sample; the fastest that meets the target wins. A plan
    slower than FP32 is kept only with the record saying so (``binding``: "speed").
 
+With ``groups``, a step of the ranking is a unit of ``qonnx.node_groups`` (a layer with its
+activation chain, an attention block, or a single node), ranked by its group score: the bisection
+moves whole units, the return pass single nodes. On the ``cpu`` target (static mode), the MatMuls
+left in the fallback then try dynamic INT8 (``QuantSpec.dynamic``: activations quantized at run
+time from each input's own range, which an outlier-heavy or input-dependent activation needs),
+all at once, else one by one; a MatMul keeps dynamic INT8 where the target holds, float otherwise.
+On ``cuda`` and ``tensorrt`` the lighter format is FP16 (for the ops the CUDA provider has an FP16
+kernel for), tried the same way; the trials convert those nodes with ``convert-float(precision=fp16)``
+after ``insert-qdq``, as the pipeline does (``qonnx.flow.pipeline_steps``), and measure them on this
+machine's CPU provider (FP16 values, not the CUDA kernels' accumulation). Speed is measured only on
+the ``cpu`` target: another target's provider is not this CPU.
+The metric can be a Python callable (``metric=custom``: ``Context.score``, the config's
+``evaluation.metric``), which scores the trials' outputs in this process.
+
 Every evaluated point goes into the curve (fraction of the ranked nodes in INT8, metric value,
-speedup where timed); the fallback nodes get the reason in the plan. The plan document also records
+speedup where timed); the fallback nodes get their format and its reason in the plan. The plan document also records
 the model hash, so that replaying it (``--policy plan.json``) on another model is refused.
 """
 
@@ -34,8 +48,11 @@ import onnx_ir as ir
 from qonnx import ir as qir
 from qonnx import runtime
 from qonnx.errors import UserError
+from qonnx.node_groups import NodeGroup, units
+from qonnx.passes.layer_sensitivity import add_group_scores
 from qonnx.pipeline import Pass, Record, register
-from qonnx.policy import PLAN_KEY, record_formats, set_node_spec
+from qonnx.policy import PLAN_KEY, QuantSpec, node_spec, record_formats, set_node_spec
+from qonnx.targets import get_target
 from qonnx.trials import Trials
 from qonnx.verdict import DEFAULT_FLOORS, choose_metric, metric_value
 
@@ -75,16 +92,30 @@ class AutoPolicyRecord(Record):
     fp32_ms: float | None
     curve: list[dict[str, Any]]
     chosen: int
+    formats: dict[str, str] = dataclasses.field(default_factory=dict)  # fallback node -> "float", "int8-dynamic" or "fp16"
+    units: int | None = None  # steps of the ranking (groups moved whole count as one)
+
+
+_DYNAMIC = "int8-dynamic"
+_FP16_TARGETS = ("cuda", "tensorrt")
 
 
 @register
 class AutoPolicy(Pass):
     """Attributes:
-    metric: sqnr, cosine, top1 or auto (chosen from the outputs' shapes).
+    metric: sqnr, cosine, top1, auto (chosen from the outputs' shapes) or custom (the config's
+        Python callable, ``Context.score``).
     min: the value to reach (default: the metric's floor, ``qonnx.verdict.DEFAULT_FLOORS``).
     samples: calibration samples per trial (the evaluation data stays held out).
-    max_return: fallback nodes tried back in INT8 after the bisection.
+    max_return: fallback nodes tried back in INT8 after the bisection (and, on the cpu target,
+        MatMuls tried in dynamic INT8 one at a time).
     speed: time the plans and prefer the fastest that meets the target.
+    groups: rank the node groups of ``qonnx.node_groups`` (a layer with its activation chain, an
+        attention block) as one step each, by their group score, instead of node by node.
+    dynamic: on the cpu target, a MatMul of the fallback goes to dynamic INT8 (activations
+        quantized at run time) rather than float when the target still holds.
+    fp16: on the cuda and tensorrt targets, a node of the fallback goes to FP16 rather than FP32
+        when the target still holds (and the CUDA provider has an FP16 kernel for it).
     """
 
     name = "auto-policy"
@@ -102,13 +133,23 @@ class AutoPolicy(Pass):
         samples: int = 16,
         max_return: int = 16,
         speed: bool = True,
+        groups: bool = False,
+        dynamic: bool = True,
+        fp16: bool = True,
     ) -> None:
         super().__init__(context)
-        if metric not in ("auto", "sqnr", "cosine", "top1"):
-            raise UserError(f"auto-policy: metric {metric!r} is not one of auto, sqnr, cosine, top1")
+        if metric not in ("auto", "sqnr", "cosine", "top1", "custom"):
+            raise UserError(f"auto-policy: metric {metric!r} is not one of auto, sqnr, cosine, top1, custom")
         if samples < 1 or max_return < 0:
             raise UserError(f"auto-policy: samples must be positive and max_return not negative (samples={samples}, max_return={max_return})")
+        if metric == "custom" and min is None:
+            raise UserError("auto-policy: a custom metric needs a threshold (min)")
         self.metric, self.min, self.samples, self.max_return, self.speed = metric, min, samples, max_return, speed
+        self.groups, self.dynamic, self.fp16 = groups, dynamic, fp16
+
+    def requires(self, model: ir.Model) -> None:
+        if self.metric == "custom" and self.context.score is None:
+            raise UserError("auto-policy: metric=custom needs a Python metric (the config's evaluation.metric callable)")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         # The plans are measured on calibration samples: the evaluation data stays held out, and the
@@ -117,19 +158,28 @@ class AutoPolicy(Pass):
         if data is None or len(data) == 0:
             raise UserError("--policy auto needs data to measure the plans: give --calib DATA")
         feeds = [data[i] for i in range(min(self.samples, len(data)))]
-        trials = Trials(model, self.context, feeds, "sqnr")
+        custom = self.metric == "custom"
+        trials = Trials(model, self.context, feeds, self.context.score if custom else "sqnr")
         every = set(trials.candidates)
-        metric = self.metric
-        all_int8 = trials.comparison(trials.quantized(every)).to_dict()
-        if metric == "auto":
-            token_inputs = any(v.dtype in (ir.DataType.INT64, ir.DataType.INT32) for v in model.graph.inputs)
-            metric = choose_metric(all_int8, token_inputs)[0]
-        trials.metric = metric
+        op_types = {n.name: n.op_type for n in model.graph}
+        specs = {n.name: node_spec(n.metadata_props) for n in model.graph if n.name in every}
+        if custom:
+            metric = getattr(self.context.score, "__qualname__", type(self.context.score).__name__)
+            first = trials.score(every)
+        else:
+            all_int8 = trials.comparison(trials.quantized(every)).to_dict()
+            metric = self.metric
+            if metric == "auto":
+                token_inputs = any(v.dtype in (ir.DataType.INT64, ir.DataType.INT32) for v in model.graph.inputs)
+                metric = choose_metric(all_int8, token_inputs)[0]
+            trials.metric = metric
+            value = metric_value(metric, all_int8)
+            first = float("nan") if value is None else float(value)
         target = self.min if self.min is not None else DEFAULT_FLOORS[metric]
 
         def meets(value: float) -> bool:
             return not math.isnan(value) and value >= target
-        measured: dict[int, float] = {0: float(metric_value(metric, all_int8))}
+        measured: dict[int, float] = {0: first}
         sensitivity = None
         if not meets(measured[0]):  # the ranking is only needed, and only computed, when INT8 misses
             sensitivity = self.context.analysis("layer-sensitivity", model)
@@ -137,45 +187,70 @@ class AutoPolicy(Pass):
                 self.publish(sensitivity)
         ranked = [e["node"] for e in (sensitivity.nodes if sensitivity is not None else []) if e["node"] in every]
         ranked += sorted(every - set(ranked))
+        if self.groups and sensitivity is not None:
+            add_group_scores(model, self.context, sensitivity)
+        steps = _ranked_units(ranked, sensitivity) if self.groups else [(name, [name]) for name in ranked]
         n = len(ranked)
         curve: list[dict[str, Any]] = [{"int8_fraction": 1.0, "value": round(measured[0], 4), "speedup": None, "fallback": 0}]
+        # The lighter fallback: dynamic INT8 for MatMuls on the cpu, FP16 on cuda/tensorrt.
+        if self.dynamic and self.context.target == "cpu" and self.context.mode == "static":
+            lighter_kind, fallback_format = _DYNAMIC, "dynamic INT8 for MatMul where it meets the target, else float"
+            eligible = {name for name in every if op_types.get(name) == "MatMul"}
+        elif self.fp16 and self.context.target in _FP16_TARGETS:
+            lighter_kind, fallback_format = "fp16", "FP16 where it meets the target, else FP32"
+            eligible = {name for name in every if get_target("cuda").has_kernel(op_types.get(name, ""), "fp16")}
+        else:
+            lighter_kind, fallback_format, eligible = None, "float", set()
+        lighter: dict[str, str] = {}  # fallback node -> its lighter format; the rest of the fallback is float
 
-        def score(fallback: set[str]) -> float:
-            value = trials.score(every - fallback)
+        def formats(float_nodes: set[str], light: dict[str, str]) -> dict[str, dict]:
+            return {name: _spec(kind, specs[name]) for name, kind in light.items()} | {name: {"format": "float"} for name in float_nodes - set(light)}
+
+        def score(fallback: set[str], light: dict[str, str] | None = None) -> float:
+            light = light or {}
+            value = trials.score(every - fallback, formats(fallback, light))
             curve.append({"int8_fraction": round(1 - len(fallback) / max(n, 1), 4), "value": round(value, 4), "speedup": None, "fallback": len(fallback)})
+            for kind in sorted(set(light.values())):
+                curve[-1][kind] = sum(1 for k in light.values() if k == kind)
             return value
 
         fallback: list[str] = []
         achieved = measured[0]
         if not meets(measured[0]) and n:
+            prefix: dict[int, list[str]] = {}
 
             def prefix_meets(k: int) -> bool:
-                measured[k] = score(set(ranked[:k]))
+                prefix[k] = [name for _, members in steps[:k] for name in members]
+                measured[k] = score(set(prefix[k]))
                 return meets(measured[k])
 
-            high = smallest_prefix(n, prefix_meets)  # all float (the FP32 model) meets any target
-            fallback = ranked[:high]
-            achieved = measured.get(high, math.inf)
-            for node in list(reversed(fallback))[: self.max_return]:
+            high = smallest_prefix(len(steps), prefix_meets)  # all float (the FP32 model) meets any target
+            fallback = [name for _, members in steps[:high] for name in members]
+            achieved = measured.get(high, math.inf) if high < len(steps) else math.inf
+            order = {name: i for i, name in enumerate(ranked)}
+            for node in sorted(fallback, key=order.__getitem__, reverse=True)[: self.max_return]:
                 value = score(set(fallback) - {node})
                 if meets(value):
                     fallback.remove(node)
                     achieved = value
+            if lighter_kind is not None:
+                candidates = [name for name in fallback if name in eligible]
+                achieved = self._lighten(fallback, candidates, lighter_kind, lighter, order, score, meets, achieved)
             if math.isinf(achieved):  # only the all-float plan met it: measure it for the record
-                achieved = score(set(fallback))
+                achieved = score(set(fallback), lighter)
         chosen_fallback = set(fallback)
 
         speedup = fp32_ms = None
         binding = None if meets(achieved) else "accuracy"
-        if self.speed:
+        if self.speed and self.context.target == "cpu":  # (other targets' providers are not this CPU)
             fp32_s = runtime.measure_latency(model, feeds[0])["median_s"]
-            plan_s = runtime.measure_latency(trials.quantized(every - chosen_fallback), feeds[0])["median_s"]
+            plan_s = runtime.measure_latency(trials.quantized(every - chosen_fallback, formats(chosen_fallback, lighter)), feeds[0])["median_s"]
             if plan_s > fp32_s:  # integer islands slower than float: try the weighted ops alone in INT8
-                islands = {name for name in every - chosen_fallback if self._op_type(model, name) not in _WEIGHTED}
+                islands = {name for name in every - chosen_fallback if op_types.get(name) not in _WEIGHTED}
                 if islands:
                     candidate = chosen_fallback | islands
-                    value = score(candidate)
-                    candidate_s = runtime.measure_latency(trials.quantized(every - candidate), feeds[0])["median_s"]
+                    value = score(candidate, lighter)
+                    candidate_s = runtime.measure_latency(trials.quantized(every - candidate, formats(candidate, lighter)), feeds[0])["median_s"]
                     curve[-1]["speedup"] = round(fp32_s / candidate_s, 3)
                     if meets(value) and candidate_s < plan_s:
                         chosen_fallback, plan_s, achieved = candidate, candidate_s, value
@@ -184,15 +259,27 @@ class AutoPolicy(Pass):
                 binding = "speed"
                 logger.warning("the chosen plan runs at %.2fx the FP32 speed on this CPU", speedup)
         curve.append({"int8_fraction": round(1 - len(chosen_fallback) / max(n, 1), 4), "value": round(achieved, 4), "speedup": speedup, "fallback": len(chosen_fallback), "chosen": True})
+        for kind in sorted(set(lighter.values())):
+            curve[-1][kind] = sum(1 for k in lighter.values() if k == kind)
 
-        decisions = {}
+        decisions, chosen_formats = {}, {}
         scores = {e["node"]: e for e in (sensitivity.nodes if sensitivity is not None else [])}
+        group_of = {name: unit for unit, members in steps if len(members) > 1 for name in members}
         for rank, name in enumerate(ranked, 1):
             if name not in chosen_fallback:
                 continue
             entry = scores.get(name, {})
             figures = ", ".join(f"{label} {entry[key]:.1f} dB" for key, label in (("global_db", "global"), ("local_db", "local")) if entry.get(key) is not None)
-            decisions[name] = {"format": "float", "reason": f"auto policy: kept float for {metric} >= {target:g} (sensitivity rank {rank} of {n}{'; ' + figures if figures else ''})"}
+            where = f"sensitivity rank {rank} of {n}{'; ' + figures if figures else ''}{'; group ' + group_of[name] if name in group_of else ''}"
+            if lighter.get(name) == _DYNAMIC:
+                chosen_formats[name] = _DYNAMIC
+                decisions[name] = {**_spec(_DYNAMIC, specs[name]), "reason": f"auto policy: dynamic INT8 (activations quantized at run time) for {metric} >= {target:g}: static INT8 costs too much ({where})"}
+            elif lighter.get(name) == "fp16":
+                chosen_formats[name] = "fp16"
+                decisions[name] = {"format": "fp16", "reason": f"auto policy: FP16 for {metric} >= {target:g}: INT8 costs too much ({where})"}
+            else:
+                chosen_formats[name] = "float"
+                decisions[name] = {"format": "float", "reason": f"auto policy: kept float for {metric} >= {target:g} ({where})"}
         for node in model.graph:
             if node.name in decisions:
                 set_node_spec(node, decisions[node.name])
@@ -211,17 +298,59 @@ class AutoPolicy(Pass):
                 achieved=round(achieved, 4),
                 met=meets(achieved),
                 fallback=[name for name in ranked if name in chosen_fallback],
-                fallback_format="float",
+                fallback_format=fallback_format,
                 evaluations=trials.evaluations,
                 binding=binding,
                 speedup=speedup,
                 fp32_ms=fp32_ms,
                 curve=curve,
                 chosen=len(curve) - 1,
+                formats=chosen_formats,
+                units=len(steps),
             )
         )
         return ir.passes.PassResult(model, modified)
 
-    @staticmethod
-    def _op_type(model: ir.Model, name: str) -> str:
-        return next((n.op_type for n in model.graph if n.name == name), "")
+    def _lighten(self, fallback, candidates, kind, lighter, order, score, meets, achieved) -> float:
+        """The ``candidates`` of the float ``fallback`` to the lighter format ``kind``: all at once
+        when the target holds so, else one at a time, least sensitive first (at most
+        ``max_return``). Fills ``lighter``; returns the value of the plan."""
+        if not candidates:
+            return achieved
+        value = score(set(fallback), {name: kind for name in candidates})
+        if meets(value):
+            lighter.update({name: kind for name in candidates})
+            return value
+        for name in sorted(candidates, key=order.__getitem__, reverse=True)[: self.max_return]:
+            value = score(set(fallback), {**lighter, name: kind})
+            if meets(value):
+                lighter[name] = kind
+                achieved = value
+        return achieved
+
+
+def _spec(kind: str, spec: QuantSpec) -> dict[str, Any]:
+    """The plan entry of a node in a lighter fallback format: ``fp16``, or the node's INT8 spec with
+    its activations quantized at run time (UINT8 asymmetric, as ``--mode dynamic`` makes them:
+    onnxruntime's DynamicQuantizeLinear)."""
+    if kind == "fp16":
+        return {"format": "fp16"}
+    return dataclasses.replace(spec, dynamic=True, activation_dtype="uint8", symmetric_activations=False).to_dict()
+
+
+def _ranked_units(ranked: list[str], sensitivity: Any) -> list[tuple[str, list[str]]]:
+    """The steps of the ranking when groups move whole: the chains and attention blocks of the
+    sensitivity record (two quantized nodes or more) and the other nodes alone, worst first by the
+    group's global score (a group) or the node's rank (a node). A group whose score is missing
+    takes the place of its worst member."""
+    position = {name: i for i, name in enumerate(ranked)}
+    scores = {e["node"]: e.get("global_db") for e in (sensitivity.nodes if sensitivity is not None else [])}
+    groups = [] if sensitivity is None else [NodeGroup(g["name"], g["kind"], tuple(g["nodes"])) for g in getattr(sensitivity, "groups", [])]
+    group_scores = {} if sensitivity is None else {g["name"]: g.get("global_db") for g in getattr(sensitivity, "groups", [])}
+
+    def key(unit: tuple[str, list[str]]) -> tuple[float, int]:
+        name, members = unit
+        value = group_scores.get(name) if len(members) > 1 else scores.get(name)
+        return (math.inf if value is None else value, min(position[m] for m in members))
+
+    return sorted(units(ranked, groups), key=key)

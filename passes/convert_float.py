@@ -106,18 +106,39 @@ class ConversionRecord(Record):
 
 @register
 class ConvertFloat(Pass):
+    """Attributes:
+    keep_io_types: the graph's inputs and outputs stay FP32.
+    unknown_dim: the size assumed for a symbolic dimension when Casts are placed by tensor bytes.
+    precision: fp16 or bf16 (default: the run's precision). Given in an INT8 run, only the nodes
+        planned in it convert (FP16 islands of a mixed plan, after ``insert-qdq``); none: nothing.
+    """
+
     name = "convert-float"
     summary = "convert to FP16/BF16 outside the FP32 islands; Casts placed by a minimum cut over tensor bytes"
     preserves = frozenset({"plan"})
     analyses_required = frozenset({"plan"})
 
-    def __init__(self, context=None, *, keep_io_types: bool = True, unknown_dim: int = 64) -> None:
+    def __init__(self, context=None, *, keep_io_types: bool = True, unknown_dim: int = 64, precision: str | None = None) -> None:
         super().__init__(context)
-        self.keep_io_types, self.unknown_dim = keep_io_types, unknown_dim
+        if precision is not None and precision not in FLOAT_PRECISIONS:
+            raise UserError(f"convert-float: precision must be fp16 or bf16, not {precision!r}")
+        self.keep_io_types, self.unknown_dim, self.precision = keep_io_types, unknown_dim, precision
+
+    @property
+    def _precision(self) -> str:
+        return self.precision or self.context.precision
+
+    def _nothing_planned(self, model: ir.Model) -> bool:
+        """In an INT8 run (``precision`` given): no node is planned in the format, nothing to do."""
+        return self.precision is not None and self.context.precision not in FLOAT_PRECISIONS and not any(
+            node_spec(n.metadata_props).format == self.precision for n in model.graph
+        )
 
     def requires(self, model: ir.Model) -> None:
-        if self.context.precision not in FLOAT_PRECISIONS:
+        if self._precision not in FLOAT_PRECISIONS:
             raise UserError(f"convert-float is for --precision fp16 or bf16, not {self.context.precision}")
+        if self._nothing_planned(model):
+            return
         if model.metadata_props.get(FORMAT_KEY):
             return
         if PLAN_KEY not in model.metadata_props:
@@ -127,7 +148,9 @@ class ConvertFloat(Pass):
             raise UserError(f"convert-float needs the type of every tensor; {untyped[0]!r} has none: run infer-shapes first")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        precision = self.context.precision
+        precision = self._precision
+        if self._nothing_planned(model):
+            return ir.passes.PassResult(model, False)
         done = model.metadata_props.get(FORMAT_KEY)
         if done:
             if done != precision:

@@ -17,10 +17,17 @@ the copy quantizes:
   executor (``Context.get_executor``, a local process pool by default, Ray when asked), with the
   same scores as one after the other.
 
+- **groups** (``qonnx.node_groups``: a layer with the element-wise ops after it, an attention
+  block, a residual branch): the model's output error with only the group's INT8 nodes in INT8,
+  one full-model evaluation per group of two quantized nodes or more, on the same executor. A
+  group with one quantized node takes that node's global score, unmeasured again.
+
 The nodes come out worst first (by global score where measured, else local), with the rank
 correlation (Spearman) of local against global over the nodes that have both, which says how far the
-cheap local score can be trusted on this model, and the count of full-model evaluations spent. The
-``layer-sensitivity`` analysis holds the result for ``auto-policy``.
+cheap local score can be trusted on this model, and the count of full-model evaluations spent; the
+groups too, worst first. The ``layer-sensitivity`` analysis holds the result for ``auto-policy``
+(computed on demand, without the groups: ``add_group_scores`` adds the chains and attention blocks,
+the groups the policy can move, when it moves them).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import onnx_ir as ir
 
 from qonnx import metrics, runtime
 from qonnx.errors import UserError
+from qonnx.node_groups import find_groups
 from qonnx.pipeline import Context, Pass, Record, analysis, register
 from qonnx.policy import node_spec
 from qonnx.progress import Progress
@@ -46,7 +54,7 @@ _WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LayerSensitivity", "LayerSensitivityRecord"]
+__all__ = ["LayerSensitivity", "LayerSensitivityRecord", "add_group_scores", "sensitivity_of"]
 
 def _boundary(value: ir.Value) -> tuple[str | None, bool]:
     """The FP32 tensor behind a node input and whether it reaches the node through a Q/DQ pair:
@@ -198,6 +206,7 @@ class LayerSensitivityRecord(Record):
     evaluations: int
     rank_correlation: float | None
     nodes: list[dict[str, Any]]
+    groups: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 @register
@@ -206,6 +215,7 @@ class LayerSensitivity(Pass):
     samples: calibration samples for the tapped run and the global trials.
     top: nodes other than the weighted ones (worst by local score) that also get a global score.
     exhaustive: a global score for every node (one full evaluation each).
+    groups: a global score for the node groups too (chains, attention blocks, residual branches).
     """
 
     name = "layer-sensitivity"
@@ -214,14 +224,14 @@ class LayerSensitivity(Pass):
     analyses_required = frozenset({"plan", "ranges"})
     analyses_produced = frozenset({"layer-sensitivity"})
 
-    def __init__(self, context=None, *, samples: int = 4, top: int = 8, exhaustive: bool = False) -> None:
+    def __init__(self, context=None, *, samples: int = 4, top: int = 8, exhaustive: bool = False, groups: bool = True) -> None:
         super().__init__(context)
         if samples < 1 or top < 0:
             raise UserError(f"layer-sensitivity: samples must be positive and top not negative (samples={samples}, top={top})")
-        self.samples, self.top, self.exhaustive = samples, top, exhaustive
+        self.samples, self.top, self.exhaustive, self.groups = samples, top, exhaustive, GROUP_KINDS if groups else ()
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        record = sensitivity_of(model, self.context, samples=self.samples, top=self.top, exhaustive=self.exhaustive)
+        record = sensitivity_of(model, self.context, samples=self.samples, top=self.top, exhaustive=self.exhaustive, groups=self.groups)
         if record is not None:
             self.context.analyses["layer-sensitivity"] = record
             self.publish(record)
@@ -231,11 +241,17 @@ class LayerSensitivity(Pass):
 @analysis("layer-sensitivity", requires=("plan", "ranges"))
 def _layer_sensitivity(model: ir.Model, context: Context) -> LayerSensitivityRecord | None:
     """The ``layer-sensitivity`` analysis on demand (``auto-policy`` asks for it only when the
-    all-INT8 plan misses its target), with the pass's default options."""
-    return sensitivity_of(model, context)
+    all-INT8 plan misses its target), with the pass's default options but no group scores (the
+    policy asks for those, ``add_group_scores``, only when it moves groups)."""
+    return sensitivity_of(model, context, groups=())
 
 
-def sensitivity_of(model: ir.Model, context: Context, *, samples: int = 4, top: int = 8, exhaustive: bool = False) -> LayerSensitivityRecord | None:
+GROUP_KINDS = ("chain", "attention", "residual")
+
+
+def sensitivity_of(
+    model: ir.Model, context: Context, *, samples: int = 4, top: int = 8, exhaustive: bool = False, groups: tuple[str, ...] = GROUP_KINDS
+) -> LayerSensitivityRecord | None:
     """Local and global scores of the planned model's INT8 nodes, worst first (None without data)."""
     data = context.calib if context.calib is not None else context.eval_data  # evaluation data stays held out
     if data is None or len(data) == 0 or context.precision != "int8":
@@ -257,4 +273,42 @@ def sensitivity_of(model: ir.Model, context: Context, *, samples: int = 4, top: 
     pairs = [(e["local_db"], e["global_db"]) for e in nodes if e["global_db"] is not None]
     correlation = rank_correlation([p[0] for p in pairs], [p[1] for p in pairs])
     nodes.sort(key=lambda e: (e["global_db"] if e["global_db"] is not None else np.inf, e["local_db"], e["node"]))
-    return LayerSensitivityRecord("sqnr_db", len(feeds), trials.evaluations, None if correlation is None else round(correlation, 3), nodes)
+    group_entries = _group_scores(model, trials, nodes, groups, context)
+    return LayerSensitivityRecord("sqnr_db", len(feeds), trials.evaluations, None if correlation is None else round(correlation, 3), nodes, group_entries)
+
+
+def add_group_scores(model: ir.Model, context: Context, record: LayerSensitivityRecord, kinds: tuple[str, ...] = ("chain", "attention")) -> None:
+    """Score the groups of ``kinds`` into ``record`` (when it has none yet), on the record's samples
+    and metric, so that group and node scores rank on one scale; the evaluations are counted."""
+    if record.groups:
+        return
+    data = context.calib if context.calib is not None else context.eval_data
+    trials = Trials(model, context, [data[i] for i in range(record.samples)], "sqnr")
+    record.groups = _group_scores(model, trials, record.nodes, kinds, context)
+    record.evaluations += trials.evaluations
+
+
+def _group_scores(model: ir.Model, trials: Trials, nodes: list[dict[str, Any]], kinds: tuple[str, ...], context: Context) -> list[dict[str, Any]]:
+    """The groups of ``kinds`` that hold a quantized node, with their global score, worst first:
+    one evaluation per group of two quantized nodes or more (only those nodes in INT8), a single
+    quantized node's own global score otherwise."""
+    if not kinds:
+        return []
+    candidates = set(trials.candidates)
+    by_node = {e["node"]: e for e in nodes}
+    entries = []
+    for group in find_groups(model):
+        quantized = [n for n in group.nodes if n in candidates]
+        if group.kind in kinds and quantized:
+            entries.append({**group.to_dict(), "quantized": quantized, "global_db": None, "measured": len(quantized) > 1})
+    measured = [e for e in entries if e["measured"]]
+    with Progress(len(measured), "group sensitivity", enabled=context.progress) as bar:
+        values = trials.scores([set(e["quantized"]) for e in measured], context.get_executor())
+        bar.advance(len(measured))
+    for entry, value in zip(measured, values):
+        entry["global_db"] = round(value, 2)
+    for entry in entries:
+        if not entry["measured"]:
+            entry["global_db"] = by_node.get(entry["quantized"][0], {}).get("global_db")
+    entries.sort(key=lambda e: (e["global_db"] if e["global_db"] is not None else np.inf, e["name"]))
+    return entries

@@ -470,6 +470,13 @@ def _sensitivity_table(report) -> str:
         )
     if len(found["nodes"]) > 20:
         lines.append(f"... {len(found['nodes']) - 20} more in the report")
+    groups = found.get("groups") or []
+    if groups:
+        lines.append(f"{'group':<48} {'nodes':>5} {'int8':>5} {'global':>7}  (dB, only the group in INT8; worst first)")
+        for group in groups[:12]:
+            lines.append(f"{group['name'][-48:]:<48} {len(group['nodes']):>5} {len(group['quantized']):>5} {db(group['global_db']):>7}")
+        if len(groups) > 12:
+            lines.append(f"... {len(groups) - 12} more groups in the report")
     correlation = found["rank_correlation"]
     lines.append(
         f"{len(found['nodes'])} nodes, {found['evaluations']} full-model evaluations on {found['samples']} samples; "

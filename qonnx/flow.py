@@ -159,12 +159,16 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
         at += 1
     if config.policy == "auto" and "auto-policy" not in names:
         evaluation = config.evaluation
-        auto = {"metric": evaluation.metric if isinstance(evaluation.metric, str) else "auto"}
+        auto = {"metric": evaluation.metric if isinstance(evaluation.metric, str) else "custom"}  # custom: the callable, Context.score
         if evaluation.min is not None:
             auto["min"] = evaluation.min
         steps[at:at] = [PipelineStep("auto-policy", auto)]  # it computes the layer-sensitivity analysis when it needs it
         names = {s.name for s in steps}
         check_order([s.name for s in steps])
+    if config.effective_target in ("cuda", "tensorrt") and config.precision == "int8" and config.policy is not None and "insert-qdq" in names and "convert-float" not in names:
+        at = [s.name for s in steps].index("insert-qdq") + 1  # the FP16 nodes of an auto plan (or of a replayed one); none: a no-op
+        steps[at:at] = [PipelineStep("convert-float", {"precision": "fp16"})]
+        names = {s.name for s in steps}
     if evaluated:
         wanted = [PipelineStep("evaluate", {})]
         if config.evaluation.sensitivity and config.precision == "int8":

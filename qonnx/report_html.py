@@ -491,6 +491,18 @@ def _layer_sensitivity(report: Mapping[str, Any]) -> str:
     body += _bar_chart("layer-sensitivity-bars", rows, [("local_db", "local", _LOCAL_COLOR), ("global_db", "global", _GLOBAL_COLOR)], "bar-pair", unit)
     if len(nodes) > len(shown):
         body += f'\n<p class="note cap">The {len(shown)} worst of {len(nodes)} nodes are shown.</p>'
+    groups = [_dict(g) for g in _list(data.get("groups")) if isinstance(g, Mapping)]
+    if groups:
+        rows = [
+            [f'<span class="mono">{_esc(str(g.get("name") or "?"))}</span>', _esc(str(g.get("kind") or "?")), _num(len(_list(g.get("nodes"))), "d"),
+             _num(len(_list(g.get("quantized"))), "d"), _num(g.get("global_db"), ".2f", unit)]
+            for g in groups
+        ]  # fmt: skip
+        body += (
+            '\n<p class="note">Node groups (a layer with its activation chain, an attention block, a residual branch): the model output\'s error '
+            "with only the group's INT8 nodes quantized, worst first.</p>\n"
+            + _table(["group", "kind", "nodes", "INT8 nodes", "global"], rows, numeric=(2, 3, 4))
+        )
     return _section("layer-sensitivity", "Per-layer sensitivity", body)
 
 
@@ -630,7 +642,8 @@ def _auto_policy(report: Mapping[str, Any]) -> str:
     else:
         body += '<p class="not-measured">curve not measured</p>'
     if fallback:
-        names = ", ".join(_esc(f) for f in fallback)
+        formats = _dict(data.get("formats"))
+        names = ", ".join(_esc(f) + (f" ({_esc(str(formats[f]))})" if formats.get(f) not in (None, "float") else "") for f in fallback)
         body += f'\n<details><summary>The {len(fallback)} nodes in the fallback</summary><p class="mono">{names}</p></details>'
     return _section("auto-policy", "Accuracy versus fraction in INT8", body)
 

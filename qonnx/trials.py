@@ -1,8 +1,14 @@
 """Full-model evaluations of plans, the unit of work of sensitivity and automatic mixed precision.
 
 A trial takes the planned FP32 model (``resolve-policy`` and ``calibrate`` have run), keeps in INT8
-only the nodes it is given, quantizes a copy with ``insert-qdq`` (asked for by name, with the
-calibrated ranges) and scores its outputs against the FP32 model's on the evaluation feeds.
+only the nodes it is given (the others float, or in the format ``formats`` names for them: dynamic
+INT8 for a MatMul), quantizes a copy with ``insert-qdq`` (asked for by name, with the calibrated
+ranges) and scores its outputs against the FP32 model's on the evaluation feeds.
+
+The metric is one of ``qonnx.verdict``'s by name, or a Python callable ``score(reference_outputs,
+test_outputs) -> float`` (the config's ``evaluation.metric``). A callable is never sent to a worker:
+a worker runs the trial and returns its outputs, and the callable scores them here. So a lambda or
+a closure works as well as a module-level function, and the values are the same as in one process.
 
 Trials are independent: ``Trials.scores`` hands a batch of them to an executor (``qonnx.executor``:
 a local process pool, Ray), which sends each worker the model and data once (``TrialSetup``) and
@@ -15,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,6 +39,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["Trials", "TrialSetup", "rank_correlation", "run_trial"]
+
+Metric = str | Callable[[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]], float]
+Formats = Mapping[str, dict[str, Any]]  # node name -> spec dict for a node not in INT8 (default: float)
 
 
 def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -59,11 +68,12 @@ def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
 class Trials:
     """Plans of the planned FP32 ``model`` with only some nodes in INT8, evaluated on ``feeds``.
 
-    ``metric`` is one of ``qonnx.verdict``'s (sqnr, cosine, top1; higher is better);
-    ``evaluations`` counts the full-model evaluations run, wherever they ran.
+    ``metric`` is one of ``qonnx.verdict``'s (sqnr, cosine, top1) or a callable scoring the lists
+    of reference and test outputs (higher is better); ``evaluations`` counts the full-model
+    evaluations run, wherever they ran.
     """
 
-    def __init__(self, model: ir.Model, context: Context, feeds: list[dict[str, np.ndarray]], metric: str):
+    def __init__(self, model: ir.Model, context: Context, feeds: list[dict[str, np.ndarray]], metric: Metric):
         self.model, self.context, self.feeds, self.metric = model, context, feeds, metric
         reference = runtime.session(model)
         self.reference = [reference.run(feed) for feed in feeds]
@@ -71,19 +81,26 @@ class Trials:
         self.evaluations = 0
         self._setups: dict[int | None, TrialSetup] = {}
 
-    def quantized(self, int8: set[str] | None = None) -> ir.Model:
-        """A copy with Q/DQ for the nodes in ``int8`` (None: every node the plan quantizes)."""
+    def quantized(self, int8: set[str] | None = None, formats: Formats | None = None) -> ir.Model:
+        """A copy with Q/DQ for the nodes in ``int8`` (None: every node the plan quantizes), the
+        other candidates in their ``formats`` entry or float."""
         c = self.context
-        return _plan_copy(self.model, self.candidates, int8, c.target, c.precision, c.mode, c.reduce_range, c.analyses["ranges"])
+        return _plan_copy(self.model, self.candidates, int8, c.target, c.precision, c.mode, c.reduce_range, c.analyses["ranges"], formats)
 
     def comparison(self, trial: ir.Model) -> metrics.Comparison:
         """Outputs of ``trial`` against the FP32 model's (one full-model evaluation)."""
         self.evaluations += 1
         return metrics.compare(self.reference, runtime.session(trial), self.feeds, what="evaluation sample")
 
-    def score(self, int8: set[str] | None = None) -> float:
-        """The metric of the plan with ``int8`` quantized; NaN when the outputs do not have it."""
-        return _value(self.metric, self.comparison(self.quantized(int8)))
+    def score(self, int8: set[str] | None = None, formats: Formats | None = None) -> float:
+        """The metric of the plan with ``int8`` quantized (the others as ``formats`` says, else
+        float); NaN when the outputs do not have it."""
+        trial = self.quantized(int8, formats)
+        if callable(self.metric):
+            self.evaluations += 1
+            session = runtime.session(trial)
+            return float(self.metric(self.reference, [session.run(feed) for feed in self.feeds]))
+        return _value(self.metric, self.comparison(trial))
 
     def scores(self, plans: Sequence[set[str] | None], executor: Executor | None = None) -> list[float]:
         """``[score(plan) for plan in plans]``, the plans evaluated by ``executor`` (None: here, in order).
@@ -108,8 +125,10 @@ class Trials:
         if setup is None:
             return values + [self.score(plan) for plan in rest]
         logger.info("%d trials on %d workers (%s), about %.2f s each here", len(rest), executor.workers, executor.name, each)
-        items = [(None if plan is None else sorted(plan), self.metric) for plan in rest]
-        values += executor.map(run_trial, items, shared=setup)
+        custom = callable(self.metric)
+        items = [(None if plan is None else sorted(plan), None if custom else self.metric, None) for plan in rest]
+        results = executor.map(run_trial, items, shared=setup)
+        values += [float(self.metric(self.reference, r)) if custom else r for r in results]
         self.evaluations += len(rest)
         return values
 
@@ -148,17 +167,37 @@ _SHIP_LIMIT = 1 << 30  # bytes of weights above which trials stay in this proces
 _NOT_SENT = object()  # a payload no worker holds yet
 
 
-def _plan_copy(model: ir.Model, candidates: Sequence[str], int8: Iterable[str] | None, target: str, precision: str, mode: str, reduce_range: bool | None, ranges: Any) -> ir.Model:
-    """A copy of ``model`` with Q/DQ for the candidates in ``int8`` (None: all), the others float."""
+def _plan_copy(
+    model: ir.Model, candidates: Sequence[str], int8: Iterable[str] | None, target: str, precision: str, mode: str, reduce_range: bool | None, ranges: Any,
+    formats: Formats | None = None,
+) -> ir.Model:
+    """A copy of ``model`` with Q/DQ for the candidates in ``int8`` (None: all), the others in their
+    ``formats`` entry or float."""
     trial = model.clone()
     if int8 is not None:
-        keep, planned = set(int8), set(candidates)
+        keep, planned, formats = set(int8), set(candidates), formats or {}
         for node in trial.graph:
             if node.name in planned and node.name not in keep:
-                set_node_spec(node, {"format": "float"})
+                set_node_spec(node, dict(formats.get(node.name, {"format": "float"})))
     scratch = Context(target=target, precision=precision, mode=mode, reduce_range=reduce_range, analyses={"plan": True, "ranges": ranges})
     apply("insert-qdq", trial, scratch)
+    low = {spec["format"] for spec in (formats or {}).values()} & {"fp16", "bf16"}
+    if low:
+        _own_types(trial)
+    for fmt in sorted(low):  # FP16 islands of the plan: converted as the pipeline's convert-float does
+        apply("convert-float", trial, scratch, precision=fmt)
     return trial
+
+
+def _own_types(model: ir.Model) -> None:
+    """Give every value of ``model`` (a clone) a type object of its own: onnx-ir 1.1's
+    ``Model.clone`` shares them with the original, so setting a dtype in the clone (as
+    ``convert-float`` does) would change the original's too."""
+    graph = model.graph
+    values = [*graph.inputs, *graph.initializers.values(), *(out for node in graph for out in node.outputs)]
+    for value in values:
+        if isinstance(value.type, ir.TensorType):
+            value.type = ir.TensorType(value.type.dtype)
 
 
 def _value(metric: str, comparison: metrics.Comparison) -> float:
@@ -194,10 +233,14 @@ class TrialSetup:
         return self._parsed
 
 
-def run_trial(setup: TrialSetup, item: tuple[list[str] | None, str]) -> float:
-    """One trial in a worker: the plan with the nodes ``item[0]`` in INT8 (None: all), scored by the
-    metric ``item[1]`` against the reference outputs. The same value ``Trials.score`` gives."""
-    int8, metric = item
-    trial = _plan_copy(setup.parsed(), setup.candidates, int8, setup.target, setup.precision, setup.mode, setup.reduce_range, setup.ranges)
+def run_trial(setup: TrialSetup, item: tuple[list[str] | None, str | None, dict[str, dict] | None]) -> float | list[dict[str, np.ndarray]]:
+    """One trial in a worker: the plan with the nodes ``item[0]`` in INT8 (None: all; the others in
+    their ``item[2]`` format, else float), scored by the metric ``item[1]`` against the reference
+    outputs: the same value ``Trials.score`` gives. With no metric named (a Python callable scores
+    in the caller) the trial's outputs, one dict per feed."""
+    int8, metric, formats = item
+    trial = _plan_copy(setup.parsed(), setup.candidates, int8, setup.target, setup.precision, setup.mode, setup.reduce_range, setup.ranges, formats)
     session = runtime.session(trial, threads=setup.threads)
+    if metric is None:
+        return [session.run(feed) for feed in setup.feeds]
     return _value(metric, metrics.compare(setup.reference, session, setup.feeds, what="evaluation sample"))

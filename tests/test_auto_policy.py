@@ -11,9 +11,13 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import run_qonnx, run_text
+from conftest import input_specs, run_qonnx, run_text, to_ir
+from qonnx.api import quantize
+from qonnx.calib.sources import ListSource
 from qonnx.models import tiny
 from qonnx.passes.auto_policy import smallest_prefix
+from qonnx.pipeline import Context, build, parse_pipeline, run_pipeline
+from qonnx.runtime import session
 from qonnx.trials import rank_correlation
 
 
@@ -148,3 +152,114 @@ def test_auto_policy_needs_int8_and_calibration_data(tmp_path, calib_npz):
     assert dynamic.rc == 2 and dynamic.error_lines == ["qonnx: error: --policy auto needs calibration data (give --calib DATA): its plans are measured on it"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "m.onnx"]
 
+
+
+def _scaled_feeds(scales=(1, 30, 0.05, 3, 100, 0.3), seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Inputs of ``tiny.transformer_block`` whose scale differs by up to 2000x from sample to sample
+    (the block has no LayerNorm): one calibrated range per tensor rounds the small samples to a few
+    levels, while dynamic INT8 takes each sample's own range."""
+    rng = np.random.default_rng(seed)
+    return [{"x": (rng.standard_normal((1, 8, 16)) * scale).astype(np.float32)} for scale in scales]
+
+
+def _run_on(feeds, text: str, **context):
+    model = to_ir(tiny.transformer_block())
+    ctx = Context(calib=ListSource(feeds, input_specs(model)), **context)
+    run_pipeline(model, build(parse_pipeline(text), ctx), ctx)
+    return model, ctx
+
+
+def test_matmuls_whose_static_int8_costs_too_much_get_dynamic_int8_on_the_cpu(tmp_path):
+    feeds = _scaled_feeds()
+    text = "normalize,resolve-policy,calibrate(adjacent=true),auto-policy(metric=cosine,min=0.99,speed=false),insert-qdq"
+    model, ctx = _run_on(feeds, text)
+    record = ctx.records["auto_policy"]
+    assert record.curve[0]["value"] < 0.9  # all static INT8 misses by far
+    assert record.met and record.achieved >= 0.99
+    dynamic = sorted(n for n, f in record.formats.items() if f == "int8-dynamic")
+    assert dynamic and all(next(x for x in model.graph if x.name == n).op_type == "MatMul" for n in dynamic)
+    assert all(f == "float" for n, f in record.formats.items() if n not in dynamic)
+    plan = json.loads(model.metadata_props["qonnx.plan"])
+    spec = plan["specs"][plan["nodes"][dynamic[0]]]
+    assert spec["format"] == "int8" and spec["dynamic"] and spec["activation_dtype"] == "uint8"
+    assert plan["reasons"][dynamic[0]].startswith("auto policy: dynamic INT8 (activations quantized at run time) for cosine >= 0.99: static INT8 costs too much (sensitivity rank")
+    # The rewritten model quantizes those MatMuls' activations at run time and runs.
+    readers = {u.name for n in model.graph if n.op_type == "DynamicQuantizeLinear" for out in n.outputs for u, _ in out.uses()}
+    assert readers and session(model).run(feeds[0])["y"].shape == (1, 8, 16)
+    # The plan replays as it was made: the same spec for every node (spec ids may be numbered apart).
+    path = tmp_path / "plan.json"
+    path.write_text(model.metadata_props["qonnx.plan"])
+    replayed, _ = _run_on(feeds, "normalize,resolve-policy,calibrate,insert-qdq", policy=str(path))
+    again = json.loads(replayed.metadata_props["qonnx.plan"])
+
+    def specs(document):
+        return {node: document["specs"].get(spec_id, {"format": spec_id}) for node, spec_id in document["nodes"].items()}
+
+    assert specs(again) == specs(plan)
+
+
+def test_without_dynamic_the_same_matmuls_stay_float():
+    _, ctx = _run_on(_scaled_feeds(), "normalize,resolve-policy,calibrate(adjacent=true),auto-policy(metric=cosine,min=0.99,speed=false,dynamic=false),insert-qdq")
+    record = ctx.records["auto_policy"]
+    assert record.met and set(record.formats.values()) == {"float"} and record.fallback_format == "float"
+
+
+def test_groups_move_whole_through_the_bisection():
+    """With max_return=0 the fallback is the bisection's prefix: whole chains and attention blocks."""
+    text = "normalize,resolve-policy,calibrate(adjacent=true),auto-policy(metric=cosine,min=0.99,speed=false,groups=true,max_return=0,dynamic=false)"
+    _, ctx = _run_on(_scaled_feeds(), text)
+    record, sensitivity = ctx.records["auto_policy"], ctx.records["layer_sensitivity"]
+    fallback = set(record.fallback)
+    moved = [g for g in sensitivity.groups if g["kind"] in ("chain", "attention") and len(g["quantized"]) > 1]
+    assert moved
+    assert record.units == len(sensitivity.nodes) - sum(len(g["quantized"]) - 1 for g in moved)
+    for group in moved:
+        inside = set(group["quantized"]) & fallback
+        assert not inside or inside == set(group["quantized"]), group["name"]
+    assert record.met and any(set(g["quantized"]) <= fallback for g in moved)
+
+
+def test_auto_policy_searches_with_a_python_metric(tmp_path):
+    """quantize(policy="auto", metric=callable, min=...): the search and the verdict use the callable
+    (a closure, which no worker process could unpickle)."""
+    model = tmp_path / "block.onnx"
+    onnx.save(tiny.transformer_block(), model)
+    feeds = _scaled_feeds((1, 30, 0.05, 3, 100, 0.3, 10, 0.1))
+    seen = []
+
+    def worst_sample_cosine(reference, test):
+        seen.append(len(test))
+        values = [float(np.sum(r["y"] * t["y"]) / np.linalg.norm(r["y"]) / np.linalg.norm(t["y"])) for r, t in zip(reference, test)]
+        return min(values)
+
+    result = quantize(model, tmp_path / "q.onnx", feeds, policy="auto", metric=worst_sample_cosine, min=0.995)
+    record = result.report["auto_policy"]
+    assert record["metric"] == "test_auto_policy_searches_with_a_python_metric.<locals>.worst_sample_cosine"
+    assert record["curve"][0]["value"] < 0.995 and record["met"] and record["achieved"] >= 0.995
+    assert len(seen) >= record["evaluations"] > 1  # every trial scored by the callable (and the verdict once)
+    assert result.verdict.metric == record["metric"] and result.report["fidelity"]["custom"]["value"] == pytest.approx(result.verdict.value)
+
+
+def test_on_cuda_the_fallback_is_fp16_where_the_target_holds(tmp_path):
+    """target cuda: the fallback nodes are converted to FP16 (convert-float(precision=fp16) after
+    insert-qdq, in the trials and in the pipeline) instead of staying FP32; measured on the CPU
+    provider, which computes the FP16 nodes behind Casts."""
+    model = tmp_path / "block.onnx"
+    onnx.save(tiny.transformer_block(), model)
+    feeds = _scaled_feeds((1, 4, 0.25, 2, 8, 0.5, 1, 3))  # milder than the dynamic test's: some MatMuls stay INT8
+    result = quantize(model, tmp_path / "q.onnx", feeds, policy="auto", target="cuda", metric="cosine", min=0.997)
+    record = result.report["auto_policy"]
+    assert record["curve"][0]["value"] < 0.997 and record["met"] and record["speedup"] is None  # no CPU timing for a CUDA plan
+    fp16 = sorted(n for n, f in record["formats"].items() if f == "fp16")
+    assert fp16 and record["fallback_format"] == "FP16 where it meets the target, else FP32"
+    written = onnx.load(tmp_path / "q.onnx")
+    plan = json.loads(next(p.value for p in written.metadata_props if p.key == "qonnx.plan"))
+    assert plan["nodes"][fp16[0]] == "fp16" and plan["reasons"][fp16[0]].startswith("auto policy: FP16 for cosine >= 0.997: INT8 costs too much")
+    assert len(fp16) < 8 and "int8" in plan["nodes"].values()  # the others stay INT8
+    weights = {init.name: init.data_type for init in written.graph.initializer}
+    read = [name for n in written.graph.node if n.name in fp16 for name in n.input if name in weights]
+    assert read and all(weights[name] == onnx.TensorProto.FLOAT16 for name in read)  # their weights stored in FP16
+    ops = {n.op_type for n in written.graph.node}
+    assert {"Cast", "DequantizeLinear"} <= ops, ops
+    assert session(tmp_path / "q.onnx").run(feeds[0])["y"].dtype == np.float32
+    assert (tmp_path / "q.plan.json").is_file()
