@@ -34,8 +34,8 @@ at the size of the values, far above these bounds.
 
 **Mutated files.** Model bytes (bits flipped, truncated, spliced with another model's bytes),
 ``.npz`` bytes and recipe TOML text: loading them in process ends in ``qonnx.errors.UserError`` or
-success, never another exception, within ``TIMEOUT_S`` (a hang fails); a sample of the mutated
-models also runs as the real command (exit 0 or 2, never 1, one line on failure).
+success, never another exception, within ``TIMEOUT_S`` (a hang fails), and a refusal is one line
+(the command prints it after ``qonnx: error:`` with exit 2; ``test_cli_failures`` checks that path).
 
 CI runs ``QONNX_FUZZ_EXAMPLES`` examples per property (default 12, ``derandomize=True`` so the run
 is the same each time); ``make fuzz`` runs thousands.
