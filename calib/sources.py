@@ -83,6 +83,8 @@ def check_feed(feed: Mapping[str, np.ndarray], specs: Sequence[InputSpec], where
     checked = {}
     for spec in specs:
         array = np.asarray(feed[spec.name])
+        if spec.dtype == object and array.dtype.kind == "U":
+            array = array.astype(object)  # a string input: .npz holds text as fixed-width unicode, never as objects (pickle)
         if array.dtype != spec.dtype:
             raise UserError(f"{where}: input {spec.name!r} has dtype {array.dtype}, the model expects {spec.dtype}")
         if spec.shape is not None:
@@ -178,6 +180,8 @@ class NpzSource(Source):
 
     def __init__(self, path: Path, specs: Sequence[InputSpec]):
         arrays = _load_npz(path)
+        strings = {s.name for s in specs if s.dtype == object}
+        arrays = {k: v.astype(object) if k in strings and v.dtype.kind == "U" else v for k, v in arrays.items()}
         scalars = sorted(k for k, v in arrays.items() if v.ndim == 0)
         if scalars:
             raise UserError(f"{path}: arrays {', '.join(scalars)} have no sample axis; each must be [N, *input_shape]")

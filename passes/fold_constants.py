@@ -6,7 +6,9 @@ Rewrites, in topological order so that chains fold in one run:
 
 Left alone: QuantizeLinear / DequantizeLinear (folding them would undo weight quantization),
 random ops, nodes with subgraphs or outside the standard domain, outputs larger than
-``max_elements`` (ConstantOfShape can blow a file up), and nodes whose output is a graph output.
+``max_elements`` (ConstantOfShape can blow a file up), nodes whose output is a graph output, and
+nodes whose value is not a tensor (``SequenceEmpty`` gives a sequence, ``Optional`` an optional:
+an initializer can hold neither).
 Values are computed with onnx's reference evaluator at the model's own opset.
 """
 
@@ -93,7 +95,9 @@ class FoldConstants(Pass):
         except Exception as exc:  # an op the reference evaluator lacks: keep the node
             logger.debug("cannot fold %s (%s): %s", node.name, node.op_type, exc)
             return False
-        if len(results) != len(node.outputs) or any(np.asarray(r).size > self.max_elements for r in results):
+        if not all(isinstance(r, np.ndarray) for r in results):
+            return self.skip("value is not a tensor", node)
+        if len(results) != len(node.outputs) or any(r.size > self.max_elements for r in results):
             return False
         for output, array in zip(node.outputs, results):
             array = np.asarray(array)

@@ -86,9 +86,12 @@ def _checked_proto(path: Path) -> onnx.ModelProto:
 
 def _check_versions(path: Path, proto: onnx.ModelProto) -> None:
     """An IR version or ai.onnx opset newer than the installed onnx and onnxruntime read is refused,
-    naming both versions (onnxruntime's own message speaks of an opset "under development")."""
+    naming both versions (onnxruntime's own message speaks of an opset "under development"); so is
+    a model without an IR version (onnxruntime runs it, the checker refuses what is written from it)."""
     from qonnx import runtime
 
+    if proto.ir_version < 1:  # onnxruntime loads it, but no valid model can be written from it
+        raise UserError(f"{path} has no IR version (ir_version {proto.ir_version}): not a complete ONNX model; export it again")
     if proto.ir_version > onnx.IR_VERSION:
         raise UserError(
             f"{path} has IR version {proto.ir_version}, newer than the installed onnx {onnx.__version__} reads "

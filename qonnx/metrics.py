@@ -27,6 +27,11 @@ def _flat(array: np.ndarray) -> np.ndarray:
     return np.asarray(array, np.float64).ravel()
 
 
+def _numeric(array) -> bool:
+    """Whether ``array`` holds numbers (or booleans), as opposed to strings or other objects."""
+    return isinstance(array, np.ndarray) and array.dtype.kind in "biufc"
+
+
 def _db(signal: float, noise: float) -> float:
     """``10 · log10(signal / noise)``, at most 200 dB; no noise is +200 dB, noise alone -200 dB."""
     if noise == 0:
@@ -166,7 +171,8 @@ class Comparison:
 
 
 def compare(reference: Runner | Sequence[Outputs], test: Runner | Sequence[Outputs], data: Iterable[Feed], *, what: str = "sample") -> Comparison:
-    """Run ``data`` through ``reference`` and ``test`` and pool the error of every reference output.
+    """Run ``data`` through ``reference`` and ``test`` and pool the error of every reference output
+    that holds numbers (strings have no SQNR: they are left out).
 
     Either side may be a runner or the outputs it gave for ``data``, in order (outputs computed once
     and compared with many variants). A runner that refuses a feed (UserError) is named with the
@@ -187,6 +193,8 @@ def compare(reference: Runner | Sequence[Outputs], test: Runner | Sequence[Outpu
     for index, feed in enumerate(data):
         expected, got = outputs(reference, index, feed), outputs(test, index, feed)
         for name, value in expected.items():
+            if not _numeric(value):
+                continue
             accumulators.setdefault(name, Accumulator()).update(value, got[name])
             tasks.setdefault(name, TaskAccumulator()).update(value, got[name])
         samples += 1

@@ -104,9 +104,23 @@ def record_bad_input(name: str) -> None:
     _bad_inputs.append(name)
 
 
+_corpus: list[str] = []
+
+
+def record_corpus(status: str) -> None:
+    """Count one model of onnx's backend corpus by how it ended: quantized, refused or failing."""
+    _corpus.append(status)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     if _bad_inputs:
         terminalreporter.write_line(f"qonnx CLI: {len(_bad_inputs)} bad inputs tried, each as the real command in a subprocess")
+    if _corpus:
+        counts = {status: _corpus.count(status) for status in ("quantized", "refused", "failing")}
+        terminalreporter.write_line(
+            f"onnx backend corpus: {len(_corpus)} models, {counts['quantized']} quantized, "
+            f"{counts['refused']} refused (exit 2, one line), {counts['failing']} failing"
+        )
 
 
 def calib_arrays(n: int = 8, name: str = "x", dtype=np.float32) -> dict[str, np.ndarray]:

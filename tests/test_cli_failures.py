@@ -128,6 +128,10 @@ def _future_ir_version(proto):
     proto.ir_version = onnx.IR_VERSION + 1
 
 
+def _no_ir_version(proto):
+    proto.ir_version = 0
+
+
 def _unreleased_opset(proto):
     proto.opset_import[0].version = 99
 
@@ -267,6 +271,7 @@ BAD: list[Bad] = [
     Bad("unknown-operator", lambda ws: ws.quantize(model=_save(ws, "bad.onnx", _with_node(_unknown_op))), "No Op registered for NoSuchOp"),
     Bad("unreleased-opset", lambda ws: ws.quantize(model=_save(ws, "bad.onnx", _with_node(_unreleased_opset))), "uses ai.onnx opset 99; the installed onnx"),  # was: onnxruntime's "under development"
     Bad("ir-version-too-new", lambda ws: ws.quantize(model=_save(ws, "bad.onnx", _with_node(_future_ir_version))), f"has IR version {onnx.IR_VERSION + 1}, newer than the installed onnx {onnx.__version__} reads"),
+    Bad("ir-version-missing", lambda ws: ws.quantize(model=_save(ws, "bad.onnx", _with_node(_no_ir_version))), "bad.onnx has no IR version (ir_version 0)"),  # was 1: found by fuzzing
     Bad("external-data-truncated", lambda ws: ws.quantize(model=_save(ws, "ext.onnx", _external("weights.bin")) + _write(ws, "weights.bin", b"\0" * 8)[:0]), "which has only 8: the file is truncated"),
     # Calibration data
     Bad("no-calibration-data", lambda ws: ws.quantize(calib=None), "give --calib DATA (or --ranges FILE)"),

@@ -219,3 +219,37 @@ def test_an_operator_of_another_domain_is_quantized_around_and_named_in_the_repo
     assert nodes["conv0"]["format"] == nodes["conv1"]["format"] == "int8"
     # two 8-bit 27-tap convs around a float Gelu: 34.5 dB measured; 25 dB fails a broken graph
     assert result.fidelity["outputs"]["y"]["sqnr_db"] > 25
+
+
+def _sequence_model() -> onnx.ModelProto:
+    """x → SequenceEmpty + SequenceInsert → SequenceAt 0 → y, without value_info (as exporters write it)."""
+    nodes = [
+        helper.make_node("SequenceEmpty", [], ["empty"], name="empty"),
+        helper.make_node("SequenceInsert", ["empty", "x"], ["seq"], name="insert"),
+        helper.make_node("SequenceAt", ["seq", "at"], ["y"], name="at"),
+    ]
+    at = numpy_helper.from_array(np.array(0, np.int64), "at")
+    return _model(nodes, [helper.make_tensor_value_info("x", F, [2, 3])], [helper.make_tensor_value_info("y", F, [2, 3])], [at], opset=12)
+
+
+def test_fold_constants_leaves_a_node_whose_value_is_a_sequence():
+    """SequenceEmpty has no input, so it looks constant, but its value is a sequence, which no
+    initializer can hold (folded, it became an empty float64 tensor and the model no longer loaded)."""
+    model, records, _ = run_text(_sequence_model(), "fold-constants")
+    assert [n.op_type for n in model.graph] == ["SequenceEmpty", "SequenceInsert", "SequenceAt"]
+    assert not records[0].modified
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(runtime.session(model).run({"x": x})["y"], x)  # exact: no arithmetic
+
+
+def test_infer_shapes_keeps_sequences_sequences():
+    """onnx-ir's merge of inferred types turned the untyped sequences into float tensors, which
+    onnxruntime refused when the sample run tapped them (an internal error on onnx's own
+    test_sequence_model1)."""
+    model, _, _ = run_text(_sequence_model(), "infer-shapes")
+    values = {v.name: v for node in model.graph for v in node.outputs}
+    assert values["empty"].type == ir.SequenceType(ir.TensorType(ir.DataType.FLOAT))
+    assert values["seq"].type == ir.SequenceType(ir.TensorType(ir.DataType.FLOAT))
+    assert values["y"].type == ir.TensorType(ir.DataType.FLOAT)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(runtime.session(model).run({"x": x})["y"], x)  # exact: no arithmetic

@@ -215,6 +215,15 @@ def test_compare_without_outputs_or_samples():
     assert compare([{}], [{}], [{"i": np.array([0])}]).samples == 1
 
 
+def test_compare_leaves_out_outputs_that_hold_strings():
+    # A string output (onnxruntime gives object arrays) has no SQNR; the numeric outputs beside it count as before.
+    words = np.array(["monday", "tuesday"], dtype=object)
+    reference = [{**r, "w": words} for r in _REF]
+    test = [{**t, "w": words} for t in _TEST]
+    result = compare(reference, test, _FEEDS)
+    assert result.sqnr_db() == {"y": 14.771, "z": 13.01}
+
+
 def test_compare_names_the_sample_a_runner_refuses():
     with pytest.raises(UserError, match="^evaluation sample 1: onnxruntime failed on this input$"):
         compare(_Fixed(_REF), _Fixed(_TEST, refuse=1), _FEEDS, what="evaluation sample")

@@ -315,6 +315,23 @@ def test_scalar_input_samples_are_0d_arrays(tmp_path):
     assert isinstance(source[1]["rate"], np.ndarray) and source[1]["rate"].shape == () and source[1]["rate"] == 8000
 
 
+def test_string_input_samples_from_npz_text(tmp_path):
+    """A .npz holds text as fixed-width unicode (object arrays would need pickle); a string input
+    takes it, as the object arrays onnxruntime returns and Python feeds use."""
+    model = _identity_model({"words": [2]}, TensorProto.STRING)
+    np.savez(tmp_path / "c.npz", words=np.array([["monday", "tuesday"], ["a", "b"]]))
+    source = open_source(tmp_path / "c.npz", model)
+    assert len(source) == 2 and source[0]["words"].dtype == object and list(source[0]["words"]) == ["monday", "tuesday"]
+    listed = ListSource([{"words": np.array(["x", "y"])}], input_specs(model))
+    assert listed[0]["words"].dtype == object
+
+
+def test_text_for_a_float_input_is_refused(tmp_path, chain):
+    np.savez(tmp_path / "c.npz", x=np.full((2, *STATIC), "a"))
+    with pytest.raises(UserError, match=r"'x' has dtype <U1, the model expects float32"):
+        open_source(tmp_path / "c.npz", chain)
+
+
 def test_static_dim_mismatch(tmp_path, chain):
     np.savez(tmp_path / "c.npz", x=_samples(2, [1, 3, 8, 16]))
     with pytest.raises(UserError, match=r"sample 0: input 'x' has shape \[1, 3, 8, 16\], the model expects \[1, 3, 16, 16\] \(axis 2\)"):
