@@ -269,7 +269,7 @@ def _parser() -> argparse.ArgumentParser:
         help="matmulnbits: onnxruntime's MatMulNBits and GatherBlockQuantized (default); qdq: standard INT4 DequantizeLinear with block_size (opset 21)",
     )
     w.add_argument("--accuracy-level", type=int, metavar="L", help="MatMulNBits compute type: 0 float to 4 int8 activations (default 4: faster on CPU, same fidelity within 0.02 dB in benchmarks/int4_synthetic.py)")
-    w.add_argument("--algorithm", metavar="{rtn,gptq,awq}", help="weight rounding: rtn, round to nearest (default, no data); gptq or awq, from the activations of --calib DATA")
+    w.add_argument("--algorithm", metavar="{rtn,gptq,awq}", help="weight rounding: rtn, round to nearest (no data); gptq or awq, from the activations of --calib DATA (default: awq with --calib, the best measured; rtn without)")
     q.add_argument("--dump-after", action="append", metavar="PASS", help="save the model after PASS")
     q.add_argument(
         "--executor",

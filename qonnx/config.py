@@ -217,7 +217,9 @@ class WeightOnlyConfig:
     (standard blocked DequantizeLinear, opset 21); ``accuracy_level``: MatMulNBits's compute type,
     0 (float) to 4 (int8 activations; None, the default: 4, faster than 0 on CPU at the same logit
     SQNR within 0.02 dB, ``benchmarks/results/int4_synthetic.md``); ``algorithm``: rounding, ``rtn`` (round to nearest, no
-    data) or ``gptq``/``awq`` (data-aware, from the calibration data's activations).
+    data) or ``gptq``/``awq`` (data-aware, from the calibration data's activations); None, the
+    default: ``awq`` when calibration data is given (the best measured on SmolLM2-135M,
+    ``benchmarks/results/llm.md``), else ``rtn``.
     """
 
     bits: Literal[4, 8] = 4
@@ -226,7 +228,7 @@ class WeightOnlyConfig:
     symmetric: bool = True
     format: Literal["matmulnbits", "qdq"] = "matmulnbits"
     accuracy_level: int | None = None
-    algorithm: Literal["rtn", "gptq", "awq"] = "rtn"
+    algorithm: Literal["rtn", "gptq", "awq"] | None = None
 
     def __post_init__(self):
         from qonnx.policy import BLOCK_SIZES
@@ -249,7 +251,7 @@ class WeightOnlyConfig:
             raise ConfigError("accuracy_level", f"must be 0 to 4, not {self.accuracy_level}", table)
         if self.accuracy_level is not None and self.format != "matmulnbits":
             raise ConfigError("accuracy_level", f"applies to format matmulnbits; with {self.format} onnxruntime takes the session option session.qdq_matmulnbits_accuracy_level", table)
-        _choice(self.algorithm, ROUNDING_ALGORITHMS, "algorithm", table)
+        _choice(self.algorithm, ROUNDING_ALGORITHMS, "algorithm", table, optional=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -116,12 +116,19 @@ def _calibrate_step(step: PipelineStep, calibration: CalibrationConfig) -> Pipel
     return dataclasses.replace(step, options=options)
 
 
-def _weights_step(step: PipelineStep, options: WeightOnlyConfig) -> PipelineStep:
+def weight_rounding(options: WeightOnlyConfig, calibrated: bool) -> str:
+    """The rounding algorithm of an int4 run: the config's, or by default ``awq`` with calibration
+    data (the best measured) and ``rtn`` without."""
+    return options.algorithm or ("awq" if calibrated else "rtn")
+
+
+def _weights_step(step: PipelineStep, options: WeightOnlyConfig, calibrated: bool) -> PipelineStep:
     """The ``quantize-weights`` step with the config's emission and rounding options (those that
     differ from their defaults); one that the pipeline text sets differently is an error. Bits,
     block size and symmetry go through the policy (each node's spec)."""
     defaults = WeightOnlyConfig()
-    given = {"format": options.format, "accuracy_level": options.accuracy_level, "algorithm": options.algorithm}
+    algorithm = weight_rounding(options, calibrated)
+    given = {"format": options.format, "accuracy_level": options.accuracy_level, "algorithm": None if algorithm == "rtn" else algorithm}
     merged = dict(step.options)
     for key, value in given.items():
         if value is None or value == getattr(defaults, key):
@@ -139,7 +146,7 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
     if text is None:
         text = default_pipeline(config.precision, calibrated=calibrated, keep_io_types=config.io_types == "float32")
     steps = [_calibrate_step(s, config.calibration) if s.name == "calibrate" else s for s in parse_pipeline(text)]
-    steps = [_weights_step(s, config.weight_only) if s.name == "quantize-weights" else s for s in steps]
+    steps = [_weights_step(s, config.weight_only, calibrated) if s.name == "quantize-weights" else s for s in steps]
     names = {s.name for s in steps}
     if "calibrate" not in names:
         cal = config.calibration
@@ -346,7 +353,7 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
     # made): a bad one costs nothing and leaves nothing behind.
     calibrated = job.calib is not None or config.calibration.ranges is not None
     evaluated = job.calib is not None or job.eval_data is not None
-    if config.precision == "int4" and config.weight_only.algorithm != "rtn" and job.calib is None:
+    if config.precision == "int4" and config.weight_only.algorithm not in (None, "rtn") and job.calib is None:
         raise UserError(f"--algorithm {config.weight_only.algorithm} rounds weights from the activations of calibration data: give --calib DATA")
     steps = pipeline_steps(config, calibrated=calibrated, evaluated=evaluated)
     check_dump_after(config.dump_after, [s.name for s in steps])

@@ -84,7 +84,7 @@ def _advice(precision: str, mode: str, has_matmul: bool, metric: str, threshold:
         return [
             "--block-size 16 (a scale per 16 weights)",
             "--embedding-bits 8, or 8 bits for the lm_head by a policy rule on its name",
-            "--algorithm gptq --calib DATA (rounding that minimizes each layer's output error)",
+            "--calib DATA (AWQ rounding from its activations, the default with data)",
         ]
     if precision != "int8":
         return ["--calib DATA (FP32 islands measured on real data)", "--precision fp16 instead of bf16" if precision == "bf16" else "--exclude NODE for the layers named in the report"]

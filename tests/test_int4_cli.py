@@ -156,3 +156,13 @@ def test_recipe_round_trip():
 
     assert recipe_from_dict(tomllib.loads(to_toml(recipe))) == recipe
     assert "[weight_only]" not in to_toml(recipe_from_dict({"precision": "int8"}))
+
+
+@pytest.mark.parametrize("with_data,algorithm", [(False, "rtn"), (True, "awq")])
+def test_rounding_defaults_to_awq_with_calibration_data_and_rtn_without(tmp_path, cli, with_data, algorithm):
+    model = _decoder(tmp_path / "decoder.onnx")
+    np.savez(tmp_path / "ids.npz", ids=np.random.default_rng(2).integers(0, V, (4, 16)))
+    data = ["--calib", tmp_path / "ids.npz"] if with_data else []
+    result = cli("quantize", model, "-o", tmp_path / "q.onnx", "--precision", "int4", "--report", tmp_path / "r.json", *data)
+    assert result.rc == 0, result.err
+    assert json.loads((tmp_path / "r.json").read_text())["weight_only"]["algorithm"] == algorithm
