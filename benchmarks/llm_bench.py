@@ -99,13 +99,30 @@ def quantize_onnxruntime_gptq(model_path: str, output_path: str, calib_path: str
     return {"quant_s": time.perf_counter() - started}
 
 
-def quantize_qonnx(model_path: str, output_path: str, calib_path: str, algorithm: str) -> dict[str, Any]:
+def lm_head_policy(model_path: str, path: Path) -> Path:
+    """The int4 default policy with one more rule: the MatMul that makes the logits in 8 bits."""
+    import onnx
+
+    from qonnx.policy import QuantSpec, Rule
+    from qonnx.targets import get_target
+
+    graph = onnx.load(model_path, load_external_data=False).graph
+    head = next(n.name for n in graph.node if n.op_type == "MatMul" and n.output[0] in {o.name for o in graph.output})
+    policy = get_target("cpu").weight_only_policy()
+    policy.rules.append(Rule(QuantSpec("weight-only", weight_bits=8, block_size=32, symmetric_weights=True), name=head, reason="lm_head in 8 bits"))
+    path.write_text(json.dumps(policy.to_dict(), indent=1))
+    return path
+
+
+def quantize_qonnx(model_path: str, output_path: str, calib_path: str, algorithm: str, policy: str = "") -> dict[str, Any]:
     from qonnx.cli import main
 
     started = time.perf_counter()
     args = ["quantize", model_path, "-o", output_path, "--precision", "int4", "--algorithm", algorithm, "--quiet"]
     if algorithm != "rtn":
         args += ["--calib", calib_path]
+    if policy:
+        args += ["--policy", policy]
     code = main(args)
     if code:
         raise RuntimeError(f"qonnx quantize exited {code}")
@@ -166,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             jobs.append(("ORT GPTQ asym b32", "onnxruntime", quantize_onnxruntime_gptq, (str(fp32), "", str(calib_path), 32)))
         for algorithm in args.algorithms.split(","):
             jobs.append((f"qonnx {algorithm}", "qonnx", quantize_qonnx, (str(fp32), "", str(calib_path), algorithm)))
+        head_policy = lm_head_policy(str(fp32), scratch / "lm_head_8bit.json")
+        jobs.append(("qonnx awq, lm_head 8-bit", "qonnx", quantize_qonnx, (str(fp32), "", str(calib_path), "awq", str(head_policy))))
 
         paths = {"FP32": fp32}
         for index, (name, kind, function, job_args) in enumerate(jobs):
