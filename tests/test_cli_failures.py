@@ -124,6 +124,10 @@ def _with_value(value: float, sample: int) -> np.ndarray:
     return x
 
 
+def _unknown_attribute(proto):
+    proto.graph.node[1].attribute.append(helper.make_attribute("bogus", 1))
+
+
 def _future_ir_version(proto):
     proto.ir_version = onnx.IR_VERSION + 1
 
@@ -268,6 +272,7 @@ BAD: list[Bad] = [
     Bad("external-data-missing", lambda ws: ws.quantize(model=_save(ws, "ext.onnx", _external("weights.bin"))), "external data file 'weights.bin' is missing"),
     # was 1: a model onnxruntime cannot load failed deep in the pipeline as an internal error
     Bad("undefined-input", lambda ws: ws.quantize(model=_save(ws, "bad.onnx", _with_node(_undefined_input))), "not a model onnxruntime can load: Invalid model. Node input 'nothere'"),
+    Bad("fails-the-onnx-checker", lambda ws: ws.quantize(model=_save(ws, "bad.onnx", _with_node(_unknown_attribute))), "Unrecognized attribute: bogus for operator Relu"),
     Bad("unknown-operator", lambda ws: ws.quantize(model=_save(ws, "bad.onnx", _with_node(_unknown_op))), "No Op registered for NoSuchOp"),
     Bad("unreleased-opset", lambda ws: ws.quantize(model=_save(ws, "bad.onnx", _with_node(_unreleased_opset))), "uses ai.onnx opset 99; the installed onnx"),  # was: onnxruntime's "under development"
     Bad("ir-version-too-new", lambda ws: ws.quantize(model=_save(ws, "bad.onnx", _with_node(_future_ir_version))), f"has IR version {onnx.IR_VERSION + 1}, newer than the installed onnx {onnx.__version__} reads"),
