@@ -1,8 +1,8 @@
-"""The ``qonnx`` command: quantize, inspect, passes.
+"""The ``qonnx`` command: quantize, analyze, check, inspect, passes.
 
 Exit codes: 0 success, 2 bad input or usage, 1 internal error, 3 the model misses the ``--min``
-its run set (model and report written); a failure is one line on stderr, without a traceback
-unless ``--debug``.
+its run set (model and report written), or ``check`` found violations; a failure is one line on
+stderr, without a traceback unless ``--debug``.
 """
 
 from __future__ import annotations
@@ -175,6 +175,14 @@ _ANALYZE_SHARED = frozenset(
     {"calib", "eval_data", "target", "reduce_range", "exclude", "op_types", "samples", "method", "percentile", "size", "mean", "std", "layout", "bgr", "seed", "report", "html", "json", "quiet", "debug", "executor", "workers"}
 )
 
+_CHECK_EXAMPLES = """\
+exit codes: 0 no violation, 3 violations found, 2 bad input (missing file, not ONNX, not loadable).
+
+examples:
+  qonnx check --target tensorrt model.int8.onnx
+  qonnx check --target cpu model.int8.onnx --json | python -m json.tool
+"""
+
 _PASSES_EXAMPLES = """\
 examples:
   qonnx passes
@@ -299,6 +307,20 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--top", type=int, default=8, help="besides every weighted node, this many other nodes (worst locally) get a global score (default 8)")
     a.add_argument("--exhaustive", action="store_true", default=False, help="a global score for every node (one full evaluation each)")
     a.add_argument("--sensitivity-samples", dest="sensitivity_samples", type=int, default=4, metavar="N", help="evaluation samples per score (default 4)")
+
+    c = sub.add_parser(
+        "check",
+        help="list where a QDQ model breaks a target's rules",
+        description="Check any QDQ model (made by qonnx or another tool) against a target's rules: tensorrt (symmetric INT8, "
+        "per-tensor activations, per-channel weights on the output axis, Q/DQ placement) or cpu (every Q/DQ fused by "
+        "onnxruntime's CPU provider). One line per violation with the rule and the nodes, then a summary.",
+        epilog=_CHECK_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("model", type=Path)
+    c.add_argument("--target", required=True, choices=("tensorrt", "cpu"), help="whose rules to apply")
+    c.add_argument("--json", action="store_true", help="print a JSON document instead of text")
+    c.add_argument("--debug", action="store_true")
 
     i = sub.add_parser(
         "inspect",
@@ -486,6 +508,35 @@ def _sensitivity_table(report) -> str:
     return "\n".join(lines)
 
 
+def _check(args) -> int:
+    from qonnx import ir as qir
+    from qonnx.flow import check_loadable
+    from qonnx.qdq_check import check_model
+    from qonnx.qdq_rules import rules_for
+
+    qir.check_file(args.model)
+    check_loadable(args.model)
+    violations = check_model(args.model, args.target)
+    rules = rules_for(args.target)
+    broken = sorted({v.rule for v in violations})
+    if args.json:
+        document = {
+            "model": str(args.model),
+            "target": args.target,
+            "rules": [{"id": r.id, "statement": r.statement, "source": r.source} for r in rules],
+            "violations": [v.to_dict() for v in violations],
+            "counts": {rule: sum(v.rule == rule for v in violations) for rule in broken},
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        for violation in violations:
+            print(f"{violation.rule}: {', '.join(violation.nodes)}: {violation.message}")
+        counts = ", ".join(f"{rule} {sum(v.rule == rule for v in violations)}" for rule in broken)
+        verdict = f"{len(violations)} violations ({counts})" if violations else "no violation"
+        print(f"{args.model}: {verdict} of {len(rules)} {args.target} rules")
+    return 3 if violations else 0
+
+
 def _inspect(args) -> int:
     from qonnx.inspect import inspect_model, format_inspection
 
@@ -571,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str], debug: bool) -> int:
     try:
         args = _parse(argv)
-        return {"quantize": _quantize, "analyze": _analyze, "inspect": _inspect, "passes": _passes}[args.command](args)
+        return {"quantize": _quantize, "analyze": _analyze, "check": _check, "inspect": _inspect, "passes": _passes}[args.command](args)
     except UsageError as exc:
         print(exc.usage, file=sys.stderr)
         print(f"qonnx: error: {_one_line(str(exc))}", file=sys.stderr)

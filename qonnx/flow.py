@@ -47,7 +47,7 @@ from qonnx.report import Report, assemble, write_json
 from qonnx.report_html import render_html
 from qonnx.verdict import Verdict, judge
 
-__all__ = ["Job", "QuantizeResult", "analyze", "plan_path", "run", "split_holdout"]
+__all__ = ["Job", "QuantizeResult", "analyze", "check_loadable", "plan_path", "run", "split_holdout"]
 
 Data = str | os.PathLike | Iterable[Mapping[str, np.ndarray]] | Source
 
@@ -203,7 +203,7 @@ def _check_writable(path: Path, what: str) -> None:
         raise UserError(f"cannot write the {what} into {path.parent}: {exc.strerror or exc}") from None
 
 
-def _check_loadable(path: Path) -> None:
+def check_loadable(path: Path) -> None:
     """The input model must be one onnxruntime loads (calibration and fidelity run it): if not, it is
     the model's fault (an undefined input, an unknown operator or opset, a type or shape error), and
     it is said before any work. Without graph optimizations a session costs milliseconds."""
@@ -360,7 +360,7 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
     qir.check_file(job.model)  # a missing file, a folder, not ONNX, unsafe external data
     scratch = tempfile.TemporaryDirectory(prefix="qonnx-")
     try:
-        reference, upgrade_note = legacy.upgraded_if_needed(job.model, Path(scratch.name), _check_loadable, runtime.version)
+        reference, upgrade_note = legacy.upgraded_if_needed(job.model, Path(scratch.name), check_loadable, runtime.version)
         return _run(config, job, steps, reference, upgrade_note, started)
     finally:
         scratch.cleanup()
@@ -477,7 +477,7 @@ def analyze(config: QuantizeConfig, job: Job, *, top: int = 8, exhaustive: bool 
     steps = [_calibrate_step(s, config.calibration) if s.name == "calibrate" else s for s in parse_pipeline(ANALYZE_PIPELINE)]
     steps.append(PipelineStep("layer-sensitivity", {"top": top, "exhaustive": exhaustive, "samples": samples}))
     qir.check_file(job.model)
-    _check_loadable(job.model)
+    check_loadable(job.model)
     for what, path in (("report", job.report), ("HTML report", job.html)):
         if path is not None:
             if path.exists() and path.resolve() == job.model.resolve():

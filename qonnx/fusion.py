@@ -8,7 +8,8 @@ counts:
 * ``quantize_linear`` / ``dequantize_linear``: the Q/DQ nodes left as conversions (at the model's
   edges they are expected; between integer kernels each one is a float round trip);
 * ``float_islands``: float compute nodes that read a DequantizeLinear output and feed a
-  QuantizeLinear, i.e. float work wedged between integer kernels, by type;
+  QuantizeLinear, i.e. float work wedged between integer kernels, by type (``float_island_nodes``:
+  their names and types);
 * ``unfused``: weighted nodes (Conv, MatMul, Gemm) that still read a DequantizeLinear output, i.e.
   a quantized node that did not become an integer kernel. ConvTranspose has no integer kernel in
   onnxruntime's CPU provider and is counted apart (``no_integer_kernel``).
@@ -55,6 +56,7 @@ def check_fusion(model: ir.Model | str | os.PathLike) -> dict[str, Any]:
     optimized = runtime.optimized_model(model)
     kernels: collections.Counter[str] = collections.Counter()
     islands: collections.Counter[str] = collections.Counter()
+    island_nodes: list[tuple[str, str]] = []
     unfused: list[str] = []
     no_kernel: list[str] = []
     conversions: collections.Counter[str] = collections.Counter()
@@ -71,11 +73,13 @@ def check_fusion(model: ir.Model | str | os.PathLike) -> dict[str, Any]:
                 no_kernel.append(node.name)
             elif _feeds_quantize(node):
                 islands[op] += 1
+                island_nodes.append((node.name, op))
     return {
         "integer_kernels": dict(sorted(kernels.items())),
         "quantize_linear": conversions["QuantizeLinear"] + conversions["DynamicQuantizeLinear"],
         "dequantize_linear": conversions["DequantizeLinear"],
         "float_islands": dict(sorted(islands.items())),
+        "float_island_nodes": island_nodes,
         "unfused": unfused,
         "no_integer_kernel": no_kernel,
     }
