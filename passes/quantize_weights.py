@@ -175,6 +175,8 @@ class QuantizeWeights(Pass):
                 before += found.weight.nbytes
             if table is not None:
                 tied.append(node.name)
+            source, found = found.source, None  # drop the candidate's views of the float weight first
+            _release(source)  # its float bytes are no longer needed: memory stays near one layer's
             modified = True
         if refused:
             record_formats(model, refused)
@@ -398,6 +400,15 @@ def _upgrade_keeping_specs(model: ir.Model, context) -> None:
     for node in model.graph:
         if node.name in specs:
             node.metadata_props[SPEC_KEY] = specs[node.name]
+
+
+def _release(value: ir.Value) -> None:
+    """Unmap a weight read from external data (onnx-ir maps the file; read pages stay resident)."""
+    if isinstance(value.const_value, ir.ExternalTensor):
+        try:
+            value.const_value.release()
+        except BufferError:  # an array still looks into the mapping: it goes with that array
+            logger.debug("%s: float weight still referenced, not unmapped", value.name)
 
 
 def _weight_problem(weight: ir.Value | None, spec: QuantSpec) -> str | None:

@@ -14,8 +14,8 @@ import dataclasses
 
 import onnx
 import onnx_ir as ir
-from onnx import external_data_helper, helper
 
+from qonnx import ir as qir
 from qonnx import runtime
 from qonnx.fusion import check_fusion
 from qonnx.ir import PROTOBUF_LIMIT
@@ -30,7 +30,7 @@ def verify_model(model: ir.Model, after: str = "", *, load: bool = True) -> None
     """The onnx checker, then (``load``) an onnxruntime session; raises VerificationError."""
     where = f" after {after}" if after else ""
     proto = ir.to_proto(model)
-    _detach_external_data(proto)
+    qir.hollow_external_data(proto, larger_than=1 << 20)  # the checker needs no weight bytes; a copy of an LLM's would cost gigabytes
     if proto.ByteSize() < PROTOBUF_LIMIT:
         try:
             onnx.checker.check_model(proto, full_check=True)
@@ -50,21 +50,6 @@ def verify_model(model: ir.Model, after: str = "", *, load: bool = True) -> None
             runtime.session(emulation)
         except Exception as inner:
             raise VerificationError(f"onnxruntime cannot load the FP32 emulation of the BF16 model{where}: {inner}") from inner
-
-
-def _detach_external_data(proto: onnx.ModelProto) -> None:
-    """Initializers read from external data become graph inputs of the same type and shape for the
-    checker: it would look for their files relative to the working directory, and their values do
-    not decide the graph's validity (onnxruntime's session reads the real data)."""
-    graph = proto.graph
-    external = [t for t in graph.initializer if external_data_helper.uses_external_data(t)]
-    if not external:
-        return
-    kept = [t for t in graph.initializer if not external_data_helper.uses_external_data(t)]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    listed = {v.name for v in graph.input}
-    graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in external if t.name not in listed)
 
 
 def _has_bf16(model: ir.Model) -> bool:

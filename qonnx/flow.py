@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from qonnx import ir as qir
@@ -206,9 +207,13 @@ def _check_writable(path: Path, what: str) -> None:
 def check_loadable(path: Path) -> None:
     """The input model must be one onnxruntime loads (calibration and fidelity run it): if not, it is
     the model's fault (an undefined input, an unknown operator or opset, a type or shape error), and
-    it is said before any work. Without graph optimizations a session costs milliseconds."""
+    it is said before any work. Without graph optimizations a session costs milliseconds; weights in
+    external data are not read for it (``qir.hollow_external_data``), so that checking an LLM does not
+    load all of it."""
+    proto = onnx.load(str(path), load_external_data=False)
+    source = proto.SerializeToString() if qir.hollow_external_data(proto) else path
     try:
-        runtime.session(path, disable_optimizations=True)
+        runtime.session(source, disable_optimizations=True)
     except RuntimeError as exc:
         reason = re.sub(r"^.*?Load model from .*? failed:\s*", "", str(exc))
         reason = re.sub(r"^/\S+:\d+ [^(]*\(.*?\) (?=[A-Z])", "", reason)  # the C++ source line and signature

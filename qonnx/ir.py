@@ -35,6 +35,7 @@ __all__ = [
     "check_file",
     "save",
     "output_target",
+    "hollow_external_data",
     "file_hash",
     "model_hash",
     "file_size",
@@ -145,6 +146,28 @@ def external_data_files(path: str | os.PathLike) -> list[Path]:
     path = Path(path)
     proto = onnx.load(str(path), load_external_data=False)
     return sorted(path.parent / loc for loc in _external_locations(proto))
+
+
+def hollow_external_data(proto: onnx.ModelProto, larger_than: int | None = None) -> bool:
+    """Turn the main graph's initializers stored as external data (and, with ``larger_than``, those
+    of more bytes held inline) into graph inputs of the same type and shape, in place; returns
+    whether there were any. For checks of the graph alone (the onnx checker, whether onnxruntime
+    loads it): they need no weight bytes, and would otherwise read them all (gigabytes for an LLM),
+    copy them, or look for their files relative to the working directory."""
+    graph = proto.graph
+
+    def hollowed(t: onnx.TensorProto) -> bool:
+        return external_data_helper.uses_external_data(t) or (larger_than is not None and len(t.raw_data) > larger_than)
+
+    external = [t for t in graph.initializer if hollowed(t)]
+    if not external:
+        return False
+    kept = [t for t in graph.initializer if not hollowed(t)]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    listed = {v.name for v in graph.input}
+    graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in external if t.name not in listed)
+    return True
 
 
 def check_file(path: str | os.PathLike) -> None:

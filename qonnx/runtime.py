@@ -107,12 +107,14 @@ def _needs_files(model: ir.Model) -> bool:
     return total > _INLINE_LIMIT
 
 
-def _model_source(model: ir.Model | str | os.PathLike) -> tuple[bytes | str, object]:
+def _model_source(model: ir.Model | str | os.PathLike | bytes) -> tuple[bytes | str, object]:
     """What onnxruntime loads: bytes of a small in-memory model, else a path (and what keeps it).
 
     A model with external data (or past the protobuf limit) is written to a temporary folder with
     its data beside it: onnxruntime cannot resolve external data for a model given as bytes.
     """
+    if isinstance(model, bytes):  # a serialized model
+        return model, None
     if not isinstance(model, ir.Model):
         return str(model), None
     if not _needs_files(model):
@@ -124,13 +126,13 @@ def _model_source(model: ir.Model | str | os.PathLike) -> tuple[bytes | str, obj
 
 
 def session(
-    model: ir.Model | str | os.PathLike,
+    model: ir.Model | str | os.PathLike | bytes,
     *,
     threads: int | None = None,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     disable_optimizations: bool = False,
 ) -> Session:
-    """A session for an in-memory model or a model file."""
+    """A session for an in-memory model, a serialized one or a model file."""
     source, keep_alive = _model_source(model)
     try:
         inner = ort.InferenceSession(
