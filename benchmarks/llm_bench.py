@@ -228,9 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         "records": records,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out / "llm.json", json.dumps(doc, indent=2).encode())
-    text = markdown(doc)
-    atomic_write(args.out / "llm.md", text.encode())
+    data, text = json.dumps(doc, indent=2).encode(), markdown(doc)
+    atomic_write(args.out / "llm.json", lambda f: f.write(data))
+    atomic_write(args.out / "llm.md", lambda f: f.write(text.encode()))
     print(text)
     return 0
 
