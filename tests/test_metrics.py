@@ -283,3 +283,22 @@ def test_is_logits_reads_the_name():
 
     assert is_logits("logits") and is_logits("lm_logits") and is_logits("LOGITS")
     assert not is_logits("last_hidden_state") and not is_logits("logit")
+
+
+def test_next_token_agreement_counts_every_position_of_a_long_row():
+    # [N=1, T=3, V=2]: arg-max ref (1, 1, 0), test (1, 0, 0): 2 of 3, reported to 6 decimals.
+    ref = np.array([[[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]]])
+    test = np.array([[[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]])
+    assert compare([{"logits": ref}], [{"logits": test}], [{}]).to_dict()["logits"]["next_token_agreement"] == 0.666667
+
+
+def test_no_positions_no_next_token_agreement():
+    from qonnx.metrics import TaskAccumulator
+
+    assert TaskAccumulator().next_token_top1() is None
+
+
+def test_string_outputs_are_left_out_and_the_numbers_after_them_compared():
+    texts = np.array(["a", "b"])
+    entries = compare([{"text": texts, "flags": np.array([True, False]), "y": np.ones(2)}], [{"text": texts, "flags": np.array([True, False]), "y": np.ones(2)}], [{}]).to_dict()
+    assert set(entries) == {"flags", "y"}
