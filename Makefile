@@ -43,7 +43,7 @@ bench: $(INSTALLED) bench-fp16
 	$(PY) benchmarks/bench.py --out benchmarks/results
 	$(PY) benchmarks/calib_bench.py --out benchmarks/results
 
-# INT4 weight-only on the kit's SmolLM2-135M beside onnxruntime's MatMulNBitsQuantizer (about 30 minutes on 2 cores).
+# INT4 weight-only on the kit's SmolLM2-135M beside onnxruntime's MatMulNBitsQuantizer (about 25 minutes on 2 cores).
 bench-llm: $(INSTALLED)
 	$(PY) benchmarks/llm_bench.py --out benchmarks/results
 
