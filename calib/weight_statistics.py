@@ -168,6 +168,10 @@ class WeightInputStatistics(Mapping[str, InputStatistics]):
             self._compute(tensor)
         return self._held[tensor]
 
+    def __contains__(self, node: object) -> bool:
+        # Mapping's own would compute the node's group (one pass over the data) to answer
+        return node in self.tensor_of
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.tensor_of)
 

@@ -453,7 +453,7 @@ def _run(config: QuantizeConfig, job: Job, steps: list[PipelineStep], reference:
                     qir.atomic_write(job.html, lambda f: f.write(page.encode("utf-8")))
             except BaseException:
                 for path in written:
-                    path.unlink(missing_ok=True)
+                    Path(os.path.realpath(path)).unlink(missing_ok=True)  # through a symlink: what was written
                 raise
         except BaseException:
             for path in published:

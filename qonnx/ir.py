@@ -119,9 +119,10 @@ def _check_external_lengths(path: Path, proto: onnx.ModelProto) -> None:
         offset = info.offset or 0
         length = info.length
         if length is None:
+            if tensor.data_type not in _BYTE_TYPES:
+                continue  # sub-byte or unknown element sizes: nothing to compare with
             count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
-            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize if tensor.data_type not in _SUBBYTE else 0
-            length = count * itemsize
+            length = count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
         if offset + length > size:
             raise UserError(
                 f"{path}: external data of {tensor.name!r} needs bytes {offset}..{offset + length} of "
@@ -129,7 +130,12 @@ def _check_external_lengths(path: Path, proto: onnx.ModelProto) -> None:
             )
 
 
-_SUBBYTE = frozenset({onnx.TensorProto.INT4, onnx.TensorProto.UINT4})
+# Element types stored in whole bytes (the packed 4- and 2-bit ones are not).
+_BYTE_TYPES = frozenset({
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+    onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.UINT16,
+    onnx.TensorProto.INT32, onnx.TensorProto.UINT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL,
+})  # fmt: skip
 
 
 def _external_locations(proto: onnx.ModelProto) -> set[str]:

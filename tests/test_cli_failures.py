@@ -350,7 +350,7 @@ BAD: list[Bad] = [
     # Inspect
     Bad("inspect-missing-model", lambda ws: ["inspect", "nope.onnx"], "model file not found: nope.onnx"),
     # Internal errors: a real bug in a registered pass
-    Bad("disk-full", lambda ws: ws.quantize("--pipeline", "normalize,resolve-policy,calibrate,insert-qdq,finalize"), "qonnx: error: File too large; nothing was written", program=_SMALL_DISK),  # was 1
+    Bad("disk-full", lambda ws: ws.quantize("--pipeline", "normalize,resolve-policy,calibrate,insert-qdq,finalize"), "qonnx: error: File too large; the outputs of this run were withdrawn", program=_SMALL_DISK),  # was 1
     Bad("internal-error", lambda ws: ws.quantize("--pipeline", "normalize,double-scales"), "qonnx: internal error: KeyError: 'W0' (run with --debug for details)", rc=1, program=_BUGGY_PASS),
     Bad("internal-error-debug", lambda ws: ws.quantize("--pipeline", "normalize,double-scales", "--debug"), "qonnx: internal error: KeyError: 'W0' (run with --debug for details)", rc=1, program=_BUGGY_PASS, traceback=True),
 ]

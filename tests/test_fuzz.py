@@ -53,7 +53,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -62,7 +61,6 @@ import qonnx
 from qonnx.errors import UserError
 from qonnx.models import tiny
 
-from conftest import run_qonnx
 
 EXAMPLES = int(os.environ.get("QONNX_FUZZ_EXAMPLES", "12"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])

@@ -42,7 +42,7 @@ def test_a_qdq_model_is_refused_naming_what_was_found(partly_quantized):
 def test_requantize_keeps_the_quantized_parts_and_quantizes_the_rest(partly_quantized):
     tmp = partly_quantized
     before = onnx.load(str(tmp / "partly.onnx"))
-    result = qonnx.quantize(tmp / "partly.onnx", tmp / "again.onnx", calib=tmp / "calib.npz", requantize=True)
+    qonnx.quantize(tmp / "partly.onnx", tmp / "again.onnx", calib=tmp / "calib.npz", requantize=True)
     after = onnx.load(str(tmp / "again.onnx"))
     kept = set(_quantization_nodes(before))
     assert kept <= set(_quantization_nodes(after))  # every existing quantizer, same name, same inputs
