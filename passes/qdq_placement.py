@@ -37,14 +37,8 @@ from qonnx.targets import Target, get_target
 __all__ = ["Placement", "plan_placement", "output_to_quantize", "is_dequantized", "is_float_constant", "quantized_nodes"]
 
 
-def is_float_constant(value: ir.Value | None) -> bool:
-    return qir.is_constant_initializer(value) and value.const_value.dtype == ir.DataType.FLOAT
-
-
-def is_dequantized(value: ir.Value) -> bool:
-    """Made by a DequantizeLinear (what a DynamicQuantizeLinear makes is read by one too)."""
-    producer = value.producer()
-    return producer is not None and producer.op_type == "DequantizeLinear"
+is_float_constant = qir.is_float_constant
+is_dequantized = qir.is_dequantized
 
 
 def _is_float(value: ir.Value) -> bool:

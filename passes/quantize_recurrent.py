@@ -25,17 +25,13 @@ initializer (computed, or a graph input), and a node whose weights are stored as
 
 from __future__ import annotations
 
-import logging
-
 import onnx_ir as ir
 
-from qonnx.passes.qdq_placement import is_dequantized, is_float_constant
-from qonnx.pipeline import Pass, register
-from qonnx.policy import node_spec, record_formats
+from qonnx import ir as qir
+from qonnx.pipeline import register
+from qonnx.policy import QuantSpec
 from qonnx.targets import RECURRENT_OPS
-from qonnx.weight_only import WeightStore
-
-logger = logging.getLogger(__name__)
+from qonnx.weight_only import ALREADY, WeightOnlyPass
 
 __all__ = ["QuantizeRecurrent", "WEIGHT_INPUTS"]
 
@@ -44,48 +40,16 @@ GATE_AXIS = 1
 
 
 @register
-class QuantizeRecurrent(Pass):
+class QuantizeRecurrent(WeightOnlyPass):
     name = "quantize-recurrent"
     summary = "store the W and R of INT8 LSTM/GRU/RNN nodes as INT8 behind DequantizeLinear (weight-only)"
-    preserves = frozenset({"shapes", "ranges", "plan", "placement"})
-    analyses_required = frozenset({"plan"})
+    op_types = frozenset(RECURRENT_OPS)
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        store = WeightStore(model)
-        modified = False
-        refused: dict[str, dict] = {}
-        for graph in model.graphs():
-            for node in list(graph):
-                if node.op_type not in RECURRENT_OPS or node.domain not in ("", "ai.onnx"):
-                    continue
-                spec = node_spec(node.metadata_props)
-                if not spec.quantized:
-                    continue  # float by the plan, which says why
-                reason = self._refusal(node)
-                if reason is None:
-                    axis = GATE_AXIS if spec.per_channel else None
-                    for index in WEIGHT_INPUTS:
-                        node.replace_input_with(index, store.dequantized(graph, node.inputs[index], axis))
-                    modified = True
-                elif reason != ALREADY:
-                    self.skip(reason, node)
-                    refused[node.name] = {"format": "float", "reason": reason}
-                else:
-                    self.skip(reason, node)
-        store.drop_replaced()
-        if refused:
-            record_formats(model, refused)
-            modified = True
-        return ir.passes.PassResult(model, modified)
-
-    @staticmethod
-    def _refusal(node: ir.Node) -> str | None:
+    def weights(self, node: ir.Node, spec: QuantSpec) -> list[tuple[int, int | None]] | str:
         weights = [node.inputs[i] if len(node.inputs) > i else None for i in WEIGHT_INPUTS]
-        if all(w is not None and is_dequantized(w) for w in weights):
+        if all(w is not None and qir.is_dequantized(w) for w in weights):
             return ALREADY
-        if not all(is_float_constant(w) and w.const_value.numpy().ndim == 3 for w in weights):
+        if not all(qir.is_float_constant(w) and w.const_value.numpy().ndim == 3 for w in weights):
             return "W or R is not a constant FP32 initializer"
-        return None
-
-
-ALREADY = "weights stored as INT8 already"
+        axis = GATE_AXIS if spec.per_channel else None
+        return [(index, axis) for index in WEIGHT_INPUTS]

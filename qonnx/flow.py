@@ -310,7 +310,7 @@ def _sources(job: Job, model: ir.Model) -> tuple[Source | None, Source | None, b
     return split_holdout(calib)
 
 
-def _context(config: QuantizeConfig, job: Job) -> Context:
+def _context(config: QuantizeConfig, job: Job, source: Path | None = None) -> Context:
     """What the passes of this run share: the config's settings and the job's model and progress."""
     return Context(
         target=config.effective_target,
@@ -324,7 +324,7 @@ def _context(config: QuantizeConfig, job: Job) -> Context:
         samples=config.samples,
         progress=job.progress,
         debug=config.debug,
-        source=job.model,
+        source=source or job.model,  # the FP32 reference: the input, or its upgraded copy
         score=config.evaluation.metric if callable(config.evaluation.metric) else None,
         executor=config.executor,
         workers=config.workers,
@@ -383,8 +383,7 @@ def _run(config: QuantizeConfig, job: Job, steps: list[PipelineStep], reference:
     if isinstance(config.policy, str) and config.policy != "auto" and not Path(config.policy).is_file():
         raise UserError(f"policy file not found: {config.policy}")
     check_available(config.executor)
-    context = _context(config, job)
-    context.source = reference
+    context = _context(config, job, reference)
     passes = build(steps, context)  # the order of the pipeline and the passes' options are checked here
 
     model = qir.load(reference)

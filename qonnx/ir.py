@@ -42,6 +42,8 @@ __all__ = [
     "external_data_files",
     "all_nodes",
     "constant_array",
+    "is_float_constant",
+    "is_dequantized",
     "make_initializer",
     "unique_name",
     "nodes_of",
@@ -312,6 +314,17 @@ def all_nodes(model: ir.Model) -> Iterator[ir.Node]:
 def is_constant_initializer(value: ir.Value | None) -> bool:
     """An initializer that is not also a graph input (which a caller may override at run time)."""
     return value is not None and value.is_initializer() and not value.is_graph_input() and value.const_value is not None
+
+
+def is_float_constant(value: ir.Value | None) -> bool:
+    """A constant FP32 initializer."""
+    return is_constant_initializer(value) and value.const_value.dtype == ir.DataType.FLOAT
+
+
+def is_dequantized(value: ir.Value) -> bool:
+    """Made by a DequantizeLinear (what a DynamicQuantizeLinear makes is read by one too)."""
+    producer = value.producer()
+    return producer is not None and producer.op_type == "DequantizeLinear"
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:

@@ -21,8 +21,12 @@ import onnx_ir as ir
 
 from qonnx import ir as qir
 from qonnx import quant
+from qonnx.pipeline import Pass
+from qonnx.policy import QuantSpec, node_spec, record_formats
 
-__all__ = ["WeightStore"]
+__all__ = ["WeightStore", "WeightOnlyPass", "ALREADY"]
+
+ALREADY = "weights stored as INT8 already"  # a second run changes nothing, and keeps the node's plan
 
 
 class WeightStore:
@@ -94,3 +98,48 @@ class WeightStore:
                 if graph.initializers.get(value.name) is value:
                     graph.initializers.pop(value.name)
                     break
+
+
+class WeightOnlyPass(Pass):
+    """A pass that stores the constant weights of INT8-planned nodes as INT8 behind DequantizeLinear.
+
+    Subclasses say where to look (``graphs``), which nodes (``op_types``) and, per node, which
+    inputs to store along which axis (``weights``), or why not (a reason string: the node stays
+    float with it in the plan; ``ALREADY`` only skips). Nodes the plan keeps float are left alone.
+    """
+
+    preserves = frozenset({"shapes", "ranges", "plan", "placement"})
+    analyses_required = frozenset({"plan"})
+    op_types: frozenset[str] = frozenset()
+
+    def graphs(self, model: ir.Model):
+        return model.graphs()
+
+    def weights(self, node: ir.Node, spec: QuantSpec) -> list[tuple[int, int | None]] | str:
+        raise NotImplementedError
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        store = WeightStore(model)
+        modified = False
+        refused: dict[str, dict] = {}
+        for graph in self.graphs(model):
+            for node in list(graph):
+                if node.op_type not in self.op_types or node.domain not in ("", "ai.onnx"):
+                    continue
+                spec = node_spec(node.metadata_props)
+                if not spec.quantized:
+                    continue  # float by the plan, which says why
+                found = self.weights(node, spec)
+                if isinstance(found, str):
+                    self.skip(found, node)
+                    if found != ALREADY:
+                        refused[node.name] = {"format": "float", "reason": found}
+                    continue
+                for index, axis in found:
+                    node.replace_input_with(index, store.dequantized(graph, node.inputs[index], axis))
+                modified = True
+        store.drop_replaced()
+        if refused:
+            record_formats(model, refused)
+            modified = True
+        return ir.passes.PassResult(model, modified)
