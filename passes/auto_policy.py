@@ -49,7 +49,6 @@ from qonnx import ir as qir
 from qonnx import runtime
 from qonnx.errors import UserError
 from qonnx.node_groups import NodeGroup, units
-from qonnx.passes.layer_sensitivity import add_group_scores
 from qonnx.pipeline import Pass, Record, register
 from qonnx.policy import PLAN_KEY, QuantSpec, node_spec, record_formats, set_node_spec
 from qonnx.targets import get_target
@@ -188,7 +187,7 @@ class AutoPolicy(Pass):
         ranked = [e["node"] for e in (sensitivity.nodes if sensitivity is not None else []) if e["node"] in every]
         ranked += sorted(every - set(ranked))
         if self.groups and sensitivity is not None:
-            add_group_scores(model, self.context, sensitivity)
+            sensitivity = self.context.analysis("group-sensitivity", model)
         steps = _ranked_units(ranked, sensitivity) if self.groups else [(name, [name]) for name in ranked]
         n = len(ranked)
         curve: list[dict[str, Any]] = [{"int8_fraction": 1.0, "value": round(measured[0], 4), "speedup": None, "fallback": 0}]

@@ -277,6 +277,16 @@ def sensitivity_of(
     return LayerSensitivityRecord("sqnr_db", len(feeds), trials.evaluations, None if correlation is None else round(correlation, 3), nodes, group_entries)
 
 
+@analysis("group-sensitivity", requires=("plan", "ranges"))
+def _group_sensitivity(model: ir.Model, context: Context) -> LayerSensitivityRecord | None:
+    """The ``layer-sensitivity`` analysis with the chain and attention groups scored too (what
+    ``auto-policy(groups=true)`` ranks): the same record, its group scores added once."""
+    record = context.analysis("layer-sensitivity", model)
+    if record is not None:
+        add_group_scores(model, context, record)
+    return record
+
+
 def add_group_scores(model: ir.Model, context: Context, record: LayerSensitivityRecord, kinds: tuple[str, ...] = ("chain", "attention")) -> None:
     """Score the groups of ``kinds`` into ``record`` (when it has none yet), on the record's samples
     and metric, so that group and node scores rank on one scale; the evaluations are counted."""
