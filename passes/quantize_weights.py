@@ -238,8 +238,8 @@ class QuantizeWeights(Pass):
         matmuls = [n for n in nodes if n.op_type == "MatMul" and n.name in statistics]
         if not matmuls:
             return False
-        spec = node_spec(matmuls[0].metadata_props)
-        done = scale_inputs(model, statistics, [n.name for n in matmuls], bits=spec.weight_bits, block_size=spec.block_size, symmetric=spec.symmetric_weights)
+        formats = {n.name: (spec.weight_bits, spec.block_size, spec.symmetric_weights) for n in matmuls for spec in [node_spec(n.metadata_props)]}
+        done = scale_inputs(model, statistics, [n.name for n in matmuls], formats=formats)
         for scaling in done.values():
             if not scaling.fold:
                 self.skip(f"AWQ scales not folded: {scaling.fold.reason}")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -240,6 +240,7 @@ def scale_inputs(
     symmetric: bool = True,
     insert_mul: bool = False,
     alphas: Sequence[float] = AWQ_ALPHAS,
+    formats: Mapping[str, tuple[int, int, bool]] | None = None,
 ) -> dict[str, InputScaling]:
     """AWQ on the MatMuls ``names`` of ``model`` (default: every one ``statistics`` covers).
 
@@ -248,6 +249,8 @@ def scale_inputs(
     fold (and ``insert_mul`` off) is left alone, with the reason; otherwise one ``s`` is searched for
     it (``search_input_scales``), ``1/s`` folded (``fold_input_scales``), its weights become
     ``diag(s) W`` and its statistics those of ``x / s``. A group whose best alpha is 0 is left alone.
+    ``formats``: node name to ``(bits, block_size, symmetric)`` where a node's differs from the
+    arguments (a plan's 8-bit lm_head); a group is searched with its first node's.
     """
     by_name = {node.name: node for node in model.graph}
     wanted = list(names) if names is not None else list(statistics)
@@ -270,7 +273,8 @@ def scale_inputs(
             continue
         stats = statistics[group[0].name]
         weights = [qir.constant_array(n.inputs[1]).astype(np.float32) for n in group]
-        search = search_input_scales(weights, stats, bits=bits, block_size=block_size, symmetric=symmetric, alphas=alphas)
+        group_bits, group_block, group_symmetric = (formats or {}).get(group[0].name, (bits, block_size, symmetric))
+        search = search_input_scales(weights, stats, bits=group_bits, block_size=group_block, symmetric=group_symmetric, alphas=alphas)
         if search.alpha == 0:
             fold = Fold(None, reason="no scaling lowers the error (alpha 0)")
         else:

@@ -354,3 +354,16 @@ def test_awq_over_a_model_folds_groups_and_keeps_the_function():
     fresh = WeightInputStatistics(model, _source(model, feeds))
     for name in scaled:
         np.testing.assert_allclose(stats[name].hessian, fresh[name].hessian, rtol=1e-4, atol=1e-6 * np.abs(fresh[name].hessian).max())
+
+
+def test_a_group_is_searched_with_its_own_format():
+    """A plan that gives one group 8 bits (as an 8-bit lm_head): its scales are searched against the
+    8-bit grid, whose RTN error is far below the 4-bit one the other groups are searched with."""
+    four, eight = to_ir(_mlp(layers=2)), to_ir(_mlp(layers=2))
+    feeds = _feeds(count=4)
+    name = "l1_down_proj"
+    at_four = scale_inputs(four, WeightInputStatistics(four, _source(four, feeds)), block_size=32)
+    at_eight = scale_inputs(eight, WeightInputStatistics(eight, _source(eight, feeds)), block_size=32, formats={name: (8, 32, True)})
+    # 8 bits: 16x finer steps, so the error without scaling falls by about 256x; 20x leaves room
+    assert at_eight[name].rtn_error < at_four[name].rtn_error / 20
+    assert at_eight[name].error <= at_eight[name].rtn_error  # and the search still beats no scaling on that grid
