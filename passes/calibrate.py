@@ -107,7 +107,8 @@ class Calibrate(Pass):
         if method == "percentile":
             self.observer = Percentile() if percentile is None else Percentile(percentile)
         elif method == "mse":
-            self.observer = MSE(dtype=self.target.int8.activation_dtype)
+            # (against the grid the activations are quantized to: UINT8, INT8, or FP8's uneven one)
+            self.observer = MSE(dtype=self.target.qdq_spec(self.context.precision, self.context.fp8_activations).activation_dtype)
         else:
             self.observer = factory_for(method)()
 

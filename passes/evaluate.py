@@ -17,6 +17,7 @@ import onnx_ir as ir
 
 from qonnx import metrics, runtime
 from qonnx.pipeline import Context, Pass, Record, apply, register
+from qonnx.targets import get_target
 
 __all__ = ["Evaluate", "FidelityRecord", "fidelity"]
 
@@ -32,6 +33,10 @@ class FidelityRecord(Record):
     held_out: bool = True
     emulated: bool = False
     custom: dict[str, Any] | None = None  # {"metric": name, "value": score} of a Python metric
+    # How onnxruntime's CPU provider ran the Q/DQ: "fused" into its integer kernels (the cpu
+    # target's deployment), or "reference" (ONNX's QuantizeLinear/DequantizeLinear arithmetic, for
+    # targets whose provider has its own kernels: tensorrt, cuda).
+    qdq: str = "fused"
 
     def to_report(self) -> dict[str, Any]:
         entry = dataclasses.asdict(self)
@@ -42,11 +47,12 @@ class FidelityRecord(Record):
         return {self.report_key: entry}
 
 
-def fidelity(reference: ir.Model | str | os.PathLike, test: ir.Model | str | os.PathLike, data, score=None) -> dict[str, Any]:
+def fidelity(reference: ir.Model | str | os.PathLike, test: ir.Model | str | os.PathLike, data, score=None, *, qdq_fusion: bool = True) -> dict[str, Any]:
     """SQNR (dB) and cosine of every output of ``test`` against ``reference`` over ``data`` (a Source),
     with the task metrics their shapes allow; ``score(reference_outputs, test_outputs)``, when given,
-    is also computed on the lists of outputs (``custom``)."""
-    reference_session, test_session = runtime.session(reference), runtime.session(test)
+    is also computed on the lists of outputs (``custom``). ``qdq_fusion=False``: ``test``'s Q/DQ run
+    as reference ops (``runtime.session``)."""
+    reference_session, test_session = runtime.session(reference), runtime.session(test, qdq_fusion=qdq_fusion)
     result: dict[str, Any] = {"samples": len(data), "data": data.description}
     if score is None:
         result["outputs"] = metrics.compare(reference_session, test_session, data, what="evaluation sample").to_dict()
@@ -87,8 +93,11 @@ class Evaluate(Pass):
         if emulated:
             test = model.clone()
             apply("emulate-float", test, Context(target=self.context.target, precision=self.context.precision))
-        measured = fidelity(self.context.source, test, data, self.context.score)
-        record = FidelityRecord(measured["samples"], measured["data"], measured["outputs"], self.context.eval_held_out, emulated, measured.get("custom"))
+        fused = get_target(self.context.target).cpu_fused_kernels
+        measured = fidelity(self.context.source, test, data, self.context.score, qdq_fusion=fused)
+        record = FidelityRecord(
+            measured["samples"], measured["data"], measured["outputs"], self.context.eval_held_out, emulated, measured.get("custom"), "fused" if fused else "reference"
+        )
         self.context.analyses["fidelity"] = record
         self.publish(record)
         return ir.passes.PassResult(model, False)

@@ -151,18 +151,20 @@ class FloatIslands(Pass):
     analyses_required = frozenset({"plan"})
     analyses_produced = frozenset({"plan"})  # the nodes it keeps FP32, with their reasons
 
-    def __init__(self, context=None, *, margin: float = 4.0, long_reduction: int = 4096) -> None:
+    def __init__(self, context=None, *, margin: float = 4.0, long_reduction: int = 4096, precision: str | None = None) -> None:
         super().__init__(context)
-        self.margin, self.long_reduction = margin, long_reduction
+        if precision is not None and precision not in FLOAT_PRECISIONS:
+            raise UserError(f"float-islands: precision must be fp16 or bf16, not {precision!r}")
+        self.margin, self.long_reduction, self.precision = margin, long_reduction, precision
 
     def requires(self, model: ir.Model) -> None:
-        if self.context.precision not in FLOAT_PRECISIONS:
+        if (self.precision or self.context.precision) not in FLOAT_PRECISIONS:
             raise UserError(f"float-islands is for --precision fp16 or bf16, not {self.context.precision}")
         if self.margin < 1:
             raise UserError(f"float-islands(margin) must be at least 1, not {self.margin}")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        precision = self.context.precision
+        precision = self.precision or self.context.precision
         fmt = get_format(precision)
         label = precision.upper()
         target = get_target(self.context.target)

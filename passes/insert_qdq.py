@@ -204,7 +204,7 @@ class InsertQDQ(Pass):
                 roles = node_roles(node)
                 if roles.weight is not None:
                     modified |= self._quantize_weight(graph, node, roles, spec)
-                if roles.bias is not None:
+                if roles.bias is not None and self.target.int32_bias and spec.format == "int8":
                     modified |= self._quantize_bias(graph, node, roles)
             for index in constant_operands(node):
                 if any(is_dequantized(v) for v in node.inputs):
@@ -243,9 +243,9 @@ class InsertQDQ(Pass):
         if root not in self._group_params:
             lo, hi = self._group_range(name)
             if spec.symmetric_activations:
-                params = quant.symmetric_params(max(abs(lo), abs(hi)), np.dtype(spec.activation_dtype))
+                params = quant.symmetric_params(max(abs(lo), abs(hi)), quant.numpy_dtype(spec.activation_dtype))
             else:
-                params = quant.asymmetric_params(lo, hi, np.dtype(spec.activation_dtype))
+                params = quant.asymmetric_params(lo, hi, quant.numpy_dtype(spec.activation_dtype))
             self._group_params[root] = params
         return self._group_params[root]
 
@@ -308,9 +308,9 @@ class InsertQDQ(Pass):
         value = node.inputs[index]
         data = value.const_value.numpy()
         if spec.symmetric_activations:
-            scale, zero_point = quant.symmetric_params(np.abs(data).max(), np.dtype(spec.activation_dtype))
+            scale, zero_point = quant.symmetric_params(np.abs(data).max(), quant.numpy_dtype(spec.activation_dtype))
         else:  # (the range is widened to contain 0 there)
-            scale, zero_point = quant.asymmetric_params(data.min(), data.max(), np.dtype(spec.activation_dtype))
+            scale, zero_point = quant.asymmetric_params(data.min(), data.max(), quant.numpy_dtype(spec.activation_dtype))
         key = (data.dtype.str, data.shape, data.tobytes(), spec.activation_dtype, spec.symmetric_activations)
         if key not in self._dequantized_operands:  # HardSwish's "+3" and "/6" recur in every block: store once
             q = quant.quantize(data, scale, zero_point, zero_point.dtype)
@@ -342,14 +342,14 @@ class InsertQDQ(Pass):
     def _store_weight(self, graph, node, roles: NodeRoles, spec: QuantSpec, value: ir.Value, axis: int | None) -> ir.Value:
         """The weight as INT8 (per channel along ``axis``, else per tensor) behind a DequantizeLinear."""
         weight = value.const_value.numpy()
-        dtype = np.dtype(spec.weight_dtype)
+        dtype = quant.numpy_dtype(spec.weight_dtype)
         min_scale = None
         bias = qir.constant_array(node.inputs[roles.bias]) if roles.bias is not None else None
-        if bias is not None and len(value.uses()) == 1:  # (a bias: weight input 1, activation input 0)
+        if bias is not None and len(value.uses()) == 1 and self.target.int32_bias and spec.format == "int8":  # (an INT32 bias: weight input 1, activation input 0)
             x_scale = self._input_scale(node)
             if x_scale is not None:
                 min_scale = quant.min_weight_scale_for_bias(bias, x_scale)
-        qmax = 63 if spec.reduce_range else None
+        qmax = 63 if spec.reduce_range else None  # (never for FP8: QuantSpec refuses the pairing)
         if axis is not None and (min_scale is None or min_scale.size == weight.shape[axis]):
             q, scale, _ = quant.per_channel_symmetric(weight, axis, dtype, min_scale, qmax)
         else:

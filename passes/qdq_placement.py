@@ -30,6 +30,7 @@ import dataclasses
 import onnx_ir as ir
 
 from qonnx import ir as qir
+from qonnx.graph_roles import residual_skip_inputs
 from qonnx.pipeline import Context, analysis
 from qonnx.policy import QuantSpec, node_spec
 from qonnx.targets import Target, get_target
@@ -77,9 +78,12 @@ def output_to_quantize(node: ir.Node, spec: QuantSpec) -> ir.Value:
 
 
 def activation_inputs(node: ir.Node, target: Target) -> list[int]:
-    """Indices of the inputs of a weighted or integer op that are quantized as activations."""
+    """Indices of the inputs of a weighted or integer op that are quantized as activations (of a
+    residual Add, with ``Target.residual_adds``, only its skip inputs: ``qonnx.graph_roles``)."""
     if node.op_type in target.weighted_ops:
         candidates = [0, 1]
+    elif node.op_type == "Add" and target.residual_adds:
+        candidates = residual_skip_inputs(node, target) or []
     elif node.op_type in ("Add", "Mul", "Concat"):
         candidates = range(len(node.inputs))
     else:
@@ -113,13 +117,19 @@ def _active_integer_ops(nodes: list[tuple[ir.Node, QuantSpec]], target: Target) 
     static = {node for node, spec in nodes if not spec.dynamic and node.op_type not in target.recurrent_ops}
     wants: dict[ir.Node, bool] = {}
     active: set[ir.Node] = set()
+    through: dict[ir.Node, bool] = {}
 
     def reader_wants_quantized(user: ir.Node) -> bool:
         if user not in static:
+            if user.op_type in target.transparent_ops:  # (Conv + Add + Relu: TensorRT fuses the Relu)
+                if user not in through:
+                    through[user] = False  # (a cycle cannot happen in a DAG; this only guards recursion)
+                    through[user] = any(reader_wants_quantized(u) for out in user.outputs for u, _ in out.uses())
+                return through[user]
             return False  # float, or quantizing its own inputs at run time
         if user.op_type in target.weighted_ops:
             return True
-        return wants[user]  # decided already: readers come later in the graph
+        return wants.get(user, False)  # decided already: readers come later in the graph
 
     for node, _ in reversed(nodes):
         if node.op_type in target.weighted_ops:
@@ -218,8 +228,9 @@ def plan_placement(model: ir.Model, target: Target) -> Placement:
             out = output_to_quantize(node, spec)
             if out.uses() and not any(user.op_type == "QuantizeLinear" for user, _ in out.uses()):
                 mark(out, spec)
-        if node.op_type == "Concat" and node.op_type in target.integer_ops:
-            for value in [*node.inputs, node.outputs[0]]:
+        if node.op_type in target.shared_scale_ops and node.op_type in target.integer_ops:
+            data = node.inputs if node.op_type == "Concat" else node.inputs[:1]
+            for value in [*data, node.outputs[0]]:
                 groups.union(node.outputs[0].name, value.name)
 
     # Passthrough ops carry their input's parameters forward, in graph order so that chains

@@ -30,7 +30,8 @@ import onnx_ir as ir
 from qonnx import host
 from qonnx import ir as qir
 from qonnx.errors import UserError
-from qonnx.policy import FLOAT, PLAN_KEY, MixedPrecisionPolicy, Plan, Rule, load_policy, set_node_spec
+from qonnx.graph_roles import float_op_read, residual_skip_inputs
+from qonnx.policy import FLOAT, PLAN_KEY, QDQ_FORMATS, MixedPrecisionPolicy, Plan, Rule, load_policy, node_spec, set_node_spec
 from qonnx.pipeline import Pass, Record, register
 from qonnx.quantized_parts import already_quantized
 from qonnx.targets import FLOAT_PRECISIONS, WEIGHT_AXIS_OPS, WEIGHT_ONLY_OPS, get_target
@@ -57,9 +58,15 @@ def _name_unnamed_nodes(model: ir.Model) -> bool:
 
 def _refusal(node: ir.Node, target) -> str | None:
     """Why ``node`` cannot run in INT8, or None. Only data inputs count: Reshape's shape, Resize's
-    scales and Gather's indices are not quantized."""
+    scales and Gather's indices are not quantized. The target's placement rules may refuse too
+    (``qonnx.graph_roles``): an Add that is no residual Add, a weighted op that reads an op the
+    target keeps in higher precision."""
     if already_quantized(node):
         return "already quantized"
+    if target.residual_adds and node.op_type == "Add" and residual_skip_inputs(node, target) is None:
+        return f"not a residual Add (no input made by a weighted op): {target.name} quantizes only the skip input of residual Adds"
+    if (float_op := float_op_read(node, target)) is not None:
+        return f"reads {float_op.op_type} {float_op.name!r}, which {target.name} keeps in higher precision: a half-quantized {node.op_type} runs in float"
     if node.op_type in target.passthrough_ops:
         data = node.inputs[:1]
     elif node.op_type in target.weighted_ops:
@@ -225,6 +232,15 @@ class ResolvePolicy(Pass):
                 seven_bit.add(node.op_type)
         self.publish(PolicyRecord(sorted(seven_bit)))
         decided = {node.name for node in candidates}
+        if self._float_remainder() == "fp16":
+            for node in model.graph:
+                spec = node_spec(node.metadata_props)
+                if spec.quantized or not _has_fp32_data(node) or node.domain not in ("", "ai.onnx"):
+                    continue
+                entry = {"format": "fp16", **({"reason": plan.reasons[node.name]} if node.name in plan.reasons else {})}
+                modified |= set_node_spec(node, entry)
+                plan.add(node.name, entry)
+                decided.add(node.name)
         for node in model.graph.all_nodes():
             if node.graph is not model.graph and (float_format or node.op_type in decided_ops):
                 if node.name not in decided:
@@ -247,4 +263,12 @@ class ResolvePolicy(Pass):
             return self.target.weight_only_policy(
                 bits=options.bits, block_size=options.block_size, symmetric=options.symmetric, embedding_bits=options.embedding_bits
             )
-        return self.target.policy(self.context.precision, self.context.mode, self.context.reduce_range, saturating_cpu=saturating)
+        return self.target.policy(
+            self.context.precision, self.context.mode, self.context.reduce_range, saturating_cpu=saturating, fp8_activations=self.context.fp8_activations
+        )
+
+    def _float_remainder(self) -> str:
+        """The format of the unquantized nodes of an INT8/FP8 run ("fp32" in every other run)."""
+        if self.context.precision not in QDQ_FORMATS:
+            return "fp32"
+        return self.context.float_remainder or self.target.float_remainder

@@ -20,6 +20,10 @@ from qonnx import runtime
 from qonnx.fusion import check_fusion
 from qonnx.ir import PROTOBUF_LIMIT
 from qonnx.pipeline import Context, Pass, Record, apply, register
+from qonnx.qdq_check import TARGETS as CHECK_TARGETS
+from qonnx.qdq_check import check_model
+from qonnx.qdq_rules import rules_for
+from qonnx.targets import get_target
 
 
 class VerificationError(RuntimeError):
@@ -72,6 +76,38 @@ class FusionRecord(Record):
         return {"fusion": self.fusion}
 
 
+@dataclasses.dataclass
+class TargetRulesRecord(Record):
+    """The target's Q/DQ rules (``qonnx.qdq_rules``) and what was verified against them: the
+    structure (``qonnx.qdq_check``: the violations found), onnxruntime's CPU provider (loads the
+    model; the fidelity figures run it), and a GPU provider only when this onnxruntime has one."""
+
+    report_key = "target_rules"
+    target: str
+    rules: list[dict]
+    violations: list[dict]
+    verified: list[str]
+    not_verified: list[str]
+
+
+def _target_rules_record(model: ir.Model, target_name: str, fusion: dict | None) -> TargetRulesRecord:
+    target = get_target(target_name)
+    rules = [{"id": r.id, "statement": r.statement, "source": r.source} for r in rules_for(target_name)]
+    verified = ["onnx checker (full check)", "onnxruntime CPU provider loads the model"]
+    if target_name == "cpu":
+        violations = [] if fusion is None else [
+            {"rule": "cpu-unfused-weighted", "nodes": [name], "message": "no integer kernel took it"} for name in fusion["unfused"]
+        ] + [{"rule": "cpu-float-island", "nodes": [name], "message": f"{op} runs in float between Q/DQ"} for name, op in fusion["float_island_nodes"]]
+        verified.append("Q/DQ fused into onnxruntime's CPU integer kernels (the optimized graph read back)")
+    else:
+        violations = [v.to_dict() for v in check_model(model, target_name)]
+        verified.append(f"structure: the {len(rules)} {target_name} rules, checked on the graph (qonnx check)")
+    available = set(runtime.available_providers())
+    not_verified = [f"{p}: not offered by {runtime.describe()}" for p in target.providers if p != "CPUExecutionProvider" and p not in available]
+    verified += [f"{p} available (not run by verify)" for p in target.providers if p != "CPUExecutionProvider" and p in available]
+    return TargetRulesRecord(target_name, rules, violations, verified, not_verified)
+
+
 @register
 class Verify(Pass):
     name = "verify"
@@ -96,4 +132,10 @@ class Verify(Pass):
             if self.context.debug and report["unfused"]:
                 names = ", ".join(report["unfused"][:5])
                 raise VerificationError(f"{len(report['unfused'])} quantized nodes did not become integer kernels in onnxruntime: {names}")
+        if quantized and self.context.target in CHECK_TARGETS and self.fusion:
+            record = _target_rules_record(model, self.context.target, report if fusion else None)
+            self.publish(record)
+            if self.context.debug and record.violations and self.context.target != "cpu":
+                first = record.violations[0]
+                raise VerificationError(f"{len(record.violations)} violations of the {self.context.target} rules, first {first['rule']}: {first['message']}")
         return ir.passes.PassResult(model, modified=False)

@@ -89,6 +89,8 @@ _FIELDS = {
     "mode": (None, "mode", "--mode"),
     "reduce_range": (None, "reduce_range", "--reduce-range"),
     "io_types": (None, "io_types", "--io-types"),
+    "float_remainder": (None, "float_remainder", "--float"),
+    "fp8_activations": (None, "fp8_activations", "--fp8-activations"),
     "policy": (None, "policy", "--policy"),
     "exclude": (None, "nodes_to_exclude", "--exclude"),
     "op_types": (None, "op_types_to_quantize", "--op-types"),
@@ -213,10 +215,18 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--eval", dest="eval_data", help="held-out data for fidelity (default: last quarter of --calib)")
     q.add_argument(
         "--precision",
-        metavar="{int8,int4,fp16,bf16}",
-        help="int8 quantizes (default); int4 stores MatMul/Gemm weights and embeddings in 4-bit blocks, activations float, no data needed; fp16 and bf16 convert",
+        metavar="{int8,int4,fp8,fp16,bf16}",
+        help="int8 quantizes (default); fp8 quantizes to FLOAT8 E4M3 Q/DQ for TensorRT (opset 19); int4 stores MatMul/Gemm weights "
+        "and embeddings in 4-bit blocks, activations float, no data needed; fp16 and bf16 convert",
     )
-    q.add_argument("--target", metavar="{cpu,tensorrt,cuda}", help="default: cpu for int8 and int4, cuda for fp16/bf16")
+    q.add_argument("--target", metavar="{cpu,tensorrt,cuda}", help="default: cpu for int8 and int4, cuda for fp16/bf16, tensorrt for fp8")
+    q.add_argument(
+        "--float",
+        dest="float_remainder",
+        metavar="{fp16,fp32}",
+        help="int8/fp8: the format of the nodes left unquantized (default: fp16 for tensorrt, with FP32 islands where the calibrated ranges overflow FP16; fp32 elsewhere)",
+    )
+    q.add_argument("--fp8-activations", metavar="{e4m3,e5m2}", help="fp8: the activations' type (default e4m3; e5m2 has more range, one mantissa bit less); weights are E4M3")
     q.add_argument(
         "--mode",
         metavar="{static,dynamic}",
@@ -416,8 +426,9 @@ def _quantize(args) -> int:
     report = getattr(args, "report", None)
     to_stdout = getattr(args, "json", False) or report == "-"
     calib, uncalibrated = data.calib, False
-    if calib is None and config.precision == "int8" and config.mode == "static" and config.calibration.ranges is None and config.pipeline is None:
-        raise UserError("quantizing to int8 needs calibration data: give --calib DATA (or --ranges FILE); --mode dynamic needs none")
+    if calib is None and config.precision in ("int8", "fp8") and config.mode == "static" and config.calibration.ranges is None and config.pipeline is None:
+        hint = "; --mode dynamic needs none" if config.precision == "int8" else ""
+        raise UserError(f"quantizing to {config.precision} needs calibration data: give --calib DATA (or --ranges FILE){hint}")
     if calib == "random":
         calib, uncalibrated = _random_feeds(args.model, config.samples or 16, data.seed), True
     result = quantize(

@@ -65,7 +65,9 @@ __all__ = [
     "to_toml",
 ]
 
-PRECISIONS = ("int8", "int4", "fp16", "bf16")
+PRECISIONS = ("int8", "int4", "fp8", "fp16", "bf16")
+FLOAT_REMAINDERS = ("fp16", "fp32")
+FP8_ACTIVATIONS = ("e4m3", "e5m2")
 METRICS = ("auto", "sqnr", "cosine", "top1")
 TARGET_NAMES = ("cpu", "tensorrt", "cuda")
 MODES = ("static", "dynamic")
@@ -332,9 +334,13 @@ class DataConfig:
 class QuantizeConfig:
     """Everything that decides the output model and what the report measures.
 
-    ``precision``: int8 quantizes; int4 stores weights in 4-bit blocks (``weight_only``, activations
-    float); fp16/bf16 convert. ``target``: the execution provider (None: cpu for int8 and int4,
-    cuda for fp16/bf16). ``mode``: int8 static (calibrated) or dynamic
+    ``precision``: int8 quantizes; fp8 quantizes to FLOAT8 E4M3 Q/DQ (TensorRT); int4 stores
+    weights in 4-bit blocks (``weight_only``, activations float); fp16/bf16 convert. ``target``: the
+    execution provider (None: cpu for int8 and int4, cuda for fp16/bf16, tensorrt for fp8).
+    ``float_remainder``: in an int8/fp8 run, the format of the nodes left unquantized, fp16 (with
+    FP32 islands where the calibrated ranges overflow FP16) or fp32; None: the target's (fp16 for
+    tensorrt). ``fp8_activations``: e4m3 (default) or e5m2 (more range, one mantissa bit less) for
+    fp8 activations; weights are E4M3. ``mode``: int8 static (calibrated) or dynamic
     (MatMul activations quantized at run time). ``reduce_range``: 7-bit weights (True), full-range
     (False) or the target's choice for this CPU (None). ``io_types``: fp16/bf16 graph inputs and
     outputs too. ``policy``: a policy object, or a policy / plan JSON file, replacing the target's
@@ -348,8 +354,10 @@ class QuantizeConfig:
     cluster; the ``ray`` extra); ``workers``: its workers (default: two, or the Ray instance's CPUs).
     """
 
-    precision: Literal["int8", "int4", "fp16", "bf16"] = "int8"
+    precision: Literal["int8", "int4", "fp8", "fp16", "bf16"] = "int8"
     target: Literal["cpu", "tensorrt", "cuda"] | None = None
+    float_remainder: Literal["fp16", "fp32"] | None = None
+    fp8_activations: Literal["e4m3", "e5m2"] = "e4m3"
     mode: Literal["static", "dynamic"] = "static"
     reduce_range: bool | None = None
     io_types: Literal["float32", "fp16", "bf16"] = "float32"
@@ -391,6 +399,8 @@ class QuantizeConfig:
             mode=mode,
             reduce_range=_bool(self.reduce_range, "reduce_range", None, optional=True),
             io_types=io_types,
+            float_remainder=_choice(self.float_remainder, FLOAT_REMAINDERS, "float_remainder", None, optional=True),
+            fp8_activations=_choice(self.fp8_activations, FP8_ACTIVATIONS, "fp8_activations", None),
             policy=policy,
             nodes_to_exclude=excluded,
             op_types_to_quantize=_strings(self.op_types_to_quantize, "op_types_to_quantize", None, optional=True),
@@ -409,7 +419,13 @@ class QuantizeConfig:
                 raise ConfigError("reduce_range", "applies to precision int8 (7-bit INT8 weights); int4 weights are blocks of 4 or 8 bits")
         elif self.weight_only != WeightOnlyConfig():
             raise ConfigError("weight_only", f"its options apply to precision int4, not {precision}")
-        if io_types != "float32" and precision in ("int8", "int4"):
+        if self.float_remainder is not None and precision not in ("int8", "fp8"):
+            raise ConfigError("float_remainder", f"applies to precision int8 or fp8 (the format of what is not quantized), not {precision}")
+        if self.fp8_activations != "e4m3" and precision != "fp8":
+            raise ConfigError("fp8_activations", f"applies to precision fp8, not {precision}")
+        if precision == "fp8" and mode != "static":
+            raise ConfigError("mode", "fp8 activations are calibrated (static); dynamic applies to precision int8")
+        if io_types != "float32" and precision in ("int8", "int4", "fp8"):
             raise ConfigError("io_types", f"{io_types} applies to precision fp16 or bf16; with precision {precision} the graph's inputs and outputs stay float32")
         if io_types not in ("float32", precision):
             raise ConfigError("io_types", f"{io_types} does not go with precision {precision} (choose float32 or {precision})")
@@ -422,10 +438,21 @@ class QuantizeConfig:
 
     @property
     def effective_target(self) -> str:
-        """The target named, or the precision's default: cpu for int8, cuda for fp16/bf16."""
+        """The target named, or the precision's default: cpu for int8 and int4, cuda for
+        fp16/bf16, tensorrt for fp8."""
         from qonnx.targets import default_target
 
         return self.target or default_target(self.precision)
+
+    @property
+    def effective_float_remainder(self) -> str:
+        """The format of the unquantized nodes: ``float_remainder``, or the target's (fp16 for
+        tensorrt, fp32 elsewhere); fp32 outside INT8/FP8 runs."""
+        if self.precision not in ("int8", "fp8"):
+            return "fp32"
+        from qonnx.targets import get_target
+
+        return self.float_remainder or get_target(self.effective_target).float_remainder
 
     # Keywords of the older ``qonnx.api.quantize(..., method=..., latency=...)`` form.
     _KEYWORDS = {

@@ -44,6 +44,7 @@ from qonnx.pipeline import (
     run_pipeline,
 )
 from qonnx.policy import PLAN_KEY
+from qonnx.targets import FP8_OPSET
 from qonnx.report import Report, assemble, write_json
 from qonnx.report_html import render_html
 from qonnx.verdict import Verdict, judge
@@ -173,10 +174,18 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
         steps[at:at] = [PipelineStep("auto-policy", auto)]  # it computes the layer-sensitivity analysis when it needs it
         names = {s.name for s in steps}
         check_order([s.name for s in steps])
-    if config.effective_target in ("cuda", "tensorrt") and config.precision == "int8" and config.policy is not None and "insert-qdq" in names and "convert-float" not in names:
-        at = [s.name for s in steps].index("insert-qdq") + 1  # the FP16 nodes of an auto plan (or of a replayed one); none: a no-op
-        steps[at:at] = [PipelineStep("convert-float", {"precision": "fp16"})]
-        names = {s.name for s in steps}
+    fp16_remainder = config.effective_float_remainder == "fp16"
+    if config.pipeline is None and (config.precision == "fp8" or fp16_remainder):
+        # FLOAT8 Q/DQ, and Q/DQ with FP16 scales (the FP16 remainder), exist from opset 19 on
+        steps.insert(1, PipelineStep("upgrade-opset", {"min_version": FP8_OPSET}))
+    if config.pipeline is None and fp16_remainder and "calibrate" in names and "float-islands" not in names:
+        at = [s.name for s in steps].index("calibrate") + 1  # FP32 islands where the calibrated ranges overflow FP16
+        steps[at:at] = [PipelineStep("float-islands", {"precision": "fp16"})]
+    wants_fp16 = fp16_remainder or (config.effective_target in ("cuda", "tensorrt") and config.policy is not None)
+    if config.precision in ("int8", "fp8") and wants_fp16 and "insert-qdq" in names and "convert-float" not in names:
+        at = [s.name for s in steps].index("insert-qdq") + 1  # the FP16 remainder, or the FP16 nodes of an auto or replayed plan; none: a no-op
+        steps[at:at] = [PipelineStep("convert-float", {"precision": "fp16", **({"qdq": True} if fp16_remainder else {})})]
+    names = {s.name for s in steps}
     if evaluated:
         wanted = [PipelineStep("evaluate", {})]
         if config.evaluation.sensitivity and config.precision == "int8":
@@ -321,6 +330,8 @@ def _context(config: QuantizeConfig, job: Job, source: Path | None = None) -> Co
         nodes_to_exclude=config.nodes_to_exclude,
         op_types_to_quantize=config.op_types_to_quantize,
         weight_only=config.weight_only,
+        fp8_activations=config.fp8_activations,
+        float_remainder=config.effective_float_remainder,
         samples=config.samples,
         progress=job.progress,
         debug=config.debug,

@@ -81,6 +81,8 @@ class Context:
     nodes_to_exclude: tuple[str, ...] = ()  # node names or regexes (full match) that stay float
     op_types_to_quantize: tuple[str, ...] | None = None  # None: every op type the policy quantizes
     weight_only: Any = None  # precision int4: a qonnx.config.WeightOnlyConfig (None: its defaults)
+    fp8_activations: str = "e4m3"  # precision fp8: the activations' type, "e4m3" or "e5m2" (weights are E4M3)
+    float_remainder: str | None = None  # INT8/FP8: the format of the unquantized nodes, "fp16" or "fp32"; None: the target's
     calib: Any = None  # a qonnx.calib.sources.Source, or None
     eval_data: Any = None  # a Source of evaluation samples, or None
     eval_held_out: bool = True  # False: the evaluation samples were also used to calibrate

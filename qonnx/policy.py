@@ -30,7 +30,9 @@ __all__ = ["QuantSpec", "Rule", "MixedPrecisionPolicy", "FLOAT", "SPEC_KEY", "PL
 SPEC_KEY = "qonnx.spec"
 PLAN_KEY = "qonnx.plan"
 
-Format = Literal["float", "int8", "fp16", "bf16", "weight-only"]
+Format = Literal["float", "int8", "fp8", "fp16", "bf16", "weight-only"]
+# Formats quantized through QuantizeLinear/DequantizeLinear with calibrated (or dynamic) ranges.
+QDQ_FORMATS = ("int8", "fp8")
 WeightBits = Literal[4, 8]
 # The fields that only a "weight-only" spec carries (left out of other specs' dicts).
 _WEIGHT_ONLY_FIELDS = ("weight_bits", "block_size", "symmetric_weights")
@@ -48,6 +50,11 @@ class QuantSpec:
     (-63..63): on x86 CPUs without VNNI, onnxruntime multiplies U8 by S8 with ``vpmaddubsw``,
     whose 16-bit sums of two products saturate with full-range weights.
 
+    ``format`` "fp8" is the same with FLOAT8 types: ``activation_dtype`` float8e4m3fn (or
+    float8e5m2, more range, less precision) and ``weight_dtype`` float8e4m3fn, symmetric (zero
+    point 0) and scaled so that the calibrated maximum lands on the type's largest value (448 for
+    E4M3); ``dynamic`` and ``reduce_range`` do not apply.
+
     ``format`` "weight-only" stores the constant weight (a MatMul/Gemm weight, a Gather table) in
     ``weight_bits`` with one scale per block of ``block_size`` values along the reduction axis
     (``qonnx.blockwise``), symmetric (zero point ``2**(bits-1)``) unless ``symmetric_weights`` is
@@ -55,8 +62,8 @@ class QuantSpec:
     """
 
     format: Format = "float"
-    activation_dtype: Literal["uint8", "int8"] = "uint8"
-    weight_dtype: Literal["int8"] = "int8"
+    activation_dtype: Literal["uint8", "int8", "float8e4m3fn", "float8e5m2"] = "uint8"
+    weight_dtype: Literal["int8", "float8e4m3fn"] = "int8"
     symmetric_activations: bool = False
     per_channel: bool = True
     dynamic: bool = False
@@ -77,11 +84,16 @@ class QuantSpec:
                 raise ValueError(f"spec field {field.name} must be one of {', '.join(map(str, allowed))}, not {value!r}")
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size not in BLOCK_SIZES:
             raise ValueError(f"spec field block_size must be one of {', '.join(map(str, BLOCK_SIZES))}, not {self.block_size!r}")
+        float8 = [name for name in ("activation_dtype", "weight_dtype") if getattr(self, name).startswith("float8")]
+        if self.format == "fp8" and (len(float8) < 2 or not self.symmetric_activations or self.dynamic or self.reduce_range):
+            raise ValueError("an fp8 spec has float8 activation and weight types, symmetric activations, no dynamic and no reduce_range")
+        if self.format != "fp8" and float8:
+            raise ValueError(f"spec field {float8[0]} is a float8 type: that is format fp8, not {self.format}")
 
     @property
     def quantized(self) -> bool:
-        """INT8 through Q/DQ: activations quantized with calibrated (or dynamic) ranges."""
-        return self.format == "int8"
+        """INT8 or FP8 through Q/DQ: activations quantized with calibrated (or dynamic) ranges."""
+        return self.format in QDQ_FORMATS
 
     @property
     def weight_only(self) -> bool:
@@ -90,7 +102,7 @@ class QuantSpec:
     def to_dict(self) -> dict[str, Any]:
         if self.format == "weight-only":
             return {"format": self.format, **{name: getattr(self, name) for name in _WEIGHT_ONLY_FIELDS}}
-        if self.format != "int8":
+        if self.format not in QDQ_FORMATS:
             return {"format": self.format}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in _WEIGHT_ONLY_FIELDS}
 

@@ -75,6 +75,8 @@ def _quant_dtype(node: ir.Node) -> ir.DataType | None:
     zero_point = _input(node, 2)
     if zero_point is not None and zero_point.dtype is not None:
         return zero_point.dtype
+    if zero_point is not None and zero_point.const_value is not None:  # (an initializer made in memory carries its type only there)
+        return zero_point.const_value.dtype
     quantized = node.outputs[0] if node.op_type == "QuantizeLinear" else node.inputs[0]
     if quantized.dtype is not None:
         return quantized.dtype

@@ -21,7 +21,7 @@ SCHEMA = "qonnx.report/1"
 Report = dict[str, Any]  # the JSON document; its fields are listed in the README
 
 # Where each pass's record goes, in the order the document lists them; records of other keys follow.
-_RECORD_ORDER = ("calibration", "fusion", "weight_only", "float_islands", "float_sensitivity", "conversion", "fidelity", "sensitivity", "latency")
+_RECORD_ORDER = ("calibration", "fusion", "target_rules", "weight_only", "float_islands", "float_sensitivity", "conversion", "fidelity", "sensitivity", "latency")
 _FLOAT_ONLY = ("float_islands", "float_sensitivity", "conversion")  # present (null when not made) for fp16/bf16
 
 
@@ -146,9 +146,16 @@ def summary_table(report: dict[str, Any]) -> str:
             f"fusion     {kernels} integer kernels in onnxruntime, {fusion['quantize_linear']} Q / "
             f"{fusion['dequantize_linear']} DQ left, {islands} float islands, {len(fusion['unfused'])} unfused"
         )
+    rules = report.get("target_rules")
+    if rules and rules["target"] != "cpu":
+        found = len(rules["violations"])
+        lines.append(f"target     {rules['target']}: {len(rules['rules'])} Q/DQ rules, {found} violation{'s' * (found != 1)} (qonnx check --target {rules['target']})")
+        for line in rules["not_verified"]:
+            lines.append(f"  not verified: {line}")
     fidelity = report.get("fidelity")
     if fidelity:
-        lines.append(f"fidelity   on {fidelity['samples']} held-out samples ({fidelity['data']})")
+        how = ", Q/DQ as reference ops" if fidelity.get("qdq") == "reference" else ""
+        lines.append(f"fidelity   on {fidelity['samples']} held-out samples ({fidelity['data']}{how})")
         for name, m in fidelity["outputs"].items():
             task = "".join(f"   {label} {m[key]:.4f}" for key, label in (("top1_agreement", "top-1"), ("pooled_cosine", "pooled cosine")) if key in m)
             lines.append(f"  {name:<30} SQNR {m['sqnr_db']:7.2f} dB   cosine {m['cosine']:.5f}{task}")

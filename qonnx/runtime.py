@@ -35,6 +35,16 @@ version = ort.__version__
 
 
 @functools.cache
+def available_providers() -> list[str]:
+    """The execution providers this onnxruntime build offers (CPU only in the ``onnxruntime`` wheel)."""
+    return list(ort.get_available_providers())
+
+
+def describe() -> str:
+    """This onnxruntime, as a report states it: ``onnxruntime 1.32.0 (CPUExecutionProvider)``."""
+    return f"onnxruntime {ort.__version__} ({', '.join(available_providers())})"
+
+
 def max_opset() -> int:
     """The newest ai.onnx opset this onnxruntime loads (probed with one-node models, newest first,
     from the installed onnx's newest; milliseconds)."""
@@ -57,8 +67,11 @@ def max_opset() -> int:
 ort.set_default_logger_severity(3)
 
 
-def _options(threads: int | None, optimized_path: str | None = None, disable_optimizations: bool = False):
+def _options(threads: int | None, optimized_path: str | None = None, disable_optimizations: bool = False, qdq_fusion: bool = True):
     opts = ort.SessionOptions()
+    if not qdq_fusion:
+        # Q/DQ nodes run as themselves (reference arithmetic) instead of being fused into integer kernels.
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -131,13 +144,17 @@ def session(
     threads: int | None = None,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     disable_optimizations: bool = False,
+    qdq_fusion: bool = True,
 ) -> Session:
-    """A session for an in-memory model, a serialized one or a model file."""
+    """A session for an in-memory model, a serialized one or a model file. ``qdq_fusion=False``:
+    QuantizeLinear/DequantizeLinear stay separate nodes, computed exactly as ONNX defines them
+    (the arithmetic of a provider with its own integer kernels, such as TensorRT, up to the order of
+    its integer sums), instead of the CPU provider's fused kernels."""
     source, keep_alive = _model_source(model)
     try:
         inner = ort.InferenceSession(
             source,
-            sess_options=_options(threads, disable_optimizations=disable_optimizations),
+            sess_options=_options(threads, disable_optimizations=disable_optimizations, qdq_fusion=qdq_fusion),
             providers=list(providers),
         )
     except Exception as exc:

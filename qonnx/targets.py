@@ -17,8 +17,17 @@ to zero. LSTM, GRU and RNN have no integer kernel in the standard domain (only t
 ``DynamicQuantizeLSTM``): their W and R are stored as INT8 behind a DequantizeLinear, weight-only
 (``recurrent_ops``, ``passes/quantize_recurrent.py``), and their activations stay float.
 
-``tensorrt``: symmetric INT8 for activations and weights (zero point 0), per-channel weights, Q/DQ
-on the inputs of weighted ops and of residual Adds; TensorRT chooses output precisions itself.
+``tensorrt``: TensorRT's explicit quantization, following the rules of ``qonnx.qdq_rules`` (each
+with its source in TensorRT's developer guide): symmetric INT8 (or FP8 E4M3) for activations and
+weights, zero point 0; per-tensor activations, per-channel weights along the output channels; Q/DQ
+on the inputs of Conv, ConvTranspose, Gemm and MatMul and on the skip input of a residual Add, none
+on the outputs of weighted ops (TensorRT chooses output precisions itself); the bias stays float
+(TensorRT adds it in the kernel's epilogue); Concat inputs share one scale; pooling ops quantized
+only when a quantized op reads their output, with their input's scale; LayerNormalization,
+Softmax and Gelu stay in higher precision, and a MatMul that reads a Softmax stays float with them
+(a half-quantized MatMul runs in float). The float remainder is FP16 (``float_remainder``), with
+FP32 islands where the calibrated ranges overflow FP16 (``float-islands``). ``precision="fp8"``:
+the same placement with FLOAT8E4M3FN Q/DQ (opset 19).
 
 ``cuda``: onnxruntime's CUDA provider, the target of FP16 and BF16 graphs. A node that has no kernel
 for the low-precision type there would make the session fall back to the CPU provider, which has
@@ -34,10 +43,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from qonnx import qdq_rules
 from qonnx.errors import UserError
 from qonnx.policy import MixedPrecisionPolicy, QuantSpec, Rule
 
-__all__ = ["Target", "TARGETS", "get_target", "WEIGHT_AXIS_OPS", "WEIGHT_ONLY_OPS", "RECURRENT_OPS", "FLOAT_COMPUTE_OPS", "FLOAT_PRECISIONS", "default_target"]
+__all__ = ["FP8_OPSET", "FP8_TYPES", "Target", "TARGETS", "get_target", "WEIGHT_AXIS_OPS", "WEIGHT_ONLY_OPS", "RECURRENT_OPS", "FLOAT_COMPUTE_OPS", "FLOAT_PRECISIONS", "default_target"]
 
 FLOAT_PRECISIONS = ("fp16", "bf16")
 
@@ -55,6 +65,13 @@ DATA_MOVEMENT_OPS = (
     "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Gather",
     "Expand", "Tile", "MaxPool", "Resize", "Split",
 )  # fmt: skip
+POOLING_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
+# Element-wise activations TensorRT fuses into the op before them (Conv + Add + Relu): a residual
+# Add whose output reaches a quantized op through them is quantized.
+ACTIVATION_OPS = ("Relu", "LeakyRelu", "Clip", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Softplus")
+FP8_TYPES = {"e4m3": "float8e4m3fn", "e5m2": "float8e5m2"}
+# QuantizeLinear/DequantizeLinear take FLOAT8 types from this opset on.
+FP8_OPSET = 19
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,10 +106,33 @@ class Target:
     # Whether the provider runs block-quantized weights (MatMulNBits, GatherBlockQuantized, blocked
     # DequantizeLinear): precision "int4".
     weight_only: bool = False
+    # Whether it runs FLOAT8 Q/DQ (precision "fp8").
+    fp8: bool = False
+    # Ops whose inputs and output share one scale when quantized (the op then moves INT8 data).
+    shared_scale_ops: tuple[str, ...] = ("Concat",)
+    # An Add is quantized only as a residual Add, and then only on its skip input(s): the inputs
+    # not made by a weighted op (TensorRT fuses the other into the weighted op's epilogue).
+    residual_adds: bool = False
+    # Ops kept in higher precision; a weighted op that reads one of their outputs stays float too.
+    float_ops: tuple[str, ...] = ()
+    # Ops through which an integer op's readers are followed to find a quantized consumer.
+    transparent_ops: tuple[str, ...] = ()
+    # The bias of a quantized Conv/Gemm as INT32 behind a DequantizeLinear (False: left float).
+    int32_bias: bool = True
+    # The format of what is not quantized, in an INT8/FP8 run: "fp32", or "fp16" (FP32 islands
+    # where the calibrated ranges overflow FP16). ``QuantizeConfig.float_remainder`` overrides it.
+    float_remainder: str = "fp32"
+    # The ids of the ``qonnx.qdq_rules`` rules the placement follows and ``qonnx check`` verifies.
+    rules: tuple[str, ...] = ()
+    # Whether the graph is meant for onnxruntime's CPU integer kernels (fidelity measured with them);
+    # else the provider has kernels of its own and fidelity is measured with reference Q/DQ.
+    cpu_fused_kernels: bool = False
 
     @property
     def precisions(self) -> tuple[str, ...]:
         offered = ["int8", "int4"] if self.weight_only else ["int8"]
+        if self.fp8:
+            offered.append("fp8")
         if self.no_fp16_kernel is not None:
             offered.append("fp16")
         if self.bf16_kernels is not None:
@@ -111,8 +151,15 @@ class Target:
     def quantized_ops(self) -> tuple[str, ...]:
         return self.weighted_ops + self.integer_ops + self.passthrough_ops + self.recurrent_ops
 
+    def qdq_spec(self, precision: str = "int8", fp8_activations: str = "e4m3") -> QuantSpec:
+        """The spec of a quantized node: the target's INT8 spec, or its FP8 twin (FLOAT8E4M3FN
+        weights, ``fp8_activations`` E4M3 or E5M2 activations, symmetric, per-channel weights)."""
+        if precision != "fp8":
+            return self.int8
+        return QuantSpec("fp8", activation_dtype=FP8_TYPES[fp8_activations], weight_dtype="float8e4m3fn", symmetric_activations=True, per_channel=True)
+
     def policy(
-        self, precision: str, mode: str = "static", reduce_range: bool | None = False, *, saturating_cpu: bool = False
+        self, precision: str, mode: str = "static", reduce_range: bool | None = False, *, saturating_cpu: bool = False, fp8_activations: str = "e4m3"
     ) -> MixedPrecisionPolicy:
         """The default policy: every op the target quantizes, in INT8; or the whole graph in FP16/BF16.
 
@@ -128,6 +175,9 @@ class Target:
             raise ValueError(f"precision {precision!r} is not supported for target {self.name!r} (supported: {', '.join(self.precisions)})")
         if precision == "int4":
             return self.weight_only_policy()
+        if precision == "fp8":
+            spec = self.qdq_spec("fp8", fp8_activations)
+            return MixedPrecisionPolicy(rules=[Rule(spec, op_type=op) for op in self.quantized_ops if op not in self.recurrent_ops])
         if precision != "int8":
             return MixedPrecisionPolicy(QuantSpec(precision))
         if reduce_range is None:
@@ -182,13 +232,26 @@ TARGETS = {
         recurrent_ops=RECURRENT_OPS,
         seven_bit_ops_without_vnni=("Conv", "ConvTranspose", "Gemm"),
         weight_only=True,
+        rules=tuple(rule.id for rule in qdq_rules.rules_for("cpu")),
+        cpu_fused_kernels=True,
     ),
     "tensorrt": Target(
         name="tensorrt",
         providers=("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
         int8=QuantSpec("int8", activation_dtype="int8", symmetric_activations=True, per_channel=True),
-        integer_ops=("Add",),
+        weighted_ops=qdq_rules.TRT_WEIGHTED_OPS,
+        integer_ops=("Add", "Concat", *POOLING_OPS),
         quantize_outputs=False,
+        fp8=True,
+        shared_scale_ops=("Concat", *POOLING_OPS),
+        residual_adds=True,
+        float_ops=qdq_rules.TRT_FLOAT_OPS,
+        transparent_ops=(*ACTIVATION_OPS, *DATA_MOVEMENT_OPS),
+        int32_bias=False,
+        float_remainder="fp16",
+        # (onnxruntime's TensorRT provider hands the nodes TensorRT cannot build to the CUDA provider)
+        no_fp16_kernel=_CUDA_NO_FP16,
+        rules=tuple(rule.id for rule in qdq_rules.rules_for("tensorrt")),
     ),
     "cuda": Target(
         name="cuda",
@@ -203,7 +266,10 @@ TARGETS = {
 
 
 def default_target(precision: str) -> str:
-    """The target a precision gets when none is named: FP16/BF16 graphs are for the CUDA provider."""
+    """The target a precision gets when none is named: FP16/BF16 graphs are for the CUDA provider,
+    FP8 Q/DQ graphs for TensorRT."""
+    if precision == "fp8":
+        return "tensorrt"
     return "cuda" if precision in FLOAT_PRECISIONS else "cpu"
 
 

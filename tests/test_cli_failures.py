@@ -323,7 +323,7 @@ BAD: list[Bad] = [
     Bad("percentile-out-of-range", lambda ws: ws.quantize("--method", "percentile", "--percentile", "120"), "percentile must be in (50, 100], not 120"),
     Bad("memory-budget-unreadable", lambda ws: ws.quantize("--calib-memory", "plenty"), "cannot read 'plenty' as a size"),
     Bad("unknown-method", lambda ws: ws.quantize("--method", "kl"), "--method: 'kl' is not one of minmax, moving-minmax, percentile, entropy, mse"),
-    Bad("unknown-precision", lambda ws: ws.quantize("--precision", "fp8"), "--precision: 'fp8' is not one of int8, int4, fp16, bf16"),
+    Bad("unknown-precision", lambda ws: ws.quantize("--precision", "fp4"), "--precision: 'fp4' is not one of int8, int4, fp8, fp16, bf16"),
     Bad("size-unreadable", lambda ws: ws.quantize("--size", "320y240"), "expected HxW such as 320x320, got '320y240'"),
     Bad("mean-of-two-numbers", lambda ws: ws.quantize("--mean", "0.5,0.5"), "expected one or three numbers, got '0.5,0.5'"),
     Bad("std-zero", lambda ws: ws.quantize("--std", "0"), "std values must be non-zero"),

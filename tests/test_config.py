@@ -33,7 +33,7 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: QuantizeConfig(precision="fp8"), "precision: 'fp8' is not one of int8, int4, fp16, bf16"),
+        (lambda: QuantizeConfig(precision="fp4"), "precision: 'fp4' is not one of int8, int4, fp8, fp16, bf16"),
         (lambda: QuantizeConfig(mode="online"), "mode: 'online' is not one of static, dynamic"),
         (lambda: QuantizeConfig(target="npu"), "target: 'npu' is not one of cpu, tensorrt, cuda"),
         (lambda: QuantizeConfig(precision="fp16", target="cpu"), "target: cpu does not take precision fp16 (it takes: int8, int4)"),

@@ -1,0 +1,62 @@
+"""Roles nodes play in a target's Q/DQ placement, read from the graph around them.
+
+* A **residual Add** adds two computed tensors, one of them made by a weighted op (Conv, Gemm,
+  MatMul, or such an op followed by an Add of a constant bias): the skip connection of ResNet-style
+  blocks and transformer layers. TensorRT fuses the weighted op's output into the Add (the kernel's
+  epilogue adds the residual), so only the *skip* input takes a Q/DQ (TensorRT developer guide,
+  "Q/DQ Layer-Placement Recommendations"). When both inputs come from weighted ops, the second is
+  the one quantized (either can be fused).
+* A weighted op that **reads an op kept in higher precision** (``Target.float_ops``: Softmax in
+  attention, LayerNormalization, Gelu), directly or through data-movement ops, would be
+  half-quantized: TensorRT runs such an op in float, so it stays float as a whole.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from qonnx import ir as qir
+from qonnx.targets import DATA_MOVEMENT_OPS, Target
+
+__all__ = ["residual_skip_inputs", "float_op_read", "made_by_weighted_op"]
+
+
+def made_by_weighted_op(value: ir.Value, target: Target) -> bool:
+    """Whether ``value`` is the output of a weighted op, or of an Add of a constant to one (a bias)."""
+    producer = value.producer()
+    if producer is None:
+        return False
+    if producer.op_type in target.weighted_ops:
+        return True
+    if producer.op_type == "Add" and len(producer.inputs) == 2:
+        computed = [v for v in producer.inputs if v is not None and not qir.is_float_constant(v) and qir.constant_array(v) is None]
+        return len(computed) == 1 and computed[0].producer() is not None and computed[0].producer().op_type in target.weighted_ops
+    return False
+
+
+def residual_skip_inputs(node: ir.Node, target: Target) -> list[int] | None:
+    """The indices of a residual Add's skip inputs (see the module docstring); None when ``node``
+    is not a residual Add (a constant operand, or no input made by a weighted op)."""
+    if node.op_type != "Add" or len(node.inputs) != 2 or any(v is None or qir.constant_array(v) is not None for v in node.inputs):
+        return None
+    from_weighted = [made_by_weighted_op(v, target) for v in node.inputs]
+    if not any(from_weighted):
+        return None
+    if all(from_weighted):
+        return [1]
+    return [i for i, weighted in enumerate(from_weighted) if not weighted]
+
+
+def float_op_read(node: ir.Node, target: Target) -> ir.Node | None:
+    """The op kept in higher precision whose output a weighted op's data input reads (through
+    data-movement ops), or None."""
+    if node.op_type not in target.weighted_ops or not target.float_ops:
+        return None
+    for value in node.inputs[:2]:
+        while value is not None and (producer := value.producer()) is not None:
+            if producer.op_type in target.float_ops:
+                return producer
+            if producer.op_type not in DATA_MOVEMENT_OPS or not producer.inputs:
+                break
+            value = producer.inputs[0]
+    return None
