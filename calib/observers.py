@@ -38,6 +38,7 @@ import numpy as np
 
 from qonnx.calib.histogram import CHUNK, StreamingHistogram
 from qonnx.errors import UserError
+from qonnx.fp8 import FLOAT8_FORMATS, Float8Format
 
 __all__ = [
     "Observer",
@@ -223,7 +224,8 @@ class MSE(ObserverFactory):
     """``MSEObserver``: the range of least expected squared quantization error.
 
     Attributes:
-        dtype: the integer type the range is for, a key of ``MSE_FORMATS`` (``uint8``, ``int8``).
+        dtype: the type the range is for, a key of ``MSE_FORMATS`` (``uint8``, ``int8``,
+            ``float8e4m3fn``, ``float8e5m2``).
         steps: candidate ranges, the observed one shrunk by ``k / steps``.
         bins: counters of the streaming histogram.
     """
@@ -647,9 +649,34 @@ class _Grid:
     symmetric: bool
 
 
-# Target formats of MSE calibration. A non-uniform format (FP8 E4M3) needs its own noise model:
-# the rounding noise of a value depends on its magnitude there, not on one step size.
-MSE_FORMATS = {"uint8": _Grid(256, symmetric=False), "int8": _Grid(255, symmetric=True)}
+# Target formats of MSE calibration: uniform integer grids, and the FP8 formats, whose rounding
+# noise depends on a value's magnitude, not on one step size (see _float8_rounding_cost).
+MSE_FORMATS: dict[str, _Grid | Float8Format] = {
+    "uint8": _Grid(256, symmetric=False),
+    "int8": _Grid(255, symmetric=True),
+    **FLOAT8_FORMATS,
+}
+
+
+def _float8_rounding_cost(centres: np.ndarray, counts: np.ndarray, scale: np.ndarray, fp8: Float8Format) -> np.ndarray:
+    """``Σ n · step(c)² / 12`` over the bins with ``|c| <= fmax · s``, for every scale ``s`` of ``scale``.
+
+    ``step(c) = s · 2**(max(floor(log2(|c| / s)), emin) - M)`` is constant on each binade
+    ``s·2ʲ <= |c| < s·2ʲ⁺¹`` (and on ``|c| < s·2^(emin+1)``, where the subnormals keep the step of
+    ``emin``), so the sum is ``s² / 12 · Σ_j N_j(s) · 4**(j - M)`` with ``N_j`` the count of the
+    binade: differences of the cumulative count of the sorted ``|c|`` at ``s·2ʲ``, a
+    ``candidates × binades`` array (15 binades for E4M3, 30 for E5M2).
+    """
+    order = np.argsort(np.abs(centres), kind="stable")
+    magnitudes = np.abs(centres)[order]
+    cumulative = np.concatenate([np.zeros(1), np.cumsum(counts[order])])
+    exponents = np.arange(fp8.min_exponent, fp8.max_exponent + 1)
+    edges = scale[:, None] * np.ldexp(1.0, exponents[1:])[None, :]  # s·2ʲ, j = emin + 1 … emax
+    below = cumulative[np.searchsorted(magnitudes, edges)]  # counts with |c| < s·2ʲ
+    inside = cumulative[np.searchsorted(magnitudes, fp8.max * scale, side="right")]  # |c| <= fmax·s
+    bounds = np.concatenate([np.zeros((scale.size, 1)), below, inside[:, None]], axis=1)
+    per_binade = np.diff(bounds, axis=1)  # N_j for j = emin … emax
+    return scale**2 / 12.0 * (per_binade @ np.ldexp(1.0, 2 * (exponents - fp8.mantissa_bits)))
 
 
 class MSEObserver(HistogramObserver):
@@ -661,6 +688,13 @@ class MSEObserver(HistogramObserver):
     (each bin counted at its centre, weighted by its count) costs ``s² / 12`` inside the range
     (uniform rounding noise) and ``d²`` outside, ``d`` its distance to the range (clipping):
     ``E(α) = Σ_bins n · (d² if clipped else s² / 12)``; the ``α`` with the smallest ``E`` wins.
+
+    FP8 (``float8e4m3fn``, ``float8e5m2``) is symmetric, ``[-α·m, α·m]`` with the scale
+    ``s = α·m / fmax`` (448, 57344), and its grid is not uniform: a value inside costs
+    ``step(x)² / 12`` with ``step(x) = s · 2**(max(floor(log2(|x| / s)), emin) - M)`` (``emin``
+    -6 and ``M`` 3 for E4M3, -14 and 2 for E5M2; the subnormals below ``s·2^emin`` keep the step
+    of ``emin``), so ``E(α) = Σ_bins n · (d² if clipped else step(c)² / 12)``. The step grows with
+    ``|x|``: a wide range costs the small values little, and FP8 clips less than INT8 does.
     """
 
     name: ClassVar[str] = "mse"
@@ -682,12 +716,11 @@ class MSEObserver(HistogramObserver):
         n = h.counts[occupied]
         centres = np.clip((occupied + h.start + 0.5) * h.width, h.lo, h.hi)
         alpha = np.arange(1, self.steps + 1) / self.steps
-        if grid.symmetric:
+        if isinstance(grid, Float8Format) or grid.symmetric:
             m = max(abs(h.lo), abs(h.hi))
             lo, hi = -alpha * m, alpha * m
         else:
             lo, hi = alpha * min(h.lo, 0.0), alpha * max(h.hi, 0.0)
-        step = (hi - lo) / (grid.levels - 1)
         # Prefix sums of n, n·c and n·c² turn each candidate's sums over the clipped bins (below lo,
         # above hi) into differences: Σ n (c - t)² = Σ n c² - 2 t Σ n c + t² Σ n.
         zero = np.zeros(1)
@@ -696,8 +729,12 @@ class MSEObserver(HistogramObserver):
         above = np.searchsorted(centres, hi, side="right")  # bins [above, M) have c > hi
         low_cost = s2[below] - 2 * lo * s1[below] + lo**2 * s0[below]
         high_cost = (s2[-1] - s2[above]) - 2 * hi * (s1[-1] - s1[above]) + hi**2 * (s0[-1] - s0[above])
-        inside = s0[above] - s0[below]
-        return lo, hi, low_cost + high_cost + inside * step**2 / 12.0
+        if isinstance(grid, Float8Format):
+            rounding_cost = _float8_rounding_cost(centres, n, hi / grid.max, grid)
+        else:
+            step = (hi - lo) / (grid.levels - 1)
+            rounding_cost = (s0[above] - s0[below]) * step**2 / 12.0
+        return lo, hi, low_cost + high_cost + rounding_cost
 
     def _range(self) -> tuple[float, float]:
         lo, hi, error = self.candidates()

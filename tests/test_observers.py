@@ -307,7 +307,7 @@ def test_observer_settings_are_checked():
         make_observer("minmax", lo=1.0)  # state, not settings
     with pytest.raises(UserError, match="^unknown calibration method 'kl'; known: minmax, moving-minmax, percentile, entropy, mse$"):
         factory_for("kl")
-    with pytest.raises(UserError, match="^MSE calibration supports uint8, int8, not 'float8'$"):
+    with pytest.raises(UserError, match="^MSE calibration supports uint8, int8, float8e4m3fn, float8e5m2, not 'float8'$"):
         make_observer("mse", dtype="float8")
     # The percentile lies in (50, 100]
     for bad in (50, 100.5):
@@ -889,7 +889,7 @@ def test_factories_are_frozen_values():
         (lambda: MovingAverageMinMax(1.5), r"^averaging_constant must be in \(0, 1\], not 1.5$"),
         (lambda: Entropy(quantized_bins=1), r"^quantized_bins must be in \[2, fine_bins=2048\], not 1$"),
         (lambda: Entropy(quantized_bins=65, fine_bins=64), r"^quantized_bins must be in \[2, fine_bins=64\], not 65$"),
-        (lambda: MSE(dtype="float8"), r"^MSE calibration supports uint8, int8, not 'float8'$"),
+        (lambda: MSE(dtype="float8"), r"^MSE calibration supports uint8, int8, float8e4m3fn, float8e5m2, not 'float8'$"),
         (lambda: factory_for("kl"), r"^unknown calibration method 'kl'; known: minmax, moving-minmax, percentile, entropy, mse$"),
     ],
 )
