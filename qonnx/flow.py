@@ -177,7 +177,11 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
     fp16_remainder = config.effective_float_remainder == "fp16"
     if config.pipeline is None and (config.precision == "fp8" or fp16_remainder):
         # FLOAT8 Q/DQ, and Q/DQ with FP16 scales (the FP16 remainder), exist from opset 19 on
-        steps.insert(1, PipelineStep("upgrade-opset", {"min_version": FP8_OPSET}))
+        at = next((i for i, step in enumerate(steps) if step.name == "upgrade-opset"), None)
+        if at is None:
+            steps.insert(0, PipelineStep("upgrade-opset", {"min_version": FP8_OPSET}))
+        else:
+            steps[at] = PipelineStep("upgrade-opset", {"min_version": max(steps[at].options.get("min_version", 13), FP8_OPSET)})
     if config.pipeline is None and fp16_remainder and "calibrate" in names and "float-islands" not in names:
         at = [s.name for s in steps].index("calibrate") + 1  # FP32 islands where the calibrated ranges overflow FP16
         steps[at:at] = [PipelineStep("float-islands", {"precision": "fp16"})]

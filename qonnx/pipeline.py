@@ -230,11 +230,11 @@ INT4_PIPELINE = "normalize,resolve-policy,quantize-weights,remove-dead,finalize,
 def default_pipeline(precision: str = "int8", *, calibrated: bool = True, keep_io_types: bool = True) -> str:
     """The pipeline a precision runs when none is given.
 
-    INT8: ``DEFAULT_PIPELINE``. INT4: ``INT4_PIPELINE``. FP16/BF16: calibration only when data is given (its ranges are then
+    INT8 and FP8: ``DEFAULT_PIPELINE``. INT4: ``INT4_PIPELINE``. FP16/BF16: calibration only when data is given (its ranges are then
     the evidence for FP32 islands, and ``float-sensitivity`` measures the converted graph on it),
     then ``float-islands`` and ``convert-float``.
     """
-    if precision == "int8":
+    if precision in ("int8", "fp8"):
         return DEFAULT_PIPELINE
     if precision == "int4":
         return INT4_PIPELINE

@@ -86,6 +86,12 @@ def _advice(precision: str, mode: str, has_matmul: bool, metric: str, threshold:
             "--embedding-bits 8, or 8 bits for the lm_head by a policy rule on its name",
             "--calib DATA (AWQ rounding from its activations, the default with data)",
         ]
+    if precision == "fp8":
+        return [
+            "--fp8-activations e5m2 (more range for activations with outliers)",
+            "--precision int8 (TensorRT INT8: finer steps near the calibrated maximum)",
+            "--exclude NODE for the layers named in the report (they stay FP16)",
+        ]
     if precision != "int8":
         return ["--calib DATA (FP32 islands measured on real data)", "--precision fp16 instead of bf16" if precision == "bf16" else "--exclude NODE for the layers named in the report"]
     advice = [f"--policy auto --metric {metric} --min {threshold:g} (keep the most sensitive layers in float)"]

@@ -631,8 +631,9 @@ def test_a_constant_operand_of_add_and_mul_is_stored_in_the_activation_type():
     assert not {"k", "k2"} & set(model.graph.initializers)
 
 
-def test_tensorrt_stores_a_constant_operand_of_add_symmetric():
-    """tensorrt: symmetric INT8, scale max|k| / 127, for the residual-style Add before a Conv."""
+def test_tensorrt_leaves_an_add_of_a_constant_float_with_the_reason():
+    """tensorrt quantizes only residual Adds (two computed inputs, one from a weighted op): an Add of
+    a constant is a bias TensorRT adds in float, so the constant stays float and the plan says why."""
     constant = np.float32([-1.5, 0.5, 2.0])
     nodes = [
         helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
@@ -646,11 +647,12 @@ def test_tensorrt_stores_a_constant_operand_of_add_symmetric():
     ]
     proto = _model(nodes, [_vi("x", [1, 2, 3, 3])], [_vi("y", [1, 2, 3, 3])], inits)
     model, _ = _quantize(proto, _feeds([1, 2, 3, 3], [0, 0]), target="tensorrt")
-    q, scale, zp, _ = _dq(_node(model, "add").inputs[1])
-    expected_scale = np.float32(2.0) / np.float32(127)
-    np.testing.assert_allclose(scale, expected_scale, rtol=FLOAT32_RTOL)
-    assert zp.dtype == np.int8 and int(zp) == 0
-    np.testing.assert_array_equal(q.ravel(), np.rint(constant / expected_scale))
+    add = _node(model, "add")
+    assert add.inputs[1].name == "k" and add.inputs[1].producer() is None  # the float constant itself
+    plan = json.loads(model.metadata_props["qonnx.plan"])
+    assert plan["reasons"]["add"].startswith("not a residual Add")
+    _, scale, zp, _ = _dq(_node(model, "conv2").inputs[0])  # the Conv after it is quantized, symmetric
+    assert zp.dtype == np.int8 and int(zp) == 0 and scale.size == 1
 
 
 def test_a_positive_constant_operand_range_starts_at_zero():
