@@ -18,6 +18,13 @@ Tensors joined by a passthrough op, and the inputs and output of a quantized Con
 a Concat copies bytes instead of requantizing. After Relu or Clip(0, …) the clamp's output is
 quantized in place of the op's (see ``output_to_quantize``).
 
+The tensorrt target adds its own placement rules, each a field of ``Target`` (``qonnx.targets``):
+only the skip inputs of residual Adds are quantized (``residual_adds``, ``qonnx.graph_roles``); an
+integer op is worth quantizing when a quantized op reads its output through ``transparent_ops``
+(Relu-like activations and data movement, which TensorRT fuses or commutes); pooling ops share
+their input's scale (``shared_scale_ops``); and no output of a weighted op takes a Q/DQ
+(``quantize_outputs``).
+
 A tensor that already has a DequantizeLinear producer (a model quantized before) is left alone.
 Recurrent ops (LSTM, GRU, RNN) in INT8 get their weights stored as integers and no activation
 Q/DQ: no kernel would consume one.

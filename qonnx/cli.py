@@ -152,6 +152,8 @@ examples:
   qonnx quantize encoder.onnx -o encoder.int8.onnx --mode dynamic
   qonnx quantize model.onnx -o model.int8.onnx --calib photos/ --exclude 'head/.*' --op-types Conv,Gemm
   qonnx quantize model.onnx -o model.fp16.onnx --precision fp16
+  qonnx quantize model.onnx -o model.trt.onnx --target tensorrt --calib photos/   # symmetric INT8, FP16 remainder
+  qonnx quantize model.onnx -o model.fp8.onnx --precision fp8 --calib photos/     # FLOAT8 E4M3 Q/DQ for TensorRT
   qonnx quantize llm.onnx -o llm.int4.onnx --precision int4 --block-size 32
   qonnx quantize llm.onnx -o llm.int4.onnx --precision int4 --weight-format qdq --embedding-bits 8
   qonnx quantize model.onnx -o model.int8.onnx --recipe recipes/cnn-cpu.toml --calib photos/
@@ -226,7 +228,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="{fp16,fp32}",
         help="int8/fp8: the format of the nodes left unquantized (default: fp16 for tensorrt, with FP32 islands where the calibrated ranges overflow FP16; fp32 elsewhere)",
     )
-    q.add_argument("--fp8-activations", metavar="{e4m3,e5m2}", help="fp8: the activations' type (default e4m3; e5m2 has more range, one mantissa bit less); weights are E4M3")
+    q.add_argument(
+        "--fp8-activations",
+        metavar="{e4m3,e5m2}",
+        help="fp8: the activations' type (default e4m3; e5m2 has more range, one mantissa bit less, and TensorRT takes only E4M3: qonnx check flags it); weights are E4M3",
+    )
     q.add_argument(
         "--mode",
         metavar="{static,dynamic}",
