@@ -31,6 +31,7 @@ import onnx_ir as ir
 from qonnx import metrics, runtime
 from qonnx.pipeline import Context, apply
 from qonnx.policy import node_spec, set_node_spec
+from qonnx.targets import get_target
 from qonnx.verdict import metric_value
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class Trials:
         self.candidates = [n.name for n in model.graph if node_spec(n.metadata_props).quantized]
         self.evaluations = 0
         self._setups: dict[int | None, TrialSetup] = {}
+        self._qdq_fusion = get_target(context.target).cpu_fused_kernels  # measured as the evaluation measures
 
     def quantized(self, int8: set[str] | None = None, formats: Formats | None = None) -> ir.Model:
         """A copy with Q/DQ for the nodes in ``int8`` (None: every node the plan quantizes), the
@@ -90,7 +92,7 @@ class Trials:
     def comparison(self, trial: ir.Model) -> metrics.Comparison:
         """Outputs of ``trial`` against the FP32 model's (one full-model evaluation)."""
         self.evaluations += 1
-        return metrics.compare(self.reference, runtime.session(trial), self.feeds, what="evaluation sample")
+        return metrics.compare(self.reference, runtime.session(trial, qdq_fusion=self._qdq_fusion), self.feeds, what="evaluation sample")
 
     def score(self, int8: set[str] | None = None, formats: Formats | None = None) -> float:
         """The metric of the plan with ``int8`` quantized (the others as ``formats`` says, else
@@ -98,7 +100,7 @@ class Trials:
         trial = self.quantized(int8, formats)
         if callable(self.metric):
             self.evaluations += 1
-            session = runtime.session(trial)
+            session = runtime.session(trial, qdq_fusion=self._qdq_fusion)
             return float(self.metric(self.reference, [session.run(feed) for feed in self.feeds]))
         return _value(self.metric, self.comparison(trial))
 
@@ -240,7 +242,7 @@ def run_trial(setup: TrialSetup, item: tuple[list[str] | None, str | None, dict[
     in the caller) the trial's outputs, one dict per feed."""
     int8, metric, formats = item
     trial = _plan_copy(setup.parsed(), setup.candidates, int8, setup.target, setup.precision, setup.mode, setup.reduce_range, setup.ranges, formats)
-    session = runtime.session(trial, threads=setup.threads)
+    session = runtime.session(trial, threads=setup.threads, qdq_fusion=get_target(setup.target).cpu_fused_kernels)
     if metric is None:
         return [session.run(feed) for feed in setup.feeds]
     return _value(metric, metrics.compare(setup.reference, session, setup.feeds, what="evaluation sample"))

@@ -13,13 +13,12 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from conftest import graph_model, value_info
 from onnx import TensorProto, helper, numpy_helper
 
 from qonnx import api, metrics, runtime
 from qonnx.config import ConfigError, QuantizeConfig
 from qonnx.qdq_check import check_model
-
-from conftest import graph_model, value_info
 
 RNG = np.random.default_rng(0)
 
