@@ -54,6 +54,21 @@ FORMAT_KEY = "qonnx.float_format"
 # island keeps them FP32. Every other op is free: its format only moves the island boundaries.
 COMPUTE_OPS = FLOAT_COMPUTE_OPS
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# Ops whose fused Q/DQ kernel in onnxruntime's CPU provider takes FP32 scales only (1.32:
+# QLinearConcat refuses FP16 scales at load): with their Q/DQ they stay FP32.
+_FP32_SCALE_KERNELS = ("Concat",)
+
+
+def _touches_fp32_kernel(node: ir.Node) -> bool:
+    """Whether ``node`` is such an op, or a Q/DQ on one of its inputs or its output."""
+    if node.op_type in _FP32_SCALE_KERNELS:
+        return True
+    if node.op_type == "DequantizeLinear":
+        return any(user.op_type in _FP32_SCALE_KERNELS for user, _ in node.outputs[0].uses())
+    if node.op_type == "QuantizeLinear":
+        producer = node.inputs[0].producer() if node.inputs[0] is not None else None
+        return producer is not None and producer.op_type in _FP32_SCALE_KERNELS
+    return False
 # Casts from these types to the key type keep every value exactly, so a Cast after them can read their input.
 _LOSSLESS_INTO = {
     ir.DataType.FLOAT: {ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT16, ir.DataType.UINT16, ir.DataType.BOOL},
@@ -178,11 +193,12 @@ class ConvertFloat(Pass):
                 kinds[node] = "fp32"
             elif any(s.role == "node" for s in node_slots.slots):
                 spec = node_spec(node.metadata_props)
-                with_qdq = self.qdq and (spec.quantized or node.op_type in _QDQ_OPS)
+                with_qdq = self.qdq and (spec.quantized or node.op_type in _QDQ_OPS) and not _touches_fp32_kernel(node)
                 wanted = (spec.format == precision or with_qdq) and node_slots.convertible
                 if node.op_type == "Constant" and "value" not in node.attributes:
                     wanted = False
-                kinds[node] = ("low" if node.op_type in COMPUTE_OPS else "free") if wanted else "fp32"
+                # (Q/DQ all low: the DequantizeLinears of one scale group, read by one fused kernel, share one scale type)
+                kinds[node] = ("low" if node.op_type in COMPUTE_OPS or with_qdq else "free") if wanted else "fp32"
         for holder in holder_nodes:
             kinds[holder] = "fp32"
             slots.setdefault(holder, NodeSlots((), False))

@@ -267,3 +267,33 @@ def test_plan_records_target_and_specs(tmp_path):
     assert plan["target"] == "tensorrt"
     assert plan["specs"]["fp8"]["activation_dtype"] == "float8e4m3fn" and plan["specs"]["fp8"]["weight_dtype"] == "float8e4m3fn"
     assert TensorProto.FLOAT8E4M3FN == ir.DataType.FLOAT8E4M3FN.value
+
+
+def test_fp16_remainder_keeps_concat_q_dq_fp32_so_onnxruntime_cpu_loads_it(tmp_path):
+    """onnxruntime fuses DQ → Concat → Q into QLinearConcat, whose scales must be FP32 (1.32 refuses
+    the model at load otherwise): a Concat and its Q/DQ stay FP32 in the FP16 remainder."""
+    nodes = [
+        helper.make_node("Conv", ["x", "Wa"], ["a"], name="conv_a"),
+        helper.make_node("Resize", ["a", "", "scales"], ["up"], name="resize", mode="nearest"),
+        helper.make_node("Conv", ["big", "Wb"], ["b"], name="conv_b"),
+        helper.make_node("Concat", ["up", "b"], ["c"], name="concat", axis=1),
+        helper.make_node("Conv", ["c", "Wc"], ["y"], name="conv_c"),
+    ]
+    inits = [
+        numpy_helper.from_array(_w(2, 2, 1, 1, seed=1), "Wa"),
+        numpy_helper.from_array(np.float32([1, 1, 2, 2]), "scales"),
+        numpy_helper.from_array(_w(2, 2, 1, 1, seed=2), "Wb"),
+        numpy_helper.from_array(_w(2, 4, 1, 1, seed=3), "Wc"),
+    ]
+    proto = graph_model(nodes, [value_info("x", [1, 2, 4, 4]), value_info("big", [1, 2, 8, 8])], [value_info("y", [1, 2, 8, 8])], inits)
+    source = tmp_path / "in.onnx"
+    onnx.save(proto, source)
+    feeds = [{"x": RNG.normal(0, 1, [1, 2, 4, 4]).astype(np.float32), "big": RNG.normal(0, 1, [1, 2, 8, 8]).astype(np.float32)} for _ in range(8)]
+    out = tmp_path / "out.onnx"
+    report = api.quantize(source, out, feeds, config=QuantizeConfig(target="tensorrt")).report
+    model = ir.load(out)
+    concat = _node(model, "concat")
+    scales = [v.producer().inputs[1].const_value.dtype for v in concat.inputs]
+    assert scales == [ir.DataType.FLOAT, ir.DataType.FLOAT]
+    assert report["nodes"]["conv_c"]["format"] == "int8" and check_model(model, "tensorrt") == []
+    runtime.session(out).run(feeds[0])  # with onnxruntime's Q/DQ fusion on, as a user's session has it
