@@ -363,6 +363,7 @@ def _verdict(config: QuantizeConfig, context: Context, *, token_inputs: bool, ha
         token_inputs=token_inputs,
         has_matmul=has_matmul,
         custom=custom,
+        auto_met=auto.achieved if (auto := context.records.get("auto_policy")) is not None and auto.met else None,
     )
 
 

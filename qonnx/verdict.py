@@ -78,8 +78,14 @@ def metric_value(metric: str, outputs: dict[str, dict[str, float]]) -> float | N
     return None
 
 
-def _advice(precision: str, mode: str, has_matmul: bool, metric: str, threshold: float) -> list[str]:
-    """What to try, as options of the command."""
+def _advice(precision: str, mode: str, has_matmul: bool, metric: str, threshold: float, auto_met: float | None = None) -> list[str]:
+    """What to try, as options of the command. ``auto_met``: the value ``--policy auto`` reached on
+    the calibration samples, when it met the target there (the held-out data then missed it)."""
+    if auto_met is not None:
+        return [
+            f"the auto plan met {metric} {auto_met:g} on the calibration samples, not on held-out data: calibrate on more, and more varied, data (--calib)",
+            f"--min above {threshold:g} for a margin",
+        ]
     if precision == "int4":
         return [
             "--block-size 16 (a scale per 16 weights)",
@@ -111,6 +117,7 @@ def judge(
     token_inputs: bool,
     has_matmul: bool,
     custom: float | None = None,
+    auto_met: float | None = None,
 ) -> Verdict:
     """The verdict of a run from its fidelity record (None: not measured). ``custom``: the value of
     a Python metric (``metric`` is then its name)."""
@@ -130,4 +137,4 @@ def judge(
     if value is None or threshold is None:
         return Verdict(metric, value, threshold, None, "not measured", chosen, [f"no output is shaped for {metric}: choose --metric sqnr"])
     met = bool(value >= threshold)
-    return Verdict(metric, round(value, 6), threshold, met, source, chosen, [] if met else _advice(precision, mode, has_matmul, metric, threshold))
+    return Verdict(metric, round(value, 6), threshold, met, source, chosen, [] if met else _advice(precision, mode, has_matmul, metric, threshold, auto_met))

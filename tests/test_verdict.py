@@ -92,3 +92,15 @@ def test_logits_of_token_inputs_are_judged_by_next_token_agreement():
     assert metric_value("top1", outputs) == 0.82
     # without token inputs (a float model whose output happens to be called logits): not a language model
     assert choose_metric(outputs, token_inputs=False)[0] == "sqnr"
+
+
+def test_an_auto_plan_that_met_the_target_on_calibration_data_but_not_held_out_says_so():
+    verdict = judge({"outputs": _BOXES}, metric="sqnr", minimum=30, precision="int8", mode="static", token_inputs=False, has_matmul=False, auto_met=32.56)
+    assert verdict.met is False
+    assert verdict.advice[0].startswith("the auto plan met sqnr 32.56 on the calibration samples, not on held-out data")
+    assert not any(a.startswith("--policy auto") for a in verdict.advice), "auto already ran: advising it again helps no one"
+
+
+def test_fp8_advice_names_fp8_options():
+    verdict = _judge(_BOXES, precision="fp8")
+    assert verdict.advice[0].startswith("--fp8-activations e5m2") and "--precision int8" in verdict.advice[1]
