@@ -50,7 +50,7 @@ bench-llm: $(INSTALLED)
 # The tensorrt target's acceptance: every kit model as qonnx cpu INT8, tensorrt INT8 and tensorrt FP8
 # (recorded as not available where qonnx does not offer it) beside onnxruntime's quantize_static; SQNR,
 # task metrics, size, whether the CPU provider runs each, and `qonnx check --target tensorrt` per rule.
-# No latency (about 7 minutes on 2 cores).
+# No latency (about 8 minutes on 2 cores).
 bench-trt: $(INSTALLED)
 	$(PY) benchmarks/trt_bench.py --out benchmarks/results
 
