@@ -195,7 +195,7 @@ class ResolvePolicy(Pass):
         seven_bit: set[str] = set()
         float_format = self.context.precision in FLOAT_PRECISIONS
         decided_ops = WEIGHT_ONLY_OPS if self.context.precision == "int4" else self.target.quantized_ops
-        weight_only_in_subgraphs = set(self.target.weighted_ops) | set(self.target.recurrent_ops)
+        weight_only_in_subgraphs = set(self.target.weighted_ops) | set(self.target.recurrent_ops) if self.target.subgraph_weight_only else set()
         candidates = []
         for node in model.graph.all_nodes():
             if float_format:

@@ -124,6 +124,10 @@ class Target:
     float_remainder: str = "fp32"
     # The ids of the ``qonnx.qdq_rules`` rules the placement follows and ``qonnx check`` verifies.
     rules: tuple[str, ...] = ()
+    # Whether weighted ops inside If/Loop/Scan bodies (where calibration cannot reach activations)
+    # get INT8 weights behind a DequantizeLinear with float activations. TensorRT runs such a
+    # half-quantized op in float (rule trt-weighted-inputs): there they stay float.
+    subgraph_weight_only: bool = True
     # Whether the graph is meant for onnxruntime's CPU integer kernels (fidelity measured with them);
     # else the provider has kernels of its own and fidelity is measured with reference Q/DQ.
     cpu_fused_kernels: bool = False
@@ -248,6 +252,7 @@ TARGETS = {
         float_ops=qdq_rules.TRT_FLOAT_OPS,
         transparent_ops=(*ACTIVATION_OPS, *DATA_MOVEMENT_OPS),
         int32_bias=False,
+        subgraph_weight_only=False,
         float_remainder="fp16",
         # (onnxruntime's TensorRT provider hands the nodes TensorRT cannot build to the CUDA provider)
         no_fp16_kernel=_CUDA_NO_FP16,

@@ -297,3 +297,33 @@ def test_fp16_remainder_keeps_concat_q_dq_fp32_so_onnxruntime_cpu_loads_it(tmp_p
     assert scales == [ir.DataType.FLOAT, ir.DataType.FLOAT]
     assert report["nodes"]["conv_c"]["format"] == "int8" and check_model(model, "tensorrt") == []
     runtime.session(out).run(feeds[0])  # with onnxruntime's Q/DQ fusion on, as a user's session has it
+
+
+def _if_conv_model():
+    """An If whose branches each hold a Conv with a constant weight (as Silero VAD's sample-rate If)."""
+    def branch(name, seed):
+        conv = helper.make_node("Conv", ["x", f"W{seed}"], [f"y{seed}"], name=f"conv_{name}")
+        weight = numpy_helper.from_array(_w(2, 2, 1, 1, seed=seed), f"W{seed}")
+        return helper.make_graph([conv], name, [], [value_info(f"y{seed}", [1, 2, 4, 4])], initializer=[weight])
+
+    node = helper.make_node("If", ["c"], ["y"], name="if", then_branch=branch("then", 1), else_branch=branch("else", 2))
+    inputs = [value_info("x", [1, 2, 4, 4]), value_info("c", [], TensorProto.BOOL)]
+    return graph_model([node], inputs, [value_info("y", [1, 2, 4, 4])])
+
+
+@pytest.mark.parametrize("target, weight_only", [("cpu", True), ("tensorrt", False)])
+def test_weights_inside_subgraphs_are_int8_weight_only_except_for_tensorrt(tmp_path, target, weight_only):
+    """Calibration cannot reach a subgraph's activations: the cpu target still stores its weights in
+    INT8 (weight-only); TensorRT would run such a half-quantized Conv in float (trt-weighted-inputs),
+    so there it stays float."""
+    source = tmp_path / "in.onnx"
+    onnx.save(_if_conv_model(), source)
+    feeds = [{"x": RNG.normal(0, 1, [1, 2, 4, 4]).astype(np.float32), "c": np.array(i % 2 == 0)} for i in range(8)]
+    out = tmp_path / "out.onnx"
+    report = api.quantize(source, out, feeds, config=QuantizeConfig(target=target, float_remainder="fp32" if target == "tensorrt" else None)).report
+    model = ir.load(out)
+    dequantizers = [n for g in model.graphs() for n in g if n.op_type == "DequantizeLinear"]
+    assert bool(dequantizers) is weight_only
+    if not weight_only:
+        assert report["nodes"]["conv_then"]["reason"].startswith("inside a subgraph")
+        assert check_model(model, "tensorrt") == []
