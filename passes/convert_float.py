@@ -53,22 +53,6 @@ FORMAT_KEY = "qonnx.float_format"
 # The ops the conversion is for (weights halved, tensor cores): always in the low format unless an
 # island keeps them FP32. Every other op is free: its format only moves the island boundaries.
 COMPUTE_OPS = FLOAT_COMPUTE_OPS
-_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-# Ops whose fused Q/DQ kernel in onnxruntime's CPU provider takes FP32 scales only (1.32:
-# QLinearConcat refuses FP16 scales at load): with their Q/DQ they stay FP32.
-_FP32_SCALE_KERNELS = ("Concat",)
-
-
-def _touches_fp32_kernel(node: ir.Node) -> bool:
-    """Whether ``node`` is such an op, or a Q/DQ on one of its inputs or its output."""
-    if node.op_type in _FP32_SCALE_KERNELS:
-        return True
-    if node.op_type == "DequantizeLinear":
-        return any(user.op_type in _FP32_SCALE_KERNELS for user, _ in node.outputs[0].uses())
-    if node.op_type == "QuantizeLinear":
-        producer = node.inputs[0].producer() if node.inputs[0] is not None else None
-        return producer is not None and producer.op_type in _FP32_SCALE_KERNELS
-    return False
 # Casts from these types to the key type keep every value exactly, so a Cast after them can read their input.
 _LOSSLESS_INTO = {
     ir.DataType.FLOAT: {ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT16, ir.DataType.UINT16, ir.DataType.BOOL},
@@ -127,10 +111,6 @@ class ConvertFloat(Pass):
     unknown_dim: the size assumed for a symbolic dimension when Casts are placed by tensor bytes.
     precision: fp16 or bf16 (default: the run's precision). Given in an INT8 run, only the nodes
         planned in it convert (FP16 islands of a mixed plan, after ``insert-qdq``); none: nothing.
-    qdq: in an INT8/FP8 run, the quantized nodes and the QuantizeLinear/DequantizeLinear around
-        them may take the low format too (their scales converted; opset 19 or later, where Q/DQ
-        take FP16 scales): TensorRT's FP16 remainder, where a quantized Conv reads FP16 from its
-        DequantizeLinear instead of FP32 behind a Cast.
     """
 
     name = "convert-float"
@@ -138,11 +118,11 @@ class ConvertFloat(Pass):
     preserves = frozenset({"plan"})
     analyses_required = frozenset({"plan"})
 
-    def __init__(self, context=None, *, keep_io_types: bool = True, unknown_dim: int = 64, precision: str | None = None, qdq: bool = False) -> None:
+    def __init__(self, context=None, *, keep_io_types: bool = True, unknown_dim: int = 64, precision: str | None = None) -> None:
         super().__init__(context)
         if precision is not None and precision not in FLOAT_PRECISIONS:
             raise UserError(f"convert-float: precision must be fp16 or bf16, not {precision!r}")
-        self.keep_io_types, self.unknown_dim, self.precision, self.qdq = keep_io_types, unknown_dim, precision, qdq
+        self.keep_io_types, self.unknown_dim, self.precision = keep_io_types, unknown_dim, precision
 
     @property
     def _precision(self) -> str:
@@ -192,13 +172,10 @@ class ConvertFloat(Pass):
             if node in holder_nodes:
                 kinds[node] = "fp32"
             elif any(s.role == "node" for s in node_slots.slots):
-                spec = node_spec(node.metadata_props)
-                with_qdq = self.qdq and (spec.quantized or node.op_type in _QDQ_OPS) and not _touches_fp32_kernel(node)
-                wanted = (spec.format == precision or with_qdq) and node_slots.convertible
+                wanted = node_spec(node.metadata_props).format == precision and node_slots.convertible
                 if node.op_type == "Constant" and "value" not in node.attributes:
                     wanted = False
-                # (Q/DQ all low: the DequantizeLinears of one scale group, read by one fused kernel, share one scale type)
-                kinds[node] = ("low" if node.op_type in COMPUTE_OPS or with_qdq else "free") if wanted else "fp32"
+                kinds[node] = ("low" if node.op_type in COMPUTE_OPS else "free") if wanted else "fp32"
         for holder in holder_nodes:
             kinds[holder] = "fp32"
             slots.setdefault(holder, NodeSlots((), False))

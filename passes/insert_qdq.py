@@ -260,11 +260,16 @@ class InsertQDQ(Pass):
         scale, zero_point = self._params(value.name, spec)
         users = list(value.uses())  # before the Q node below becomes a user too
         scale_v, zp_v = self._group_initializers_of(graph, value.name, scale, zero_point)
-        q = ir.node("QuantizeLinear", [value, scale_v, zp_v], name=qir.unique_name(graph, f"{value.name}_Q"))
+        dtype = ir.DataType.from_numpy(zero_point.dtype)
+        # FP8: the type by QuantizeLinear's output_dtype (opset 21), no zero point. onnxruntime 1.32
+        # reads an FP8 zero point as UINT8 and then drops a Relu before the Q as if it clamped.
+        params = [scale_v] if zp_v is None else [scale_v, zp_v]
+        attributes = {"output_dtype": int(dtype)} if zp_v is None else {}
+        q = ir.node("QuantizeLinear", [value, *params], attributes=attributes, name=qir.unique_name(graph, f"{value.name}_Q"))
         q.outputs[0].name = qir.unique_name(graph, f"{value.name}_q")
-        q.outputs[0].dtype = ir.DataType.from_numpy(zero_point.dtype)
+        q.outputs[0].dtype = dtype
         q.outputs[0].shape = value.shape
-        _dequantize_for(graph, value, q, [q.outputs[0], scale_v, zp_v], users)
+        _dequantize_for(graph, value, q, [q.outputs[0], *params], users)
         return True
 
     def _quantize_dynamically(self, graph: ir.Graph, value: ir.Value) -> None:
@@ -280,13 +285,14 @@ class InsertQDQ(Pass):
         dynamic.outputs[0].shape = value.shape
         _dequantize_for(graph, value, dynamic, list(dynamic.outputs), users)
 
-    def _group_initializers_of(self, graph, name, scale, zero_point) -> tuple[ir.Value, ir.Value]:
-        """One scale and one zero-point initializer per scale group, shared by all its Q/DQ nodes."""
+    def _group_initializers_of(self, graph, name, scale, zero_point) -> tuple[ir.Value, ir.Value | None]:
+        """One scale and one zero-point initializer per scale group, shared by all its Q/DQ nodes
+        (no zero point for FP8: it is 0, and the type is the Q's ``output_dtype``)."""
         root = self._placement.group_of[name]
         if root not in self._group_initializers:
             self._group_initializers[root] = (
                 qir.make_initializer(graph, f"{name}_scale", scale),
-                qir.make_initializer(graph, f"{name}_zp", zero_point),
+                None if quant.is_float8(zero_point.dtype) else qir.make_initializer(graph, f"{name}_zp", zero_point),
             )
         return self._group_initializers[root]
 
@@ -298,7 +304,7 @@ class InsertQDQ(Pass):
         scale_v, zp_v = self._group_initializers[root]
         q = quant.quantize(value.const_value.numpy(), scale, zero_point, zero_point.dtype)
         q_v = qir.make_initializer(graph, f"{name}_q", q)
-        dq = qir.make_dequantize(graph, [q_v, scale_v, zp_v], name)
+        dq = qir.make_dequantize(graph, [q_v, scale_v] + ([zp_v] if zp_v is not None else []), name)
         qir.insert_after_producer(graph, q_v, dq)  # (an initializer: before the first node)
         qir.redirect(list(value.uses()), dq.outputs[0])
         self._replaced.append(value)
@@ -314,7 +320,8 @@ class InsertQDQ(Pass):
         key = (data.dtype.str, data.shape, data.tobytes(), spec.activation_dtype, spec.symmetric_activations)
         if key not in self._dequantized_operands:  # HardSwish's "+3" and "/6" recur in every block: store once
             q = quant.quantize(data, scale, zero_point, zero_point.dtype)
-            self._dequantized_operands[key] = self._dequantize_constant(graph, value.name, q, scale, None, zero_point)
+            stored_zero_point = None if quant.is_float8(zero_point.dtype) else zero_point
+            self._dequantized_operands[key] = self._dequantize_constant(graph, value.name, q, scale, None, stored_zero_point)
         node.replace_input_with(index, self._dequantized_operands[key])
         self._replaced.append(value)
 
@@ -361,7 +368,7 @@ class InsertQDQ(Pass):
         if self.bias_correction and roles.weight == 1:
             self._correct_bias(graph, node, roles, weight, quant.dequantize(q, scale, 0, axis))
         # onnxruntime (1.32) forms QGemm only when the weight's DequantizeLinear names its zero point.
-        zero_point = np.zeros(np.shape(scale), dtype) if node.op_type == "Gemm" else None
+        zero_point = np.zeros(np.shape(scale), dtype) if node.op_type == "Gemm" and not quant.is_float8(dtype) else None
         return self._dequantize_constant(graph, value.name, q, scale, axis, zero_point)
 
     def _correct_bias(self, graph: ir.Graph, node: ir.Node, roles: NodeRoles, weight: np.ndarray, dequantized: np.ndarray) -> None:

@@ -218,7 +218,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument(
         "--precision",
         metavar="{int8,int4,fp8,fp16,bf16}",
-        help="int8 quantizes (default); fp8 quantizes to FLOAT8 E4M3 Q/DQ for TensorRT (opset 19); int4 stores MatMul/Gemm weights "
+        help="int8 quantizes (default); fp8 quantizes to FLOAT8 E4M3 Q/DQ for TensorRT (opset 21); int4 stores MatMul/Gemm weights "
         "and embeddings in 4-bit blocks, activations float, no data needed; fp16 and bf16 convert",
     )
     q.add_argument("--target", metavar="{cpu,tensorrt,cuda}", help="default: cpu for int8 and int4, cuda for fp16/bf16, tensorrt for fp8")

@@ -175,8 +175,7 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
         names = {s.name for s in steps}
         check_order([s.name for s in steps])
     fp16_remainder = config.effective_float_remainder == "fp16"
-    if config.pipeline is None and (config.precision == "fp8" or fp16_remainder):
-        # FLOAT8 Q/DQ, and Q/DQ with FP16 scales (the FP16 remainder), exist from opset 19 on
+    if config.pipeline is None and config.precision == "fp8":  # FP8 Q/DQ at FP8_OPSET (see qonnx.targets)
         at = next((i for i, step in enumerate(steps) if step.name == "upgrade-opset"), None)
         if at is None:
             steps.insert(0, PipelineStep("upgrade-opset", {"min_version": FP8_OPSET}))
@@ -188,7 +187,7 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
     wants_fp16 = fp16_remainder or (config.effective_target in ("cuda", "tensorrt") and config.policy is not None)
     if config.precision in ("int8", "fp8") and wants_fp16 and "insert-qdq" in names and "convert-float" not in names:
         at = [s.name for s in steps].index("insert-qdq") + 1  # the FP16 remainder, or the FP16 nodes of an auto or replayed plan; none: a no-op
-        steps[at:at] = [PipelineStep("convert-float", {"precision": "fp16", **({"qdq": True} if fp16_remainder else {})})]
+        steps[at:at] = [PipelineStep("convert-float", {"precision": "fp16"})]
     names = {s.name for s in steps}
     if evaluated:
         wanted = [PipelineStep("evaluate", {})]

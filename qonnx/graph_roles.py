@@ -6,8 +6,8 @@
   epilogue adds the residual), so only the *skip* input takes a Q/DQ (TensorRT developer guide,
   "Q/DQ Layer-Placement Recommendations"). When both inputs come from weighted ops, the second is
   the one quantized (either can be fused).
-* A weighted op that **reads an op kept in higher precision** (``Target.float_ops``: Softmax in
-  attention, LayerNormalization, Gelu), directly or through data-movement ops, would be
+* A weighted op that **reads an op whose output stays in higher precision**
+  (``Target.float_input_ops``: attention's Softmax), directly or through data-movement ops, would be
   half-quantized: TensorRT runs such an op in float, so it stays float as a whole.
 """
 
@@ -48,13 +48,13 @@ def residual_skip_inputs(node: ir.Node, target: Target) -> list[int] | None:
 
 
 def float_op_read(node: ir.Node, target: Target) -> ir.Node | None:
-    """The op kept in higher precision whose output a weighted op's data input reads (through
+    """The op of ``Target.float_input_ops`` whose output a weighted op's data input reads (through
     data-movement ops), or None."""
-    if node.op_type not in target.weighted_ops or not target.float_ops:
+    if node.op_type not in target.weighted_ops or not target.float_input_ops:
         return None
     for value in node.inputs[:2]:
         while value is not None and (producer := value.producer()) is not None:
-            if producer.op_type in target.float_ops:
+            if producer.op_type in target.float_input_ops:
                 return producer
             if producer.op_type not in DATA_MOVEMENT_OPS or not producer.inputs:
                 break

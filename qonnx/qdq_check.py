@@ -213,12 +213,11 @@ class _TensorrtChecker:
             self.add("trt-concat-shared-scale", [node, *(d for d, _, _ in known)], f"Concat inputs are dequantized with different scales or zero points ({scales})")
 
     def float_op(self, node: ir.Node) -> None:
-        """trt-float-ops: no DequantizeLinear before, no QuantizeLinear after."""
+        """trt-float-ops: not a DequantizeLinear before and a QuantizeLinear after (the op itself quantized)."""
         read = any(_producer(v, "DequantizeLinear") is not None for v in node.inputs if v is not None)
         written = [user for out in node.outputs for user in _consumers(out) if user.op_type == "QuantizeLinear"]
-        if read or written:
-            where = " and ".join(w for w, on in (("inputs", read), ("output", bool(written))) if on)
-            self.add("trt-float-ops", [node, *written], f"{node.op_type} is quantized ({where}); TensorRT keeps it in higher precision")
+        if read and written:
+            self.add("trt-float-ops", [node, *written], f"{node.op_type} is quantized (Q/DQ on its inputs and its output); TensorRT keeps it in higher precision")
 
 
 def _check_cpu(model: ir.Model) -> list[Violation]:

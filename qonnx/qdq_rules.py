@@ -90,7 +90,8 @@ RULES: tuple[QdqRule, ...] = (
     QdqRule(
         "trt-float-ops",
         "tensorrt",
-        "LayerNormalization, Softmax (attention) and Gelu stay in higher precision: no Q/DQ on their inputs or outputs",
+        "LayerNormalization, Softmax (attention) and Gelu stay in higher precision: never a DequantizeLinear on an input "
+        "and a QuantizeLinear on the output together (a Q on the output alone quantizes a reader's input)",
         "NVIDIA ModelOpt's ONNX quantizer (modelopt.onnx.quantization), op types left out of INT8 by default",
     ),
     QdqRule(

@@ -24,10 +24,10 @@ on the inputs of Conv, ConvTranspose, Gemm and MatMul and on the skip input of a
 on the outputs of weighted ops (TensorRT chooses output precisions itself); the bias stays float
 (TensorRT adds it in the kernel's epilogue); Concat inputs share one scale; pooling ops quantized
 only when a quantized op reads their output, with their input's scale; LayerNormalization,
-Softmax and Gelu stay in higher precision, and a MatMul that reads a Softmax stays float with them
-(a half-quantized MatMul runs in float). The float remainder is FP16 (``float_remainder``), with
+Softmax and Gelu stay in higher precision (never quantized on both sides; a reader's Q on their
+output is allowed), and a MatMul that reads a Softmax stays float (attention's probabilities times V). The float remainder is FP16 (``float_remainder``), with
 FP32 islands where the calibrated ranges overflow FP16 (``float-islands``). ``precision="fp8"``:
-the same placement with FLOAT8E4M3FN Q/DQ (opset 19).
+the same placement with FLOAT8E4M3FN Q/DQ (opset 21).
 
 ``cuda``: onnxruntime's CUDA provider, the target of FP16 and BF16 graphs. A node that has no kernel
 for the low-precision type there would make the session fall back to the CPU provider, which has
@@ -70,8 +70,9 @@ POOLING_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
 # Add whose output reaches a quantized op through them is quantized.
 ACTIVATION_OPS = ("Relu", "LeakyRelu", "Clip", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Softplus")
 FP8_TYPES = {"e4m3": "float8e4m3fn", "e5m2": "float8e5m2"}
-# QuantizeLinear/DequantizeLinear take FLOAT8 types from this opset on.
-FP8_OPSET = 19
+# QuantizeLinear/DequantizeLinear take FLOAT8 types from opset 19 on; FP8 graphs use 21, whose
+# QuantizeLinear names its type by ``output_dtype`` and needs no zero point (see insert-qdq).
+FP8_OPSET = 21
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,8 +114,9 @@ class Target:
     # An Add is quantized only as a residual Add, and then only on its skip input(s): the inputs
     # not made by a weighted op (TensorRT fuses the other into the weighted op's epilogue).
     residual_adds: bool = False
-    # Ops kept in higher precision; a weighted op that reads one of their outputs stays float too.
-    float_ops: tuple[str, ...] = ()
+    # Ops whose output a weighted op does not read quantized (attention's Softmax probabilities): a
+    # weighted op reading one stays float, as a whole.
+    float_input_ops: tuple[str, ...] = ()
     # Ops through which an integer op's readers are followed to find a quantized consumer.
     transparent_ops: tuple[str, ...] = ()
     # The bias of a quantized Conv/Gemm as INT32 behind a DequantizeLinear (False: left float).
@@ -249,7 +251,7 @@ TARGETS = {
         fp8=True,
         shared_scale_ops=("Concat", *POOLING_OPS),
         residual_adds=True,
-        float_ops=qdq_rules.TRT_FLOAT_OPS,
+        float_input_ops=("Softmax",),
         transparent_ops=(*ACTIVATION_OPS, *DATA_MOVEMENT_OPS),
         int32_bias=False,
         subgraph_weight_only=False,

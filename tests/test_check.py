@@ -96,7 +96,7 @@ def depthwise_conv(*, weight_zero_point=0, weight_axis=0) -> onnx.ModelProto:
     return g.model({"x": [1, 4, 8, 8]}, y)
 
 
-def attention_block(*, quantized_softmax=False, quantized_layernorm=False, weight_axis=1) -> onnx.ModelProto:
+def attention_block(*, quantized_softmax=False, quantized_layernorm=False, layernorm_feeds_matmul=False, weight_axis=1) -> onnx.ModelProto:
     """x [8, 16] → Q/DQ → three projections (MatMul, INT8 per-channel weights) → scores (MatMul of
     quantized q and kᵀ) → Softmax (float) → MatMul with quantized v → LayerNormalization (float)."""
     g = Graph()
@@ -106,6 +106,8 @@ def attention_block(*, quantized_softmax=False, quantized_layernorm=False, weigh
     v = g.node("MatMul", [x, g.weight("Wv", (16, 16), axis=1)], "proj_v")
     kt = g.node("Transpose", [k], "k_t", perm=[1, 0])
     scores = g.node("MatMul", [g.qdq(q), g.qdq(kt)], "scores")
+    if quantized_softmax:  # the Softmax between a DQ and a Q: TensorRT would run it in INT8
+        scores = g.qdq(scores)
     probs = g.node("Softmax", [scores], "probs", axis=-1)
     if quantized_softmax:
         probs = g.qdq(probs, 1 / 127)
@@ -113,6 +115,10 @@ def attention_block(*, quantized_softmax=False, quantized_layernorm=False, weigh
     if quantized_layernorm:
         context = g.qdq(context)
     y = g.node("LayerNormalization", [context, g.const("gamma", np.ones(16, np.float32)), g.const("beta", np.zeros(16, np.float32))], "norm", axis=-1)
+    if quantized_layernorm:
+        y = g.qdq(y)
+    if layernorm_feeds_matmul:  # a Q on the LayerNorm's output alone: the projection's input, allowed
+        y = g.node("MatMul", [g.qdq(y), g.weight("Wo", (16, 16), axis=1)], "proj_o")
     return g.model({"x": [8, 16]}, y)
 
 
@@ -182,8 +188,11 @@ def test_concat_inputs_with_different_scales():
 
 def test_quantized_softmax_and_layernorm():
     assert rules_broken(attention_block(quantized_softmax=True)) == {"trt-float-ops": [("probs", "probs_Q")]}
-    # the Q/DQ before the LayerNorm is also on a MatMul's output that only a float op reads
-    assert rules_broken(attention_block(quantized_layernorm=True)) == {"trt-no-output-qdq": [("context", "context_Q")], "trt-float-ops": [("norm",)]}
+    assert rules_broken(attention_block(quantized_layernorm=True)) == {"trt-float-ops": [("norm", "norm_Q")]}
+
+
+def test_a_q_on_a_layernorm_output_read_by_a_matmul_is_the_matmuls_input():
+    assert rules_broken(attention_block(layernorm_feeds_matmul=True)) == {}
 
 
 def test_every_rule_has_a_statement_and_a_source():

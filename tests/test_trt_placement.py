@@ -195,46 +195,56 @@ def test_depthwise_conv_weights_are_per_output_channel_along_axis_0(tmp_path):
     assert check_model(model, "tensorrt") == []
 
 
-def test_the_float_remainder_is_fp16_with_fp16_scales_at_opset_19(tmp_path):
-    model, report, feeds = _quantize(tmp_path, _residual_block(), [1, 3, 8, 8])
-    assert model.opset_imports[""] >= 19, "Q/DQ take FP16 scales from opset 19 on"
-    assert report["nodes"]["relu1"]["format"] == "fp16" and report["nodes"]["conv1"]["format"] == "int8"
-    scales = [n.inputs[1].const_value.dtype for n in model.graph if n.op_type == "DequantizeLinear"]
-    assert scales and set(scales) == {ir.DataType.FLOAT16}
+def test_the_float_remainder_is_fp16_and_the_q_dq_stay_fp32(tmp_path):
+    """The unquantized nodes run in FP16; the quantized ones and their Q/DQ keep FP32 scales, so that
+    onnxruntime's CPU provider computes the same with its fused kernels as with reference Q/DQ (with
+    FP16 scales its fallback path gave -7 dB on EfficientNet-Lite0 against 16 dB)."""
+    model, report, feeds = _quantize(tmp_path, _attention_block(), [1, 4, 8])
+    # The MatMul reading the Softmax computes in FP16; the quantized projections stay INT8
+    assert report["nodes"]["pv"]["format"] == "fp16" and report["nodes"]["proj_q"]["format"] == "int8"
+    scales = {n.inputs[1].const_value.dtype for n in model.graph if n.op_type == "DequantizeLinear"}
+    assert scales == {ir.DataType.FLOAT}
+    assert any(n.op_type == "Cast" for n in model.graph), "Casts at the borders of the FP16 remainder"
     assert [v.dtype for v in model.graph.inputs] == [ir.DataType.FLOAT] and [v.dtype for v in model.graph.outputs] == [ir.DataType.FLOAT]
     assert check_model(model, "tensorrt") == []
-    # Against the FP32-remainder output on the same data: FP16's 11-bit significand adds little to
-    # INT8's rounding, so the SQNR against FP32 stays within 3 dB of it.
+    fused, reference = runtime.session(model), runtime.session(model, qdq_fusion=False)
+    for feed in feeds[:4]:
+        # INT8 sums are exact in both; only the order of float rescaling differs: a few FP16 ulps
+        expected = reference.run(feed)["y"]
+        np.testing.assert_allclose(fused.run(feed)["y"], expected, rtol=0, atol=0.02 * float(np.abs(expected).max()))
     (tmp_path / "fp32").mkdir()
-    fp32_model, fp32_report, _ = _quantize(tmp_path / "fp32", _residual_block(), [1, 3, 8, 8], float_remainder="fp32")
-    fp16_db = report["fidelity"]["outputs"]["y"]["sqnr_db"]
-    fp32_db = fp32_report["fidelity"]["outputs"]["y"]["sqnr_db"]
-    assert fp16_db > fp32_db - 3
-    assert not any(n.inputs[1].const_value.dtype == ir.DataType.FLOAT16 for n in fp32_model.graph if n.op_type == "DequantizeLinear")
+    fp32_model, fp32_report, _ = _quantize(tmp_path / "fp32", _attention_block(), [1, 4, 8], float_remainder="fp32")
+    assert not any(n.op_type == "Cast" for n in fp32_model.graph)
+    # FP16's 11-bit significand adds little to INT8's rounding: within 3 dB of the FP32 remainder
+    assert report["fidelity"]["outputs"]["y"]["sqnr_db"] > fp32_report["fidelity"]["outputs"]["y"]["sqnr_db"] - 3
     assert report["fidelity"]["qdq"] == "reference"
 
 
 def test_fp8_graph_is_e4m3_with_zero_points_0_and_close_to_fp32(tmp_path):
     model, report, feeds = _quantize(tmp_path, _residual_block(), [1, 3, 8, 8], precision="fp8")
-    assert model.opset_imports[""] >= 19
-    zero_points = _zero_points(model)
+    assert model.opset_imports[""] >= 21
     types = {n.inputs[0].const_value.dtype for n in model.graph if n.op_type == "DequantizeLinear" and n.inputs[0].const_value is not None}
     assert types == {ir.DataType.FLOAT8E4M3FN}, "weights stored as E4M3"
-    assert zero_points and all(zp.dtype.name == "float8_e4m3fn" and not zp.astype(np.float32).any() for zp in zero_points)
+    quantizers = [n for n in model.graph if n.op_type == "QuantizeLinear"]
+    # (no zero point: FP8's is 0, and onnxruntime 1.32 misreads an FP8 zero point as UINT8, then
+    # drops the Relu before the Q as if it clamped: -5.6 dB on this block instead of 22)
+    assert quantizers and all(len(q.inputs) == 2 and q.attributes.get_int("output_dtype") == ir.DataType.FLOAT8E4M3FN for q in quantizers)
+    assert _zero_points(model) == []
     assert check_model(model, "tensorrt") == []
     # E4M3 keeps 3 mantissa bits: each rounding errs by at most 2⁻⁴ relative (about 30 dB for one
     # tensor); activations and weights of three Convs compound to well above 20 dB.
     assert report["fidelity"]["outputs"]["y"]["sqnr_db"] > 20
     reference = runtime.session(tmp_path / "in.onnx").run(feeds[0])["y"]
-    got = runtime.session(model, qdq_fusion=False).run(feeds[0])["y"]
-    assert metrics.sqnr_db(reference, got) > 20
+    for fused in (True, False):  # onnxruntime's default optimizations keep the Relus
+        got = runtime.session(tmp_path / "out.onnx", qdq_fusion=fused).run(feeds[0])["y"]
+        assert metrics.sqnr_db(reference, got) > 20
 
 
 def test_fp8_e5m2_activations_are_offered_and_flagged_by_the_tensorrt_check(tmp_path):
     """E5M2 activations (more range, 2 mantissa bits) run on onnxruntime, but TensorRT's Q/DQ take
     E4M3: ``qonnx check`` says so rather than letting the graph pass."""
     model, report, _ = _quantize(tmp_path, _residual_block(), [1, 3, 8, 8], precision="fp8", fp8_activations="e5m2")
-    activation_types = {n.inputs[2].const_value.dtype for n in model.graph if n.op_type == "QuantizeLinear"}
+    activation_types = {n.attributes.get_int("output_dtype") for n in model.graph if n.op_type == "QuantizeLinear"}
     assert activation_types == {ir.DataType.FLOAT8E5M2}
     rules = {v["rule"] for v in report["target_rules"]["violations"]}
     assert rules == {"trt-symmetric"}
@@ -271,7 +281,8 @@ def test_plan_records_target_and_specs(tmp_path):
 
 def test_fp16_remainder_keeps_concat_q_dq_fp32_so_onnxruntime_cpu_loads_it(tmp_path):
     """onnxruntime fuses DQ → Concat → Q into QLinearConcat, whose scales must be FP32 (1.32 refuses
-    the model at load otherwise): a Concat and its Q/DQ stay FP32 in the FP16 remainder."""
+    the model at load otherwise): a Concat between Resize and Conv keeps its Q/DQ FP32 in the FP16
+    remainder."""
     nodes = [
         helper.make_node("Conv", ["x", "Wa"], ["a"], name="conv_a"),
         helper.make_node("Resize", ["a", "", "scales"], ["up"], name="resize", mode="nearest"),
