@@ -20,7 +20,10 @@ activation chain, an attention block, or a single node), ranked by its group sco
 moves whole units, the return pass single nodes. On the ``cpu`` target (static mode), the MatMuls
 left in the fallback then try dynamic INT8 (``QuantSpec.dynamic``: activations quantized at run
 time from each input's own range, which an outlier-heavy or input-dependent activation needs),
-all at once, else one by one; a MatMul keeps dynamic INT8 where the target holds, float otherwise.
+all at once, else one by one; a MatMul keeps dynamic INT8 where the target holds; those still float
+then try INT4 weight-only (``int4=true``, the default where the target runs block-quantized weights:
+weights in 4-bit blocks of 32, activations float, the format of ``--precision int4``), the same way;
+what is left stays float.
 On ``cuda`` and ``tensorrt`` the lighter format is FP16 (for the ops the CUDA provider has an FP16
 kernel for), tried the same way; the trials convert those nodes with ``convert-float(precision=fp16)``
 after ``insert-qdq``, as the pipeline does (``qonnx.flow.pipeline_steps``), and measure them on this
@@ -91,11 +94,14 @@ class AutoPolicyRecord(Record):
     fp32_ms: float | None
     curve: list[dict[str, Any]]
     chosen: int
-    formats: dict[str, str] = dataclasses.field(default_factory=dict)  # fallback node -> "float", "int8-dynamic" or "fp16"
+    formats: dict[str, str] = dataclasses.field(default_factory=dict)  # fallback node -> "float", "int8-dynamic", "int4" or "fp16"
     units: int | None = None  # steps of the ranking (groups moved whole count as one)
 
 
 _DYNAMIC = "int8-dynamic"
+_INT4 = "int4"
+# The INT4 weight-only spec a fallback MatMul/Gemm may take: symmetric blocks of 32 along K.
+_INT4_SPEC = QuantSpec("weight-only", weight_bits=4, block_size=32, symmetric_weights=True)
 _FP16_TARGETS = ("cuda", "tensorrt")
 
 
@@ -115,6 +121,9 @@ class AutoPolicy(Pass):
         quantized at run time) rather than float when the target still holds.
     fp16: on the cuda and tensorrt targets, a node of the fallback goes to FP16 rather than FP32
         when the target still holds (and the CUDA provider has an FP16 kernel for it).
+    int4: on targets that run block-quantized weights (cpu, cuda), a MatMul or Gemm of the
+        fallback with a constant 2-D weight, still float after the lighter step above, goes to INT4
+        weight-only (4-bit blocks of 32 along K, activations float) when the target still holds.
     """
 
     name = "auto-policy"
@@ -135,6 +144,7 @@ class AutoPolicy(Pass):
         groups: bool = False,
         dynamic: bool = True,
         fp16: bool = True,
+        int4: bool = True,
     ) -> None:
         super().__init__(context)
         if metric not in ("auto", "sqnr", "cosine", "top1", "custom"):
@@ -144,7 +154,7 @@ class AutoPolicy(Pass):
         if metric == "custom" and min is None:
             raise UserError("auto-policy: a custom metric needs a threshold (min)")
         self.metric, self.min, self.samples, self.max_return, self.speed = metric, min, samples, max_return, speed
-        self.groups, self.dynamic, self.fp16 = groups, dynamic, fp16
+        self.groups, self.dynamic, self.fp16, self.int4 = groups, dynamic, fp16, int4
 
     def requires(self, model: ir.Model) -> None:
         if self.metric == "custom" and self.context.score is None:
@@ -160,7 +170,8 @@ class AutoPolicy(Pass):
         custom = self.metric == "custom"
         trials = Trials(model, self.context, feeds, self.context.score if custom else "sqnr")
         every = set(trials.candidates)
-        op_types = {n.name: n.op_type for n in model.graph}
+        nodes = {n.name: n for n in model.graph}
+        op_types = {name: node.op_type for name, node in nodes.items()}
         specs = {n.name: node_spec(n.metadata_props) for n in model.graph if n.name in every}
         if custom:
             metric = getattr(self.context.score, "__qualname__", type(self.context.score).__name__)
@@ -235,6 +246,12 @@ class AutoPolicy(Pass):
             if lighter_kind is not None:
                 candidates = [name for name in fallback if name in eligible]
                 achieved = self._lighten(fallback, candidates, lighter_kind, lighter, order, score, meets, achieved)
+            if self.int4 and get_target(self.context.target).weight_only:
+                candidates = [name for name in fallback if name not in lighter and _has_constant_weight(nodes[name])]
+                before = len(lighter)
+                achieved = self._lighten(fallback, candidates, _INT4, lighter, order, score, meets, achieved)
+                if len(lighter) > before:
+                    fallback_format = fallback_format.replace(", else", ", then INT4 weight-only where it does, else")
             if math.isinf(achieved):  # only the all-float plan met it: measure it for the record
                 achieved = score(set(fallback), lighter)
         chosen_fallback = set(fallback)
@@ -273,6 +290,9 @@ class AutoPolicy(Pass):
             if lighter.get(name) == _DYNAMIC:
                 chosen_formats[name] = _DYNAMIC
                 decisions[name] = {**_spec(_DYNAMIC, specs[name]), "reason": f"auto policy: dynamic INT8 (activations quantized at run time) for {metric} >= {target:g}: static INT8 costs too much ({where})"}
+            elif lighter.get(name) == _INT4:
+                chosen_formats[name] = _INT4
+                decisions[name] = {**_INT4_SPEC.to_dict(), "reason": f"auto policy: INT4 weight-only (activations float) for {metric} >= {target:g}: INT8 activations cost too much ({where})"}
             elif lighter.get(name) == "fp16":
                 chosen_formats[name] = "fp16"
                 decisions[name] = {"format": "fp16", "reason": f"auto policy: FP16 for {metric} >= {target:g}: INT8 costs too much ({where})"}
@@ -316,7 +336,7 @@ class AutoPolicy(Pass):
         ``max_return``). Fills ``lighter``; returns the value of the plan."""
         if not candidates:
             return achieved
-        value = score(set(fallback), {name: kind for name in candidates})
+        value = score(set(fallback), {**lighter, **{name: kind for name in candidates}})
         if meets(value):
             lighter.update({name: kind for name in candidates})
             return value
@@ -328,12 +348,22 @@ class AutoPolicy(Pass):
         return achieved
 
 
+def _has_constant_weight(node: ir.Node) -> bool:
+    """A MatMul or Gemm whose weight (input 1) is a constant FP32 matrix: what INT4 weight-only stores."""
+    if node.op_type not in ("MatMul", "Gemm") or len(node.inputs) < 2 or node.inputs[1] is None:
+        return False
+    weight = node.inputs[1]
+    return qir.is_constant_initializer(weight) and weight.const_value.dtype == ir.DataType.FLOAT and len(weight.const_value.shape) == 2
+
+
 def _spec(kind: str, spec: QuantSpec) -> dict[str, Any]:
-    """The plan entry of a node in a lighter fallback format: ``fp16``, or the node's INT8 spec with
-    its activations quantized at run time (UINT8 asymmetric, as ``--mode dynamic`` makes them:
-    onnxruntime's DynamicQuantizeLinear)."""
+    """The plan entry of a node in a lighter fallback format: ``fp16``, INT4 weight-only, or the
+    node's INT8 spec with its activations quantized at run time (UINT8 asymmetric, as ``--mode
+    dynamic`` makes them: onnxruntime's DynamicQuantizeLinear)."""
     if kind == "fp16":
         return {"format": "fp16"}
+    if kind == _INT4:
+        return _INT4_SPEC.to_dict()
     return dataclasses.replace(spec, dynamic=True, activation_dtype="uint8", symmetric_activations=False).to_dict()
 
 

@@ -44,7 +44,7 @@ from qonnx.pipeline import (
     run_pipeline,
 )
 from qonnx.policy import PLAN_KEY
-from qonnx.targets import FP8_OPSET
+from qonnx.targets import FP8_OPSET, get_target
 from qonnx.report import Report, assemble, write_json
 from qonnx.report_html import render_html
 from qonnx.verdict import Verdict, judge
@@ -184,6 +184,10 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
     if config.pipeline is None and fp16_remainder and "calibrate" in names and "float-islands" not in names:
         at = [s.name for s in steps].index("calibrate") + 1  # FP32 islands where the calibrated ranges overflow FP16
         steps[at:at] = [PipelineStep("float-islands", {"precision": "fp16"})]
+    if config.precision == "int8" and config.policy is not None and "insert-qdq" in names and "quantize-weights" not in names:
+        if get_target(config.effective_target).weight_only:  # the INT4 weight-only nodes of an auto or replayed plan; none: a no-op
+            at = [s.name for s in steps].index("insert-qdq") + 1
+            steps[at:at] = [PipelineStep("quantize-weights", {})]
     wants_fp16 = fp16_remainder or (config.effective_target in ("cuda", "tensorrt") and config.policy is not None)
     if config.precision in ("int8", "fp8") and wants_fp16 and "insert-qdq" in names and "convert-float" not in names:
         at = [s.name for s in steps].index("insert-qdq") + 1  # the FP16 remainder, or the FP16 nodes of an auto or replayed plan; none: a no-op

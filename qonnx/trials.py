@@ -183,6 +183,8 @@ def _plan_copy(
                 set_node_spec(node, dict(formats.get(node.name, {"format": "float"})))
     scratch = Context(target=target, precision=precision, mode=mode, reduce_range=reduce_range, analyses={"plan": True, "ranges": ranges})
     apply("insert-qdq", trial, scratch)
+    if any(spec["format"] == "weight-only" for spec in (formats or {}).values()):
+        apply("quantize-weights", trial, scratch)  # INT4 weight-only nodes of the plan (RTN, as the pipeline's step)
     low = {spec["format"] for spec in (formats or {}).values()} & {"fp16", "bf16"}
     if low:
         _own_types(trial)

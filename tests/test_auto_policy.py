@@ -171,7 +171,7 @@ def _run_on(feeds, text: str, **context):
 
 def test_matmuls_whose_static_int8_costs_too_much_get_dynamic_int8_on_the_cpu(tmp_path):
     feeds = _scaled_feeds()
-    text = "normalize,resolve-policy,calibrate(adjacent=true),auto-policy(metric=cosine,min=0.99,speed=false),insert-qdq"
+    text = "normalize,resolve-policy,calibrate(adjacent=true),auto-policy(metric=cosine,min=0.99,speed=false,int4=false),insert-qdq"
     model, ctx = _run_on(feeds, text)
     record = ctx.records["auto_policy"]
     assert record.curve[0]["value"] < 0.9  # all static INT8 misses by far
@@ -198,8 +198,34 @@ def test_matmuls_whose_static_int8_costs_too_much_get_dynamic_int8_on_the_cpu(tm
     assert specs(again) == specs(plan)
 
 
+def test_matmuls_that_activations_make_too_costly_get_int4_weight_only_when_dynamic_is_off(tmp_path):
+    """Without dynamic INT8, the MatMuls whose static INT8 activations miss the target try INT4
+    weight-only (activations float, weights in 4-bit blocks of 32): the sample-to-sample scale of the
+    inputs costs nothing there, 4-bit weights cost about 20 dB per layer."""
+    feeds = _scaled_feeds()
+    text = "normalize,resolve-policy,calibrate(adjacent=true),auto-policy(metric=cosine,min=0.98,speed=false,dynamic=false),insert-qdq,quantize-weights"
+    model, ctx = _run_on(feeds, text)
+    record = ctx.records["auto_policy"]
+    assert record.curve[0]["value"] < 0.9 and record.met and record.achieved >= 0.98
+    int4 = sorted(n for n, f in record.formats.items() if f == "int4")
+    assert int4, record.formats
+    plan = json.loads(model.metadata_props["qonnx.plan"])
+    spec = plan["specs"][plan["nodes"][int4[0]]]
+    assert (spec["format"], spec["weight_bits"], spec["block_size"]) == ("weight-only", 4, 32)
+    assert plan["reasons"][int4[0]].startswith("auto policy: INT4 weight-only (activations float) for cosine >= 0.98")
+    assert "then INT4 weight-only" in record.fallback_format
+    # The rewritten model holds MatMulNBits for them and runs
+    assert sum(1 for n in model.graph if n.op_type == "MatMulNBits") == len(int4)
+    assert session(model).run(feeds[0])["y"].shape == (1, 8, 16)
+
+
+def test_without_int4_the_same_matmuls_stay_float():
+    _, ctx = _run_on(_scaled_feeds(), "normalize,resolve-policy,calibrate(adjacent=true),auto-policy(metric=cosine,min=0.98,speed=false,dynamic=false,int4=false),insert-qdq")
+    assert set(ctx.records["auto_policy"].formats.values()) == {"float"}
+
+
 def test_without_dynamic_the_same_matmuls_stay_float():
-    _, ctx = _run_on(_scaled_feeds(), "normalize,resolve-policy,calibrate(adjacent=true),auto-policy(metric=cosine,min=0.99,speed=false,dynamic=false),insert-qdq")
+    _, ctx = _run_on(_scaled_feeds(), "normalize,resolve-policy,calibrate(adjacent=true),auto-policy(metric=cosine,min=0.99,speed=false,dynamic=false,int4=false),insert-qdq")
     record = ctx.records["auto_policy"]
     assert record.met and set(record.formats.values()) == {"float"} and record.fallback_format == "float"
 
