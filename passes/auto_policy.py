@@ -251,7 +251,8 @@ class AutoPolicy(Pass):
                 before = len(lighter)
                 achieved = self._lighten(fallback, candidates, _INT4, lighter, order, score, meets, achieved)
                 if len(lighter) > before:
-                    fallback_format = fallback_format.replace(", else", ", then INT4 weight-only where it does, else")
+                    int4_text = "INT4 weight-only for MatMul/Gemm where it meets the target"
+                    fallback_format = f"{int4_text}, else float" if fallback_format == "float" else fallback_format.replace(", else", f"; then {int4_text}, else")
             if math.isinf(achieved):  # only the all-float plan met it: measure it for the record
                 achieved = score(set(fallback), lighter)
         chosen_fallback = set(fallback)
@@ -349,11 +350,15 @@ class AutoPolicy(Pass):
 
 
 def _has_constant_weight(node: ir.Node) -> bool:
-    """A MatMul or Gemm whose weight (input 1) is a constant FP32 matrix: what INT4 weight-only stores."""
+    """A MatMul or Gemm whose weight (input 1) is a constant FP32 matrix with at least one block
+    along K: what INT4 weight-only stores (``quantize-weights`` keeps a shorter K float)."""
     if node.op_type not in ("MatMul", "Gemm") or len(node.inputs) < 2 or node.inputs[1] is None:
         return False
     weight = node.inputs[1]
-    return qir.is_constant_initializer(weight) and weight.const_value.dtype == ir.DataType.FLOAT and len(weight.const_value.shape) == 2
+    if not qir.is_constant_initializer(weight) or weight.const_value.dtype != ir.DataType.FLOAT or len(weight.const_value.shape) != 2:
+        return False
+    k = weight.const_value.shape[1 if node.op_type == "Gemm" and node.attributes.get_int("transB", 0) else 0]
+    return k >= _INT4_SPEC.block_size
 
 
 def _spec(kind: str, spec: QuantSpec) -> dict[str, Any]:

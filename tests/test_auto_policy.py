@@ -213,10 +213,15 @@ def test_matmuls_that_activations_make_too_costly_get_int4_weight_only_when_dyna
     spec = plan["specs"][plan["nodes"][int4[0]]]
     assert (spec["format"], spec["weight_bits"], spec["block_size"]) == ("weight-only", 4, 32)
     assert plan["reasons"][int4[0]].startswith("auto policy: INT4 weight-only (activations float) for cosine >= 0.98")
-    assert "then INT4 weight-only" in record.fallback_format
+    assert record.fallback_format == "INT4 weight-only for MatMul/Gemm where it meets the target, else float"
     # The rewritten model holds MatMulNBits for them and runs
     assert sum(1 for n in model.graph if n.op_type == "MatMulNBits") == len(int4)
     assert session(model).run(feeds[0])["y"].shape == (1, 8, 16)
+    # Replayed, the plan stores the same nodes in 4 bits
+    path = tmp_path / "plan.json"
+    path.write_text(model.metadata_props["qonnx.plan"])
+    replayed, _ = _run_on(feeds, "normalize,resolve-policy,calibrate,insert-qdq,quantize-weights", policy=str(path))
+    assert sorted(n.name for n in replayed.graph if n.op_type == "MatMulNBits") == sorted(n.name for n in model.graph if n.op_type == "MatMulNBits")
 
 
 def test_without_int4_the_same_matmuls_stay_float():
