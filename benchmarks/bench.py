@@ -929,10 +929,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="when quant_pre_process fails: retry without symbolic shape inference (retry) or quantize the raw model (strict)",
     )
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CASES]
-    if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
+    names = model_names(parser, args.models)
     if args.runs < 20:
         parser.error("--runs must be at least 20")
     if not export.available():
@@ -948,13 +945,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="qonnx-bench-") as scratch:
         for name in names:
             doc["models"].append(bench_case(CASES[name], Path(scratch), settings))
+    return write_results(doc, started, args.out, "bench", markdown)
+
+
+def model_names(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """The comma-separated case names of ``--models``; an unknown one is a usage error."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
+    return names
+
+
+def write_results(doc: dict[str, Any], started: float, out: Path, stem: str, render: Callable[[dict[str, Any]], str]) -> int:
+    """Finish a benchmark run: its total time and the load at the end into ``doc``, then
+    ``<out>/<stem>.json`` and ``<out>/<stem>.md`` (``render(doc)``) written atomically; the markdown
+    is printed too."""
     doc["total_s"] = round(time.perf_counter() - started, 1)
     doc["environment"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    report = markdown(doc)
-    qir.atomic_write(args.out / "bench.json", lambda f: f.write((json.dumps(doc, indent=2) + "\n").encode()))
-    qir.atomic_write(args.out / "bench.md", lambda f: f.write(report.encode()))
+    report = render(doc)
+    qir.atomic_write(out / f"{stem}.json", lambda f: f.write((json.dumps(doc, indent=2) + "\n").encode()))
+    qir.atomic_write(out / f"{stem}.md", lambda f: f.write(report.encode()))
     print(report)
-    progress(f"done in {doc['total_s']:.0f} s; wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
+    progress(f"done in {doc['total_s']:.0f} s; wrote {out / f'{stem}.json'} and {out / f'{stem}.md'}")
     return 0
 
 

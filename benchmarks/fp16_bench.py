@@ -47,7 +47,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import CASES, REPO_ROOT, environment, open_case_source  # noqa: E402
+from bench import CASES, REPO_ROOT, environment, model_names, open_case_source  # noqa: E402
 from isolation import run_isolated  # noqa: E402
 
 from qonnx import ir as qir  # noqa: E402
@@ -275,10 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600, help="seconds allowed to one conversion")
     parser.add_argument("--auto-mixed-timeout", type=float, default=120, help="seconds allowed to auto_convert_mixed_precision")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CASES]
-    if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
+    names = model_names(parser, args.models)
     try:
         import onnxconverter_common
     except ImportError:

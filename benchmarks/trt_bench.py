@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -70,11 +69,13 @@ from bench import (  # benchmarks/bench.py, beside this script
     environment_facts,
     measure_fidelity,
     model_bytes,
+    model_names,
     open_case_source,
     progress,
     quantize_with_onnxruntime,
     quantize_with_qonnx,
     run_outputs,
+    write_results,
 )
 from isolation import first_line, run_isolated  # benchmarks/isolation.py
 
@@ -435,10 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     parser.add_argument("--timeout", type=float, default=900, help="seconds allowed to one quantization")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CASES]
-    if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
+    names = model_names(parser, args.models)
     if not export.available():
         skipped = [n for n in names if n in EXPORTED]
         if skipped:
@@ -464,14 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="qonnx-trt-bench-") as scratch:
         for name in names:
             doc["models"].append(bench_case(CASES[name], Path(scratch), args.timeout))
-    doc["total_s"] = round(time.perf_counter() - started, 1)
-    doc["environment"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    report = markdown(doc)
-    qir.atomic_write(args.out / "trt.json", lambda f: f.write((json.dumps(doc, indent=2) + "\n").encode()))
-    qir.atomic_write(args.out / "trt.md", lambda f: f.write(report.encode()))
-    print(report)
-    progress(f"done in {doc['total_s']:.0f} s; wrote {args.out / 'trt.json'} and {args.out / 'trt.md'}")
-    return 0
+    return write_results(doc, started, args.out, "trt", markdown)
 
 
 if __name__ == "__main__":
