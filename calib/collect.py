@@ -305,7 +305,8 @@ def _table(
             lo, hi = obs.compute_range()
         except ValueError:
             raise UserError(f"tensor {name!r} held no finite value in {count} calibration samples") from None
-        ranges[name] = TensorRange(lo, hi, obs.nonfinite, obs.resolution)
+        observed_lo, observed_hi = obs.observed_range()
+        ranges[name] = TensorRange(lo, hi, obs.nonfinite, obs.resolution, float(observed_lo), float(observed_hi))
         if obs.nonfinite:
             logger.warning("tensor %s: %d non-finite values excluded from its range", name, obs.nonfinite)
     any_observer = next(iter(observers.values()), None) or observer.new()

@@ -115,6 +115,11 @@ class Observer(abc.ABC):
         """How finely the observer resolves values (a histogram's bin width; 0 when exact)."""
         return 0.0
 
+    def observed_range(self) -> tuple[float, float]:
+        """The extremes of the values seen, before any clipping the method chooses (the method's
+        own range where it keeps no extremes, as a moving average)."""
+        return self.compute_range()
+
     @abc.abstractmethod
     def settings(self) -> dict[str, Any]:
         """The keyword arguments that rebuild an empty twin (recorded in range tables)."""
@@ -439,6 +444,11 @@ class HistogramObserver(Observer):
     @property
     def resolution(self) -> float:
         return self.histogram.width
+
+    def observed_range(self) -> tuple[float, float]:
+        if self.histogram.total == 0:
+            raise ValueError("no finite values observed")
+        return float(self.histogram.lo), float(self.histogram.hi)
 
     def update(self, batch: np.ndarray) -> None:
         # Chunk by chunk, so that the extremes, the finiteness check and the binning read each

@@ -26,16 +26,35 @@ FORMAT = "qonnx.ranges/1"
 
 @dataclasses.dataclass(frozen=True)
 class TensorRange:
+    """The range a tensor is quantized with (``lo``, ``hi``: the calibration method's choice), and
+    the extremes it was seen to reach (``observed_lo``, ``observed_hi``; None in tables written
+    before they were recorded): a method that clips leaves values beyond ``hi``."""
+
     lo: float
     hi: float
     nonfinite: int = 0
     resolution: float = 0.0
+    observed_lo: float | None = None
+    observed_hi: float | None = None
+
+    @property
+    def observed_max_abs(self) -> float:
+        """``max(|observed_lo|, |observed_hi|)``, or the range's own when no extremes were recorded."""
+        lo = self.lo if self.observed_lo is None else self.observed_lo
+        hi = self.hi if self.observed_hi is None else self.observed_hi
+        return max(abs(lo), abs(hi))
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _tensor_range(entry: dict[str, Any]) -> TensorRange:
     """A table entry with its numbers checked: a string or a list where a number belongs raises."""
     raw = TensorRange(**entry)
-    return TensorRange(float(raw.lo), float(raw.hi), int(raw.nonfinite), float(raw.resolution))
+    return TensorRange(
+        float(raw.lo), float(raw.hi), int(raw.nonfinite), float(raw.resolution), _optional_float(raw.observed_lo), _optional_float(raw.observed_hi)
+    )
 
 
 @dataclasses.dataclass

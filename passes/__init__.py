@@ -15,6 +15,7 @@ from qonnx.passes import (  # noqa: F401
     fold_bias_add,
     fold_constants,
     fold_pad,
+    fp8_islands,
     infer_shapes,
     inline_functions,
     insert_qdq,

@@ -181,8 +181,11 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
             steps.insert(0, PipelineStep("upgrade-opset", {"min_version": FP8_OPSET}))
         else:
             steps[at] = PipelineStep("upgrade-opset", {"min_version": max(steps[at].options.get("min_version", 13), FP8_OPSET)})
+    if config.pipeline is None and config.precision == "fp8" and "calibrate" in names:
+        at = [s.name for s in steps].index("calibrate") + 1  # FP8 nodes whose values E4M3 cannot hold go to the remainder
+        steps[at:at] = [PipelineStep("fp8-islands", {})]
     if config.pipeline is None and fp16_remainder and "calibrate" in names and "float-islands" not in names:
-        at = [s.name for s in steps].index("calibrate") + 1  # FP32 islands where the calibrated ranges overflow FP16
+        at = [s.name for s in steps].index("calibrate") + 1 + (config.precision == "fp8")  # FP32 islands where the calibrated ranges overflow FP16
         steps[at:at] = [PipelineStep("float-islands", {"precision": "fp16"})]
     if config.precision == "int8" and config.policy is not None and "insert-qdq" in names and "quantize-weights" not in names:
         if get_target(config.effective_target).weight_only:  # the INT4 weight-only nodes of an auto or replayed plan; none: a no-op

@@ -21,7 +21,7 @@ SCHEMA = "qonnx.report/1"
 Report = dict[str, Any]  # the JSON document; its fields are listed in the README
 
 # Where each pass's record goes, in the order the document lists them; records of other keys follow.
-_RECORD_ORDER = ("calibration", "fusion", "target_rules", "weight_only", "float_islands", "float_sensitivity", "conversion", "fidelity", "sensitivity", "latency")
+_RECORD_ORDER = ("calibration", "fusion", "target_rules", "weight_only", "fp8_islands", "float_islands", "float_sensitivity", "conversion", "fidelity", "sensitivity", "latency")
 _FLOAT_ONLY = ("float_islands", "float_sensitivity", "conversion")  # present (null when not made) for fp16/bf16
 
 

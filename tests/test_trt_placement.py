@@ -17,7 +17,7 @@ from conftest import graph_model, value_info
 from onnx import TensorProto, helper, numpy_helper
 
 from qonnx import api, metrics, runtime
-from qonnx.config import ConfigError, QuantizeConfig
+from qonnx.config import CalibrationConfig, ConfigError, QuantizeConfig
 from qonnx.qdq_check import check_model
 
 RNG = np.random.default_rng(0)
@@ -338,3 +338,31 @@ def test_weights_inside_subgraphs_are_int8_weight_only_except_for_tensorrt(tmp_p
     if not weight_only:
         assert report["nodes"]["conv_then"]["reason"].startswith("inside a subgraph")
         assert check_model(model, "tensorrt") == []
+
+
+def test_fp8_islands_keep_in_fp16_the_nodes_whose_values_reach_beyond_e4m3_after_scaling(tmp_path):
+    """A 99th-percentile calibration clips the input's rare outliers (x 50): after scaling they would
+    reach about 50 x 448 in E4M3, so the Conv reading it leaves FP8 (the float remainder, FP16); the
+    Conv after it, whose input has no such outlier, stays FP8. With a margin above the reach, none."""
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["a"], name="conv1"), helper.make_node("Conv", ["a", "W2"], ["y"], name="conv2")]
+    inits = [numpy_helper.from_array(_w(2, 2, 1, 1, seed=1), "W1"), numpy_helper.from_array(_w(2, 2, 1, 1, seed=2), "W2")]
+    proto = graph_model(nodes, [value_info("x", [1, 2, 8, 8])], [value_info("y", [1, 2, 8, 8])], inits)
+    source = tmp_path / "in.onnx"
+    onnx.save(proto, source)
+    rng = np.random.default_rng(3)
+    feeds = []
+    for i in range(12):
+        x = rng.uniform(-1, 1, [1, 2, 8, 8]).astype(np.float32)
+        if i % 4 == 0:
+            x[0, 0, 0, 0] = 50.0  # one value in 512 of every fourth sample
+        feeds.append({"x": x})
+    calibration = CalibrationConfig(method="percentile", percentile=99.0)
+    out = tmp_path / "out.onnx"
+    report = api.quantize(source, out, feeds, config=QuantizeConfig(precision="fp8", calibration=calibration)).report
+    assert report["fp8_islands"]["nodes"] == 1
+    assert report["nodes"]["conv1"]["format"] == "fp16" and report["nodes"]["conv2"]["format"] == "fp8"
+    assert report["nodes"]["conv1"]["reason"].startswith("FP8 island: 'x' reaches")
+    assert check_model(ir.load(out), "tensorrt") == []
+    text = "normalize,upgrade-opset(min_version=21),resolve-policy,calibrate(method=percentile,percentile=99),fp8-islands(margin=1000),insert-qdq,remove-dead,finalize,verify"
+    wide = api.quantize(source, tmp_path / "wide.onnx", feeds, config=QuantizeConfig(precision="fp8", pipeline=text)).report
+    assert wide["fp8_islands"]["nodes"] == 0 and wide["nodes"]["conv1"]["format"] == "fp8"
