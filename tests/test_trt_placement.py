@@ -341,12 +341,14 @@ def test_weights_inside_subgraphs_are_int8_weight_only_except_for_tensorrt(tmp_p
 
 
 def test_fp8_islands_keep_in_fp16_the_nodes_whose_values_reach_beyond_e4m3_after_scaling(tmp_path):
-    """A 99th-percentile calibration clips the input's rare outliers (x 50): after scaling they would
+    """A 99th-percentile calibration clips an input's rare outliers (x 50): after scaling they would
     reach about 50 x 448 in E4M3, so the Conv reading it leaves FP8 (the float remainder, FP16); the
-    Conv after it, whose input has no such outlier, stays FP8. With a margin above the reach, none."""
-    nodes = [helper.make_node("Conv", ["x", "W1"], ["a"], name="conv1"), helper.make_node("Conv", ["a", "W2"], ["y"], name="conv2")]
+    Conv reading the other input, which has no such outlier, stays FP8. With a margin above the
+    reach, none leaves."""
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["a"], name="conv1"), helper.make_node("Conv", ["z", "W2"], ["b"], name="conv2")]
     inits = [numpy_helper.from_array(_w(2, 2, 1, 1, seed=1), "W1"), numpy_helper.from_array(_w(2, 2, 1, 1, seed=2), "W2")]
-    proto = graph_model(nodes, [value_info("x", [1, 2, 8, 8])], [value_info("y", [1, 2, 8, 8])], inits)
+    inputs = [value_info("x", [1, 2, 8, 8]), value_info("z", [1, 2, 8, 8])]
+    proto = graph_model(nodes, inputs, [value_info("a", [1, 2, 8, 8]), value_info("b", [1, 2, 8, 8])], inits)
     source = tmp_path / "in.onnx"
     onnx.save(proto, source)
     rng = np.random.default_rng(3)
@@ -355,7 +357,7 @@ def test_fp8_islands_keep_in_fp16_the_nodes_whose_values_reach_beyond_e4m3_after
         x = rng.uniform(-1, 1, [1, 2, 8, 8]).astype(np.float32)
         if i % 4 == 0:
             x[0, 0, 0, 0] = 50.0  # one value in 512 of every fourth sample
-        feeds.append({"x": x})
+        feeds.append({"x": x, "z": rng.uniform(-1, 1, [1, 2, 8, 8]).astype(np.float32)})
     calibration = CalibrationConfig(method="percentile", percentile=99.0)
     out = tmp_path / "out.onnx"
     report = api.quantize(source, out, feeds, config=QuantizeConfig(precision="fp8", calibration=calibration)).report
