@@ -432,7 +432,8 @@ def _run(config: QuantizeConfig, job: Job, steps: list[PipelineStep], reference:
         # token ids [N, T]: not a rank-0 integer such as silero-vad's sample rate
         token_inputs = any(v.dtype in (ir.DataType.INT64, ir.DataType.INT32) and v.shape is not None and len(v.shape) == 2 for v in model.graph.inputs)
         ops = [n.op_type for n in model.graph]
-        has_matmul = ops.count("MatMul") > ops.count("Conv")  # a transformer rather than a CNN
+        # a transformer rather than a CNN, on a target where dynamic INT8 is a format (onnxruntime's CPU kernels)
+        has_matmul = ops.count("MatMul") > ops.count("Conv") and config.effective_target == "cpu"
         records = run_pipeline(model, passes, context, dump_after=config.dump_after, dump_dir=job.output.parent, verify=verify, on_pass=keep_ranges)
         verdict = _verdict(config, context, token_inputs=token_inputs, has_matmul=has_matmul)
         timing = {
