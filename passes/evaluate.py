@@ -36,10 +36,12 @@ class FidelityRecord(Record):
     # How onnxruntime's CPU provider ran the Q/DQ: "fused" into its integer kernels (the cpu
     # target's deployment), or "reference" (ONNX's QuantizeLinear/DequantizeLinear arithmetic, for
     # targets whose provider has its own kernels: tensorrt, cuda).
-    qdq: str = "fused"
+    qdq: str | None = None  # None: the model holds no Q/DQ
 
     def to_report(self) -> dict[str, Any]:
         entry = dataclasses.asdict(self)
+        if self.qdq is None:
+            del entry["qdq"]
         if not self.emulated:
             del entry["emulated"]
         if self.custom is None:
@@ -95,8 +97,10 @@ class Evaluate(Pass):
             apply("emulate-float", test, Context(target=self.context.target, precision=self.context.precision))
         fused = get_target(self.context.target).cpu_fused_kernels
         measured = fidelity(self.context.source, test, data, self.context.score, qdq_fusion=fused)
+        has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph)
         record = FidelityRecord(
-            measured["samples"], measured["data"], measured["outputs"], self.context.eval_held_out, emulated, measured.get("custom"), "fused" if fused else "reference"
+            measured["samples"], measured["data"], measured["outputs"], self.context.eval_held_out, emulated, measured.get("custom"),
+            ("fused" if fused else "reference") if has_qdq else None,
         )
         self.context.analyses["fidelity"] = record
         self.publish(record)

@@ -241,7 +241,7 @@ class FloatIslands(Pass):
             r = ranges[value.name]
             if r.nonfinite:
                 return f"{value.name} holds {r.nonfinite} infinite or fill values (masks) on the calibration data"
-            peak = max(abs(r.lo), abs(r.hi))
+            peak = r.observed_max_abs  # (the extremes seen, not a clipped calibration range)
             if peak > limit:
                 return f"{value.name} reaches |x| = {peak:.3g} on the calibration data, beyond {label}'s {fmt.max:.5g} / {self.margin:g}"
             if 0 < peak < fmt.smallest_normal:

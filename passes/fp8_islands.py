@@ -2,8 +2,8 @@
 
 An FP8 activation is quantized per tensor with ``scale = t / max_fp8`` (``t`` the calibrated
 threshold, ``max_fp8`` 448 for E4M3, 57344 for E5M2); every value beyond ``t`` saturates. When the
-calibration method clipped (percentile, MSE), the extremes the tensor was seen to reach (the range
-evidence that ``float-islands`` reads for FP16) can lie far beyond: ``reach = max|x| / scale``.
+calibration method clipped (percentile, MSE), the extremes the tensor was seen to reach (recorded
+in the range table beside the chosen range, the evidence ``float-islands`` reads for FP16) can lie far beyond: ``reach = max|x| / scale``.
 A node of the FP8 plan whose activation input (or that input's scale group) reaches beyond
 ``max_fp8 · margin`` is moved to the float remainder (FP16, or FP32 with ``--float fp32``) with the
 evidence as its reason, before ``insert-qdq`` places the Q/DQ.
@@ -20,6 +20,7 @@ from qonnx.errors import UserError
 from qonnx.fp8 import float8_format
 from qonnx.pipeline import Pass, Record, register
 from qonnx.policy import node_spec, record_formats, set_node_spec
+from qonnx.targets import get_target
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class Fp8Islands(Pass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         placement = self.context.analysis("placement", model)
         ranges = self.context.require("ranges", "run the calibrate pass before fp8-islands")
-        remainder = "fp16" if self.context.float_remainder == "fp16" else "float"
+        remainder = "fp16" if get_target(self.context.target).remainder(self.context.precision, self.context.float_remainder) == "fp16" else "float"
         decisions: dict[str, dict] = {}
         for node in model.graph:
             spec = node_spec(node.metadata_props)

@@ -42,7 +42,7 @@ from qonnx.passes.qdq_placement import (
 )
 from qonnx.policy import QuantSpec, node_spec
 from qonnx.pipeline import Context, Pass, analysis, register
-from qonnx.targets import Target, get_target
+from qonnx.targets import FP8_OPSET, Target, get_target
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,9 @@ class InsertQDQ(Pass):
         self.bias_correction = bias_correction
 
     def requires(self, model: ir.Model) -> None:
+        opset = model.opset_imports.get("", 1)
+        if opset < FP8_OPSET and any(spec.format == "fp8" for _, spec in quantized_nodes(model)):
+            raise UserError(f"FP8 Q/DQ need opset {FP8_OPSET} (QuantizeLinear's output_dtype); the model is at {opset}: put upgrade-opset(min_version={FP8_OPSET}) before insert-qdq")
         needed = self.context.analysis("placement", model).calibrated
         if not needed:
             return
@@ -259,6 +262,10 @@ class InsertQDQ(Pass):
             return False
         scale, zero_point = self._params(value.name, spec)
         users = list(value.uses())  # before the Q node below becomes a user too
+        if not self.target.quantize_outputs:
+            # (tensorrt, cuda: a float weighted op keeps the exact tensor; reading the DequantizeLinear
+            # its quantized neighbour reads would half-quantize it: rule trt-weighted-inputs)
+            users = [(u, i) for u, i in users if u.op_type not in self.target.weighted_ops or node_spec(u.metadata_props).quantized]
         scale_v, zp_v = self._group_initializers_of(graph, value.name, scale, zero_point)
         dtype = ir.DataType.from_numpy(zero_point.dtype)
         # FP8: the type by QuantizeLinear's output_dtype (opset 21), no zero point. onnxruntime 1.32

@@ -31,7 +31,7 @@ from qonnx import host
 from qonnx import ir as qir
 from qonnx.errors import UserError
 from qonnx.graph_roles import float_op_read, residual_skip_inputs
-from qonnx.policy import FLOAT, PLAN_KEY, QDQ_FORMATS, MixedPrecisionPolicy, Plan, Rule, load_policy, node_spec, set_node_spec
+from qonnx.policy import FLOAT, PLAN_KEY, MixedPrecisionPolicy, Plan, Rule, load_policy, node_spec, set_node_spec
 from qonnx.pipeline import Pass, Record, register
 from qonnx.quantized_parts import already_quantized
 from qonnx.targets import FLOAT_PRECISIONS, WEIGHT_AXIS_OPS, WEIGHT_ONLY_OPS, get_target
@@ -235,8 +235,11 @@ class ResolvePolicy(Pass):
         if self._float_remainder() == "fp16":
             for node in model.graph:
                 spec = node_spec(node.metadata_props)
-                if spec.quantized or not _has_fp32_data(node) or node.domain not in ("", "ai.onnx"):
+                if spec.quantized or spec.weight_only or not _has_fp32_data(node) or node.domain not in ("", "ai.onnx"):
                     continue
+                rule = policy.match(node.op_type, node.name)
+                if rule is not None and rule.rank >= 2 and rule.spec.format == "float":
+                    continue  # float by name (--exclude, a policy or a replayed plan): FP32, as asked
                 entry = {"format": "fp16", **({"reason": plan.reasons[node.name]} if node.name in plan.reasons else {})}
                 modified |= set_node_spec(node, entry)
                 plan.add(node.name, entry)
@@ -269,6 +272,4 @@ class ResolvePolicy(Pass):
 
     def _float_remainder(self) -> str:
         """The format of the unquantized nodes of an INT8/FP8 run ("fp32" in every other run)."""
-        if self.context.precision not in QDQ_FORMATS:
-            return "fp32"
-        return self.context.float_remainder or self.target.float_remainder
+        return self.target.remainder(self.context.precision, self.context.float_remainder)

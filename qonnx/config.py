@@ -425,6 +425,8 @@ class QuantizeConfig:
             raise ConfigError("fp8_activations", f"applies to precision fp8, not {precision}")
         if precision == "fp8" and mode != "static":
             raise ConfigError("mode", "fp8 activations are calibrated (static); dynamic applies to precision int8")
+        if mode == "dynamic" and target == "tensorrt":
+            raise ConfigError("mode", "dynamic INT8 (DynamicQuantizeLinear) is onnxruntime's CPU format; TensorRT takes calibrated Q/DQ (static)")
         if io_types != "float32" and precision in ("int8", "int4", "fp8"):
             raise ConfigError("io_types", f"{io_types} applies to precision fp16 or bf16; with precision {precision} the graph's inputs and outputs stay float32")
         if io_types not in ("float32", precision):
@@ -448,11 +450,9 @@ class QuantizeConfig:
     def effective_float_remainder(self) -> str:
         """The format of the unquantized nodes: ``float_remainder``, or the target's (fp16 for
         tensorrt, fp32 elsewhere); fp32 outside INT8/FP8 runs."""
-        if self.precision not in ("int8", "fp8"):
-            return "fp32"
         from qonnx.targets import get_target
 
-        return self.float_remainder or get_target(self.effective_target).float_remainder
+        return get_target(self.effective_target).remainder(self.precision, self.float_remainder)
 
     # Keywords of the older ``qonnx.api.quantize(..., method=..., latency=...)`` form.
     _KEYWORDS = {

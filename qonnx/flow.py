@@ -191,7 +191,7 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
         if get_target(config.effective_target).weight_only:  # the INT4 weight-only nodes of an auto or replayed plan; none: a no-op
             at = [s.name for s in steps].index("insert-qdq") + 1
             steps[at:at] = [PipelineStep("quantize-weights", {})]
-    wants_fp16 = fp16_remainder or (config.effective_target in ("cuda", "tensorrt") and config.policy is not None)
+    wants_fp16 = (fp16_remainder and config.pipeline is None) or (config.effective_target in ("cuda", "tensorrt") and config.policy is not None)
     if config.precision in ("int8", "fp8") and wants_fp16 and "insert-qdq" in names and "convert-float" not in names:
         at = [s.name for s in steps].index("insert-qdq") + 1  # the FP16 remainder, or the FP16 nodes of an auto or replayed plan; none: a no-op
         steps[at:at] = [PipelineStep("convert-float", {"precision": "fp16"})]

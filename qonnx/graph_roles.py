@@ -16,21 +16,28 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from qonnx import ir as qir
+from qonnx.policy import node_spec
 from qonnx.targets import DATA_MOVEMENT_OPS, Target
 
 __all__ = ["residual_skip_inputs", "float_op_read", "made_by_weighted_op"]
 
 
+def _quantized_weighted(node: ir.Node | None, target: Target) -> bool:
+    return node is not None and node.op_type in target.weighted_ops and node_spec(node.metadata_props).quantized
+
+
 def made_by_weighted_op(value: ir.Value, target: Target) -> bool:
-    """Whether ``value`` is the output of a weighted op, or of an Add of a constant to one (a bias)."""
+    """Whether ``value`` is the output of a quantized weighted op, or of an Add of a constant to one
+    (a bias): an output TensorRT can fuse into a residual Add. (Specs decided earlier in graph order
+    count: ``resolve-policy`` reaches producers first.)"""
     producer = value.producer()
     if producer is None:
         return False
-    if producer.op_type in target.weighted_ops:
+    if _quantized_weighted(producer, target):
         return True
     if producer.op_type == "Add" and len(producer.inputs) == 2:
         computed = [v for v in producer.inputs if v is not None and not qir.is_float_constant(v) and qir.constant_array(v) is None]
-        return len(computed) == 1 and computed[0].producer() is not None and computed[0].producer().op_type in target.weighted_ops
+        return len(computed) == 1 and _quantized_weighted(computed[0].producer(), target)
     return False
 
 

@@ -157,6 +157,13 @@ class Target:
     def quantized_ops(self) -> tuple[str, ...]:
         return self.weighted_ops + self.integer_ops + self.passthrough_ops + self.recurrent_ops
 
+    def remainder(self, precision: str, requested: str | None = None) -> str:
+        """The format of the unquantized nodes of a run: ``requested`` ("fp16"/"fp32"), else this
+        target's ``float_remainder``, in an INT8/FP8 run; "fp32" in any other."""
+        if precision not in ("int8", "fp8"):
+            return "fp32"
+        return requested or self.float_remainder
+
     def qdq_spec(self, precision: str = "int8", fp8_activations: str = "e4m3") -> QuantSpec:
         """The spec of a quantized node: the target's INT8 spec, or its FP8 twin (FLOAT8E4M3FN
         weights, ``fp8_activations`` E4M3 or E5M2 activations, symmetric, per-channel weights)."""

@@ -183,13 +183,14 @@ def _plan_copy(
                 set_node_spec(node, dict(formats.get(node.name, {"format": "float"})))
     scratch = Context(target=target, precision=precision, mode=mode, reduce_range=reduce_range, analyses={"plan": True, "ranges": ranges})
     apply("insert-qdq", trial, scratch)
-    if any(spec["format"] == "weight-only" for spec in (formats or {}).values()):
-        apply("quantize-weights", trial, scratch)  # INT4 weight-only nodes of the plan (RTN, as the pipeline's step)
-    low = {spec["format"] for spec in (formats or {}).values()} & {"fp16", "bf16"}
+    # FP16 islands of the plan and a planned FP16 remainder (tensorrt): converted as the pipeline does
+    low = ({spec["format"] for spec in (formats or {}).values()} | {node_spec(n.metadata_props).format for n in trial.graph}) & {"fp16", "bf16"}
     if low:
         _own_types(trial)
-    for fmt in sorted(low):  # FP16 islands of the plan: converted as the pipeline's convert-float does
+    for fmt in sorted(low):
         apply("convert-float", trial, scratch, precision=fmt)
+    if any(spec["format"] == "weight-only" for spec in (formats or {}).values()):
+        apply("quantize-weights", trial, scratch)  # INT4 weight-only nodes of the plan (RTN), last as in the pipeline
     return trial
 
 

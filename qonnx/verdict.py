@@ -94,9 +94,9 @@ def _advice(precision: str, mode: str, has_matmul: bool, metric: str, threshold:
         ]
     if precision == "fp8":
         return [
-            "--fp8-activations e5m2 (more range for activations with outliers)",
-            "--precision int8 (TensorRT INT8: finer steps near the calibrated maximum)",
-            "--exclude NODE for the layers named in the report (they stay FP16)",
+            "--precision int8 (TensorRT INT8: finer steps for bounded activations and Gaussian weights)",
+            "--exclude NODE for the layers named in the report (they join the float remainder)",
+            "--fp8-activations e5m2 (more range for outliers; TensorRT's Q/DQ take E4M3 only: qonnx check flags it)",
         ]
     if precision != "int8":
         return ["--calib DATA (FP32 islands measured on real data)", "--precision fp16 instead of bf16" if precision == "bf16" else "--exclude NODE for the layers named in the report"]

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qonnx import api, metrics, runtime
 from qonnx.config import CalibrationConfig, ConfigError, QuantizeConfig
+from qonnx.errors import UserError
 from qonnx.qdq_check import check_model
 
 RNG = np.random.default_rng(0)
@@ -368,3 +369,30 @@ def test_fp8_islands_keep_in_fp16_the_nodes_whose_values_reach_beyond_e4m3_after
     text = "normalize,upgrade-opset(min_version=21),resolve-policy,calibrate(method=percentile,percentile=99),fp8-islands(margin=1000),insert-qdq,remove-dead,finalize,verify"
     wide = api.quantize(source, tmp_path / "wide.onnx", feeds, config=QuantizeConfig(precision="fp8", pipeline=text)).report
     assert wide["fp8_islands"]["nodes"] == 0 and wide["nodes"]["conv1"]["format"] == "fp8"
+
+
+def test_an_excluded_conv_stays_fp32_reads_the_exact_tensor_and_the_output_passes_the_check(tmp_path):
+    """--exclude conv2 on tensorrt: conv2 is FP32 (float by name, not the FP16 remainder), it reads
+    relu1's exact output while conv2's quantized neighbour reads the DequantizeLinear, and the Add
+    it feeds is no residual Add of a quantized op any more: nothing half-quantized remains."""
+    model, report, _ = _quantize(tmp_path, _residual_block(), [1, 3, 8, 8], nodes_to_exclude=("conv2",))
+    assert report["nodes"]["conv2"]["format"] == "float" and report["nodes"]["conv2"]["reason"] == "excluded by the config"
+    conv2 = _node(model, "conv2")
+    assert not _dequantized(conv2.inputs[0]) and not _dequantized(conv2.inputs[1])
+    assert report["nodes"]["add"]["format"] in ("fp16", "float")  # (the FP16 remainder's cast placement decides which)
+    assert check_model(model, "tensorrt") == [] and report["target_rules"]["violations"] == []
+
+
+def test_fp8_in_a_pipeline_without_the_opset_upgrade_is_refused_before_insertion(tmp_path):
+    source = tmp_path / "in.onnx"
+    onnx.save(_residual_block(), source)
+    feeds = [{"x": RNG.normal(0, 1, [1, 3, 8, 8]).astype(np.float32)} for _ in range(4)]
+    text = "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,finalize,verify"
+    with pytest.raises(UserError, match=r"FP8 Q/DQ need opset 21 .*the model is at 13: put upgrade-opset\(min_version=21\) before insert-qdq"):
+        api.quantize(source, tmp_path / "out.onnx", feeds, config=QuantizeConfig(precision="fp8", pipeline=text))
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_dynamic_mode_is_refused_on_tensorrt():
+    with pytest.raises(ConfigError, match="mode: dynamic INT8 .* is onnxruntime's CPU format"):
+        QuantizeConfig(target="tensorrt", mode="dynamic")
