@@ -357,6 +357,10 @@ def _has_constant_weight(node: ir.Node) -> bool:
     weight = node.inputs[1]
     if not qir.is_constant_initializer(weight) or weight.const_value.dtype != ir.DataType.FLOAT or len(weight.const_value.shape) != 2:
         return False
+    if node.op_type == "Gemm" and (
+        node.attributes.get_int("transA", 0) or node.attributes.get_float("alpha", 1.0) != 1.0 or node.attributes.get_float("beta", 1.0) != 1.0
+    ):
+        return False  # (quantize-weights rewrites y = x · B + C only)
     k = weight.const_value.shape[1 if node.op_type == "Gemm" and node.attributes.get_int("transB", 0) else 0]
     return k >= _INT4_SPEC.block_size
 
