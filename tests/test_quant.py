@@ -40,3 +40,24 @@ def test_bias_scale_is_input_scale_times_weight_scale():
     q, scale = quant.bias_to_int32(bias, np.float32(0.1), np.array([0.01, 0.02, 0.03], np.float32))
     np.testing.assert_allclose(scale, [0.001, 0.002, 0.003], rtol=1e-6)
     assert q.dtype == np.int32 and q.tolist() == [500, -500, 0]
+
+
+# --- FP8 edges that the arithmetic tests of tests/test_fp8.py leave open
+
+
+def test_asymmetric_scales_are_float32():
+    scale, _ = quant.asymmetric_params(-1.0, 2.0, np.uint8)
+    assert scale.dtype == np.float32
+
+
+def test_fp8_has_no_asymmetric_parameters_and_no_nonzero_zero_point():
+    import ml_dtypes
+    import pytest
+
+    with pytest.raises(ValueError, match=r"^float8_e4m3fn is symmetric \(zero point 0\): use symmetric_params$"):
+        quant.asymmetric_params(-1.0, 2.0, "float8e4m3fn")
+    with pytest.raises(ValueError, match=r"^an FP8 zero point is 0, not 1\.0$"):
+        quant.quantize(np.ones(2, np.float32), np.float32(1), np.array(1.0, ml_dtypes.float8_e4m3fn), "float8e4m3fn")
+    with pytest.raises(ValueError, match=r"^unknown quantized type 'int3'; known: int8, uint8, float8e4m3fn, float8e5m2$"):
+        quant.numpy_dtype("int3")
+

@@ -61,7 +61,7 @@ MODULES = {
 QUICK = ("metrics", "quant")
 # The tests --quick runs: those written against these modules. Without the rest (the subprocess
 # CLI tests take minutes), the set-up check stays within a few minutes.
-QUICK_TESTS = ("tests/test_metrics.py", "tests/test_quant.py", "tests/test_reference_values.py", "tests/test_doctests.py")
+QUICK_TESTS = ("tests/test_metrics.py", "tests/test_quant.py", "tests/test_fp8.py", "tests/test_reference_values.py", "tests/test_doctests.py")
 # A pytest plugin staged beside the package: the same Hypothesis examples in every run.
 PROFILE = "mutation_profile"
 PROFILE_SOURCE = '''"""Written by tools/mutate.py: the same Hypothesis examples in every mutation run."""
