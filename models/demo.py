@@ -55,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         ["quantize", str(det), "-o", str(auto), *det_options, "--policy", "auto", "--metric", "sqnr", "--min", "30",
          "--report", str(args.out / "ppocr-det.auto.json"), "--html", str(page)]
     )
-    if code in (0, 3):  # 3: the held-out photos miss the target the calibration photos met: the verdict says so
+    if code in (0, 3):
         print(f"wrote {auto}, its plan {auto.with_name(auto.stem + '.plan.json')} and the HTML report {page}")
-    return code
+    # 3: the held-out photos missed the target that the calibration photos met. The verdict above
+    # says so and what to try; for the demo that is a result to show, not a failure.
+    return 0 if code == 3 else code
 
 
 if __name__ == "__main__":
