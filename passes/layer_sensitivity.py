@@ -48,6 +48,7 @@ from qonnx.node_groups import find_groups
 from qonnx.pipeline import Context, Pass, Record, analysis, register
 from qonnx.policy import node_spec
 from qonnx.progress import Progress
+from qonnx.targets import get_target
 from qonnx.trials import Trials, rank_correlation
 
 _WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
@@ -141,21 +142,24 @@ _LOCAL_KEYS = ("local_db", "local_weights_db", "local_activations_db")
 def _local_entry(_shared: Any, item: tuple) -> dict[str, Any]:
     """One node's local scores (run here or in a worker): its three cut-out models (serialized; None
     where a variant does not apply) on the FP32 values of its inputs, against its FP32 output."""
-    node, op_type, models, feeds, expected, threads = item
+    node, op_type, models, feeds, expected, threads, qdq_fusion = item
     entry: dict[str, Any] = {"node": node, "op_type": op_type}
     for key, small in zip(_LOCAL_KEYS, models):
         if small is None:
             entry[key] = None
             continue
-        runner = runtime.session(ir.from_proto(onnx.ModelProto.FromString(small)), threads=threads)
+        runner = runtime.session(ir.from_proto(onnx.ModelProto.FromString(small)), threads=threads, qdq_fusion=qdq_fusion)
         entry[key] = round(metrics.compare(expected, runner, feeds).worst_sqnr_db, 2)
     return entry
 
 
-def _local_scores(fp32_model: ir.Model, quantized: ir.Model, feeds: list[dict[str, np.ndarray]], progress: bool, executor: Any = None) -> list[dict[str, Any]]:
+def _local_scores(
+    fp32_model: ir.Model, quantized: ir.Model, feeds: list[dict[str, np.ndarray]], progress: bool, executor: Any = None, qdq_fusion: bool = True
+) -> list[dict[str, Any]]:
     """Local SQNR of every quantized node, its weights-only and activations-only figures; the nodes
     are independent units of work for ``executor`` (the first runs here and is timed, the rest go to
-    the workers when that saves more than their start-up)."""
+    the workers when that saves more than their start-up). ``qdq_fusion``: as the run's evaluation
+    measures (False: reference Q/DQ, for targets with their own kernels)."""
     fp32 = {n.name: n for n in fp32_model.graph}
     proto = ir.to_proto(quantized)
     extractor = onnx.utils.Extractor(proto)
@@ -177,7 +181,7 @@ def _local_scores(fp32_model: ir.Model, quantized: ir.Model, feeds: list[dict[st
         models = [None if small is None else small.SerializeToString() for small in (cut.both, cut.weights, cut.activations)]
         local_feeds = [{name: values[name] for name in cut.inputs} for values in tapped]
         expected = [{cut.output: values[cut.output]} for values in tapped]
-        return cut.node, cut.op_type, models, local_feeds, expected, threads
+        return cut.node, cut.op_type, models, local_feeds, expected, threads, qdq_fusion
 
     if not cuts:
         return []
@@ -258,7 +262,8 @@ def sensitivity_of(
         return None
     feeds = [data[i] for i in range(min(samples, len(data)))]
     trials = Trials(model, context, feeds, "sqnr")
-    nodes = _local_scores(model, trials.quantized(), feeds, context.progress, context.get_executor())
+    fused = get_target(context.target).cpu_fused_kernels
+    nodes = _local_scores(model, trials.quantized(), feeds, context.progress, context.get_executor(), qdq_fusion=fused)
     nodes.sort(key=lambda e: (e["local_db"], e["node"]))
     others = [e for e in nodes if e["op_type"] not in _WEIGHTED]
     chosen = {e["node"] for e in nodes if e["op_type"] in _WEIGHTED} | {e["node"] for e in others[:top]}

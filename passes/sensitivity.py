@@ -24,6 +24,7 @@ from qonnx import metrics, runtime
 from qonnx.errors import UserError
 from qonnx.pipeline import Pass, Record, register
 from qonnx.progress import Progress
+from qonnx.targets import get_target
 
 __all__ = ["activation_sensitivity", "ActivationSensitivity", "SensitivityRecord"]
 
@@ -52,8 +53,8 @@ def _bypass_all(model: ir.Model) -> list[tuple[ir.Node, int, ir.Value]]:
     return undo
 
 
-def _worst_sqnr(model: ir.Model, feeds: Sequence[dict[str, np.ndarray]], reference: list[dict[str, np.ndarray]]) -> float:
-    return metrics.compare(reference, runtime.session(model), feeds).worst_sqnr_db
+def _worst_sqnr(model: ir.Model, feeds: Sequence[dict[str, np.ndarray]], reference: list[dict[str, np.ndarray]], qdq_fusion: bool = True) -> float:
+    return metrics.compare(reference, runtime.session(model, qdq_fusion=qdq_fusion), feeds).worst_sqnr_db
 
 
 def activation_sensitivity(
@@ -63,18 +64,20 @@ def activation_sensitivity(
     *,
     top: int = 10,
     progress: bool = False,
+    qdq_fusion: bool = True,
 ) -> dict[str, Any]:
     """Worst-output SQNR with weights quantized and only one node's activation inputs quantized.
 
     Returns ``weights_only_db`` (no activation quantized), ``all_db`` (the model as quantized) and
     ``nodes``: the ``top`` nodes with the lowest figure, each ``{"node", "op_type", "sqnr_db"}``.
+    ``qdq_fusion=False``: the quantized variants run with reference Q/DQ (``runtime.session``).
     """
     reference_session = runtime.session(reference_model)
     reference = [reference_session.run(feed) for feed in feeds]
-    all_db = _worst_sqnr(quantized, feeds, reference)
+    all_db = _worst_sqnr(quantized, feeds, reference, qdq_fusion)
     variant = quantized.clone()
     undo = _bypass_all(variant)
-    weights_only_db = _worst_sqnr(variant, feeds, reference)
+    weights_only_db = _worst_sqnr(variant, feeds, reference, qdq_fusion)
     by_node: dict[ir.Node, list[tuple[int, ir.Value]]] = {}
     for user, index, dq_output in undo:
         if user.op_type in _WEIGHTED:
@@ -85,7 +88,7 @@ def activation_sensitivity(
             originals = [(index, node.inputs[index]) for index, _ in inputs]
             for index, dq_output in inputs:
                 node.replace_input_with(index, dq_output)
-            results.append({"node": node.name, "op_type": node.op_type, "sqnr_db": round(_worst_sqnr(variant, feeds, reference), 2)})
+            results.append({"node": node.name, "op_type": node.op_type, "sqnr_db": round(_worst_sqnr(variant, feeds, reference, qdq_fusion), 2)})
             for index, value in originals:
                 node.replace_input_with(index, value)
             bar.advance()
@@ -121,6 +124,7 @@ class ActivationSensitivity(Pass):
         if data is None or source is None or self.context.precision != "int8":
             return ir.passes.PassResult(model, False)
         feeds = [data[i] for i in range(min(self.samples, len(data)))]
-        found = activation_sensitivity(source, model, feeds, top=self.top, progress=self.context.progress)
+        fused = get_target(self.context.target).cpu_fused_kernels  # (as the evaluation measures)
+        found = activation_sensitivity(source, model, feeds, top=self.top, progress=self.context.progress, qdq_fusion=fused)
         self.publish(SensitivityRecord(**found))
         return ir.passes.PassResult(model, False)
