@@ -3,7 +3,8 @@
 Fetches YOLOv8n (from the nudenet wheel) and scikit-image's photos, quantizes the detector to
 INT8 through the ``qonnx quantize`` command (calibrated on one half of the photos, measured on the
 other), writes the model and its JSON report under ``out/``, and prints size, SQNR, latency and
-the verdict. Then the PP-OCRv4 text detector, where pure INT8 collapses: quantized as is (the
+the verdict; then the same detector for TensorRT, in INT8 and in FP8, each checked by ``qonnx check
+--target tensorrt``. Then the PP-OCRv4 text detector, where pure INT8 collapses: quantized as is (the
 verdict says so), then with ``--policy auto --min 30`` (the fewest layers kept float for 30 dB,
 chosen from measured per-layer sensitivity; a few minutes on 2 cores), with the verdict after and
 the HTML report (``--only-yolo`` skips this part).
@@ -41,6 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0:
         return code
     print(f"wrote {output} and {report}")
+    yolo_options = ["--calib", str(calib), "--eval", str(evaluation), "--size", "320x320"]
+    for name, stem, flags in (("INT8", "trt-int8", ["--target", "tensorrt"]), ("FP8 E4M3", "trt-fp8", ["--precision", "fp8"])):
+        trt = args.out / f"yolov8n.{stem}.onnx"
+        print(f"\nfor TensorRT, {name} (symmetric Q/DQ where TensorRT fuses them, the rest FP16), then qonnx check --target tensorrt", flush=True)
+        code = cli_main(["quantize", str(model), "-o", str(trt), *yolo_options, *flags])
+        if code not in (0, 3):
+            return code
+        code = cli_main(["check", "--target", "tensorrt", str(trt)])
+        if code != 0:
+            return code
     if args.only_yolo:
         return 0
     det = fetch("ppocr-det")
