@@ -1,7 +1,8 @@
 """Statistics of the inputs of weighted MatMuls, for data-aware weight rounding (GPTQ, AWQ).
 
 For a MatMul ``y = x @ W`` with a constant 2-D weight ``W [K, N]``, every calibration token of
-``x`` (``x`` flattened to ``[tokens, K]``) is folded into
+``x`` (``x`` flattened to ``[tokens, K]``) is folded into (products in float32 a chunk of tokens at a
+time, sums in float64)
 
     xtx      = Σ x^T x                 float64 [K, K]   (the ``hessian`` of the output error)
     abs_sum  = Σ |x|  per channel      float64 [K]      (``mean_abs = abs_sum / count``)
@@ -12,11 +13,20 @@ nothing beyond rounding; non-finite values count as 0 and are counted in ``nonfi
 
 Memory is bounded by a group of layers, not by the model: ``WeightInputStatistics`` maps each such
 MatMul (by node name) to the statistics of its input and computes them on demand, a group of input
-tensors at a time. A group is as many tensors, in graph order, as fit ``memory_budget`` with their
-``K x K`` sums and the tapped outputs of two batches (one observed while onnxruntime computes the
-next); each group is one onnxruntime session over the calibration data with only its tensors
-tapped, and the previous group's statistics are dropped when the next is computed. A tensor read by
-several MatMuls (q/k/v projections) is captured once; those nodes share one ``InputStatistics``.
+tensors at a time, in one of two ways:
+
+- ``segmented`` (the default): the groups are consecutive tensors in graph order whose sums fit
+  ``SEGMENT_SUMS`` (about one transformer layer), and the data runs forward through the model a
+  segment at a time (``qonnx.calib.segments``): one pass over the data in all, and memory holds one
+  segment's weights, the values crossing between segments for every sample, and the sums of the
+  last two groups (a rewrite quantizing a group's layers may still be scaling the next group's);
+- whole-model sessions: the groups are as many tensors as fit ``memory_budget`` with their
+  ``K x K`` sums and the tapped outputs of two batches (one observed while onnxruntime computes the
+  next); each group is one onnxruntime session of the whole model over the data with only its
+  tensors tapped, and the previous group's statistics are dropped when the next is computed.
+
+A tensor read by several MatMuls (q/k/v projections) is captured once; those nodes share one
+``InputStatistics``. Asked in graph order (``node_groups``), either way computes each group once.
 
 Statistics are taken on the model as it stands when their group is computed: a rewrite that changes
 a layer's input (dividing it by AWQ's scales) tells the mapping with ``input_scaled`` so that the
@@ -34,6 +44,7 @@ import onnx_ir as ir
 from qonnx import ir as qir
 from qonnx import runtime
 from qonnx.calib.collect import DEFAULT_MEMORY_BUDGET, _IN_FLIGHT, _ahead, _batches, _check_batchable, _run, parse_bytes, plan_groups
+from qonnx.calib.segments import SegmentedRun
 from qonnx.calib.sources import Source
 from qonnx.errors import UserError
 from qonnx.progress import Progress
@@ -42,7 +53,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["InputStatistics", "WeightInputStatistics", "weighted_matmuls"]
 
-_CHUNK_ROWS = 4096  # tokens converted to float64 at a time
+SEGMENT_SUMS = 32 << 20  # bytes of X^T X sums per group in a segmented run (a 135M LLM's layer: 27 MB)
+_CHUNK_ROWS = 4096  # tokens summed in float32 at a time (relative error of a sum ~ sqrt(4096) * 2**-24)
 
 
 class InputStatistics:
@@ -74,13 +86,14 @@ class InputStatistics:
             raise ValueError(f"a tensor of {x.shape[-1]} channels for statistics of {self.channels}")
         x = x.reshape(-1, self.channels)
         for start in range(0, len(x), _CHUNK_ROWS):
-            chunk = x[start : start + _CHUNK_ROWS].astype(np.float64)
+            chunk = x[start : start + _CHUNK_ROWS].astype(np.float32, copy=False)
             finite = np.isfinite(chunk)
             if not finite.all():
                 self.nonfinite += int(chunk.size - finite.sum())
-                chunk = np.where(finite, chunk, 0.0)
+                chunk = np.where(finite, chunk, np.float32(0))
+            # float32 products of one chunk (BLAS syrk), summed into float64 across chunks
             self.xtx += chunk.T @ chunk
-            self.abs_sum += np.abs(chunk).sum(axis=0)
+            self.abs_sum += np.abs(chunk).sum(axis=0, dtype=np.float64)
         self.count += len(x)
 
     def merge(self, other: InputStatistics) -> None:
@@ -133,8 +146,10 @@ class WeightInputStatistics(Mapping[str, InputStatistics]):
 
     ``model``: the model whose MatMuls are looked at (``weighted_matmuls``), kept by reference;
     ``source``: calibration feeds (the first ``samples``); ``batch_size`` samples per onnxruntime
-    run; ``memory_budget``: bytes (or text such as ``"2GiB"``) for one group's sums and tapped outputs.
-    ``groups_computed`` counts the onnxruntime passes over the data so far.
+    run; ``segmented``: run the model a segment at a time (module docstring), else whole-model
+    sessions; ``memory_budget``: bytes (or text such as ``"2GiB"``) for one group's sums and tapped
+    outputs. ``groups_computed`` counts the groups computed so far (without ``segmented``, each is
+    one pass over the data).
     """
 
     def __init__(
@@ -145,6 +160,7 @@ class WeightInputStatistics(Mapping[str, InputStatistics]):
         samples: int | None = None,
         batch_size: int = 1,
         memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+        segmented: bool = True,
         progress: bool | None = False,
     ):
         _check_batchable(model, batch_size)
@@ -159,11 +175,15 @@ class WeightInputStatistics(Mapping[str, InputStatistics]):
         self.channels = {tensor: k for tensor, k in matmuls.values()}
         self._groups: list[list[str]] | None = None
         self._held: dict[str, InputStatistics] = {}
+        self._previous: dict[str, InputStatistics] = {}  # a segmented run keeps the group before too
         self.groups_computed = 0
+        self.run = SegmentedRun(model, source, self.count, batch_size=batch_size) if segmented else None
 
     # Mapping over node names
     def __getitem__(self, node: str) -> InputStatistics:
         tensor = self.tensor_of[node]
+        if tensor in self._previous:
+            return self._previous[tensor]
         if tensor not in self._held:
             self._compute(tensor)
         return self._held[tensor]
@@ -180,8 +200,16 @@ class WeightInputStatistics(Mapping[str, InputStatistics]):
 
     @property
     def held_tensors(self) -> list[str]:
-        """The tensors whose statistics are in memory now (one group's)."""
-        return list(self._held)
+        """The tensors whose statistics are in memory now (one group's; a segmented run's last two)."""
+        return list(self._previous) + list(self._held)
+
+    def node_groups(self) -> list[list[str]]:
+        """The node names by group of their input, in the order that computes each group once."""
+        groups = []
+        for tensors in self._plan():
+            members = set(tensors)
+            groups.append([node for node, tensor in self.tensor_of.items() if tensor in members])
+        return [g for g in groups if g]
 
     def input_scaled(self, nodes: Sequence[str], scales: np.ndarray, tensor: str | None = None) -> None:
         """The input of ``nodes`` is now divided by ``scales``, under the name ``tensor`` (default: the
@@ -191,17 +219,20 @@ class WeightInputStatistics(Mapping[str, InputStatistics]):
         if len(old) != 1:
             raise ValueError(f"nodes {list(nodes)} do not read one input")
         (old_name,) = old
-        held = self._held.get(old_name)
+        held = self._held.get(old_name, self._previous.get(old_name))
         if held is not None:
             held.rescale(scales)
+        if self.run is not None:
+            self.run.divide(old_name, scales, renamed=tensor if tensor != old_name else None)
         if tensor is not None and tensor != old_name:
             for node in nodes:
                 self.tensor_of[node] = tensor
             self.channels[tensor] = self.channels[old_name]
             if held is not None:
+                holder = self._held if old_name in self._held else self._previous
                 if all(t != old_name for t in self.tensor_of.values()):
-                    del self._held[old_name]
-                self._held[tensor] = held
+                    del holder[old_name]
+                holder[tensor] = held
             if self._groups is not None:  # compute it with the old tensor's group
                 for group in self._groups:
                     if old_name in group and tensor not in group:
@@ -210,6 +241,11 @@ class WeightInputStatistics(Mapping[str, InputStatistics]):
     def _plan(self) -> list[list[str]]:
         """Groups of tensors; the bytes of a tapped tensor per channel are measured on the first
         sample (tokens per sample: every MatMul of a transformer or MLP sees the same tokens)."""
+        if self._groups is None and self.run is not None:
+            tensors = self._in_graph_order(dict.fromkeys(self.tensor_of.values()))
+            sums = {t: (k := self.channels[t]) * (k + 1) * 8 for t in tensors}
+            self._groups = plan_groups(sums, min(self.budget, SEGMENT_SUMS))
+            logger.info("weight input statistics: %d tensors in %d segments", len(tensors), len(self._groups))
         if self._groups is None:
             tensors = list(dict.fromkeys(self.tensor_of.values()))
             tokens = self._probe_tokens(tensors[0])
@@ -218,6 +254,10 @@ class WeightInputStatistics(Mapping[str, InputStatistics]):
             self._groups = plan_groups(sizes, self.budget)
             logger.info("weight input statistics: %d tensors in %d groups of at most %.0f MiB", len(tensors), len(self._groups), self.budget / 2**20)
         return self._groups
+
+    def _in_graph_order(self, tensors) -> list[str]:
+        position = {v.name: i for i, node in enumerate(self.model.graph) for v in node.outputs}
+        return sorted(tensors, key=lambda t: position.get(t, -1))
 
     def _probe_tokens(self, tensor: str) -> int:
         feed = self.source[0]
@@ -250,23 +290,34 @@ class WeightInputStatistics(Mapping[str, InputStatistics]):
 
     def _compute(self, tensor: str) -> None:
         group = next(g for g in self._plan() if tensor in g)
-        self._held.clear()  # the previous group's sums go before this group's are made
+        if self.run is not None:
+            self._previous = self._held
+        self._held = {}  # the sums before this group's (one group's, or the two before in a segmented run) go first
+        if self.run is None:
+            self._previous = {}
         live = [t for t in dict.fromkeys(group) if t in self.tensor_of.values()]
         stats = {t: InputStatistics(self.channels[t]) for t in live}
-        graph_inputs = {v.name for v in self.model.graph.inputs}
-        fetch = [t for t in live if t not in graph_inputs]
-        session = self._session(fetch) if fetch else None
         self.groups_computed += 1
         label = f"weight statistics, group {self.groups_computed}"
         with Progress(self.count, label, enabled=self.progress) as bar:
-            batches = _batches(self.source, range(self.count), self.batch_size, None)
-            computed = ((indices, feed, _run(session, feed, fetch, indices) if session else {}) for indices, feed in batches)
-            for indices, feed, outputs in _ahead(computed):
+            for indices, values in _ahead(self._tapped(live)):
                 for name in live:
-                    stats[name].update(feed[name] if name in graph_inputs else outputs[name])
+                    stats[name].update(values[name])
                 bar.advance(len(indices))
-                del feed, outputs
+                del values
         for name, value in stats.items():
             if value.nonfinite:
                 logger.warning("tensor %s: %d non-finite values counted as 0 in its statistics", name, value.nonfinite)
         self._held = stats
+
+    def _tapped(self, tensors: list[str]) -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+        """``(sample indices, {tensor: array})`` per batch, a segment or the whole model run."""
+        if self.run is not None:
+            yield from self.run.run_to(tensors)
+            return
+        graph_inputs = {v.name for v in self.model.graph.inputs}
+        fetch = [t for t in tensors if t not in graph_inputs]
+        session = self._session(fetch) if fetch else None
+        for indices, feed in _batches(self.source, range(self.count), self.batch_size, None):
+            outputs = _run(session, feed, fetch, indices) if session else {}
+            yield indices, {t: feed[t] if t in graph_inputs else outputs[t] for t in tensors}

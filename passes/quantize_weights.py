@@ -137,8 +137,6 @@ class QuantizeWeights(Pass):
             _upgrade_keeping_specs(model, self.context)
             nodes = _weight_only_nodes(model)
             modified = True
-        if self.algorithm == "awq":
-            modified |= self._scale_inputs(model, nodes)
         graph = model.graph
         counts: dict[str, int] = {}
         bits: dict[str, int] = {}
@@ -148,7 +146,13 @@ class QuantizeWeights(Pass):
         refused: dict[str, dict] = {}
         tables = _embedding_tables(graph)
         shared: dict[ir.Value, tuple[QuantSpec, blockwise.BlockQuantized, ir.Value]] = {}
-        for node in sorted(nodes, key=lambda n: n.op_type == "Gather"):  # a tied lm_head's codes first: its Gather may share them
+        groups, group_of = self._statistics_groups(model, nodes)
+        scaled = 0  # AWQ: the groups scaled so far, one ahead of the quantized (a fold may reach the group before)
+        # a statistics group at a time, in graph order; then the rest; a tied lm_head's codes before its Gather, which may share them
+        for node in sorted(nodes, key=lambda n: (n.op_type == "Gather", group_of.get(n.name, len(groups)))):
+            while self.algorithm == "awq" and scaled < min(group_of.get(node.name, len(groups)) + 2, len(groups)):
+                modified |= self._scale_inputs(model, groups[scaled])
+                scaled += 1
             found = self._candidate(node)
             if isinstance(found, str):
                 if found:
@@ -176,7 +180,7 @@ class QuantizeWeights(Pass):
             if table is not None:
                 tied.append(node.name)
             source, found = found.source, None  # drop the candidate's views of the float weight first
-            _release(source)  # its float bytes are no longer needed: memory stays near one layer's
+            qir.release_external(source)  # its float bytes are no longer needed: memory stays near one layer's
             modified = True
         if refused:
             record_formats(model, refused)
@@ -227,19 +231,28 @@ class QuantizeWeights(Pass):
 
     # -- the rewrite ---------------------------------------------------------------------------
 
-    def _scale_inputs(self, model: ir.Model, nodes: list[ir.Node]) -> bool:
-        """AWQ over the model before any weight is quantized (``qonnx.input_scaling.scale_inputs``):
-        each group of MatMuls reading one input gets its scales, ``1/s`` folded exactly into the op
-        before (a norm's weight, a MatMul's columns) and ``diag(s) W`` in the graph; groups with no
-        exact fold are left for the clip search alone. Returns whether any group was scaled."""
+    def _statistics_groups(self, model: ir.Model, nodes: list[ir.Node]) -> tuple[list[list[str]], dict[str, int]]:
+        """For a data-aware algorithm, the MatMuls of ``nodes`` by statistics group (in the order the
+        ``weight-input-statistics`` analysis computes each group once), and each one's group."""
+        if self.algorithm == "rtn":
+            return [], {}
+        statistics = self.context.analysis("weight-input-statistics", model)
+        wanted = {n.name for n in nodes if n.op_type == "MatMul"}
+        groups = [[name for name in group if name in wanted] for group in statistics.node_groups()]
+        groups = [g for g in groups if g]
+        return groups, {name: i for i, group in enumerate(groups) for name in group}
+
+    def _scale_inputs(self, model: ir.Model, names: list[str]) -> bool:
+        """AWQ on the MatMuls ``names`` (one statistics group), before any of them is quantized
+        (``qonnx.input_scaling.scale_inputs``): each set of MatMuls reading one input gets its
+        scales, ``1/s`` folded exactly into the op before (a norm's weight, a MatMul's columns) and
+        ``diag(s) W`` in the graph; a set with no exact fold is left for the clip search alone (a
+        fold into a layer already quantized is none). Returns whether any set was scaled."""
         from qonnx.input_scaling import scale_inputs
 
         statistics = self.context.analysis("weight-input-statistics", model)
-        matmuls = [n for n in nodes if n.op_type == "MatMul" and n.name in statistics]
-        if not matmuls:
-            return False
-        formats = {n.name: (spec.weight_bits, spec.block_size, spec.symmetric_weights) for n in matmuls for spec in [node_spec(n.metadata_props)]}
-        done = scale_inputs(model, statistics, [n.name for n in matmuls], formats=formats)
+        formats = {n.name: (spec.weight_bits, spec.block_size, spec.symmetric_weights) for n in model.graph if n.name in names for spec in [node_spec(n.metadata_props)]}
+        done = scale_inputs(model, statistics, names, formats=formats)
         for scaling in done.values():
             if not scaling.fold:
                 self.skip(f"AWQ scales not folded: {scaling.fold.reason}")
@@ -400,15 +413,6 @@ def _upgrade_keeping_specs(model: ir.Model, context) -> None:
     for node in model.graph:
         if node.name in specs:
             node.metadata_props[SPEC_KEY] = specs[node.name]
-
-
-def _release(value: ir.Value) -> None:
-    """Unmap a weight read from external data (onnx-ir maps the file; read pages stay resident)."""
-    if isinstance(value.const_value, ir.ExternalTensor):
-        try:
-            value.const_value.release()
-        except BufferError:  # an array still looks into the mapping: it goes with that array
-            logger.debug("%s: float weight still referenced, not unmapped", value.name)
 
 
 def _weight_problem(weight: ir.Value | None, spec: QuantSpec) -> str | None:

@@ -26,7 +26,7 @@ import numpy as np
 
 from qonnx.policy import BLOCK_SIZES  # the block sizes onnxruntime's MatMulNBits runs on its packed fast path (MLAS)
 
-__all__ = ["BlockQuantized", "BLOCK_SIZES", "block_count", "block_params", "quantize_rows", "quantize_rtn"]
+__all__ = ["BlockQuantized", "BLOCK_SIZES", "as_blocks", "block_count", "block_params", "quantize_rows", "quantize_rtn"]
 
 
 
@@ -54,18 +54,18 @@ class BlockQuantized:
 
 
 def block_params(block: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Scale (float32) and zero point (uint8) of each column of ``block`` (``[rows, N]``), as in
-    the module docstring."""
+    """Scale (float32) and zero point (uint8) of each column of ``block`` (``[rows, N]``; or
+    ``[blocks, rows, N]``, many blocks at once, giving ``[blocks, N]``), as in the module docstring."""
     block = block.astype(np.float32)
     levels = (1 << bits) - 1
     if symmetric:
-        rows = np.argmax(np.abs(block), axis=0)
-        extreme = block[rows, np.arange(block.shape[1])]
+        rows = np.argmax(np.abs(block), axis=-2)
+        extreme = np.take_along_axis(block, rows[..., None, :], axis=-2)[..., 0, :]
         scales = (extreme / np.float32(-(1 << (bits - 1)))).astype(np.float32)
-        zero_points = np.full(block.shape[1], 1 << (bits - 1), dtype=np.uint8)
+        zero_points = np.full(scales.shape, 1 << (bits - 1), dtype=np.uint8)
         return scales, zero_points
-    lo = np.minimum(block.min(axis=0), 0).astype(np.float32)
-    hi = np.maximum(block.max(axis=0), 0).astype(np.float32)
+    lo = np.minimum(block.min(axis=-2), 0).astype(np.float32)
+    hi = np.maximum(block.max(axis=-2), 0).astype(np.float32)
     scales = ((hi - lo) / np.float32(levels)).astype(np.float32)
     with np.errstate(divide="ignore", invalid="ignore"):
         zp = np.where(scales != 0, np.round(-lo / np.where(scales != 0, scales, 1)), 0)
@@ -73,11 +73,22 @@ def block_params(block: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndar
 
 
 def quantize_rows(rows: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, bits: int) -> np.ndarray:
-    """Codes (uint8) of ``rows`` (``[r, N]``) on the grid of one block (``scales``, ``zero_points``: ``[N]``)."""
+    """Codes (uint8) of ``rows`` (``[r, N]``) on the grid of one block (``scales``, ``zero_points``:
+    ``[N]``; or of many blocks, ``rows`` ``[blocks, r, N]`` with ``[blocks, 1, N]`` parameters)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         inverse = np.where(scales != 0, np.float32(1) / np.where(scales != 0, scales, 1), 0).astype(np.float32)
     codes = np.round(rows.astype(np.float32) * inverse) + zero_points.astype(np.float32)
     return np.clip(codes, 0, (1 << bits) - 1).astype(np.uint8)
+
+
+def as_blocks(weight: np.ndarray, block_size: int) -> np.ndarray:
+    """``weight`` ``[K, N]`` as float32 ``[n_blocks, block_size, N]``, the last block padded with
+    zeros (which change no block's range: both formats' ranges include 0)."""
+    k, n = weight.shape
+    blocks = block_count(k, block_size)
+    padded = np.zeros((blocks * block_size, n), np.float32)
+    padded[:k] = weight
+    return padded.reshape(blocks, block_size, n)
 
 
 def quantize_rtn(weight: np.ndarray, bits: int = 4, block_size: int = 32, symmetric: bool = True) -> BlockQuantized:
@@ -85,12 +96,7 @@ def quantize_rtn(weight: np.ndarray, bits: int = 4, block_size: int = 32, symmet
     if weight.ndim != 2:
         raise ValueError(f"block quantization takes a [K, N] weight, not shape {weight.shape}")
     k, n = weight.shape
-    blocks = block_count(k, block_size)
-    codes = np.empty((k, n), dtype=np.uint8)
-    scales = np.empty((blocks, n), dtype=np.float32)
-    zero_points = np.empty((blocks, n), dtype=np.uint8)
-    for b in range(blocks):
-        rows = weight[b * block_size : (b + 1) * block_size]
-        scales[b], zero_points[b] = block_params(rows, bits, symmetric)
-        codes[b * block_size : (b + 1) * block_size] = quantize_rows(rows, scales[b], zero_points[b], bits)
-    return BlockQuantized(codes, scales, zero_points, bits, block_size, symmetric)
+    blocks = as_blocks(weight, block_size)
+    scales, zero_points = block_params(blocks, bits, symmetric)
+    codes = quantize_rows(blocks, scales[:, None, :], zero_points[:, None, :], bits)
+    return BlockQuantized(codes.reshape(-1, n)[:k].copy(), scales, zero_points, bits, block_size, symmetric)

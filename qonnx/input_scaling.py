@@ -281,7 +281,8 @@ def scale_inputs(
             fold = fold_input_scales(model, group, search.scales, insert_mul=insert_mul)
             renamed = group[0].inputs[0].name if fold.kind == "inserted-mul" else None
             statistics.input_scaled(list(names_of), search.scales, tensor=renamed)
-        logger.info("AWQ: %s alpha %.2f, error %.4g (RTN %.4g), %s", ", ".join(names_of), search.alpha, search.error, search.rtn_error, fold.kind or fold.reason)
+        kind = "weight-aware " if search.weighted else ""
+        logger.info("AWQ: %s %salpha %.2f, error %.4g (RTN %.4g), %s", ", ".join(names_of), kind, search.alpha, search.error, search.rtn_error, fold.kind or fold.reason)
         for name in names_of:
             results[name] = InputScaling(fold, search.scales if fold else None, search.alpha, search.error, search.rtn_error, names_of)
     return results

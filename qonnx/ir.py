@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import stat
@@ -29,6 +30,8 @@ import onnx_ir as ir
 
 from qonnx.errors import UserError
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "PROTOBUF_LIMIT",
     "load",
@@ -42,6 +45,7 @@ __all__ = [
     "external_data_files",
     "all_nodes",
     "constant_array",
+    "release_external",
     "is_float_constant",
     "is_dequantized",
     "make_initializer",
@@ -325,6 +329,17 @@ def is_dequantized(value: ir.Value) -> bool:
     """Made by a DequantizeLinear (what a DynamicQuantizeLinear makes is read by one too)."""
     producer = value.producer()
     return producer is not None and producer.op_type == "DequantizeLinear"
+
+
+def release_external(value: ir.Value) -> None:
+    """Unmap a tensor read from external data (onnx-ir maps the file, and the pages read stay
+    resident until it is unmapped); it is mapped again when next read. Left mapped while an array
+    still looks into it."""
+    if isinstance(value.const_value, ir.ExternalTensor):
+        try:
+            value.const_value.release()
+        except BufferError:
+            logger.debug("%s: still referenced, not unmapped", value.name)
 
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:

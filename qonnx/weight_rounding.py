@@ -47,7 +47,7 @@ from typing import Literal
 
 import numpy as np
 
-from qonnx.blockwise import BlockQuantized, block_count, block_params, quantize_rows, quantize_rtn
+from qonnx.blockwise import BlockQuantized, as_blocks, block_count, block_params, quantize_rows, quantize_rtn
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ __all__ = [
     "layer_error",
     "quantize",
     "search_input_scales",
+    "weight_means",
 ]
 
 ALGORITHMS = ("rtn", "gptq", "awq")
@@ -93,12 +94,6 @@ def layer_error(weight: np.ndarray, approximation: np.ndarray, hessian: np.ndarr
     return float(np.sum((hessian @ delta) * delta))
 
 
-def _padded(weight: np.ndarray, block_size: int) -> np.ndarray:
-    k = weight.shape[0]
-    pad = block_count(k, block_size) * block_size - k
-    return np.pad(weight, ((0, pad), (0, 0))) if pad else weight
-
-
 def _diagonal_blocks(hessian: np.ndarray | None, k: int, block_size: int) -> np.ndarray:
     """``[n_blocks, block_size, block_size]``: the blocks of ``hessian`` on its diagonal (zero-padded);
     identity blocks when ``hessian`` is None."""
@@ -121,26 +116,24 @@ def clip_search(
     ratios: Sequence[float] = CLIP_RATIOS,
 ) -> BlockQuantized:
     """RTN with, per block and output column, the range ``block_params(r * block)`` for the ratio
-    ``r`` of ``ratios`` whose error ``Δ^T H_bb Δ`` is least (values beyond the shrunk range clip)."""
+    ``r`` of ``ratios`` whose error ``Δ^T H_bb Δ`` is least (values beyond the shrunk range clip).
+    All blocks at once: one batched product ``H_bb Δ_b`` per ratio."""
     k, n = weight.shape
-    blocks = block_count(k, block_size)
-    padded = _padded(weight.astype(np.float32), block_size).reshape(blocks, block_size, n)
+    blocks = as_blocks(weight, block_size)
     diag_blocks = _diagonal_blocks(hessian, k, block_size)
-    best_error = np.full((blocks, n), np.inf)
-    codes = np.zeros((blocks, block_size, n), np.uint8)
-    scales = np.zeros((blocks, n), np.float32)
-    zero_points = np.zeros((blocks, n), np.uint8)
+    best_error = np.full((len(blocks), n), np.inf)
+    codes = np.zeros(blocks.shape, np.uint8)
+    scales = np.zeros((len(blocks), n), np.float32)
+    zero_points = np.zeros((len(blocks), n), np.uint8)
     for ratio in ratios:
-        for b in range(blocks):
-            rows = padded[b]
-            s, z = block_params(rows * np.float32(ratio), bits, symmetric)
-            q = quantize_rows(rows, s, z, bits)
-            delta = ((q.astype(np.int32) - z.astype(np.int32)).astype(np.float32) * s - rows).astype(np.float64)
-            error = np.einsum("kn,kl,ln->n", delta, diag_blocks[b], delta)
-            better = error < best_error[b]
-            best_error[b, better] = error[better]
-            codes[b][:, better] = q[:, better]
-            scales[b, better], zero_points[b, better] = s[better], z[better]
+        s, z = block_params(blocks * np.float32(ratio), bits, symmetric)
+        q = quantize_rows(blocks, s[:, None, :], z[:, None, :], bits)
+        delta = ((q.astype(np.int32) - z[:, None, :].astype(np.int32)).astype(np.float32) * s[:, None, :] - blocks).astype(np.float64)
+        error = np.sum(np.matmul(diag_blocks, delta) * delta, axis=1)
+        better = error < best_error
+        best_error[better] = error[better]
+        codes[:, :, :] = np.where(better[:, None, :], q, codes)
+        scales[better], zero_points[better] = s[better], z[better]
     return BlockQuantized(codes.reshape(-1, n)[:k].copy(), scales, zero_points, bits, block_size, symmetric)
 
 
@@ -245,19 +238,43 @@ def gptq(
 @dataclasses.dataclass(frozen=True)
 class InputScaleSearch:
     """AWQ's choice for a group of layers that read one input: ``scales`` ``[K]`` float32,
-    ``alpha``, and the summed output errors ``tr(ΔW^T H ΔW)`` at that alpha and at alpha 0 (RTN)."""
+    ``alpha``, whether the scales are weight-aware (``weighted``: divided by the weights' relative
+    magnitude to the power ``1 - alpha``), and the summed output errors ``tr(ΔW^T H ΔW)`` with
+    these scales and with none (RTN)."""
 
     scales: np.ndarray
     alpha: float
     error: float
     rtn_error: float
+    weighted: bool = False
 
 
-def _normalised_scales(mean_abs: np.ndarray, alpha: float) -> np.ndarray:
-    """``s = m ** alpha / sqrt(max * min)`` (AWQ's normalisation), ``m`` clamped at 1e-4 so that a
-    silent channel does not get a zero scale."""
-    s = np.maximum(mean_abs.astype(np.float64), 1e-4) ** alpha
+def _normalised(s: np.ndarray) -> np.ndarray:
+    s = np.maximum(s, 1e-4)
     return (s / np.sqrt(s.max() * s.min())).astype(np.float32)
+
+
+def _normalised_scales(mean_abs: np.ndarray, alpha: float, weight_mean: np.ndarray | None = None) -> np.ndarray:
+    """``s = m ** alpha`` (``m`` the mean ``|x|`` per channel, clamped at 1e-4 so that a silent
+    channel does not get a zero scale), or with ``weight_mean`` ``w``: ``m ** alpha / (w ** (1 - alpha)
+    + 1e-4)``; then normalised, ``s / sqrt(max * min)`` (AWQ's)."""
+    s = np.maximum(mean_abs.astype(np.float64), 1e-4) ** alpha
+    if weight_mean is not None:
+        s = s / (weight_mean.astype(np.float64) ** (1 - alpha) + 1e-4)
+    return _normalised(s)
+
+
+def weight_means(weights: Sequence[np.ndarray], block_size: int) -> np.ndarray:
+    """Per input channel ``k``, the mean over every output column ``n`` of the weights of
+    ``|W[k, n]| / max |W[b, n]|`` (the max over ``k``'s block ``b``): how large the channel's weights
+    are within their blocks (AWQ's weight-aware "duo" scaling)."""
+    k = weights[0].shape[0]
+    relative = []
+    for w in weights:
+        blocks = as_blocks(np.abs(w), block_size)
+        peak = np.maximum(blocks.max(axis=1, keepdims=True), 1e-6)
+        relative.append((blocks / peak).reshape(-1, w.shape[1])[:k])
+    return np.concatenate(relative, axis=1).mean(axis=1)
 
 
 def _scaled_rtn_weight(weight: np.ndarray, s: np.ndarray, bits: int, block_size: int, symmetric: bool) -> np.ndarray:
@@ -274,27 +291,36 @@ def search_input_scales(
     block_size: int = 32,
     symmetric: bool = True,
     alphas: Sequence[float] = AWQ_ALPHAS,
+    weighted: bool = True,
 ) -> InputScaleSearch:
-    """One per-input-channel scale ``s = mean|x| ** alpha`` (normalised) for every weight in
-    ``weights`` (layers reading the same ``x``: q/k/v projections), ``alpha`` from ``alphas``
-    minimising the summed output error ``Σ tr(ΔW^T H ΔW)`` of the effective weights
-    ``diag(1/s) Q(diag(s) W)`` (RTN), computed from the Hessian ``H = X^T X`` alone.
+    """One per-input-channel scale ``s`` for every weight in ``weights`` (layers reading the same
+    ``x``: q/k/v projections), minimising the summed output error ``Σ tr(ΔW^T H ΔW)`` of the
+    effective weights ``diag(1/s) Q(diag(s) W)`` (RTN), computed from the Hessian ``H = X^T X``
+    alone. Candidates: ``s = mean|x| ** alpha`` for each of ``alphas``, and with ``weighted`` also
+    ``mean|x| ** alpha / w ** (1 - alpha)`` (``w`` of ``weight_means``) for each alpha above 0; no
+    scaling at all is alpha 0 of the first kind.
 
-    Cost: ``len(alphas) * K^2 * ΣN`` multiply-adds (float32 products, float64 sums of the errors).
+    Cost: ``len(alphas) * K^2 * ΣN`` multiply-adds per kind (float32 products, float64 sums of
+    the errors).
     """
     hessian = _hessian_of(statistics).astype(np.float32)
     mean_abs = np.asarray(statistics.mean_abs, np.float64)
+    candidates = [(alpha, False) for alpha in alphas]
+    if weighted:
+        w_mean = weight_means(weights, block_size)
+        candidates += [(alpha, True) for alpha in alphas if alpha > 0]
     errors = {}
-    for alpha in alphas:
-        s = _normalised_scales(mean_abs, alpha)
+    for alpha, is_weighted in candidates:
+        s = _normalised_scales(mean_abs, alpha, w_mean if is_weighted else None)
         total = 0.0
         for w in weights:
             delta = (_scaled_rtn_weight(w, s, bits, block_size, symmetric) - w).astype(np.float32)
             total += float(np.sum((hessian @ delta).astype(np.float64) * delta))
-        errors[alpha] = total
-    best = min(errors, key=lambda a: (errors[a], a))
-    rtn = errors.get(0.0, errors[best])
-    return InputScaleSearch(_normalised_scales(mean_abs, best), best, errors[best], rtn)
+        errors[(alpha, is_weighted)] = total
+    best = min(errors, key=lambda c: (errors[c], c[1], c[0]))
+    rtn = errors.get((0.0, False), errors[best])
+    alpha, is_weighted = best
+    return InputScaleSearch(_normalised_scales(mean_abs, alpha, w_mean if is_weighted else None), alpha, errors[best], rtn, is_weighted)
 
 
 def _check(weight: np.ndarray, bits: int, block_size: int) -> None:
