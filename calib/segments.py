@@ -4,7 +4,8 @@ one segment's weights and the values that cross between segments, not the whole 
 The main graph's nodes, in graph order (topological), are cut into consecutive segments. A segment
 is a model of its own (``segment_model``):
 
-- its nodes, and the initializers they read (copied from external data, not referenced);
+- its nodes, and the initializers they read (the large ones handed to onnxruntime as arrays, read
+  from the model's tensors, a file's mapping for external data: no copy in the protobuf);
 - as inputs, every value its nodes read (their subgraphs' outer-scope reads too) that the graph's
   inputs or an earlier segment produced;
 - as outputs, the values it produces that a later node or the graph's outputs read, and the
@@ -17,8 +18,8 @@ graph's inputs at first, then a transformer's hidden state, its position tables 
 for every batch from one call to the next; nothing else is. Asking for a tensor that an earlier
 segment produced starts over from the graph's inputs (logged: one more pass over the data).
 
-Memory: the boundary for every sample, plus one segment's weights three times at most (the
-model's own, the serialized segment, onnxruntime's copy). The cost: one session per segment, and
+Memory: the boundary for every sample, plus one segment's weights twice (the pages of the
+model's own, unmapped when the segment is done, and onnxruntime's copy). The cost: one session per segment, and
 the boundary values copied in and out of onnxruntime. A rewrite between calls may replace nodes
 that already ran (a quantized layer) and fold constants into the segment about to run, as long as
 the float function of what ran is unchanged and values keep their names; a value held across the
@@ -27,6 +28,7 @@ cut that such a rewrite changes is told with ``divide``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 
@@ -41,7 +43,7 @@ from qonnx.calib.sources import Source
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SegmentedRun", "node_reads", "segment_model"]
+__all__ = ["Segment", "SegmentedRun", "node_reads", "segment_model"]
 
 
 def node_reads(node: ir.Node) -> list[ir.Value]:
@@ -68,18 +70,51 @@ def _value_info(value: ir.Value, example: np.ndarray | None) -> onnx.ValueInfoPr
     return onnx.helper.make_tensor_value_info(value.name, onnx.helper.np_dtype_to_tensor_dtype(example.dtype), None)
 
 
+_IN_MEMORY = 1024  # initializers of at least this many bytes go to onnxruntime as arrays, not in the protobuf
+
+
+@dataclasses.dataclass
+class Segment:
+    """A segment as onnxruntime loads it: the serialized model, whose initializers of
+    ``_IN_MEMORY`` bytes or more are external-data placeholders, and their arrays (``initializers``,
+    for ``runtime.session``), read from the model's own tensors (``sources``)."""
+
+    proto: bytes
+    initializers: dict[str, np.ndarray]
+    sources: list[ir.Value]
+
+    def release(self) -> None:
+        """Drop the arrays and unmap what they were read from (once the session that was handed them
+    is gone: its options keep them)."""
+        self.initializers.clear()
+        for value in self.sources:
+            qir.release_external(value)
+
+
+def _placeholder(value: ir.Value, array: np.ndarray) -> onnx.TensorProto:
+    proto = onnx.TensorProto(name=value.name, data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype), dims=array.shape)
+    proto.data_location = onnx.TensorProto.EXTERNAL
+    for key, text in (("location", f"qonnx-in-memory/{value.name}"), ("offset", "0"), ("length", str(array.nbytes))):
+        entry = proto.external_data.add()
+        entry.key, entry.value = key, text
+    return proto
+
+
 def segment_model(
     model: ir.Model,
     nodes: Sequence[ir.Node],
     inputs: Sequence[ir.Value],
     outputs: Sequence[ir.Value],
     examples: dict[str, np.ndarray] | None = None,
-) -> bytes:
-    """The serialized model of ``nodes`` (in order) computing ``outputs`` from ``inputs``, with the
-    initializers the nodes read inlined (``examples``: arrays that give a type to an input without
-    one)."""
+) -> Segment:
+    """The model of ``nodes`` (in order) computing ``outputs`` from ``inputs`` with the initializers
+    the nodes read (``examples``: arrays that give a type to an input without one). Large
+    initializers are handed to onnxruntime as arrays: no copy in the protobuf, and one read from
+    external data is read from the file's mapping."""
     graph = onnx.GraphProto(name="segment")
     inside = {id(n) for n in nodes}
+    arrays: dict[str, np.ndarray] = {}
+    sources: list[ir.Value] = []
     seen: set[str] = set()
     for node in nodes:
         for value in node_reads(node):
@@ -88,19 +123,22 @@ def segment_model(
                 continue
             seen.add(value.name)
             tensor = value.const_value
-            array = tensor.numpy() if isinstance(tensor, ir.ExternalTensor) else None
-            proto = ir.serde.serialize_tensor(ir.Tensor(array, name=value.name) if array is not None else tensor)
-            proto.name = value.name
-            graph.initializer.append(proto)
-            del array
-            qir.release_external(value)
+            if tensor.nbytes >= _IN_MEMORY and tensor.dtype != ir.DataType.STRING:
+                array = tensor.numpy()
+                arrays[value.name] = array
+                sources.append(value)
+                graph.initializer.append(_placeholder(value, array))
+            else:
+                proto = ir.serde.serialize_tensor(ir.Tensor(tensor.numpy(), name=value.name) if isinstance(tensor, ir.ExternalTensor) else tensor)
+                proto.name = value.name
+                graph.initializer.append(proto)
         graph.node.append(ir.serde.serialize_node(node))
     graph.input.extend(_value_info(v, (examples or {}).get(v.name)) for v in inputs)
     graph.output.extend(_value_info(v, None) for v in outputs)
     opsets = [onnx.helper.make_opsetid(domain, version) for domain, version in model.opset_imports.items()]
     proto = onnx.helper.make_model(graph, opset_imports=opsets, ir_version=model.ir_version)
     proto.functions.extend(ir.serde.serialize_function(f) for f in model.functions.values())
-    return proto.SerializeToString()
+    return Segment(proto.SerializeToString(), arrays, sources)
 
 
 class SegmentedRun:
@@ -174,17 +212,22 @@ class SegmentedRun:
         outputs = list({v.name: v for v in crossing + [v for node in segment for v in node.outputs if v.name in wanted]}.values())
         session = None
         if segment:
-            session = runtime.session(segment_model(self.model, segment, list(feeds.values()), outputs, self._boundary[0][1]))
+            made = segment_model(self.model, segment, list(feeds.values()), outputs, self._boundary[0][1])
+            session = runtime.session(made.proto, initializers=made.initializers)
             self.segments_run += 1
         output_names = [v.name for v in outputs]
         for position, (indices, values) in enumerate(self._boundary):
             computed = _run(session, {n: values[n] for n in feeds}, output_names, indices) if session else {}
             yield indices, {t: computed[t] if t in computed else values[t] for t in tensors}
             kept = {n: a for n, a in values.items() if last_read.get(n, -1) >= end}
-            kept.update((v.name, computed[v.name]) for v in crossing)
+            # copied: an array onnxruntime returns keeps its session's memory arena alive
+            kept.update((v.name, np.array(computed[v.name], copy=True)) for v in crossing)
             self._boundary[position] = (indices, kept)
             del computed, values
         self._done |= {v.name for node in nodes[start:end] for v in node.outputs if v.name}
+        if session is not None:
+            del session  # its options hold the arrays handed over: they go with it, then the mappings
+            made.release()
 
 
 def _constant_nodes(nodes: Sequence[ir.Node]) -> set[int]:

@@ -126,18 +126,25 @@ class InputStatistics:
 
 def weighted_matmuls(model: ir.Model) -> dict[str, tuple[str, int]]:
     """``{node name: (input tensor name, K)}`` for each MatMul of the main graph whose second input is
-    a constant 2-D float weight and whose first input is computed (graph order)."""
+    a constant 2-D float weight ``[K, N]``, or the ``Transpose`` of one ``[N, K]`` (a tied lm_head
+    reading its embedding table), and whose first input is computed (graph order)."""
     found = {}
     for node in model.graph:
         if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
             continue
         x, w = node.inputs
+        axis = 0
+        producer = w.producer() if w is not None else None
+        if producer is not None and producer.op_type == "Transpose" and producer.domain in ("", "ai.onnx") and qir.constant_array(w) is None:
+            perm = producer.attributes.get_ints("perm")
+            if perm is None or list(perm) == [1, 0]:
+                w, axis = producer.inputs[0], 1
         weight = qir.constant_array(w)
         if x is None or weight is None or weight.ndim != 2 or weight.dtype.kind != "f":
             continue
         if qir.constant_array(x) is not None:
             continue
-        found[node.name] = (x.name, int(weight.shape[0]))
+        found[node.name] = (x.name, int(weight.shape[axis]))
     return found
 
 

@@ -43,6 +43,7 @@ import onnx_ir as ir
 from qonnx import blockwise, weight_rounding
 from qonnx import ir as qir
 from qonnx.errors import UserError
+from qonnx.heap import trim
 from qonnx.nbits_packing import NBitsWeight, gather_block_quantized, matmul_nbits, pack_codes, signed_codes
 from qonnx.pipeline import Pass, Record, apply, register
 from qonnx.policy import SPEC_KEY, QuantSpec, node_spec, record_formats, set_node_spec
@@ -180,7 +181,7 @@ class QuantizeWeights(Pass):
             if table is not None:
                 tied.append(node.name)
             source, found = found.source, None  # drop the candidate's views of the float weight first
-            qir.release_external(source)  # its float bytes are no longer needed: memory stays near one layer's
+            _drop_float_weight(graph, source)
             modified = True
         if refused:
             record_formats(model, refused)
@@ -413,6 +414,16 @@ def _upgrade_keeping_specs(model: ir.Model, context) -> None:
     for node in model.graph:
         if node.name in specs:
             node.metadata_props[SPEC_KEY] = specs[node.name]
+
+
+def _drop_float_weight(graph: ir.Graph, weight: ir.Value) -> None:
+    """A float weight no node reads any more leaves the graph now, not at the next ``remove-dead``
+    (an AWQ-scaled copy is in memory), one read from external data is unmapped, and the heap's
+    free pages go back: memory stays near one layer's weights, not the model's."""
+    qir.release_external(weight)
+    if weight.is_initializer() and not weight.uses() and not weight.is_graph_output() and weight.name in graph.initializers:
+        del graph.initializers[weight.name]
+    trim()  # and what this layer's arrays freed goes back to the system (qonnx.heap)
 
 
 def _weight_problem(weight: ir.Value | None, spec: QuantSpec) -> str | None:

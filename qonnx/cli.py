@@ -111,6 +111,7 @@ _FIELDS = {
     "sensitivity": ("evaluation", "sensitivity", "--sensitivity"),
     "metric": ("evaluation", "metric", "--metric"),
     "min": ("evaluation", "min", "--min"),
+    "no_eval": ("evaluation", "skip", "--no-eval"),
     "block_size": ("weight_only", "block_size", "--block-size"),
     "weight_bits": ("weight_only", "bits", "--weight-bits"),
     "embedding_bits": ("weight_only", "embedding_bits", "--embedding-bits"),
@@ -270,6 +271,11 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--layout", metavar="{NCHW,NHWC}", help="image tensor layout (default NCHW)")
     q.add_argument("--bgr", action=argparse.BooleanOptionalAction, help="feed images in BGR channel order (default RGB)")
     q.add_argument("--latency", action="store_true", help="also time FP32 and quantized models (2 threads)")
+    q.add_argument(
+        "--no-eval",
+        action="store_true",
+        help="measure no fidelity (no FP32 session on held-out data): all of --calib calibrates, the verdict says not measured",
+    )
     q.add_argument(
         "--metric",
         metavar="{auto,sqnr,cosine,top1}",

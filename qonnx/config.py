@@ -267,16 +267,26 @@ class EvaluationConfig:
     embeddings, else sqnr), or in Python a callable ``score(reference_outputs, test_outputs) -> float``
     (lists of output dicts, higher is better). ``min``: the value the metric must reach; given, a
     run that misses it still writes the model and report and the command exits 3 (a CI gate);
-    omitted, the verdict compares with the metric's default floor and only advises.
+    omitted, the verdict compares with the metric's default floor and only advises. ``skip``: no
+    fidelity measured (``--no-eval``: the held-out run costs a session of the FP32 model, more
+    memory than quantizing an LLM a layer at a time); all of the calibration data calibrates and
+    the verdict says "not measured". It cannot go with ``min``, ``sensitivity``, or the automatic
+    policy, which measure.
     """
 
     latency: bool = False
     sensitivity: int = 0
     metric: Literal["auto", "sqnr", "cosine", "top1"] | Callable[..., float] = "auto"
     min: float | None = None
+    skip: bool = False
 
     def __post_init__(self):
         table = "evaluation"
+        _bool(self.skip, "skip", table)
+        if self.skip and self.min is not None:
+            raise ConfigError("skip", "no evaluation, so nothing to hold to min: drop one of them", table)
+        if self.skip and self.sensitivity:
+            raise ConfigError("skip", "no evaluation, and sensitivity measures on held-out data: drop one of them", table)
         _bool(self.latency, "latency", table)
         _int(self.sensitivity, "sensitivity", table, minimum=0, what=f"must be 0 or a positive number of samples, not {self.sensitivity}")
         if not callable(self.metric):
@@ -419,6 +429,8 @@ class QuantizeConfig:
                 raise ConfigError("reduce_range", "applies to precision int8 (7-bit INT8 weights); int4 weights are blocks of 4 or 8 bits")
         elif self.weight_only != WeightOnlyConfig():
             raise ConfigError("weight_only", f"its options apply to precision int4, not {precision}")
+        if self.evaluation.skip and policy == "auto":
+            raise ConfigError("policy", "auto measures its trials and checks the result on held-out data: it cannot go with evaluation skip (--no-eval)")
         if self.float_remainder is not None and precision not in ("int8", "fp8"):
             raise ConfigError("float_remainder", f"applies to precision int8 or fp8 (the format of what is not quantized), not {precision}")
         if self.fp8_activations != "e4m3" and precision != "fp8":
@@ -466,6 +478,7 @@ class QuantizeConfig:
         "sensitivity": ("evaluation", "sensitivity"),
         "metric": ("evaluation", "metric"),
         "min": ("evaluation", "min"),
+        "skip_evaluation": ("evaluation", "skip"),
     }
 
     @classmethod

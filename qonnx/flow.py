@@ -318,12 +318,15 @@ def _model_facts(path: Path, model: ir.Model) -> dict[str, Any]:
     }
 
 
-def _sources(job: Job, model: ir.Model) -> tuple[Source | None, Source | None, bool]:
+def _sources(job: Job, model: ir.Model, *, evaluated: bool = True) -> tuple[Source | None, Source | None, bool]:
     """Calibration and evaluation sources; without evaluation data a quarter of the calibration data
-    is held out. The flag says the evaluation samples also calibrated (a single sample)."""
+    is held out (none when nothing is ``evaluated``). The flag says the evaluation samples also
+    calibrated (a single sample)."""
     if job.calib is None:
         return None, None if job.eval_data is None else open_source(job.eval_data, model, job.preprocess), False
     calib = open_source(job.calib, model, job.preprocess)
+    if not evaluated:
+        return calib, None, False
     if job.eval_data is not None:
         return calib, open_source(job.eval_data, model, job.preprocess), False
     return split_holdout(calib)
@@ -370,6 +373,7 @@ def _verdict(config: QuantizeConfig, context: Context, *, token_inputs: bool, ha
         has_matmul=has_matmul,
         custom=custom,
         auto_met=auto.achieved if (auto := context.records.get("auto_policy")) is not None and auto.met else None,
+        skipped=config.evaluation.skip,
     )
 
 
@@ -379,7 +383,9 @@ def run(config: QuantizeConfig, job: Job) -> QuantizeResult:
     # Every argument is checked before any work (the config checked its own fields when it was
     # made): a bad one costs nothing and leaves nothing behind.
     calibrated = job.calib is not None or config.calibration.ranges is not None
-    evaluated = job.calib is not None or job.eval_data is not None
+    evaluated = (job.calib is not None or job.eval_data is not None) and not config.evaluation.skip
+    if config.evaluation.skip and job.eval_data is not None:
+        raise UserError("--eval DATA and --no-eval: give one of them")
     if config.precision == "int4" and config.weight_only.algorithm not in (None, "rtn") and job.calib is None:
         raise UserError(f"--algorithm {config.weight_only.algorithm} rounds weights from the activations of calibration data: give --calib DATA")
     steps = pipeline_steps(config, calibrated=calibrated, evaluated=evaluated)
@@ -413,7 +419,7 @@ def _run(config: QuantizeConfig, job: Job, steps: list[PipelineStep], reference:
     input_facts = _model_facts(job.model, model)
     if upgrade_note is not None:
         input_facts["upgraded"] = upgrade_note
-    context.calib, context.eval_data, shared = _sources(job, model)
+    context.calib, context.eval_data, shared = _sources(job, model, evaluated=not config.evaluation.skip)
     context.eval_held_out = not shared
 
     made = _missing_folders([job.output, job.report, job.html, save_ranges, plan])

@@ -159,6 +159,8 @@ def summary_table(report: dict[str, Any]) -> str:
         for name, m in fidelity["outputs"].items():
             task = "".join(f"   {label} {m[key]:.4f}" for key, label in (("top1_agreement", "top-1"), ("pooled_cosine", "pooled cosine")) if key in m)
             lines.append(f"  {name:<30} SQNR {m['sqnr_db']:7.2f} dB   cosine {m['cosine']:.5f}{task}")
+    elif (report.get("config") or {}).get("evaluation", {}).get("skip"):
+        lines.append("fidelity   not measured (--no-eval)")
     else:
         lines.append("fidelity   not measured (no data)")
     sensitivity = report.get("sensitivity")

@@ -145,18 +145,20 @@ def session(
     providers: Sequence[str] = ("CPUExecutionProvider",),
     disable_optimizations: bool = False,
     qdq_fusion: bool = True,
+    initializers: Mapping[str, np.ndarray] | None = None,
 ) -> Session:
     """A session for an in-memory model, a serialized one or a model file. ``qdq_fusion=False``:
     QuantizeLinear/DequantizeLinear stay separate nodes, computed exactly as ONNX defines them
     (the arithmetic of a provider with its own integer kernels, such as TensorRT, up to the order of
-    its integer sums), instead of the CPU provider's fused kernels."""
+    its integer sums), instead of the CPU provider's fused kernels. ``initializers``: the data of
+    the model's external-data initializers of these names, handed over in memory (onnxruntime
+    copies what it keeps as it loads: the arrays may go once the session exists)."""
     source, keep_alive = _model_source(model)
+    options = _options(threads, disable_optimizations=disable_optimizations, qdq_fusion=qdq_fusion)
+    if initializers:
+        options.add_external_initializers(list(initializers), [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for a in initializers.values()])
     try:
-        inner = ort.InferenceSession(
-            source,
-            sess_options=_options(threads, disable_optimizations=disable_optimizations, qdq_fusion=qdq_fusion),
-            providers=list(providers),
-        )
+        inner = ort.InferenceSession(source, sess_options=options, providers=list(providers))
     except Exception as exc:
         raise RuntimeError(f"onnxruntime could not load the model: {str(exc).splitlines()[0]}") from exc
     return Session(inner, keep_alive)

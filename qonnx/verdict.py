@@ -118,11 +118,13 @@ def judge(
     has_matmul: bool,
     custom: float | None = None,
     auto_met: float | None = None,
+    skipped: bool = False,
 ) -> Verdict:
-    """The verdict of a run from its fidelity record (None: not measured). ``custom``: the value of
-    a Python metric (``metric`` is then its name)."""
+    """The verdict of a run from its fidelity record (None: not measured; ``skipped``: on request).
+    ``custom``: the value of a Python metric (``metric`` is then its name)."""
     if fidelity is None:
-        return Verdict(metric if metric != "auto" else "sqnr", None, minimum, None, "not measured", "", ["give --calib or --eval data to measure fidelity"])
+        advice = ["run without --no-eval to measure fidelity on held-out data"] if skipped else ["give --calib or --eval data to measure fidelity"]
+        return Verdict(metric if metric != "auto" else "sqnr", None, minimum, None, "not measured", "", advice)
     outputs = fidelity["outputs"]
     if custom is not None:
         value, chosen = custom, "the config's metric (a Python callable)"

@@ -70,6 +70,7 @@ Algorithm = Literal["rtn", "gptq", "awq"]
 
 # Shrink factors of a block's range tried by the clip search (1.0: the block's own range).
 CLIP_RATIOS = tuple(float(r) for r in np.round(np.arange(1.0, 0.74, -0.025), 3))
+_CLIP_SLICE_BYTES = 16 << 20  # a float64 temporary of the clip search (a 49152-token lm_head: 226 MB at once)
 # Exponents of AWQ's per-channel scale s = mean|x| ** alpha (0: no scaling).
 AWQ_ALPHAS = tuple(float(a) for a in np.round(np.arange(0.0, 1.0001, 0.05), 2))
 
@@ -117,23 +118,28 @@ def clip_search(
 ) -> BlockQuantized:
     """RTN with, per block and output column, the range ``block_params(r * block)`` for the ratio
     ``r`` of ``ratios`` whose error ``Δ^T H_bb Δ`` is least (values beyond the shrunk range clip).
-    All blocks at once: one batched product ``H_bb Δ_b`` per ratio."""
+    All blocks at once, one batched product ``H_bb Δ_b`` per ratio, on slices of the output columns
+    (columns are independent) so that the temporaries stay near ``_CLIP_SLICE_BYTES``."""
     k, n = weight.shape
     blocks = as_blocks(weight, block_size)
     diag_blocks = _diagonal_blocks(hessian, k, block_size)
-    best_error = np.full((len(blocks), n), np.inf)
     codes = np.zeros(blocks.shape, np.uint8)
     scales = np.zeros((len(blocks), n), np.float32)
     zero_points = np.zeros((len(blocks), n), np.uint8)
-    for ratio in ratios:
-        s, z = block_params(blocks * np.float32(ratio), bits, symmetric)
-        q = quantize_rows(blocks, s[:, None, :], z[:, None, :], bits)
-        delta = ((q.astype(np.int32) - z[:, None, :].astype(np.int32)).astype(np.float32) * s[:, None, :] - blocks).astype(np.float64)
-        error = np.sum(np.matmul(diag_blocks, delta) * delta, axis=1)
-        better = error < best_error
-        best_error[better] = error[better]
-        codes[:, :, :] = np.where(better[:, None, :], q, codes)
-        scales[better], zero_points[better] = s[better], z[better]
+    width = max(1, _CLIP_SLICE_BYTES // (blocks.shape[0] * blocks.shape[1] * 8))
+    for start in range(0, n, width):
+        cols = slice(start, min(start + width, n))
+        part = blocks[:, :, cols]
+        best_error = np.full((len(blocks), part.shape[2]), np.inf)
+        for ratio in ratios:
+            s, z = block_params(part * np.float32(ratio), bits, symmetric)
+            q = quantize_rows(part, s[:, None, :], z[:, None, :], bits)
+            delta = ((q.astype(np.int32) - z[:, None, :].astype(np.int32)).astype(np.float32) * s[:, None, :] - part).astype(np.float64)
+            error = np.sum(np.matmul(diag_blocks, delta) * delta, axis=1)
+            better = error < best_error
+            best_error[better] = error[better]
+            codes[:, :, cols] = np.where(better[:, None, :], q, codes[:, :, cols])
+            scales[:, cols][better], zero_points[:, cols][better] = s[better], z[better]
     return BlockQuantized(codes.reshape(-1, n)[:k].copy(), scales, zero_points, bits, block_size, symmetric)
 
 
@@ -277,10 +283,37 @@ def weight_means(weights: Sequence[np.ndarray], block_size: int) -> np.ndarray:
     return np.concatenate(relative, axis=1).mean(axis=1)
 
 
-def _scaled_rtn_weight(weight: np.ndarray, s: np.ndarray, bits: int, block_size: int, symmetric: bool) -> np.ndarray:
-    """``diag(1/s) Q(diag(s) W)``: the weight the layer effectively applies to ``x``."""
-    q = quantize_rtn((weight * s[:, None]).astype(np.float32), bits, block_size, symmetric)
-    return q.dequantize().astype(np.float64) / s[:, None].astype(np.float64)
+class _ScaledError:
+    """``tr(ΔW^T H ΔW)`` of the effective weight ``diag(1/s) Q(diag(s) W)`` (RTN) for many ``s``,
+    in float32 buffers made once per weight: a search over a few dozen candidates on a layer then
+    allocates no layer-sized array per candidate (which a long run would leave in a fragmented heap)."""
+
+    def __init__(self, weight: np.ndarray, hessian: np.ndarray, bits: int, block_size: int, symmetric: bool):
+        self.weight, self.hessian, self.bits, self.symmetric = weight.astype(np.float32), hessian, bits, symmetric
+        k, n = weight.shape
+        self.blocks = as_blocks(np.zeros((k, n), np.float32), block_size)  # zero rows pad the last block
+        self.rows = self.blocks.reshape(-1, n)[:k]
+        self.dequantized = np.zeros_like(self.blocks)
+        self.delta = self.dequantized.reshape(-1, n)[:k]
+        self.product = np.empty((k, n), np.float32)
+
+    def __call__(self, s: np.ndarray) -> float:
+        np.multiply(self.weight, s[:, None], out=self.rows)
+        scales, zero_points = block_params(self.blocks, self.bits, self.symmetric)
+        with np.errstate(divide="ignore"):
+            inverse = np.where(scales != 0, np.float32(1) / np.where(scales != 0, scales, 1), 0).astype(np.float32)
+        z = zero_points.astype(np.float32)[:, None, :]
+        out = self.dequantized  # (clip(round(w * 1/scale) + z) - z) * scale: what quantize_rtn stores, decoded
+        np.multiply(self.blocks, inverse[:, None, :], out=out)
+        np.round(out, out=out)
+        out += z
+        np.clip(out, 0, (1 << self.bits) - 1, out=out)
+        out -= z
+        out *= scales[:, None, :]
+        np.divide(self.delta, s[:, None], out=self.delta)
+        self.delta -= self.weight
+        np.matmul(self.hessian, self.delta, out=self.product)
+        return float(np.einsum("kn,kn->k", self.product, self.delta).sum(dtype=np.float64))
 
 
 def search_input_scales(
@@ -300,23 +333,21 @@ def search_input_scales(
     ``mean|x| ** alpha / w ** (1 - alpha)`` (``w`` of ``weight_means``) for each alpha above 0; no
     scaling at all is alpha 0 of the first kind.
 
-    Cost: ``len(alphas) * K^2 * ΣN`` multiply-adds per kind (float32 products, float64 sums of
-    the errors).
+    Cost: ``len(alphas) * K^2 * ΣN`` multiply-adds per kind (float32 products and row sums,
+    float64 sums of the rows).
     """
     hessian = _hessian_of(statistics).astype(np.float32)
     mean_abs = np.asarray(statistics.mean_abs, np.float64)
     candidates = [(alpha, False) for alpha in alphas]
+    w_mean = None
     if weighted:
         w_mean = weight_means(weights, block_size)
         candidates += [(alpha, True) for alpha in alphas if alpha > 0]
+    measures = [_ScaledError(w, hessian, bits, block_size, symmetric) for w in weights]
     errors = {}
     for alpha, is_weighted in candidates:
         s = _normalised_scales(mean_abs, alpha, w_mean if is_weighted else None)
-        total = 0.0
-        for w in weights:
-            delta = (_scaled_rtn_weight(w, s, bits, block_size, symmetric) - w).astype(np.float32)
-            total += float(np.sum((hessian @ delta).astype(np.float64) * delta))
-        errors[(alpha, is_weighted)] = total
+        errors[(alpha, is_weighted)] = sum(measure(s) for measure in measures)
     best = min(errors, key=lambda c: (errors[c], c[1], c[0]))
     rtn = errors.get((0.0, False), errors[best])
     alpha, is_weighted = best

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from conftest import run_qonnx
@@ -104,3 +105,31 @@ def test_an_auto_plan_that_met_the_target_on_calibration_data_but_not_held_out_s
 def test_fp8_advice_names_fp8_options():
     verdict = _judge(_BOXES, precision="fp8")
     assert verdict.advice[0].startswith("--precision int8") and verdict.advice[-1].startswith("--fp8-activations e5m2")
+
+
+def test_no_eval_measures_nothing_calibrates_on_all_the_data_and_says_so(tmp_path, model_path, calib_npz):
+    out, report = tmp_path / "q.onnx", tmp_path / "r.json"
+    result = run_qonnx("quantize", model_path, "-o", out, "--calib", calib_npz, "--no-eval", "--report", report)
+    assert result.rc == 0, result.err
+    data = json.loads(report.read_text())
+    assert "fidelity" not in data and data["config"]["evaluation"]["skip"] is True
+    assert not any(p["name"] == "evaluate" for p in data["passes"])
+    with np.load(calib_npz) as arrays:
+        assert data["calibration"]["samples"] == len(next(iter(arrays.values())))  # nothing held out
+    assert "fidelity   not measured (--no-eval)" in result.out
+    assert "verdict    NOT MEASURED: run without --no-eval" in result.out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--min", "20"], "--no-eval: no evaluation, so nothing to hold to min"),
+        (["--eval", "EVAL"], "--eval DATA and --no-eval: give one of them"),
+        (["--policy", "auto"], "auto measures its trials"),
+    ],
+)
+def test_no_eval_refuses_what_needs_an_evaluation(tmp_path, model_path, calib_npz, extra, message):
+    extra = [str(calib_npz) if x == "EVAL" else x for x in extra]
+    result = run_qonnx("quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", calib_npz, "--no-eval", *extra)
+    assert result.rc == 2 and message in result.err, result.err
+    assert not (tmp_path / "q.onnx").exists()

@@ -394,3 +394,31 @@ def test_a_group_is_searched_with_its_own_format():
     # 8 bits: 16x finer steps, so the error without scaling falls by about 256x; 20x leaves room
     assert at_eight[name].rtn_error < at_four[name].rtn_error / 20
     assert at_eight[name].error <= at_eight[name].rtn_error  # and the search still beats no scaling on that grid
+
+
+def test_the_scale_search_measures_the_error_of_the_weight_rtn_stores():
+    """The search's in-place measure equals ``tr(ΔW^T H ΔW)`` of ``diag(1/s) Q(diag(s) W)`` built
+    from ``quantize_rtn``; tolerance: float32 products and row sums against float64, 1e-5."""
+    from qonnx.weight_rounding import _ScaledError
+
+    x, w = _correlated_outliers(k=96, n=40)
+    stats = _statistics(x)
+    s = np.random.default_rng(3).uniform(0.5, 2, 96).astype(np.float32)
+    for symmetric in (True, False):
+        measure = _ScaledError(w, stats.hessian.astype(np.float32), 4, 32, symmetric)
+        effective = quantize_rtn(w * s[:, None], 4, 32, symmetric).dequantize().astype(np.float64) / s[:, None]
+        expected = layer_error(w, effective, stats.hessian)
+        assert measure(s) == pytest.approx(expected, rel=1e-5)
+        assert measure(s) == measure(s)  # the buffers are reused, not accumulated
+
+
+def test_clip_search_in_column_slices_equals_one_pass(monkeypatch):
+    import qonnx.weight_rounding as rounding
+
+    x, w = _correlated_outliers(k=64, n=50)
+    hessian = _statistics(x).hessian
+    whole = clip_search(w, bits=4, block_size=32, symmetric=False, hessian=hessian)
+    monkeypatch.setattr(rounding, "_CLIP_SLICE_BYTES", 64 * 8 * 7)  # 7 columns a slice, the last one shorter
+    sliced = clip_search(w, bits=4, block_size=32, symmetric=False, hessian=hessian)
+    for a, b in ((whole.codes, sliced.codes), (whole.scales, sliced.scales), (whole.zero_points, sliced.zero_points)):
+        np.testing.assert_array_equal(a, b)
