@@ -30,6 +30,9 @@ __all__ = ["BlockQuantized", "BLOCK_SIZES", "as_blocks", "block_count", "block_p
 
 
 
+SLICE_BYTES = 16 << 20  # float32 bytes of the output columns quantized at once
+
+
 def block_count(k: int, block_size: int) -> int:
     return math.ceil(k / block_size)
 
@@ -92,11 +95,21 @@ def as_blocks(weight: np.ndarray, block_size: int) -> np.ndarray:
 
 
 def quantize_rtn(weight: np.ndarray, bits: int = 4, block_size: int = 32, symmetric: bool = True) -> BlockQuantized:
-    """Round-to-nearest: each block's range from its own values (``block_params``), then rounding."""
+    """Round-to-nearest: each block's range from its own values (``block_params``), then rounding;
+    all blocks at once, on slices of the output columns whose temporaries stay near
+    ``SLICE_BYTES`` (an lm_head of 49152 columns is 113 MB of float32)."""
     if weight.ndim != 2:
         raise ValueError(f"block quantization takes a [K, N] weight, not shape {weight.shape}")
     k, n = weight.shape
-    blocks = as_blocks(weight, block_size)
-    scales, zero_points = block_params(blocks, bits, symmetric)
-    codes = quantize_rows(blocks, scales[:, None, :], zero_points[:, None, :], bits)
-    return BlockQuantized(codes.reshape(-1, n)[:k].copy(), scales, zero_points, bits, block_size, symmetric)
+    count = block_count(k, block_size)
+    codes = np.empty((k, n), dtype=np.uint8)
+    scales = np.empty((count, n), dtype=np.float32)
+    zero_points = np.empty((count, n), dtype=np.uint8)
+    width = max(1, SLICE_BYTES // (count * block_size * 4))
+    for start in range(0, n, width):
+        cols = slice(start, min(start + width, n))
+        blocks = as_blocks(weight[:, cols], block_size)
+        scales[:, cols], zero_points[:, cols] = block_params(blocks, bits, symmetric)
+        q = quantize_rows(blocks, scales[:, None, cols], zero_points[:, None, cols], bits)
+        codes[:, cols] = q.reshape(-1, q.shape[2])[:k]
+    return BlockQuantized(codes, scales, zero_points, bits, block_size, symmetric)
