@@ -134,11 +134,9 @@ def weighted_matmuls(model: ir.Model) -> dict[str, tuple[str, int]]:
             continue
         x, w = node.inputs
         axis = 0
-        producer = w.producer() if w is not None else None
-        if producer is not None and producer.op_type == "Transpose" and producer.domain in ("", "ai.onnx") and qir.constant_array(w) is None:
-            perm = producer.attributes.get_ints("perm")
-            if perm is None or list(perm) == [1, 0]:
-                w, axis = producer.inputs[0], 1
+        transpose = qir.transpose_of_constant(w)
+        if transpose is not None:
+            w, axis = transpose.inputs[0], 1
         weight = qir.constant_array(w)
         if x is None or weight is None or weight.ndim != 2 or weight.dtype.kind != "f":
             continue

@@ -212,12 +212,9 @@ class QuantizeWeights(Pass):
             if node.attributes.get_float("alpha", 1.0) != 1.0 or node.attributes.get_float("beta", 1.0) != 1.0:
                 return "Gemm with alpha or beta other than 1"
         weight = node.inputs[1]
-        via_transpose = None
-        producer = weight.producer() if weight is not None else None
-        if producer is not None and producer.op_type == "Transpose" and producer.domain in ("", "ai.onnx") and qir.constant_array(weight) is None:
-            perm = producer.attributes.get_ints("perm")
-            if (perm is None or list(perm) == [1, 0]) and qir.is_constant_initializer(producer.inputs[0]):
-                via_transpose, weight = producer, producer.inputs[0]
+        via_transpose = qir.transpose_of_constant(weight)
+        if via_transpose is not None:
+            weight = via_transpose.inputs[0]
         reason = _weight_problem(weight, spec)
         if reason is not None:
             return reason

@@ -46,6 +46,7 @@ __all__ = [
     "all_nodes",
     "constant_array",
     "release_external",
+    "transpose_of_constant",
     "is_float_constant",
     "is_dequantized",
     "make_initializer",
@@ -353,6 +354,18 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
         attr = producer.attributes.get("value")
         if attr is not None and attr.type == ir.AttributeType.TENSOR:
             return attr.as_tensor().numpy()
+    return None
+
+
+def transpose_of_constant(value: ir.Value | None) -> ir.Node | None:
+    """The ``Transpose`` (``perm`` absent or ``[1, 0]``) of a constant initializer that computes
+    ``value`` (a tied lm_head's ``Transpose(E)``); None for anything else, a folded constant too."""
+    producer = value.producer() if value is not None else None
+    if producer is None or producer.op_type != "Transpose" or producer.domain not in ("", "ai.onnx") or constant_array(value) is not None:
+        return None
+    perm = producer.attributes.get_ints("perm")
+    if (perm is None or list(perm) == [1, 0]) and is_constant_initializer(producer.inputs[0]):
+        return producer
     return None
 
 
