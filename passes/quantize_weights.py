@@ -420,6 +420,7 @@ def _drop_float_weight(graph: ir.Graph, weight: ir.Value) -> None:
     qir.release_external(weight)
     if weight.is_initializer() and not weight.uses() and not weight.is_graph_output() and weight.name in graph.initializers:
         del graph.initializers[weight.name]
+        weight.const_value = None  # the Value may outlive the graph's reference (bookkeeping): its array goes now
     trim()  # and what this layer's arrays freed goes back to the system (qonnx.heap)
 
 

@@ -422,3 +422,20 @@ def test_clip_search_in_column_slices_equals_one_pass(monkeypatch):
     sliced = clip_search(w, bits=4, block_size=32, symmetric=False, hessian=hessian)
     for a, b in ((whole.codes, sliced.codes), (whole.scales, sliced.scales), (whole.zero_points, sliced.zero_points)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("algorithm", ["awq", "gptq"])
+def test_the_float_weights_go_once_their_codes_exist(algorithm):
+    """AWQ puts a scaled copy of each weight in memory; once the layer is stored in blocks nothing
+    may keep it (the pass's bookkeeping held the Values: a whole model's float weights by the end)."""
+    from qonnx.pipeline import build, parse_pipeline, run_pipeline
+
+    model = to_ir(_mlp(layers=2))
+    weights = {node.name: node.inputs[1] for node in model.graph if node.op_type == "MatMul"}
+    context = Context(calib=_source(model, _feeds(count=3)), precision="int4")
+    passes = build(parse_pipeline(f"normalize,resolve-policy,quantize-weights(algorithm={algorithm}),remove-dead,finalize"), context)
+    run_pipeline(model, passes, context)
+    assert {n.op_type for n in model.graph if n.name in weights} == {"MatMulNBits"}
+    for name, value in weights.items():
+        assert value.name not in model.graph.initializers, name
+        assert value.const_value is None, f"{name}: its float weight is still in memory"
