@@ -76,7 +76,7 @@ class WeightOnlyRecord(Record):
 @dataclasses.dataclass(frozen=True)
 class _Candidate:
     """A rewritable node: its weight as ``[K, N]`` float32 (``source``: the initializer it comes
-    from, ``transposed``: W is that initializer's transpose)."""
+    from, ``transposed``: W is that initializer's transpose, a strided view of it, not a copy)."""
 
     node: ir.Node
     spec: QuantSpec
@@ -205,7 +205,7 @@ class QuantizeWeights(Pass):
             if reason is not None:
                 return reason
             array = qir.constant_array(table)
-            return _Candidate(node, spec, np.ascontiguousarray(array.T), table, transposed=True)
+            return _Candidate(node, spec, array.T, table, transposed=True)
         if node.op_type == "Gemm":
             if node.attributes.get_int("transA", 0):
                 return "Gemm with transA"
@@ -222,7 +222,7 @@ class QuantizeWeights(Pass):
         transposed = via_transpose is not None
         if node.op_type == "Gemm" and node.attributes.get_int("transB", 0):
             transposed = not transposed
-        w = np.ascontiguousarray(array.T) if transposed else array
+        w = array.T if transposed else array  # a view: the rounding copies a slice of columns at a time
         if w.shape[0] < spec.block_size:
             return f"K {w.shape[0]} smaller than the block size {spec.block_size}"
         return _Candidate(node, spec, w, weight, transposed, via_transpose)

@@ -119,18 +119,20 @@ def clip_search(
     """RTN with, per block and output column, the range ``block_params(r * block)`` for the ratio
     ``r`` of ``ratios`` whose error ``Δ^T H_bb Δ`` is least (values beyond the shrunk range clip).
     All blocks at once, one batched product ``H_bb Δ_b`` per ratio, on slices of the output columns
-    (columns are independent) so that the temporaries stay near ``_CLIP_SLICE_BYTES``."""
+    (columns are independent) so that the temporaries stay near ``_CLIP_SLICE_BYTES``; ``weight``
+    may be a strided view (a tied lm_head's ``E^T``): only a slice at a time is copied."""
     k, n = weight.shape
-    blocks = as_blocks(weight, block_size)
+    count = block_count(k, block_size)
     diag_blocks = _diagonal_blocks(hessian, k, block_size)
-    codes = np.zeros(blocks.shape, np.uint8)
-    scales = np.zeros((len(blocks), n), np.float32)
-    zero_points = np.zeros((len(blocks), n), np.uint8)
-    width = max(1, _CLIP_SLICE_BYTES // (blocks.shape[0] * blocks.shape[1] * 8))
+    codes = np.empty((k, n), np.uint8)
+    scales = np.zeros((count, n), np.float32)
+    zero_points = np.zeros((count, n), np.uint8)
+    width = max(1, _CLIP_SLICE_BYTES // (count * block_size * 8))
     for start in range(0, n, width):
         cols = slice(start, min(start + width, n))
-        part = blocks[:, :, cols]
-        best_error = np.full((len(blocks), part.shape[2]), np.inf)
+        part = as_blocks(weight[:, cols], block_size)
+        best_error = np.full((count, part.shape[2]), np.inf)
+        best_codes = np.zeros(part.shape, np.uint8)
         for ratio in ratios:
             s, z = block_params(part * np.float32(ratio), bits, symmetric)
             q = quantize_rows(part, s[:, None, :], z[:, None, :], bits)
@@ -138,9 +140,10 @@ def clip_search(
             error = np.sum(np.matmul(diag_blocks, delta) * delta, axis=1)
             better = error < best_error
             best_error[better] = error[better]
-            codes[:, :, cols] = np.where(better[:, None, :], q, codes[:, :, cols])
+            best_codes = np.where(better[:, None, :], q, best_codes)
             scales[:, cols][better], zero_points[:, cols][better] = s[better], z[better]
-    return BlockQuantized(codes.reshape(-1, n)[:k].copy(), scales, zero_points, bits, block_size, symmetric)
+        codes[:, cols] = best_codes.reshape(-1, best_codes.shape[2])[:k]
+    return BlockQuantized(codes, scales, zero_points, bits, block_size, symmetric)
 
 
 def _damped(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]:
