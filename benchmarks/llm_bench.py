@@ -96,7 +96,9 @@ def quantize_onnxruntime_gptq(model_path: str, output_path: str, calib_path: str
 
     started = time.perf_counter()
     config = GPTQWeightOnlyQuantConfig(calibration_data_reader=Reader(), block_size=block_size)
-    quantizer = MatMulNBitsQuantizer(onnx.load(model_path), algo_config=config)
+    # GPTQ's blocks are the quantizer's block_size (the config's is its column batch): left at its
+    # default of 128, K = 576 makes an odd number of blocks, which its zero-point packing rejects
+    quantizer = MatMulNBitsQuantizer(onnx.load(model_path), block_size=block_size, is_symmetric=False, algo_config=config)
     quantizer.process()
     quantizer.model.save_model_to_file(output_path, use_external_data_format=True)
     return {"quant_s": time.perf_counter() - started}
