@@ -45,7 +45,7 @@ bench: $(INSTALLED) bench-fp16
 
 # INT4 weight-only on the kit's SmolLM2-135M beside onnxruntime's MatMulNBitsQuantizer (about 25 minutes on 2 cores).
 bench-llm: $(INSTALLED)
-	$(PY) benchmarks/llm_bench.py --ort-gptq --out benchmarks/results
+	$(PY) benchmarks/llm_bench.py --out benchmarks/results
 
 # The tensorrt target's acceptance: every kit model as qonnx cpu INT8, tensorrt INT8 and tensorrt FP8
 # (recorded as not available where qonnx does not offer it) beside onnxruntime's quantize_static; SQNR,

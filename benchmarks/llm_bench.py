@@ -17,8 +17,9 @@ this machine measures, per variant:
 Variants: FP32; onnxruntime's RTN (``DefaultWeightOnlyQuantConfig``): symmetric and asymmetric,
 block 32 and 128, accuracy_level 0 and 4 (``ORT_RTN_SETTINGS``); qonnx ``--precision int4`` with each rounding algorithm
 (rtn, gptq, awq) at its defaults; onnxruntime's GPTQ (asymmetric, block 32, its own copy of Intel
-Neural Compressor's code) with ``--ort-gptq``, which ``make bench-llm`` passes: about 13 minutes
-here, on the same calibration windows as qonnx's.
+Neural Compressor's code, on the same calibration windows as qonnx's) with ``--ort-gptq``: on
+32x512 windows here it had not finished after 41 minutes (at 3.1 GB resident), so ``make
+bench-llm`` leaves it out.
 
 Usage: ``python benchmarks/llm_bench.py [--eval 8x512] [--calib 32x512] [--out benchmarks/results]``
 """
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval", default="8x512", help="evaluation windows, COUNTxLENGTH (default 8x512)")
     parser.add_argument("--calib", default="32x512", help="calibration windows for gptq/awq, COUNTxLENGTH (default 32x512)")
     parser.add_argument("--algorithms", default="rtn,gptq,awq", help="qonnx rounding algorithms to run")
-    parser.add_argument("--ort-gptq", action="store_true", help="also run onnxruntime's GPTQ (its own copy of neural-compressor's; about 13 minutes here)")
+    parser.add_argument("--ort-gptq", action="store_true", help="also run onnxruntime's GPTQ (its own copy of neural-compressor's code; over 41 minutes on 32x512 windows here)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args(argv)
 
