@@ -157,7 +157,9 @@ def summary_table(report: dict[str, Any]) -> str:
         how = ", Q/DQ as reference ops" if fidelity.get("qdq") == "reference" else ""
         lines.append(f"fidelity   on {fidelity['samples']} held-out samples ({fidelity['data']}{how})")
         for name, m in fidelity["outputs"].items():
-            task = "".join(f"   {label} {m[key]:.4f}" for key, label in (("top1_agreement", "top-1"), ("pooled_cosine", "pooled cosine")) if key in m)
+            task = "".join(f"   {label} {m[key]:.4f}" for key, label in (("top1_agreement", "top-1"), ("pooled_cosine", "pooled cosine"), ("next_token_agreement", "next-token top-1")) if key in m)
+            if "perplexity" in m:
+                task += f"   perplexity {m['perplexity']:.3f} (float {m['reference_perplexity']:.3f})   KL {m['kl_divergence']:.4f}"
             lines.append(f"  {name:<30} SQNR {m['sqnr_db']:7.2f} dB   cosine {m['cosine']:.5f}{task}")
     elif (report.get("config") or {}).get("evaluation", {}).get("skip"):
         lines.append("fidelity   not measured (--no-eval)")

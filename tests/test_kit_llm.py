@@ -132,6 +132,31 @@ def test_text_windows_keep_calibration_and_evaluation_apart():
 
 
 @pytest.mark.kit
+@needs_export
+def test_int4_report_has_the_perplexity_and_kl_of_the_held_out_windows(tiny, tmp_path, capsys):
+    """The quantize run's own evaluation of an LLM: next-token agreement, perplexity of the float and
+    the quantized model on the held-out windows, and KL, as ``lm_eval.score`` computes them from
+    the two models' logits (tolerance: the report's rounding to 4 and 6 decimals)."""
+    import json
+
+    from conftest import in_process
+
+    rng = np.random.default_rng(11)
+    calib = llm.write_windows_npz(tmp_path / "calib.npz", rng.integers(0, 256, size=(4, 32), dtype=np.int64))
+    held_out = rng.integers(0, 256, size=(3, 32), dtype=np.int64)
+    evaluation = llm.write_windows_npz(tmp_path / "eval.npz", held_out)
+    out, report = tmp_path / "tiny.int4.onnx", tmp_path / "report.json"
+    result = in_process(capsys)("quantize", tiny, "-o", out, "--precision", "int4", "--calib", calib, "--eval", evaluation, "--report", report)
+    assert result.rc in (0, 3), result.err
+    entry = json.loads(report.read_text())["fidelity"]["outputs"]["logits"]
+    expected = lm_eval.score(out, held_out, reference=tiny)
+    np.testing.assert_allclose(entry["perplexity"], expected["perplexity"], rtol=1e-4)
+    np.testing.assert_allclose(entry["reference_perplexity"], expected["reference_perplexity"], rtol=1e-4)
+    np.testing.assert_allclose(entry["kl_divergence"], expected["kl_divergence"], rtol=1e-3, atol=1e-6)
+    assert entry["next_token_agreement"] == pytest.approx(expected["top1_agreement"], abs=1e-6)
+    assert "perplexity" in result.out and "KL" in result.out
+
+
 def test_windows_command_writes_an_npz_the_cli_reads(smollm2, tmp_path):
     path = tmp_path / "eval.npz"
     assert lm_eval.main(["windows", str(path), "--split", "eval", "--count", "2", "--length", "64"]) == 0

@@ -302,3 +302,34 @@ def test_string_outputs_are_left_out_and_the_numbers_after_them_compared():
     texts = np.array(["a", "b"])
     entries = compare([{"text": texts, "flags": np.array([True, False]), "y": np.ones(2)}], [{"text": texts, "flags": np.array([True, False]), "y": np.ones(2)}], [{}]).to_dict()
     assert set(entries) == {"flags", "y"}
+
+
+def test_perplexity_and_kl_of_logits_pool_over_samples_and_chunks(monkeypatch):
+    """Against ``qonnx.lm_metrics`` on all samples at once: the pooled NLL and KL sums are the same
+    sums (float64; tolerance 1e-9 relative for the order of summation), whatever the chunking."""
+    import qonnx.metrics as metrics
+    from qonnx.lm_metrics import kl_divergence, perplexity
+
+    rng = np.random.default_rng(0)
+    ref = [rng.normal(size=(1, 7, 11)) for _ in range(3)]
+    test = [r + rng.normal(size=r.shape) * 0.3 for r in ref]
+    ids = [rng.integers(0, 11, size=(1, 7)) for _ in range(3)]
+    feeds = [{"input_ids": i, "mask": np.ones((1, 7), np.float32)} for i in ids]
+    expected = (perplexity(np.concatenate(test), np.concatenate(ids)), perplexity(np.concatenate(ref), np.concatenate(ids)), kl_divergence(np.concatenate(ref), np.concatenate(test)))
+    for chunk in (1 << 21, 11, 23):  # whole windows; one position at a time; two
+        monkeypatch.setattr(metrics, "_LM_CHUNK_VALUES", chunk)
+        entry = compare([{"logits": r} for r in ref], [{"logits": t} for t in test], feeds).to_dict()["logits"]
+        np.testing.assert_allclose((entry["perplexity"], entry["reference_perplexity"], entry["kl_divergence"]), expected, rtol=1e-4)  # rounded to 4 and 6 decimals
+    same = compare([{"logits": ref[0]}], [{"logits": ref[0]}], feeds[:1]).to_dict()["logits"]
+    assert same["kl_divergence"] == 0 and same["perplexity"] == same["reference_perplexity"]
+
+
+def test_no_token_input_no_perplexity():
+    """Perplexity needs the tokens: no integer input of the logits' [N, T] shape (or two of them),
+    or an output not named as logits, and the entry has none."""
+    logits = np.zeros((1, 4, 5))
+    for feed in ({}, {"ids": np.zeros((1, 4), np.float32)}, {"a": np.zeros((1, 4), np.int64), "b": np.zeros((1, 4), np.int64)}):
+        assert "perplexity" not in compare([{"logits": logits}], [{"logits": logits}], [feed]).to_dict()["logits"]
+    feed = {"input_ids": np.zeros((1, 4), np.int64)}
+    assert "perplexity" not in compare([{"hidden": logits}], [{"hidden": logits}], [feed]).to_dict()["hidden"]
+    assert compare([{"logits": logits}], [{"logits": logits}], [feed]).to_dict()["logits"]["perplexity"] == 5.0  # uniform over 5 tokens
