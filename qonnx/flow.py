@@ -355,7 +355,7 @@ def _context(config: QuantizeConfig, job: Job, source: Path | None = None) -> Co
     )
 
 
-def _verdict(config: QuantizeConfig, context: Context, *, token_inputs: bool, has_matmul: bool) -> Verdict:
+def _verdict(config: QuantizeConfig, context: Context, *, token_inputs: bool, has_matmul: bool, calibrated: bool) -> Verdict:
     record = context.records.get("fidelity")
     fidelity = record.to_report()["fidelity"] if record is not None else None
     metric = config.evaluation.metric
@@ -374,6 +374,7 @@ def _verdict(config: QuantizeConfig, context: Context, *, token_inputs: bool, ha
         custom=custom,
         auto_met=auto.achieved if (auto := context.records.get("auto_policy")) is not None and auto.met else None,
         skipped=config.evaluation.skip,
+        calibrated=calibrated,
     )
 
 
@@ -441,7 +442,7 @@ def _run(config: QuantizeConfig, job: Job, steps: list[PipelineStep], reference:
         # a transformer rather than a CNN, on a target where dynamic INT8 is a format (onnxruntime's CPU kernels)
         has_matmul = ops.count("MatMul") > ops.count("Conv") and config.effective_target == "cpu"
         records = run_pipeline(model, passes, context, dump_after=config.dump_after, dump_dir=job.output.parent, verify=verify, on_pass=keep_ranges)
-        verdict = _verdict(config, context, token_inputs=token_inputs, has_matmul=has_matmul)
+        verdict = _verdict(config, context, token_inputs=token_inputs, has_matmul=has_matmul, calibrated=job.calib is not None)
         timing = {
             "pipeline_s": round(sum(r.seconds for r in records if r.name not in (*_MEASURING, "latency")), 3),
             "fidelity_s": round(sum(r.seconds for r in records if r.name in _MEASURING), 3),

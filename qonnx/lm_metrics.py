@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["log_softmax", "perplexity", "top1_agreement", "kl_divergence"]
+__all__ = ["log_softmax", "perplexity", "top1_agreement", "kl_divergence", "PooledLanguageModelMetrics"]
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -87,3 +87,49 @@ def kl_divergence(reference_logits: np.ndarray, test_logits: np.ndarray) -> floa
     log_p, log_q = log_softmax(reference), log_softmax(test)
     per_position = (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
     return float(per_position.mean())
+
+
+CHUNK_VALUES = 1 << 21  # logits per float64 chunk of PooledLanguageModelMetrics (16 MiB)
+
+
+class PooledLanguageModelMetrics:
+    """Perplexity of both sides and KL between them, pooled over many samples of logits ``[B, T, V]``
+    (a quantize run's held-out windows): the sums behind ``perplexity`` and ``kl_divergence`` above,
+    kept across samples and computed a few positions at a time (one window of 512 positions of
+    49152-token logits is 200 MB in float64)::
+
+        perplexity(side) = exp(sum of -log P_side(token t + 1 | position t) / positions scored)
+        kl_divergence = sum over positions of KL(P_ref || P_test) / positions
+    """
+
+    def __init__(self):
+        self.nll = {"reference": 0.0, "test": 0.0}
+        self.scored = 0
+        self.kl_sum = 0.0
+        self.positions = 0
+
+    def update(self, reference_logits: np.ndarray, test_logits: np.ndarray, input_ids: np.ndarray) -> None:
+        reference, test = _check_pair(reference_logits, test_logits)
+        ids = np.asarray(input_ids)
+        if ids.shape != reference.shape[:2]:
+            raise ValueError(f"input_ids shape {list(ids.shape)} does not match logits {list(reference.shape)}")
+        n, t, v = reference.shape
+        step = max(1, CHUNK_VALUES // (v * n))
+        for start in range(0, t, step):
+            stop = min(start + step, t)
+            log_p, log_q = log_softmax(reference[:, start:stop]), log_softmax(test[:, start:stop])
+            self.kl_sum += float((np.exp(log_p) * (log_p - log_q)).sum())
+            self.positions += n * (stop - start)
+            scored = min(stop, t - 1) - start  # position t predicts token t + 1: the last one scores nothing
+            if scored > 0:
+                targets = ids[:, start + 1 : start + 1 + scored, None].astype(np.int64)
+                self.nll["reference"] -= float(np.take_along_axis(log_p[:, :scored], targets, axis=-1).sum())
+                self.nll["test"] -= float(np.take_along_axis(log_q[:, :scored], targets, axis=-1).sum())
+                self.scored += n * scored
+
+    def perplexity(self, side: str = "test") -> float | None:
+        """Of ``side`` ("reference" or "test"); None before a position was scored."""
+        return float(np.exp(self.nll[side] / self.scored)) if self.scored else None
+
+    def kl_divergence(self) -> float | None:
+        return self.kl_sum / self.positions if self.positions else None

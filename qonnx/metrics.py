@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from qonnx.errors import UserError
+from qonnx.lm_metrics import PooledLanguageModelMetrics
 
 __all__ = ["sqnr_db", "cosine", "top1_agreement", "Accumulator", "TaskAccumulator", "Comparison", "compare", "is_logits"]
 
@@ -20,7 +21,6 @@ Feed = Mapping[str, np.ndarray]
 Outputs = Mapping[str, np.ndarray]
 
 _MAX_DB = 200.0
-_LM_CHUNK_VALUES = 1 << 21  # logits per float64 chunk of the perplexity and KL (16 MiB)
 
 
 def _flat(array: np.ndarray) -> np.ndarray:
@@ -113,15 +113,13 @@ class TaskAccumulator:
         self.pooled_rows = 0
         self.pooled_sum = 0.0
         self.positions = self.positions_agree = 0
-        self.nll = {"reference": 0.0, "test": 0.0}
-        self.scored = 0
-        self.kl_sum = 0.0
-        self.kl_positions = 0
+        self.language: PooledLanguageModelMetrics | None = None
 
     def update(self, reference: np.ndarray, test: np.ndarray, tokens: np.ndarray | None = None) -> None:
         ref, tst = np.asarray(reference), np.asarray(test)  # argmax and mean need no float64; cosine converts
         if tokens is not None and ref.ndim == 3 and np.shape(tokens) == ref.shape[:2]:
-            self._language_model(ref, tst, np.asarray(tokens))
+            self.language = self.language or PooledLanguageModelMetrics()
+            self.language.update(ref, tst, np.asarray(tokens))
         if ref.ndim == 2 and ref.shape[1] >= 2:
             self.rows += ref.shape[0]
             self.agree += int(np.sum(ref.argmax(axis=1) == tst.argmax(axis=1)))
@@ -142,30 +140,10 @@ class TaskAccumulator:
         return self.positions_agree / self.positions if self.positions else None
 
     def perplexity(self, side: str = "test") -> float | None:
-        """``exp`` of the mean next-token NLL of ``side`` ("reference" or "test") over the positions scored."""
-        return float(np.exp(self.nll[side] / self.scored)) if self.scored else None
+        return self.language.perplexity(side) if self.language is not None else None
 
     def kl_divergence(self) -> float | None:
-        return self.kl_sum / self.kl_positions if self.kl_positions else None
-
-    def _language_model(self, ref: np.ndarray, tst: np.ndarray, tokens: np.ndarray) -> None:
-        """NLL sums and KL sum, a few positions at a time (a window of 512 positions of 49152-token
-        logits is 200 MB in float64)."""
-        from qonnx.lm_metrics import log_softmax
-
-        n, t, v = ref.shape
-        step = max(1, _LM_CHUNK_VALUES // max(v * n, 1))
-        for start in range(0, t, step):
-            stop = min(start + step, t)
-            log_p, log_q = log_softmax(ref[:, start:stop]), log_softmax(tst[:, start:stop])
-            self.kl_sum += float((np.exp(log_p) * (log_p - log_q)).sum())
-            self.kl_positions += n * (stop - start)
-            scored = min(stop, t - 1) - start  # position t predicts token t + 1: the last one scores nothing
-            if scored > 0:
-                targets = tokens[:, start + 1 : start + 1 + scored, None].astype(np.int64)
-                self.nll["reference"] -= float(np.take_along_axis(log_p[:, :scored], targets, axis=-1).sum())
-                self.nll["test"] -= float(np.take_along_axis(log_q[:, :scored], targets, axis=-1).sum())
-                self.scored += n * scored
+        return self.language.kl_divergence() if self.language is not None else None
 
 
 @dataclasses.dataclass
@@ -212,7 +190,7 @@ class Comparison:
 def _tokens(feed: Feed, logits: np.ndarray) -> np.ndarray | None:
     """The one integer input of ``feed`` shaped like the first two axes of ``logits`` (the token
     ids they predict from), or None."""
-    found = [a for a in feed.values() if isinstance(a, np.ndarray) and a.dtype.kind in "iu" and np.ndim(logits) == 3 and a.shape == np.shape(logits)[:2]]
+    found = [a for a in feed.values() if isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.integer) and np.ndim(logits) == 3 and a.shape == np.shape(logits)[:2]]
     return found[0] if len(found) == 1 else None
 
 

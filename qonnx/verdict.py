@@ -78,7 +78,7 @@ def metric_value(metric: str, outputs: dict[str, dict[str, float]]) -> float | N
     return None
 
 
-def _advice(precision: str, mode: str, has_matmul: bool, metric: str, threshold: float, auto_met: float | None = None) -> list[str]:
+def _advice(precision: str, mode: str, has_matmul: bool, metric: str, threshold: float, auto_met: float | None = None, calibrated: bool = False) -> list[str]:
     """What to try, as options of the command. ``auto_met``: the value ``--policy auto`` reached on
     the calibration samples, when it met the target there (the held-out data then missed it)."""
     if auto_met is not None:
@@ -87,11 +87,10 @@ def _advice(precision: str, mode: str, has_matmul: bool, metric: str, threshold:
             f"--min above {threshold:g} for a margin",
         ]
     if precision == "int4":
-        return [
-            "--block-size 16 (a scale per 16 weights)",
-            "--embedding-bits 8, or 8 bits for the lm_head by a policy rule on its name",
-            "--calib DATA (AWQ rounding from its activations, the default with data)",
-        ]
+        advice = ["--block-size 16 (a scale per 16 weights)", "--embedding-bits 8, or 8 bits for the lm_head by a policy rule on its name"]
+        if not calibrated:
+            advice.append("--calib DATA (AWQ rounding from its activations, the default with data)")
+        return advice
     if precision == "fp8":
         return [
             "--precision int8 (TensorRT INT8: finer steps for bounded activations and Gaussian weights)",
@@ -119,9 +118,11 @@ def judge(
     custom: float | None = None,
     auto_met: float | None = None,
     skipped: bool = False,
+    calibrated: bool = False,
 ) -> Verdict:
     """The verdict of a run from its fidelity record (None: not measured; ``skipped``: on request).
-    ``custom``: the value of a Python metric (``metric`` is then its name)."""
+    ``custom``: the value of a Python metric (``metric`` is then its name); ``calibrated``: the run
+    had calibration data (the advice does not ask for it)."""
     if fidelity is None:
         advice = ["run without --no-eval to measure fidelity on held-out data"] if skipped else ["give --calib or --eval data to measure fidelity"]
         return Verdict(metric if metric != "auto" else "sqnr", None, minimum, None, "not measured", "", advice)
@@ -139,4 +140,4 @@ def judge(
     if value is None or threshold is None:
         return Verdict(metric, value, threshold, None, "not measured", chosen, [f"no output is shaped for {metric}: choose --metric sqnr"])
     met = bool(value >= threshold)
-    return Verdict(metric, round(value, 6), threshold, met, source, chosen, [] if met else _advice(precision, mode, has_matmul, metric, threshold, auto_met))
+    return Verdict(metric, round(value, 6), threshold, met, source, chosen, [] if met else _advice(precision, mode, has_matmul, metric, threshold, auto_met, calibrated))

@@ -307,7 +307,7 @@ def test_string_outputs_are_left_out_and_the_numbers_after_them_compared():
 def test_perplexity_and_kl_of_logits_pool_over_samples_and_chunks(monkeypatch):
     """Against ``qonnx.lm_metrics`` on all samples at once: the pooled NLL and KL sums are the same
     sums (float64; tolerance 1e-9 relative for the order of summation), whatever the chunking."""
-    import qonnx.metrics as metrics
+    import qonnx.lm_metrics as lm_metrics
     from qonnx.lm_metrics import kl_divergence, perplexity
 
     rng = np.random.default_rng(0)
@@ -317,7 +317,7 @@ def test_perplexity_and_kl_of_logits_pool_over_samples_and_chunks(monkeypatch):
     feeds = [{"input_ids": i, "mask": np.ones((1, 7), np.float32)} for i in ids]
     expected = (perplexity(np.concatenate(test), np.concatenate(ids)), perplexity(np.concatenate(ref), np.concatenate(ids)), kl_divergence(np.concatenate(ref), np.concatenate(test)))
     for chunk in (1 << 21, 11, 23):  # whole windows; one position at a time; two
-        monkeypatch.setattr(metrics, "_LM_CHUNK_VALUES", chunk)
+        monkeypatch.setattr(lm_metrics, "CHUNK_VALUES", chunk)
         entry = compare([{"logits": r} for r in ref], [{"logits": t} for t in test], feeds).to_dict()["logits"]
         np.testing.assert_allclose((entry["perplexity"], entry["reference_perplexity"], entry["kl_divergence"]), expected, rtol=1e-4)  # rounded to 4 and 6 decimals
     same = compare([{"logits": ref[0]}], [{"logits": ref[0]}], feeds[:1]).to_dict()["logits"]

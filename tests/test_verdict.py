@@ -133,3 +133,13 @@ def test_no_eval_refuses_what_needs_an_evaluation(tmp_path, model_path, calib_np
     result = run_qonnx("quantize", model_path, "-o", tmp_path / "q.onnx", "--calib", calib_npz, "--no-eval", *extra)
     assert result.rc == 2 and message in result.err, result.err
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_int4_advice_asks_for_calibration_data_only_without_it():
+    """An INT4 run below its floor: the options to try; --calib is among them only when the run had
+    no calibration data (with data, AWQ already rounded from it)."""
+    logits = {"logits": {"sqnr_db": 17.0, "cosine": 0.99, "next_token_agreement": 0.82}}
+    for calibrated in (False, True):
+        verdict = judge({"outputs": logits}, metric="auto", minimum=None, precision="int4", mode="static", token_inputs=True, has_matmul=True, calibrated=calibrated)
+        assert verdict.met is False and any("--block-size 16" in a for a in verdict.advice)
+        assert any("--calib" in a for a in verdict.advice) is not calibrated
