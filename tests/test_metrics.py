@@ -333,3 +333,24 @@ def test_no_token_input_no_perplexity():
     feed = {"input_ids": np.zeros((1, 4), np.int64)}
     assert "perplexity" not in compare([{"hidden": logits}], [{"hidden": logits}], [feed]).to_dict()["hidden"]
     assert compare([{"logits": logits}], [{"logits": logits}], [feed]).to_dict()["logits"]["perplexity"] == 5.0  # uniform over 5 tokens
+
+
+def test_perplexity_only_from_token_ids_shaped_like_the_logits():
+    """A TaskAccumulator scores perplexity only for 3-D logits with tokens of their [N, T] shape;
+    anything else leaves it unset (None), without an error; and the KL is reported to 6 decimals."""
+    from qonnx.metrics import TaskAccumulator
+
+    task = TaskAccumulator()
+    assert task.perplexity() is None and task.kl_divergence() is None
+    task.update(np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((2, 3), np.int64))  # class scores: no positions
+    task.update(np.zeros((1, 4, 5)), np.zeros((1, 4, 5)), np.zeros((1, 3), np.int64))  # tokens of another shape
+    assert task.perplexity() is None and task.kl_divergence() is None
+    feed = {"input_ids": np.array([[0, 1, 2, 3]])}
+    logits = np.zeros((1, 4, 5))
+    hidden = compare([{"hidden": logits}], [{"hidden": logits}], [feed])
+    assert hidden.tasks["hidden"].perplexity() is None  # not named as logits: its tokens are not looked for
+    rng = np.random.default_rng(1)
+    ref, test = rng.normal(size=(1, 4, 5)), rng.normal(size=(1, 4, 5))
+    result = compare([{"logits": ref}], [{"logits": test}], [feed])
+    assert result.to_dict()["logits"]["kl_divergence"] == round(result.tasks["logits"].kl_divergence(), 6)
+    assert result.to_dict()["logits"]["kl_divergence"] != round(result.tasks["logits"].kl_divergence(), 7)
