@@ -56,10 +56,7 @@ def perplexity(logits: np.ndarray, input_ids: np.ndarray) -> float:
         raise ValueError(f"input_ids shape {list(ids.shape)} does not match logits {list(logits.shape)}")
     if ids.shape[1] < 2:
         raise ValueError("perplexity needs at least two positions: position t predicts token t + 1")
-    log_p = log_softmax(logits[:, :-1])
-    targets = ids[:, 1:, None].astype(np.int64)
-    nll = -np.take_along_axis(log_p, targets, axis=-1).mean()
-    return float(np.exp(nll))
+    return float(np.exp(_nll_sum(log_softmax(logits[:, :-1]), ids[:, 1:]) / ids[:, 1:].size))
 
 
 def top1_agreement(reference_logits: np.ndarray, test_logits: np.ndarray) -> float:
@@ -84,9 +81,17 @@ def kl_divergence(reference_logits: np.ndarray, test_logits: np.ndarray) -> floa
     0.130812
     """
     reference, test = _check_pair(reference_logits, test_logits)
-    log_p, log_q = log_softmax(reference), log_softmax(test)
-    per_position = (np.exp(log_p) * (log_p - log_q)).sum(axis=-1)
-    return float(per_position.mean())
+    return _kl_sum(log_softmax(reference), log_softmax(test)) / (reference.shape[0] * reference.shape[1])
+
+
+def _nll_sum(log_p: np.ndarray, targets: np.ndarray) -> float:
+    """``-sum log p[b, t, targets[b, t]]``: the negative log-likelihood of the tokens ``targets``."""
+    return -float(np.take_along_axis(log_p, targets[..., None].astype(np.int64), axis=-1).sum())
+
+
+def _kl_sum(log_p: np.ndarray, log_q: np.ndarray) -> float:
+    """``sum over positions of sum_v P (log P - log Q)``."""
+    return float((np.exp(log_p) * (log_p - log_q)).sum())
 
 
 CHUNK_VALUES = 1 << 21  # logits per float64 chunk of PooledLanguageModelMetrics (16 MiB)
@@ -118,13 +123,13 @@ class PooledLanguageModelMetrics:
         for start in range(0, t, step):
             stop = min(start + step, t)
             log_p, log_q = log_softmax(reference[:, start:stop]), log_softmax(test[:, start:stop])
-            self.kl_sum += float((np.exp(log_p) * (log_p - log_q)).sum())
+            self.kl_sum += _kl_sum(log_p, log_q)
             self.positions += n * (stop - start)
             scored = min(stop, t - 1) - start  # position t predicts token t + 1: the last one scores nothing
             if scored > 0:
-                targets = ids[:, start + 1 : start + 1 + scored, None].astype(np.int64)
-                self.nll["reference"] -= float(np.take_along_axis(log_p[:, :scored], targets, axis=-1).sum())
-                self.nll["test"] -= float(np.take_along_axis(log_q[:, :scored], targets, axis=-1).sum())
+                targets = ids[:, start + 1 : start + 1 + scored]
+                self.nll["reference"] += _nll_sum(log_p[:, :scored], targets)
+                self.nll["test"] += _nll_sum(log_q[:, :scored], targets)
                 self.scored += n * scored
 
     def perplexity(self, side: str = "test") -> float | None:

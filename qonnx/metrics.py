@@ -190,7 +190,9 @@ class Comparison:
 def _tokens(feed: Feed, logits: np.ndarray) -> np.ndarray | None:
     """The one integer input of ``feed`` shaped like the first two axes of ``logits`` (the token
     ids they predict from), or None."""
-    found = [a for a in feed.values() if isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.integer) and np.ndim(logits) == 3 and a.shape == np.shape(logits)[:2]]
+    if np.ndim(logits) != 3:
+        return None
+    found = [a for a in feed.values() if isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.integer) and a.shape == np.shape(logits)[:2]]
     return found[0] if len(found) == 1 else None
 
 
