@@ -29,5 +29,6 @@ from qonnx.passes import (  # noqa: F401
     subgraph_weights,
     upgrade_opset,
     verify,
+    weight_only_sensitivity,
     weight_statistics,
 )

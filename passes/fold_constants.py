@@ -101,6 +101,8 @@ class FoldConstants(Pass):
             return False
         for output, array in zip(node.outputs, results):
             array = np.asarray(array)
+            if not array.flags.owndata:  # a view of an input (Transpose, Reshape), perhaps of a memory-mapped external file, which saving releases
+                array = array.copy()
             value = ir.Value(name=output.name, const_value=ir.tensor(array, name=output.name))
             value.shape = ir.Shape(array.shape)
             value.dtype = value.const_value.dtype

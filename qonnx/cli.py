@@ -173,11 +173,13 @@ examples:
   qonnx analyze yolov8n.onnx --calib photos/ --size 320x320
   qonnx analyze det.onnx --calib photos/ --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --bgr --report sens.json
   then: qonnx quantize det.onnx -o det.int8.onnx --calib photos/ ... --policy auto --min 30
+  qonnx analyze llm.onnx --precision int4 --calib calib.npz --sensitivity-samples 2   # perplexity, top-1, KL per layer group
 """
 
 # The quantize options that analyze takes as well.
 _ANALYZE_SHARED = frozenset(
     {"calib", "eval_data", "target", "reduce_range", "exclude", "op_types", "samples", "method", "percentile", "size", "mean", "std", "layout", "bgr", "seed", "report", "html", "json", "quiet", "debug", "executor", "workers"}
+    | {"precision", "block_size", "weight_bits", "embedding_bits", "weight_symmetric", "weight_format", "accuracy_level"}
 )
 
 _CHECK_EXAMPLES = """\
@@ -314,9 +316,12 @@ def _parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser(
         "analyze",
-        help="per-layer sensitivity of a model's INT8 plan",
+        help="per-layer sensitivity of a model's INT8 or INT4 weight-only plan",
         description="Score every node the INT8 plan quantizes: local (its own output error, one tapped run) and global "
         "(the model's output error with only that node in INT8, for every weighted node and the worst others). "
+        "With --precision int4: every layer group (a residual branch, such as a decoder layer's attention or MLP, or a "
+        "single layer such as the embedding or the lm_head) in 4-bit blocks alone, rounded to nearest, scored on the "
+        "model's outputs: perplexity, next-token top-1 agreement and KL divergence for a language model's logits. "
         "Writes no model; --report FILE or --json for the figures.",
         epilog=_ANALYZE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -326,8 +331,8 @@ def _parser() -> argparse.ArgumentParser:
     for action in q._actions:  # the data and plan options mean the same as for quantize
         if action.dest in _ANALYZE_SHARED:
             a._add_action(action)
-    a.add_argument("--top", type=int, default=8, help="besides every weighted node, this many other nodes (worst locally) get a global score (default 8)")
-    a.add_argument("--exhaustive", action="store_true", default=False, help="a global score for every node (one full evaluation each)")
+    a.add_argument("--top", type=int, default=8, help="int8: besides every weighted node, this many other nodes (worst locally) get a global score (default 8)")
+    a.add_argument("--exhaustive", action="store_true", default=False, help="int8: a global score for every node (one full evaluation each); int4 scores every layer group")
     a.add_argument("--sensitivity-samples", dest="sensitivity_samples", type=int, default=4, metavar="N", help="evaluation samples per score (default 4)")
 
     c = sub.add_parser(
@@ -500,6 +505,8 @@ def _analyze(args) -> int:
 
 
 def _sensitivity_table(report) -> str:
+    if report.get("weight_only_sensitivity"):
+        return _weight_only_table(report)
     found = report.get("layer_sensitivity")
     if not found:
         return "no node to score: the plan quantizes nothing"
@@ -528,6 +535,37 @@ def _sensitivity_table(report) -> str:
         f"local vs global rank correlation {'n/a' if correlation is None else f'{correlation:.2f}'}"
     )
     lines.append(f"time {report['timing']['total_s']:.1f} s; next: qonnx quantize ... --policy auto --min VALUE")
+    return "\n".join(lines)
+
+
+def _weight_only_table(report) -> str:
+    """The INT4 layer groups, worst first: the figures of the output that ranks them."""
+    found = report["weight_only_sensitivity"]
+    logits = found["metric"] == "kl_divergence"
+
+    def cell(value, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    def figures(entry) -> str:
+        if logits:
+            return f"{cell(entry['perplexity'], 3):>10} {cell(entry['next_token_agreement'], 4):>7} {cell(entry['kl_divergence'], 4):>7}"
+        return f"{cell(entry['sqnr_db'], 1):>7} {cell(entry['cosine'], 4):>7}"
+
+    head = f"{'perplexity':>10} {'top-1':>7} {'KL':>7}" if logits else f"{'SQNR dB':>7} {'cosine':>7}"
+    lines = [f"{'layer group (alone in 4-bit blocks)':<36} {'first layer':<24} {'layers':>6} {head}  ({found['output']}, worst first)"]
+    for entry in found["groups"][:20]:
+        lines.append(f"{entry['name'][:36]:<36} {entry['nodes'][0][:24]:<24} {len(entry['nodes']):>6} {figures(entry)}")
+    if len(found["groups"]) > 20:
+        lines.append(f"... {len(found['groups']) - 20} more groups in the report")
+    whole = found["whole_plan"]
+    lines.append(f"{'all together':<36} {'':<24} {whole['nodes']:>6} {figures(whole)}")
+    if logits:
+        lines.append(f"{'float':<36} {'':<24} {'':>6} {cell(found['reference_perplexity'], 3):>10}")
+    lines.append(
+        f"{len(found['groups'])} layer groups, {found['evaluations']} full-model evaluations on {found['samples']} samples, weights rounded to nearest; "
+        f"time {report['timing']['total_s']:.1f} s"
+    )
+    lines.append("next: give the worst groups' layers 8 bits in a policy file (--policy FILE; README, INT4 weight-only), or round with --algorithm awq")
     return "\n".join(lines)
 
 

@@ -497,19 +497,33 @@ def _run(config: QuantizeConfig, job: Job, steps: list[PipelineStep], reference:
 
 
 ANALYZE_PIPELINE = "normalize,div-to-mul,resolve-policy,calibrate(adjacent=true)"
+ANALYZE_INT4_PIPELINE = "normalize,resolve-policy"
+
+
+def _analyze_steps(config: QuantizeConfig, *, top: int, exhaustive: bool, samples: int) -> list[PipelineStep]:
+    """INT8: the pipeline up to calibration, then ``layer-sensitivity``; INT4: the plan, then
+    ``weight-only-sensitivity`` in the config's emission (every layer group is scored: ``top`` and
+    ``exhaustive`` have nothing to choose)."""
+    if config.precision == "int4":
+        options = config.weight_only
+        scoring = {"samples": samples, "format": options.format}
+        if options.accuracy_level is not None:
+            scoring["accuracy_level"] = options.accuracy_level
+        return [*parse_pipeline(ANALYZE_INT4_PIPELINE), PipelineStep("weight-only-sensitivity", scoring)]
+    steps = [_calibrate_step(s, config.calibration) if s.name == "calibrate" else s for s in parse_pipeline(ANALYZE_PIPELINE)]
+    return [*steps, PipelineStep("layer-sensitivity", {"top": top, "exhaustive": exhaustive, "samples": samples})]
 
 
 def analyze(config: QuantizeConfig, job: Job, *, top: int = 8, exhaustive: bool = False, samples: int = 4) -> Report:
-    """Per-layer sensitivity of ``job.model`` under the config's INT8 plan (``qonnx analyze``):
-    the pipeline up to calibration, then ``layer-sensitivity``; no model is written, the report is
-    (to ``job.report`` when given) and returned."""
+    """Per-layer sensitivity of ``job.model`` under the config's plan (``qonnx analyze``): INT8
+    (``layer-sensitivity``) or INT4 weight-only by layer group (``weight-only-sensitivity``); no
+    model is written, the report is (to ``job.report`` when given) and returned."""
     started = time.perf_counter()
-    if config.precision != "int8":
-        raise UserError(f"analyze measures INT8 sensitivity; --precision {config.precision} has none")
+    if config.precision not in ("int8", "int4"):
+        raise UserError(f"analyze measures INT8 and INT4 weight-only sensitivity; --precision {config.precision} has none")
     if job.calib is None:
         raise UserError("analyze needs calibration data: give --calib DATA")
-    steps = [_calibrate_step(s, config.calibration) if s.name == "calibrate" else s for s in parse_pipeline(ANALYZE_PIPELINE)]
-    steps.append(PipelineStep("layer-sensitivity", {"top": top, "exhaustive": exhaustive, "samples": samples}))
+    steps = _analyze_steps(config, top=top, exhaustive=exhaustive, samples=samples)
     qir.check_file(job.model)
     check_loadable(job.model)
     for what, path in (("report", job.report), ("HTML report", job.html)):
@@ -528,17 +542,20 @@ def analyze(config: QuantizeConfig, job: Job, *, top: int = 8, exhaustive: bool 
     try:
         records = run_pipeline(model, passes, context)
         sensitivity = context.records.get("layer_sensitivity")
+        weight_only = context.records.get("weight_only_sensitivity")
         report: Report = {
             "schema": "qonnx.analysis/1",
             "qonnx_version": qonnx_version(),
             "onnxruntime_version": runtime.version,
             "input": input_facts,
             "target": config.effective_target,
+            "precision": config.precision,
             "config": config.to_dict(),
             "pipeline": ",".join(str(s) for s in steps),
             "passes": [r.to_dict() for r in records],
             "calibration": context.records["calibration"].to_report()["calibration"] if "calibration" in context.records else None,
             "layer_sensitivity": None if sensitivity is None else sensitivity.to_report()["layer_sensitivity"],
+            **({} if weight_only is None else weight_only.to_report()),
             "timing": {"total_s": round(time.perf_counter() - started, 3)},
         }
         page = None if job.html is None else render_html(report)

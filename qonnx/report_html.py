@@ -4,13 +4,13 @@ network, no external font.
 ``render_html(report)`` reads the JSON document of ``qonnx.report`` (schema ``qonnx.report/1``) and
 draws what it holds: the header (input → output, sizes, target, precision, mode, the verdict), the
 fidelity table, the precision of every node along the graph, the per-layer sensitivity bars (local
-and global), the accuracy-versus-fraction-in-INT8 curve of the automatic mixed-precision search, the
+and global; for an INT4 analysis the layer groups' bars and figures instead), the accuracy-versus-fraction-in-INT8 curve of the automatic mixed-precision search, the
 activation sensitivity, latency and timing. A section whose data the report lacks is a one-line
 "not measured" note. Every field may be missing or null: the page never fails on a partial report.
 
 Every string from the report (node names come from user models) is escaped with ``html.escape``.
 The SVG elements carry classes that the tests count: ``cell`` (one per node), ``bar-pair`` (one
-per sensitivity node), ``point`` (one per curve point, ``chosen`` on the chosen one), ``target``.
+per sensitivity node), ``bar-group`` (one per INT4 layer group), ``point`` (one per curve point, ``chosen`` on the chosen one), ``target``.
 """
 
 from __future__ import annotations
@@ -286,9 +286,11 @@ def _header(report: Mapping[str, Any]) -> str:
     if versions:
         rows.append(("made by", ", ".join(versions)))
     facts = "\n".join(f"<tr><th>{_esc(k)}</th><td>{v}</td></tr>" for k, v in rows)
+    analysis = not out and str(report.get("schema") or "").startswith("qonnx.analysis")  # no model written
+    heading = f"{_esc(src_name)}: sensitivity analysis" if analysis else f"{_esc(src_name)} → {_esc(out_name)}"
     warning = '<p class="warning">Calibrated on random data: the ranges do not reflect real inputs.</p>' if report.get("uncalibrated") else ""
     return (
-        f'<header id="header"><h1>{_esc(src_name)} → {_esc(out_name)}</h1>\n'
+        f'<header id="header"><h1>{heading}</h1>\n'
         f'<p class="muted">qonnx report{"" if not report.get("schema") else " (" + _esc(report["schema"]) + ")"}</p>\n'
         f"{_verdict(report.get('verdict'))}\n{warning}"
         f'<section id="summary"><table class="facts">{facts}</table></section></header>'
@@ -391,11 +393,12 @@ def _precision(report: Mapping[str, Any]) -> str:
     return _section("precision", "Precision along the graph", body)
 
 
-def _bar_chart(ident: str, rows: list[dict[str, Any]], series: list[tuple[str, str, str]], group_class: str, unit: str = "dB") -> str:
+def _bar_chart(ident: str, rows: list[dict[str, Any]], series: list[tuple[str, str, str]], group_class: str, unit: str = "dB", digits: str = ".1f") -> str:
     """Horizontal bars, one group per row and one bar per series in it.
 
     ``rows``: ``label``, ``sub`` (shown under it), ``tip`` (tooltip) and a value per series key.
-    ``series``: (key, label, color). A missing value is a note instead of a bar.
+    ``series``: (key, label, color). A missing value is a note instead of a bar; ``digits``: the
+    format of the value written beside each bar.
     """
     values = [v for row in rows for key, _, _ in series if (v := _finite(row.get(key))) is not None]
     lo = min([0.0, *values])
@@ -447,7 +450,7 @@ def _bar_chart(ident: str, rows: list[dict[str, Any]], series: list[tuple[str, s
                 f'<rect class="bar {_cls(key)}" x="{x1:.1f}" y="{y}" width="{max(x2 - x1, 1.0):.1f}" height="{bar_h}" fill="{color}">'
                 f"<title>{_esc(tip)}</title></rect>"
             )
-            parts.append(f'<text class="small" x="{max(x2, zero) + 4:.1f}" y="{y + bar_h - 2}">{_num(raw, ".1f")}</text>')
+            parts.append(f'<text class="small" x="{max(x2, zero) + 4:.1f}" y="{y + bar_h - 2}">{_num(raw, digits)}</text>')
         parts.append("</g>")
     parts.append("</svg>")
     legend = "".join(f'<span><span class="swatch" style="background:{color}"></span>{_esc(name)}</span>' for _, name, color in series)
@@ -463,6 +466,8 @@ def _by_local(nodes: list[Any], key: str) -> list[dict]:
 def _layer_sensitivity(report: Mapping[str, Any]) -> str:
     data = _dict(report.get("layer_sensitivity"))
     nodes = _by_local(_list(data.get("nodes")), "local_db")
+    if not nodes and report.get("weight_only_sensitivity"):
+        return ""  # an INT4 analysis: its groups have their own section
     if not nodes:
         return _missing("layer-sensitivity", "Per-layer sensitivity", "not measured")
     metric = data.get("metric") or "sqnr_db"
@@ -504,6 +509,44 @@ def _layer_sensitivity(report: Mapping[str, Any]) -> str:
             + _table(["group", "kind", "nodes", "INT8 nodes", "global"], rows, numeric=(2, 3, 4))
         )
     return _section("layer-sensitivity", "Per-layer sensitivity", body)
+
+
+def _weight_only_sensitivity(report: Mapping[str, Any]) -> str:
+    """INT4 weight-only layer groups (``qonnx analyze --precision int4``): a bar per group, worst
+    first (KL divergence for logits, else SQNR), and their figures; nothing for other reports."""
+    data = _dict(report.get("weight_only_sensitivity"))
+    groups = [_dict(g) for g in _list(data.get("groups")) if isinstance(g, Mapping)]
+    if not groups:
+        return ""
+    metric = str(data.get("metric") or "sqnr_db")
+    unit = "" if metric == "kl_divergence" else "dB"
+    label = "KL divergence" if metric == "kl_divergence" else "SQNR"
+    shown = groups[:MAX_BARS]
+    rows = []
+    for g in shown:
+        members = [str(n) for n in _list(g.get("nodes"))]
+        tip = f"{g.get('name')}: {len(members)} layers ({', '.join(members[:8])}{', ...' if len(members) > 8 else ''})\n{label} {_fmt(g.get(metric), '.4f', unit)}"
+        sub = f"{members[0]} +{len(members) - 1}" if len(members) > 1 else ""  # a group's first layer; a single layer is its own name
+        rows.append({"label": str(g.get("name") or "?"), "sub": sub, "tip": tip, metric: g.get(metric)})
+    whole = _dict(data.get("whole_plan"))
+    facts = [f"{label}{' in dB' if unit else ''} of {_esc(str(data.get('output') or 'the output'))}, worst first",
+             f"{_num(data.get('samples'), 'd')} samples", f"{_num(data.get('evaluations'), 'd')} full-model evaluations", "weights rounded to nearest"]  # fmt: skip
+    body = (
+        f'<p class="note">{"; ".join(facts)}. Each layer group (a residual branch: a decoder layer\'s attention or MLP; or a single layer) is stored '
+        "in 4-bit blocks alone, the rest float. The whole plan at once: "
+        f"{label} {_num(whole.get(metric), '.4f')}"
+        + (f", perplexity {_num(whole.get('perplexity'), '.3f')} (float {_num(data.get('reference_perplexity'), '.3f')})" if whole.get("perplexity") is not None else "")
+        + ".</p>\n"
+    )
+    body += _bar_chart("weight-only-sensitivity-bars", rows, [(metric, label, _GLOBAL_COLOR)], "bar-group", unit, ".4f" if metric == "kl_divergence" else ".1f")
+    columns = [("perplexity", ".3f"), ("next_token_agreement", ".4f"), ("kl_divergence", ".4f")] if metric == "kl_divergence" else [("sqnr_db", ".2f"), ("cosine", ".4f")]
+    table_rows = [
+        [f'<span class="mono">{_esc(str(g.get("name") or "?"))}</span>', _num(len(_list(g.get("nodes"))), "d"), *[_num(g.get(key), spec) for key, spec in columns]]
+        for g in groups
+    ]
+    names = {"perplexity": "perplexity", "next_token_agreement": "next-token top-1", "kl_divergence": "KL", "sqnr_db": "SQNR dB", "cosine": "cosine"}
+    body += "\n" + _table(["layer group", "layers", *[names[key] for key, _ in columns]], table_rows, numeric=tuple(range(1, 2 + len(columns))))
+    return _section("weight-only-sensitivity", "INT4 weight-only sensitivity by layer group", body)
 
 
 def _curve_chart(points: list[tuple[int, dict]], chosen: int | None, metric: Any, target: Any) -> str:
@@ -718,6 +761,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         _fidelity(report),
         _precision(report),
         _layer_sensitivity(report),
+        _weight_only_sensitivity(report),
         _auto_policy(report),
         _activation_sensitivity(report),
         _latency(report),

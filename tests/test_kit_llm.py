@@ -228,3 +228,27 @@ def test_smollm2_int4_end_to_end(smollm2, tmp_path, capsys):
     entry = found["fidelity"]["outputs"]["logits"]
     assert 10 < entry["reference_perplexity"] < 25 and entry["perplexity"] < 1.6 * entry["reference_perplexity"], entry
     assert entry["next_token_agreement"] > 0.6 and entry["kl_divergence"] > 0, entry
+
+
+@pytest.mark.kit
+def test_smollm2_int4_sensitivity_finds_the_lm_head_worst(smollm2, tmp_path, capsys):
+    """``qonnx analyze --precision int4`` on the real SmolLM2, its layers past the first decoder
+    layer excluded (4 groups, seconds instead of minutes): the tied lm_head costs the most KL. On
+    all 62 groups (2x256 windows) it is the worst at 0.073, 7x layer 0's attention and MLP and the
+    embedding (0.009-0.010); the bound, 2x each other group, leaves room for one 128-token window."""
+    import json
+
+    from conftest import in_process
+
+    calib = llm.write_windows_npz(tmp_path / "calib.npz", llm.text_windows(1, 128, "calib"))
+    report = tmp_path / "sens.json"
+    later_layers = "node_linear_([7-9]|[1-9][0-9]|1[0-9][0-9]|20[0-9])"  # the projections of layers 1-29
+    result = in_process(capsys)("analyze", smollm2, "--precision", "int4", "--calib", calib, "--eval", calib, "--exclude", later_layers, "--report", report)
+    assert result.rc == 0, result.err
+    found = json.loads(report.read_text())["weight_only_sensitivity"]
+    head = _lm_head(qir.load(smollm2)).name
+    assert [g["nodes"] for g in found["groups"]][0] == [head]
+    assert sorted(len(g["nodes"]) for g in found["groups"]) == [1, 1, 3, 4]  # lm_head, embedding, MLP, attention
+    worst, *others = [g["kl_divergence"] for g in found["groups"]]
+    assert all(worst > 2 * other for other in others), found["groups"]
+    assert 10 < found["reference_perplexity"] < 40 and found["whole_plan"]["kl_divergence"] >= worst

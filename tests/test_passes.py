@@ -140,6 +140,28 @@ def test_fold_constants_folds_beside_dequantize_linear_but_leaves_it():
     _same_function(proto, model)
 
 
+def test_a_folded_transpose_of_external_data_owns_its_values(tmp_path):
+    """Transpose(E), E in an external-data file: the reference evaluator returns a view of E's
+    memory map, which the saved model must not hold (saving releases the map; a view left behind
+    made it fail with "cannot close exported pointers exist" for a tied lm_head kept float)."""
+    from onnx import TensorProto, helper
+
+    table = np.arange(64 * 32, dtype=np.float32).reshape(64, 32)
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["E"], ["Et"], name="t", perm=[1, 0]), helper.make_node("MatMul", ["x", "Et"], ["y"], name="head")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])],
+        [onnx.numpy_helper.from_array(table, "E")],
+    )  # fmt: skip
+    source = tmp_path / "m.onnx"
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(proto, source, save_as_external_data=True, all_tensors_to_one_file=True, location="m.data", size_threshold=0)
+    model = qir.load(source)
+    pipeline.apply("fold-constants", model, pipeline.Context())
+    folded = model.graph.initializers["Et"].const_value.numpy()
+    assert folded.flags.owndata and np.array_equal(folded, table.T)
+    qir.save(model, tmp_path / "out.onnx")  # releases E's map
+
+
 def test_fold_constants_respects_the_size_limit():
     # The folded weight 2 * W would have 108 elements: a limit under that keeps the Mul, one at it folds it.
     capped, records, _ = run_text(tiny.constants_model(), "constants-to-initializers,fold-constants(max_elements=107)")
@@ -372,7 +394,7 @@ _BF16 = {"precision": "bf16", "target": "cuda"}
 _FLOAT_PREP = "normalize,resolve-policy,calibrate,float-islands"
 _INT4 = {"precision": "int4", "weight_only": WeightOnlyConfig(block_size=16)}
 _QUANTIZE_PREP = "normalize,resolve-policy,calibrate,insert-qdq,remove-dead,finalize"
-_MEASURED = {"evaluate": "fidelity", "sensitivity": "sensitivity", "latency": "latency", "layer-sensitivity": "layer_sensitivity"}  # pass -> its record
+_MEASURED = {"evaluate": "fidelity", "sensitivity": "sensitivity", "latency": "latency", "layer-sensitivity": "layer_sensitivity", "weight-only-sensitivity": "weight_only_sensitivity"}  # pass -> its record
 _TWICE = [
     _Twice("inline-functions", tiny.function_model, "", True),
     _Twice("upgrade-opset", tiny.constants_model, "", True),  # opset 11
@@ -416,6 +438,7 @@ _TWICE = [
     _Twice("sensitivity(samples=2)", tiny.conv_chain, _QUANTIZE_PREP, False),
     _Twice("latency(runs=2,warmup=0)", tiny.conv_chain, _QUANTIZE_PREP, False),
     _Twice("layer-sensitivity(top=2)", tiny.conv_chain, "normalize,resolve-policy,calibrate", False, {"reduce_range": True}),
+    _Twice("weight-only-sensitivity(samples=2)", tiny.matmul_model, "normalize,resolve-policy", False, _INT4),
     # A target over what INT8 reaches: the first run keeps nodes float, the second finds nothing left to decide.
     _Twice("auto-policy(metric=sqnr,min=150,speed=false)", tiny.conv_chain, "normalize,resolve-policy,calibrate(adjacent=true),layer-sensitivity", True, {"reduce_range": True}),
 ]

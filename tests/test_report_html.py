@@ -305,7 +305,7 @@ json_values = st.recursive(
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.fixed_dictionaries({}, optional={k: json_values for k in ["input", "output", "nodes", "verdict", "fidelity", "layer_sensitivity", "auto_policy", "sensitivity", "latency", "timing", "passes", "size_ratio", "calibration"]}))
+@given(st.fixed_dictionaries({}, optional={k: json_values for k in ["input", "output", "nodes", "verdict", "fidelity", "layer_sensitivity", "weight_only_sensitivity", "auto_policy", "sensitivity", "latency", "timing", "passes", "size_ratio", "calibration"]}))
 def test_any_json_in_any_section_renders(report):
     text = render_html(report)
     assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
