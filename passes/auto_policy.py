@@ -96,6 +96,10 @@ class AutoPolicyRecord(Record):
     chosen: int
     formats: dict[str, str] = dataclasses.field(default_factory=dict)  # fallback node -> "float", "int8-dynamic", "int4" or "fp16"
     units: int | None = None  # steps of the ranking (groups moved whole count as one)
+    # The speed step, when the plan ran slower than FP32: the plan's speedup, the nodes other than
+    # Conv/ConvTranspose/Gemm/MatMul that it would also keep float, that plan's value and speedup,
+    # and which of the two was chosen ("islands" or "plan"); None when it did not run.
+    speed_step: dict[str, Any] | None = None
 
 
 _DYNAMIC = "int8-dynamic"
@@ -257,7 +261,7 @@ class AutoPolicy(Pass):
                 achieved = score(set(fallback), lighter)
         chosen_fallback = set(fallback)
 
-        speedup = fp32_ms = None
+        speedup = fp32_ms = speed_step = None
         binding = None if meets(achieved) else "accuracy"
         if self.speed and self.context.target == "cpu":  # (other targets' providers are not this CPU)
             fp32_s = runtime.measure_latency(model, feeds[0])["median_s"]
@@ -269,7 +273,10 @@ class AutoPolicy(Pass):
                     value = score(candidate, lighter)
                     candidate_s = runtime.measure_latency(trials.quantized(every - candidate, formats(candidate, lighter)), feeds[0])["median_s"]
                     curve[-1]["speedup"] = round(fp32_s / candidate_s, 3)
-                    if meets(value) and candidate_s < plan_s:
+                    faster = meets(value) and candidate_s < plan_s
+                    speed_step = {"plan_speedup": round(fp32_s / plan_s, 3), "islands": len(islands), "islands_value": round(value, 4),
+                                  "islands_speedup": round(fp32_s / candidate_s, 3), "chosen": "islands" if faster else "plan"}  # fmt: skip
+                    if faster:
                         chosen_fallback, plan_s, achieved = candidate, candidate_s, value
             speedup, fp32_ms = round(fp32_s / plan_s, 3), round(fp32_s * 1e3, 3)
             if binding is None and plan_s > fp32_s:
@@ -327,6 +334,7 @@ class AutoPolicy(Pass):
                 chosen=len(curve) - 1,
                 formats=chosen_formats,
                 units=len(steps),
+                speed_step=speed_step,
             )
         )
         return ir.passes.PassResult(model, modified)

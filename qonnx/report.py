@@ -173,6 +173,27 @@ def summary_table(report: dict[str, Any]) -> str:
         )
         for entry in sensitivity["nodes"][:5]:
             lines.append(f"  {entry['node']:<30} {entry['op_type']:<8} {entry['sqnr_db']:7.2f} dB")
+    auto = report.get("auto_policy")
+    if auto:
+        kinds: dict[str, int] = {}
+        for kind in auto.get("formats", {}).values():
+            kinds[kind] = kinds.get(kind, 0) + 1
+        held = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "none"
+        line = (
+            f"auto       {auto['metric']} >= {auto['target']:g}: {auto['achieved']:g} on the calibration samples "
+            f"({'met' if auto['met'] else 'missed'}); not in static INT8: {held}; {auto['evaluations']} evaluations"
+        )
+        if auto.get("speedup") is not None:
+            line += f"; {auto['speedup']:.2f}x FP32 as the search timed it"
+        if auto.get("binding"):
+            line += f"; binding: {auto['binding']}"
+        lines.append(line)
+        step = auto.get("speed_step")
+        if step:
+            lines.append(
+                f"  speed step: the plan ran at {step['plan_speedup']:.2f}x FP32; with its {step['islands']} nodes other than "
+                f"Conv/Gemm/MatMul float too, {step['islands_value']:g} at {step['islands_speedup']:.2f}x: {step['chosen']} chosen"
+            )
     latency = report.get("latency")
     if latency:
         lines.append(
