@@ -49,14 +49,14 @@ from typing import Any
 import onnx_ir as ir
 
 from qonnx import ir as qir
-from qonnx import runtime
+from qonnx import metrics, runtime
 from qonnx.errors import UserError
 from qonnx.node_groups import NodeGroup, units
 from qonnx.pipeline import Pass, Record, register
 from qonnx.policy import PLAN_KEY, QuantSpec, node_spec, record_formats, set_node_spec
 from qonnx.targets import get_target
 from qonnx.trials import Trials
-from qonnx.verdict import DEFAULT_FLOORS, choose_metric, metric_value
+from qonnx.verdict import DEFAULT_FLOORS, choose_metric
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,9 @@ class AutoPolicy(Pass):
     int4: on targets that run block-quantized weights (cpu, cuda), a MatMul or Gemm of the
         fallback with a constant 2-D weight, still float after the lighter step above, goes to INT4
         weight-only (4-bit blocks of 32 along K, activations float) when the target still holds.
+    halves: a plan meets the target only when it does on the first and on the second half of the
+        samples, each pooled alone (``Trials.value``): a margin that grows with how much the
+        samples differ, for data the search never saw (off: pooled over all of them).
     """
 
     name = "auto-policy"
@@ -149,6 +152,7 @@ class AutoPolicy(Pass):
         dynamic: bool = True,
         fp16: bool = True,
         int4: bool = True,
+        halves: bool = False,
     ) -> None:
         super().__init__(context)
         if metric not in ("auto", "sqnr", "cosine", "top1", "custom"):
@@ -158,7 +162,7 @@ class AutoPolicy(Pass):
         if metric == "custom" and min is None:
             raise UserError("auto-policy: a custom metric needs a threshold (min)")
         self.metric, self.min, self.samples, self.max_return, self.speed = metric, min, samples, max_return, speed
-        self.groups, self.dynamic, self.fp16, self.int4 = groups, dynamic, fp16, int4
+        self.groups, self.dynamic, self.fp16, self.int4, self.halves = groups, dynamic, fp16, int4, halves
 
     def requires(self, model: ir.Model) -> None:
         if self.metric == "custom" and self.context.score is None:
@@ -172,7 +176,7 @@ class AutoPolicy(Pass):
             raise UserError("--policy auto needs data to measure the plans: give --calib DATA")
         feeds = [data[i] for i in range(min(self.samples, len(data)))]
         custom = self.metric == "custom"
-        trials = Trials(model, self.context, feeds, self.context.score if custom else "sqnr")
+        trials = Trials(model, self.context, feeds, self.context.score if custom else "sqnr", halves=self.halves)
         every = set(trials.candidates)
         nodes = {n.name: n for n in model.graph}
         op_types = {name: node.op_type for name, node in nodes.items()}
@@ -181,14 +185,13 @@ class AutoPolicy(Pass):
             metric = getattr(self.context.score, "__qualname__", type(self.context.score).__name__)
             first = trials.score(every)
         else:
-            all_int8 = trials.comparison(trials.quantized(every)).to_dict()
+            outputs = trials.outputs(trials.quantized(every))
             metric = self.metric
             if metric == "auto":
                 token_inputs = any(v.dtype in (ir.DataType.INT64, ir.DataType.INT32) for v in model.graph.inputs)
-                metric = choose_metric(all_int8, token_inputs)[0]
+                metric = choose_metric(metrics.compare(trials.reference, outputs, feeds).to_dict(), token_inputs)[0]
             trials.metric = metric
-            value = metric_value(metric, all_int8)
-            first = float("nan") if value is None else float(value)
+            first = trials.value(outputs)
         target = self.min if self.min is not None else DEFAULT_FLOORS[metric]
 
         def meets(value: float) -> bool:

@@ -74,8 +74,8 @@ class Trials:
     evaluations run, wherever they ran.
     """
 
-    def __init__(self, model: ir.Model, context: Context, feeds: list[dict[str, np.ndarray]], metric: Metric):
-        self.model, self.context, self.feeds, self.metric = model, context, feeds, metric
+    def __init__(self, model: ir.Model, context: Context, feeds: list[dict[str, np.ndarray]], metric: Metric, *, halves: bool = False):
+        self.model, self.context, self.feeds, self.metric, self.halves = model, context, feeds, metric, halves and len(feeds) >= 2
         reference = runtime.session(model)
         self.reference = [reference.run(feed) for feed in feeds]
         self.candidates = [n.name for n in model.graph if node_spec(n.metadata_props).quantized]
@@ -94,14 +94,32 @@ class Trials:
         self.evaluations += 1
         return metrics.compare(self.reference, runtime.session(trial, qdq_fusion=self._qdq_fusion), self.feeds, what="evaluation sample")
 
+    def outputs(self, trial: ir.Model) -> list[dict[str, np.ndarray]]:
+        """The outputs of ``trial`` on every feed (one full-model evaluation)."""
+        self.evaluations += 1
+        session = runtime.session(trial, qdq_fusion=self._qdq_fusion)
+        return [session.run(feed) for feed in self.feeds]
+
+    def value(self, outputs: Sequence[dict[str, np.ndarray]]) -> float:
+        """The metric of ``outputs`` (one dict per feed) against the FP32 outputs, pooled over the
+        feeds; with ``halves``, the lower of its values on the first and on the second half of the
+        feeds (NaN when either is): a plan must hold on each, which asks for a margin where samples
+        differ, before a plan fitted to the search samples is trusted on new data."""
+        parts = [slice(None, len(self.feeds) // 2), slice(len(self.feeds) // 2, None)] if self.halves else [slice(None)]
+        values = []
+        for part in parts:
+            if callable(self.metric):
+                values.append(float(self.metric(self.reference[part], list(outputs[part]))))
+            else:
+                values.append(_value(self.metric, metrics.compare(self.reference[part], list(outputs[part]), self.feeds[part], what="evaluation sample")))
+        return float("nan") if any(np.isnan(values)) else min(values)
+
     def score(self, int8: set[str] | None = None, formats: Formats | None = None) -> float:
         """The metric of the plan with ``int8`` quantized (the others as ``formats`` says, else
-        float); NaN when the outputs do not have it."""
+        float), as ``value`` takes it; NaN when the outputs do not have it."""
         trial = self.quantized(int8, formats)
-        if callable(self.metric):
-            self.evaluations += 1
-            session = runtime.session(trial, qdq_fusion=self._qdq_fusion)
-            return float(self.metric(self.reference, [session.run(feed) for feed in self.feeds]))
+        if callable(self.metric) or self.halves:
+            return self.value(self.outputs(trial))
         return _value(self.metric, self.comparison(trial))
 
     def scores(self, plans: Sequence[set[str] | None], executor: Executor | None = None) -> list[float]:
@@ -127,10 +145,10 @@ class Trials:
         if setup is None:
             return values + [self.score(plan) for plan in rest]
         logger.info("%d trials on %d workers (%s), about %.2f s each here", len(rest), executor.workers, executor.name, each)
-        custom = callable(self.metric)
-        items = [(None if plan is None else sorted(plan), None if custom else self.metric, None) for plan in rest]
+        here = callable(self.metric) or self.halves  # the workers return outputs, scored here
+        items = [(None if plan is None else sorted(plan), None if here else self.metric, None) for plan in rest]
         results = executor.map(run_trial, items, shared=setup)
-        values += [float(self.metric(self.reference, r)) if custom else r for r in results]
+        values += [self.value(r) if here else r for r in results]
         self.evaluations += len(rest)
         return values
 
