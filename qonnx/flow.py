@@ -171,6 +171,8 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
         auto = {"metric": evaluation.metric if isinstance(evaluation.metric, str) else "custom"}  # custom: the callable, Context.score
         if evaluation.min is not None:
             auto["min"] = evaluation.min
+        if evaluation.halves:
+            auto["halves"] = True
         steps[at:at] = [PipelineStep("auto-policy", auto)]  # it computes the layer-sensitivity analysis when it needs it
         names = {s.name for s in steps}
         check_order([s.name for s in steps])

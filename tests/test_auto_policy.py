@@ -379,3 +379,18 @@ def test_auto_policy_with_halves_meets_the_target_on_each_half():
     )
     record = context.records["auto_policy"]
     assert record.met and record.achieved >= 30 and "conv1" in record.fallback
+
+
+def test_halves_from_the_command_line_reach_the_search_and_need_the_automatic_policy(tmp_path, calib_npz, inproc):
+    model = tmp_path / "m.onnx"
+    onnx.save(_outlier_chain(), model)
+    result = inproc("quantize", model, "-o", tmp_path / "a.onnx", "--calib", calib_npz, "--policy", "auto", "--metric", "sqnr", "--min", "30",
+                    "--halves", "--reduce-range", "--report", tmp_path / "a.json", "--print-recipe")  # fmt: skip
+    assert result.rc == 0 and "halves = true" in result.out
+    result = inproc("quantize", model, "-o", tmp_path / "a.onnx", "--calib", calib_npz, "--policy", "auto", "--metric", "sqnr", "--min", "30",
+                    "--halves", "--reduce-range", "--report", tmp_path / "a.json", "-q")  # fmt: skip
+    assert result.rc == 0, result.err
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert "halves=true" in report["pipeline"].lower() and report["auto_policy"]["met"]
+    refused = inproc("quantize", model, "-o", tmp_path / "b.onnx", "--calib", calib_npz, "--halves", "-q")
+    assert refused.rc == 2 and "--halves" in refused.err and "policy auto" in refused.err
