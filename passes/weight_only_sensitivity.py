@@ -17,8 +17,8 @@ a group that loses much under RTN gains the most from keeping more bits.
 For a language model's logits (``qonnx.metrics.TaskAccumulator``) each group has the perplexity of
 the evaluation windows, the next-token top-1 agreement and the KL divergence against the FP32
 logits, and the groups come out worst first by KL; for other outputs, by the worst output SQNR.
-The trials run here, one after another: each is a session of the whole model, which for an LLM is
-as large as the workers' memory would allow once.
+The trials run here, one after another: each is a session of the whole model, and a worker pool
+would hold one such session (for an LLM, the size of the model) per worker.
 """
 
 from __future__ import annotations
@@ -106,14 +106,14 @@ class WeightOnlySensitivity(Pass):
         del reference
         groups = _layer_groups(model, planned, self.max_group_nodes)
         with Progress(len(groups) + 1, "weight-only sensitivity", enabled=context.progress) as bar:
-            whole, quantized = self._trial(model, planned, None, expected, feeds)
+            whole, quantized = self._trial(model, set(planned), None, expected, feeds)
             bar.advance()
             output, metric = _ranking(whole)
             groups = [(name, kind, [n for n in members if n in quantized]) for name, kind, members in groups]
             groups = [g for g in groups if g[2]]
             entries = []
             for name, kind, members in groups:
-                fidelity, _ = self._trial(model, planned, set(members), expected, feeds)
+                fidelity, _ = self._trial(model, quantized, set(members), expected, feeds)
                 entries.append({"name": name, "kind": kind, "nodes": members, **_figures(fidelity[output])})
                 bar.advance()
         if metric == "kl_divergence":
@@ -135,7 +135,7 @@ class WeightOnlySensitivity(Pass):
         return ir.passes.PassResult(model, False)
 
     def _trial(
-        self, model: ir.Model, planned: list[str], keep: set[str] | None, expected: list[dict[str, np.ndarray]], feeds: list[dict[str, np.ndarray]]
+        self, model: ir.Model, planned: set[str], keep: set[str] | None, expected: list[dict[str, np.ndarray]], feeds: list[dict[str, np.ndarray]]
     ) -> tuple[dict[str, dict[str, float]], set[str]]:
         """The fidelity of every output (``Comparison.to_dict``) of the plan with only ``keep`` in
         weight-only (None: all of it), and the planned nodes that ``quantize-weights`` rewrote (it
@@ -151,7 +151,7 @@ class WeightOnlySensitivity(Pass):
         # its spec kept); one refused keeps its op with a float spec and the reason.
         refused = {n.name for n in trial.graph if n.name in planned and n.domain in ("", "ai.onnx") and not node_spec(n.metadata_props).weight_only}
         comparison = metrics.compare(expected, runtime.session(trial), feeds, what="evaluation sample")
-        return comparison.to_dict(), set(planned) - refused
+        return comparison.to_dict(), planned - refused
 
 
 def _layer_groups(model: ir.Model, planned: list[str], max_nodes: int) -> list[tuple[str, str, list[str]]]:
