@@ -9,7 +9,7 @@ SQNR on held-out data (the report's fidelity), the nodes kept float, the full-mo
 spent and the wall time; for (a) and (b) the latency against FP32 (the report's, median of 20 runs,
 2 threads).
 
-Usage: ``python benchmarks/auto_bench.py [--models ppocr-cls yolov8n] [--greedy ppocr-cls] [--min 30] [--merge]``
+Usage: ``python benchmarks/auto_bench.py [--models ppocr-cls yolov8n] [--greedy ppocr-cls] [--min 30] [--merge] [--halves]``
 (results in ``benchmarks/results/auto.md`` and ``auto.json``; ``--merge`` keeps the rows of the
 models not run from the existing ``auto.json``, each row with the revision and date it was run at).
 """
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--merge", action="store_true", help="keep the other models' rows of the existing auto.json")
+    parser.add_argument("--halves", action="store_true", help="the automatic policy with --halves (a plan must meet the target on each half of its samples); results in auto_halves.md/.json")
     args = parser.parse_args(argv)
     rows = []
     environment = environment_facts()
@@ -107,22 +108,23 @@ def main(argv: list[str] | None = None) -> int:
             metric, target = MODEL_TARGETS.get(name, ("sqnr", args.min))
             row = {"model": name, "metric": metric, "target": target, "environment": environment, "int8": _quantize(name, Path(scratch))}
             print(f"{name}: --policy auto --metric {metric} --min {target:g}", flush=True)
-            row["auto"] = _quantize(name, Path(scratch), policy="auto", metric=metric, min=target)
+            row["auto"] = _quantize(name, Path(scratch), policy="auto", metric=metric, min=target, **({"halves": True} if args.halves else {}))
             if name in args.greedy:
                 print(f"{name}: brute-force greedy", flush=True)
                 row["greedy"] = _greedy(name, args.min)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    doc = {"environment": environment, "target_sqnr_db": args.min, "rows": rows}
-    if args.merge and (args.out / "auto.json").is_file():
-        previous = json.loads((args.out / "auto.json").read_text())
+    doc = {"environment": environment, "target_sqnr_db": args.min, "halves": args.halves, "rows": rows}
+    stem = "auto_halves" if args.halves else "auto"
+    if args.merge and (args.out / f"{stem}.json").is_file():
+        previous = json.loads((args.out / f"{stem}.json").read_text())
         ran = {row["model"] for row in rows}
         kept = [{"environment": previous["environment"], **row} for row in previous["rows"] if row["model"] not in ran]
-        doc = {"environment": previous["environment"], "target_sqnr_db": previous.get("target_sqnr_db", args.min), "rows": kept + rows}
+        doc = {"environment": previous["environment"], "target_sqnr_db": previous.get("target_sqnr_db", args.min), "halves": args.halves, "rows": kept + rows}
     lines = _markdown(doc)
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out / "auto.json", lambda f: f.write((json.dumps(doc, indent=2) + "\n").encode()))
-    atomic_write(args.out / "auto.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    atomic_write(args.out / f"{stem}.json", lambda f: f.write((json.dumps(doc, indent=2) + "\n").encode()))
+    atomic_write(args.out / f"{stem}.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
     print("\n".join(lines))
     return 0
 
@@ -149,9 +151,10 @@ def _markdown(doc: dict) -> list[str]:
     for row in doc["rows"]:
         env = row.get("environment", doc["environment"])
         runs.setdefault((env["date"], env["qonnx_revision"], env["onnxruntime_version"], str(env["load_average_at_start"])), []).append(row["model"])
-    lines = [f"# Automatic mixed precision (target {doc['target_sqnr_db']:g} dB output SQNR; MiniLM: pooled-embedding cosine 0.998)", ""]
+    halves = " with --halves" if doc.get("halves") else ""
+    lines = [f"# Automatic mixed precision{halves} (target {doc['target_sqnr_db']:g} dB output SQNR; MiniLM: pooled-embedding cosine 0.998)", ""]
     for (date, revision, ort, load_average), models in runs.items():
-        lines.append(f"`python benchmarks/auto_bench.py --models {' '.join(models)}`; {date}, qonnx {revision}, onnxruntime {ort}, load average at start {load_average}.")
+        lines.append(f"`python benchmarks/auto_bench.py --models {' '.join(models)}{' --halves' if doc.get('halves') else ''}`; {date}, qonnx {revision}, onnxruntime {ort}, load average at start {load_average}.")
     lines += [
         "",
         "| model | INT8 SQNR | INT8 speed | auto target | INT8 / auto on the target metric | auto on the search's calibration samples | auto SQNR | auto speed | auto size | auto float nodes (+ dynamic INT8, + INT4) | auto evaluations (search / with sensitivity) | auto wall s | what binds | greedy SQNR | greedy float nodes | greedy evaluations | greedy wall s |",

@@ -484,6 +484,7 @@ class QuantizeConfig:
         "sensitivity": ("evaluation", "sensitivity"),
         "metric": ("evaluation", "metric"),
         "min": ("evaluation", "min"),
+        "halves": ("evaluation", "halves"),
         "skip_evaluation": ("evaluation", "skip"),
     }
 
