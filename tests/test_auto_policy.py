@@ -394,3 +394,11 @@ def test_halves_from_the_command_line_reach_the_search_and_need_the_automatic_po
     assert "halves=true" in report["pipeline"].lower() and report["auto_policy"]["met"]
     refused = inproc("quantize", model, "-o", tmp_path / "b.onnx", "--calib", calib_npz, "--halves", "-q")
     assert refused.rc == 2 and "--halves" in refused.err and "policy auto" in refused.err
+
+
+def test_halves_in_the_python_keyword_form():
+    from qonnx.config import ConfigError, QuantizeConfig
+
+    assert QuantizeConfig.from_keywords(policy="auto", halves=True).evaluation.halves is True
+    with pytest.raises(ConfigError, match="policy auto"):
+        QuantizeConfig.from_keywords(halves=True)
