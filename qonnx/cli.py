@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 
 from qonnx.errors import UserError
+from qonnx.verdict import MEET_ON
 
 __all__ = ["main"]
 
@@ -112,7 +113,7 @@ _FIELDS = {
     "metric": ("evaluation", "metric", "--metric"),
     "min": ("evaluation", "min", "--min"),
     "no_eval": ("evaluation", "skip", "--no-eval"),
-    "halves": ("evaluation", "halves", "--halves"),
+    "meet_on": ("evaluation", "meet_on", "--meet-on"),
     "block_size": ("weight_only", "block_size", "--block-size"),
     "weight_bits": ("weight_only", "bits", "--weight-bits"),
     "embedding_bits": ("weight_only", "embedding_bits", "--embedding-bits"),
@@ -286,10 +287,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--min", type=float, metavar="VALUE", help="the value the metric must reach: below it the model and report are still written and the exit code is 3 (default: advice against the metric's floor, exit 0)")
     q.add_argument(
-        "--halves",
-        action="store_true",
-        help="--policy auto: take a plan only when it meets --min on each half of the search samples, a margin for held-out data "
-        "(measured: YOLOv8n and EfficientNet-Lite0 then meet 30 dB held-out, PP-OCR cls does not; README)",
+        "--meet-on",
+        choices=MEET_ON,
+        help="--policy auto: the search samples a plan must meet --min on: pooled (all at once), halves (each half alone), "
+        "each (every sample alone, the default), a margin for held-out data (measured in the README)",
     )
     q.add_argument(
         "--sensitivity",

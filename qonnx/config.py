@@ -45,6 +45,7 @@ from typing import Any, Literal
 
 from qonnx.errors import UserError
 from qonnx.policy import MixedPrecisionPolicy
+from qonnx.verdict import MEET_ON
 
 __all__ = [
     "ConfigError",
@@ -271,9 +272,10 @@ class EvaluationConfig:
     fidelity measured (``--no-eval``: the held-out run costs a session of the FP32 model, more
     memory than quantizing an LLM a layer at a time); all of the calibration data calibrates and
     the verdict says "not measured". It cannot go with ``min``, ``sensitivity``, or the automatic
-    policy, which measure. ``halves``: the automatic policy takes a plan only when it meets ``min``
-    on the first and on the second half of its search samples, each alone (a margin for data the
-    search never saw; ``auto-policy(halves=true)``).
+    policy, which measure. ``meet_on``: the search samples the automatic policy holds a plan to
+    ``min`` on: ``pooled`` (all at once), ``halves`` (the first and the second half, each alone),
+    ``each`` (every sample alone, the default): a margin for data the search never saw
+    (``auto-policy(meet_on=...)``).
     """
 
     latency: bool = False
@@ -281,12 +283,12 @@ class EvaluationConfig:
     metric: Literal["auto", "sqnr", "cosine", "top1"] | Callable[..., float] = "auto"
     min: float | None = None
     skip: bool = False
-    halves: bool = False
+    meet_on: Literal["pooled", "halves", "each"] | None = None
 
     def __post_init__(self):
         table = "evaluation"
         _bool(self.skip, "skip", table)
-        _bool(self.halves, "halves", table)
+        _choice(self.meet_on, MEET_ON, "meet_on", table, optional=True)
         if self.skip and self.min is not None:
             raise ConfigError("skip", "no evaluation, so nothing to hold to min: drop one of them", table)
         if self.skip and self.sensitivity:
@@ -433,8 +435,8 @@ class QuantizeConfig:
                 raise ConfigError("reduce_range", "applies to precision int8 (7-bit INT8 weights); int4 weights are blocks of 4 or 8 bits")
         elif self.weight_only != WeightOnlyConfig():
             raise ConfigError("weight_only", f"its options apply to precision int4, not {precision}")
-        if self.evaluation.halves and policy != "auto":
-            raise ConfigError("halves", "applies to the automatic policy (policy auto), which searches on halves of its samples", "evaluation")
+        if self.evaluation.meet_on is not None and policy != "auto":
+            raise ConfigError("meet_on", "applies to the automatic policy (policy auto), which holds its plans to min on the search samples", "evaluation")
         if self.evaluation.skip and policy == "auto":
             raise ConfigError("policy", "auto measures its trials and checks the result on held-out data: it cannot go with evaluation skip (--no-eval)")
         if self.float_remainder is not None and precision not in ("int8", "fp8"):
@@ -484,7 +486,7 @@ class QuantizeConfig:
         "sensitivity": ("evaluation", "sensitivity"),
         "metric": ("evaluation", "metric"),
         "min": ("evaluation", "min"),
-        "halves": ("evaluation", "halves"),
+        "meet_on": ("evaluation", "meet_on"),
         "skip_evaluation": ("evaluation", "skip"),
     }
 

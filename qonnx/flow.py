@@ -171,8 +171,8 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
         auto = {"metric": evaluation.metric if isinstance(evaluation.metric, str) else "custom"}  # custom: the callable, Context.score
         if evaluation.min is not None:
             auto["min"] = evaluation.min
-        if evaluation.halves:
-            auto["halves"] = True
+        if evaluation.meet_on is not None:
+            auto["meet_on"] = evaluation.meet_on
         steps[at:at] = [PipelineStep("auto-policy", auto)]  # it computes the layer-sensitivity analysis when it needs it
         names = {s.name for s in steps}
         check_order([s.name for s in steps])
@@ -375,6 +375,7 @@ def _verdict(config: QuantizeConfig, context: Context, *, token_inputs: bool, ha
         has_matmul=has_matmul,
         custom=custom,
         auto_met=auto.achieved if (auto := context.records.get("auto_policy")) is not None and auto.met else None,
+        auto_meet_on=auto.meet_on if auto is not None else "each",
         skipped=config.evaluation.skip,
         calibrated=calibrated,
     )

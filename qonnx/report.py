@@ -13,6 +13,7 @@ import onnx_ir as ir
 import qonnx
 from qonnx.ir import atomic_write
 from qonnx.policy import PLAN_KEY
+from qonnx.verdict import search_samples
 
 __all__ = ["SCHEMA", "Report", "assemble", "node_formats", "write_json", "summary_table"]
 
@@ -180,7 +181,7 @@ def summary_table(report: dict[str, Any]) -> str:
             kinds[kind] = kinds.get(kind, 0) + 1
         held = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "none"
         line = (
-            f"auto       {auto['metric']} >= {auto['target']:g}: {auto['achieved']:g} on the calibration samples "
+            f"auto       {auto['metric']} >= {auto['target']:g}: {auto['achieved']:g} {search_samples(auto)} "
             f"({'met' if auto['met'] else 'missed'}); not in static INT8: {held}; {auto['evaluations']} evaluations"
         )
         if auto.get("speedup") is not None:

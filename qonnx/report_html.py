@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from qonnx.ir import atomic_write
+from qonnx.verdict import search_samples
 
 __all__ = ["render_html", "write_html", "FORMAT_COLORS", "MAX_BARS"]
 
@@ -660,7 +661,7 @@ def _auto_policy(report: Mapping[str, Any]) -> str:
     state = "met" if met is True else "not-met" if met is False else "unknown"
     facts = [
         f'<span class="badge {state}">{"target met" if met is True else "target not met" if met is False else "not decided"}</span> '
-        f"{_esc(name)} target {_metric_value(metric, data.get('target'))}, achieved {_metric_value(metric, data.get('achieved'))}",
+        f"{_esc(name)} target {_metric_value(metric, data.get('target'))}, achieved {_metric_value(metric, data.get('achieved'))} {_esc(search_samples(data))}",
         f"{len(fallback)} nodes in {_esc(data.get('fallback_format') or 'the fallback format')}",
     ]
     if data.get("evaluations") is not None:

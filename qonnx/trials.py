@@ -29,10 +29,11 @@ import onnx
 import onnx_ir as ir
 
 from qonnx import metrics, runtime
+from qonnx.errors import UserError
 from qonnx.pipeline import Context, apply
 from qonnx.policy import node_spec, set_node_spec
 from qonnx.targets import get_target
-from qonnx.verdict import metric_value
+from qonnx.verdict import MEET_ON, metric_value
 
 if TYPE_CHECKING:
     from qonnx.executor import Executor
@@ -66,6 +67,15 @@ def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def _parts(meet_on: str, count: int) -> list[slice]:
+    """The slices of ``count`` feeds a plan must meet the target on, each pooled alone."""
+    if meet_on == "each" and count > 1:
+        return [slice(i, i + 1) for i in range(count)]
+    if meet_on == "halves" and count > 1:
+        return [slice(None, count // 2), slice(count // 2, None)]
+    return [slice(None)]
+
+
 class Trials:
     """Plans of the planned FP32 ``model`` with only some nodes in INT8, evaluated on ``feeds``.
 
@@ -74,8 +84,11 @@ class Trials:
     evaluations run, wherever they ran.
     """
 
-    def __init__(self, model: ir.Model, context: Context, feeds: list[dict[str, np.ndarray]], metric: Metric, *, halves: bool = False):
-        self.model, self.context, self.feeds, self.metric, self.halves = model, context, feeds, metric, halves and len(feeds) >= 2
+    def __init__(self, model: ir.Model, context: Context, feeds: list[dict[str, np.ndarray]], metric: Metric, *, meet_on: str = "pooled"):
+        if meet_on not in MEET_ON:
+            raise UserError(f"meet_on {meet_on!r} is not one of {', '.join(MEET_ON)}")
+        self.model, self.context, self.feeds, self.metric = model, context, feeds, metric
+        self.parts = _parts(meet_on, len(feeds))
         reference = runtime.session(model)
         self.reference = [reference.run(feed) for feed in feeds]
         self.candidates = [n.name for n in model.graph if node_spec(n.metadata_props).quantized]
@@ -101,13 +114,13 @@ class Trials:
         return [session.run(feed) for feed in self.feeds]
 
     def value(self, outputs: Sequence[dict[str, np.ndarray]]) -> float:
-        """The metric of ``outputs`` (one dict per feed) against the FP32 outputs, pooled over the
-        feeds; with ``halves``, the lower of its values on the first and on the second half of the
-        feeds (NaN when either is): a plan must hold on each, which asks for a margin where samples
-        differ, before a plan fitted to the search samples is trusted on new data."""
-        parts = [slice(None, len(self.feeds) // 2), slice(len(self.feeds) // 2, None)] if self.halves else [slice(None)]
+        """The metric of ``outputs`` (one dict per feed) against the FP32 outputs: the lowest of its
+        values on the parts that ``meet_on`` cuts the feeds into (pooled: one part; halves: the first
+        and the second half; each: every feed alone), NaN when any is. A plan must hold on each
+        part, which asks for a margin where samples differ, before a plan fitted to the search
+        samples is trusted on new data: the lowest of several parts is never above the pooled value."""
         values = []
-        for part in parts:
+        for part in self.parts:
             if callable(self.metric):
                 values.append(float(self.metric(self.reference[part], list(outputs[part]))))
             else:
@@ -118,7 +131,7 @@ class Trials:
         """The metric of the plan with ``int8`` quantized (the others as ``formats`` says, else
         float), as ``value`` takes it; NaN when the outputs do not have it."""
         trial = self.quantized(int8, formats)
-        if callable(self.metric) or self.halves:
+        if callable(self.metric) or len(self.parts) > 1:
             return self.value(self.outputs(trial))
         return _value(self.metric, self.comparison(trial))
 
@@ -145,7 +158,7 @@ class Trials:
         if setup is None:
             return values + [self.score(plan) for plan in rest]
         logger.info("%d trials on %d workers (%s), about %.2f s each here", len(rest), executor.workers, executor.name, each)
-        here = callable(self.metric) or self.halves  # the workers return outputs, scored here
+        here = callable(self.metric) or len(self.parts) > 1  # the workers return outputs, scored here
         items = [(None if plan is None else sorted(plan), None if here else self.metric, None) for plan in rest]
         results = executor.map(run_trial, items, shared=setup)
         values += [self.value(r) if here else r for r in results]

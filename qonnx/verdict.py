@@ -24,6 +24,22 @@ __all__ = ["DEFAULT_FLOORS", "Verdict", "choose_metric", "judge", "metric_value"
 
 DEFAULT_FLOORS = {"sqnr": 30.0, "top1": 0.99, "cosine": 0.998}
 _UNITS = {"sqnr": " dB", "top1": "", "cosine": ""}
+# The parts of its search samples the automatic policy holds a plan to the target on, each pooled
+# alone (``qonnx.trials.Trials.value``): all at once, each half, each sample.
+MEET_ON = ("pooled", "halves", "each")
+
+
+def search_samples(auto: dict[str, Any]) -> str:
+    """How an automatic-policy record's ``achieved`` was taken, in words: "on each of the 10
+    calibration samples (the lowest)"; records without ``meet_on`` were pooled."""
+    count = auto.get("samples")
+    samples = f"{count} calibration samples" if isinstance(count, int) and not isinstance(count, bool) else "calibration samples"
+    meet_on = auto.get("meet_on") or "pooled"
+    if meet_on == "each":
+        return f"on each of the {samples} (the lowest)"
+    if meet_on == "halves":
+        return f"on each half of the {samples} (the lower)"
+    return f"pooled over the {samples}"
 
 
 @dataclasses.dataclass
@@ -78,14 +94,17 @@ def metric_value(metric: str, outputs: dict[str, dict[str, float]]) -> float | N
     return None
 
 
-def _advice(precision: str, mode: str, has_matmul: bool, metric: str, threshold: float, auto_met: float | None = None, calibrated: bool = False) -> list[str]:
+def _advice(
+    precision: str, mode: str, has_matmul: bool, metric: str, threshold: float, auto_met: float | None = None, calibrated: bool = False, auto_meet_on: str = "each"
+) -> list[str]:
     """What to try, as options of the command. ``auto_met``: the value ``--policy auto`` reached on
-    the calibration samples, when it met the target there (the held-out data then missed it)."""
+    the calibration samples, when it met the target there (the held-out data then missed it), judged
+    as ``auto_meet_on`` says (``MEET_ON``)."""
     if auto_met is not None:
-        return [
-            f"the auto plan met {metric} {auto_met:g} on the calibration samples, not on held-out data: calibrate on more, and more varied, data (--calib)",
-            f"--min above {threshold:g} for a margin",
-        ]
+        advice = [f"the auto plan met {metric} {auto_met:g} on the calibration samples, not on held-out data: calibrate on more, and more varied, data (--calib)"]
+        if auto_meet_on != "each":
+            advice.append(f"--meet-on each (every calibration sample must meet it, not {auto_meet_on})")
+        return advice + [f"--min above {threshold:g} for a margin"]
     if precision == "int4":
         advice = ["--block-size 16 (a scale per 16 weights)", "--embedding-bits 8, or 8 bits for the lm_head by a policy rule on its name"]
         if not calibrated:
@@ -117,6 +136,7 @@ def judge(
     has_matmul: bool,
     custom: float | None = None,
     auto_met: float | None = None,
+    auto_meet_on: str = "each",
     skipped: bool = False,
     calibrated: bool = False,
 ) -> Verdict:
@@ -140,4 +160,4 @@ def judge(
     if value is None or threshold is None:
         return Verdict(metric, value, threshold, None, "not measured", chosen, [f"no output is shaped for {metric}: choose --metric sqnr"])
     met = bool(value >= threshold)
-    return Verdict(metric, round(value, 6), threshold, met, source, chosen, [] if met else _advice(precision, mode, has_matmul, metric, threshold, auto_met, calibrated))
+    return Verdict(metric, round(value, 6), threshold, met, source, chosen, [] if met else _advice(precision, mode, has_matmul, metric, threshold, auto_met, calibrated, auto_meet_on))

@@ -15,6 +15,7 @@ import pytest
 from conftest import input_specs, run_qonnx, run_text, to_ir
 from qonnx.api import quantize
 from qonnx.calib.sources import ListSource
+from qonnx.errors import UserError
 from qonnx.models import tiny
 from qonnx.passes.auto_policy import smallest_prefix
 from qonnx.pipeline import Context, build, parse_pipeline, run_pipeline
@@ -351,54 +352,77 @@ def test_the_speed_step_on_ppocr_cls(photos, tmp_path):
     assert report["auto_policy"]["met"] and report["auto_policy"]["speedup"] > 0
 
 
-def test_halves_judge_a_plan_by_the_lower_of_its_two_halves():
-    """``Trials(halves=True)``: the metric on the first and on the second half of the samples, each
-    pooled alone, and the lower of the two, which is never above the value pooled over all of them
-    (pooled SQNR is a mediant of the halves'); the same plan, the same values as two separate trials."""
+def test_meet_on_judges_a_plan_by_its_lowest_part():
+    """``Trials(meet_on=...)``: halves takes the metric on the first and on the second half of the
+    samples, each pooled alone, each takes it on every sample alone; the value is the lowest part,
+    never above the value pooled over all of them (pooled SQNR is a mediant of the parts'); the
+    same plan, the same values as separate trials; one full-model evaluation per plan either way."""
     from qonnx.trials import Trials
 
     model, _, context = run_text(_outlier_chain(), "normalize,resolve-policy,calibrate(adjacent=true)", samples=6, reduce_range=True)
     feeds = [context.calib[i] for i in range(6)]
-    halves = Trials(model, context, feeds, "sqnr", halves=True)
-    plan = set(halves.candidates) - {"conv2"}
+    plan = set(Trials(model, context, feeds[:1], "sqnr").candidates) - {"conv2"}
+    pooled = Trials(model, context, feeds, "sqnr").score(plan)
     first, second = (Trials(model, context, part, "sqnr").score(plan) for part in (feeds[:3], feeds[3:]))
-    assert first != second
-    assert halves.score(plan) == min(first, second)
-    assert halves.score(plan) <= Trials(model, context, feeds, "sqnr").score(plan)
-    assert halves.evaluations == 2
-    custom = Trials(model, context, feeds, lambda ref, test: float(len(test)), halves=True)
-    assert custom.score(plan) == 3.0  # a Python metric sees each half alone
+    alone = [Trials(model, context, [feed], "sqnr").score(plan) for feed in feeds]
+    assert first != second and len(set(alone)) > 1
+    halves, each = Trials(model, context, feeds, "sqnr", meet_on="halves"), Trials(model, context, feeds, "sqnr", meet_on="each")
+    by_halves, by_each = halves.score(plan), each.score(plan)
+    assert by_halves == min(first, second) <= pooled
+    assert by_each == min(alone) <= by_halves
+    assert halves.evaluations == each.evaluations == 1
+    for meet_on, size in (("halves", 3.0), ("each", 1.0), ("pooled", 6.0)):  # a Python metric sees each part alone
+        assert Trials(model, context, feeds, lambda ref, test: float(len(test)), meet_on=meet_on).score(plan) == size
+    with pytest.raises(UserError, match="meet_on 'worst' is not one of pooled, halves, each"):
+        Trials(model, context, feeds, "sqnr", meet_on="worst")
 
 
-def test_auto_policy_with_halves_meets_the_target_on_each_half():
+@pytest.mark.parametrize("meet_on", ["halves", "each"])
+def test_auto_policy_meets_the_target_on_each_part(meet_on):
+    """The chosen plan holds the target on every part of the search samples, checked by separate
+    trials of the same plan; the record says how it was judged (``each`` is the default)."""
+    from qonnx.trials import Trials
+
+    option = "" if meet_on == "each" else f",meet_on={meet_on}"
     model, _, context = run_text(
         _outlier_chain(),
-        "normalize,resolve-policy,calibrate(adjacent=true),layer-sensitivity,auto-policy(metric=sqnr,min=30,speed=false,halves=true),insert-qdq",
+        f"normalize,resolve-policy,calibrate(adjacent=true),layer-sensitivity,auto-policy(metric=sqnr,min=30,speed=false{option})",
         samples=6,
         reduce_range=True,
     )
     record = context.records["auto_policy"]
     assert record.met and record.achieved >= 30 and "conv1" in record.fallback
+    assert (record.meet_on, record.samples) == (meet_on, 6)
+    feeds = [context.calib[i] for i in range(6)]
+    parts = [feeds[:3], feeds[3:]] if meet_on == "halves" else [[feed] for feed in feeds]
+    int8 = set(Trials(model, context, feeds[:1], "sqnr").candidates) - set(record.fallback)
+    assert min(Trials(model, context, part, "sqnr").score(int8) for part in parts) == pytest.approx(record.achieved, abs=1e-4)
 
 
-def test_halves_from_the_command_line_reach_the_search_and_need_the_automatic_policy(tmp_path, calib_npz, inproc):
+def test_meet_on_from_the_command_line_reaches_the_search_and_needs_the_automatic_policy(tmp_path, calib_npz, inproc):
     model = tmp_path / "m.onnx"
     onnx.save(_outlier_chain(), model)
     result = inproc("quantize", model, "-o", tmp_path / "a.onnx", "--calib", calib_npz, "--policy", "auto", "--metric", "sqnr", "--min", "30",
-                    "--halves", "--reduce-range", "--report", tmp_path / "a.json", "--print-recipe")  # fmt: skip
-    assert result.rc == 0 and "halves = true" in result.out
+                    "--meet-on", "halves", "--reduce-range", "--report", tmp_path / "a.json", "--print-recipe")  # fmt: skip
+    assert result.rc == 0 and 'meet_on = "halves"' in result.out
     result = inproc("quantize", model, "-o", tmp_path / "a.onnx", "--calib", calib_npz, "--policy", "auto", "--metric", "sqnr", "--min", "30",
-                    "--halves", "--reduce-range", "--report", tmp_path / "a.json", "-q")  # fmt: skip
+                    "--meet-on", "halves", "--reduce-range", "--report", tmp_path / "a.json")  # fmt: skip
     assert result.rc == 0, result.err
     report = json.loads((tmp_path / "a.json").read_text())
-    assert "halves=true" in report["pipeline"].lower() and report["auto_policy"]["met"]
-    refused = inproc("quantize", model, "-o", tmp_path / "b.onnx", "--calib", calib_npz, "--halves", "-q")
-    assert refused.rc == 2 and "--halves" in refused.err and "policy auto" in refused.err
+    assert "meet_on=halves" in report["pipeline"].lower() and report["auto_policy"]["met"] and report["auto_policy"]["meet_on"] == "halves"
+    assert "on each half of the" in result.out  # the summary says how the search judged its plans
+    refused = inproc("quantize", model, "-o", tmp_path / "b.onnx", "--calib", calib_npz, "--meet-on", "each", "-q")
+    assert refused.rc == 2 and "--meet-on" in refused.err and "policy auto" in refused.err
+    wrong = inproc("quantize", model, "-o", tmp_path / "b.onnx", "--calib", calib_npz, "--policy", "auto", "--meet-on", "worst", "-q")
+    assert wrong.rc == 2 and "worst" in wrong.err
 
 
-def test_halves_in_the_python_keyword_form():
+def test_meet_on_in_the_python_keyword_form():
     from qonnx.config import ConfigError, QuantizeConfig
 
-    assert QuantizeConfig.from_keywords(policy="auto", halves=True).evaluation.halves is True
+    assert QuantizeConfig.from_keywords(policy="auto", meet_on="pooled").evaluation.meet_on == "pooled"
+    assert QuantizeConfig.from_keywords(policy="auto").evaluation.meet_on is None  # the pass's default, each
     with pytest.raises(ConfigError, match="policy auto"):
-        QuantizeConfig.from_keywords(halves=True)
+        QuantizeConfig.from_keywords(meet_on="each")
+    with pytest.raises(ConfigError, match="'worst' is not one of pooled, halves, each"):
+        QuantizeConfig.from_keywords(policy="auto", meet_on="worst")

@@ -100,6 +100,9 @@ def test_an_auto_plan_that_met_the_target_on_calibration_data_but_not_held_out_s
     assert verdict.met is False
     assert verdict.advice[0].startswith("the auto plan met sqnr 32.56 on the calibration samples, not on held-out data")
     assert not any(a.startswith("--policy auto") for a in verdict.advice), "auto already ran: advising it again helps no one"
+    assert not any(a.startswith("--meet-on") for a in verdict.advice), "judged on each sample already"
+    pooled = judge({"outputs": _BOXES}, metric="sqnr", minimum=30, precision="int8", mode="static", token_inputs=False, has_matmul=False, auto_met=32.56, auto_meet_on="pooled")
+    assert "--meet-on each (every calibration sample must meet it, not pooled)" in pooled.advice
 
 
 def test_fp8_advice_names_fp8_options():
