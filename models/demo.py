@@ -5,8 +5,8 @@ INT8 through the ``qonnx quantize`` command (calibrated on one half of the photo
 other), writes the model and its JSON report under ``out/``, and prints size, SQNR, latency and
 the verdict; then the same detector for TensorRT, in INT8 and in FP8, each checked by ``qonnx check
 --target tensorrt``. Then the PP-OCRv4 text detector, where pure INT8 collapses: quantized as is (the
-verdict says so), then with ``--policy auto --min 30`` (the fewest layers kept float for 30 dB,
-chosen from measured per-layer sensitivity; a few minutes on 2 cores), with the verdict after and
+verdict says so), then with ``--policy auto --min 30`` (the fewest layers kept float for 30 dB on
+each calibration photo, chosen from measured per-layer sensitivity; a few minutes on 2 cores), with the verdict after and
 the HTML report (``--only-yolo`` skips this part).
 """
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0:
         return code
     auto, page = args.out / "ppocr-det.auto.onnx", args.out / "ppocr-det.auto.html"
-    print("\nthe same with --policy auto --min 30: per-layer sensitivity, then the fewest layers kept float for 30 dB", flush=True)
+    print("\nthe same with --policy auto --min 30: per-layer sensitivity, then the fewest layers kept float for 30 dB on each calibration photo", flush=True)
     code = cli_main(
         ["quantize", str(det), "-o", str(auto), *det_options, "--policy", "auto", "--metric", "sqnr", "--min", "30",
          "--report", str(args.out / "ppocr-det.auto.json"), "--html", str(page)]

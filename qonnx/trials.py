@@ -88,9 +88,16 @@ class Trials:
         if meet_on not in MEET_ON:
             raise UserError(f"meet_on {meet_on!r} is not one of {', '.join(MEET_ON)}")
         self.model, self.context, self.feeds, self.metric = model, context, feeds, metric
-        self.parts = _parts(meet_on, len(feeds))
         reference = runtime.session(model)
         self.reference = [reference.run(feed) for feed in feeds]
+        self.parts = _parts(meet_on, len(feeds))
+        if len(self.parts) > 1 and not callable(metric):
+            # A part whose FP32 outputs are all zero has no signal to hold an error against (its
+            # SQNR is -200 dB at the first rounding error): it is judged pooled with the others only.
+            silent = [p for p in self.parts if not any(np.any(out) for ref in self.reference[p] for out in ref.values())]
+            if silent and len(silent) < len(self.parts):
+                logger.warning("%d of the %d search parts have all-zero FP32 outputs: judged pooled only, not alone", len(silent), len(self.parts))
+                self.parts = [p for p in self.parts if p not in silent] + [slice(None)]
         self.candidates = [n.name for n in model.graph if node_spec(n.metadata_props).quantized]
         self.evaluations = 0
         self._setups: dict[int | None, TrialSetup] = {}

@@ -377,6 +377,26 @@ def test_meet_on_judges_a_plan_by_its_lowest_part():
         Trials(model, context, feeds, "sqnr", meet_on="worst")
 
 
+def test_a_sample_with_all_zero_fp32_outputs_is_judged_pooled_only(caplog):
+    """Under ``each``, a sample whose FP32 outputs are all zero has no SQNR of its own (-200 dB at the
+    first rounding error, which would keep every node float): it counts in a pooled part instead."""
+    from qonnx.trials import Trials
+
+    proto = _outlier_chain()
+    for init in proto.graph.initializer:
+        if init.name == "B0":
+            init.CopyFrom(onnx.numpy_helper.from_array(np.zeros(4, np.float32), "B0"))  # no bias: zero in, zero out
+    model, _, context = run_text(proto, "normalize,resolve-policy,calibrate(adjacent=true)", samples=4, reduce_range=True)
+    feeds = [context.calib[i] for i in range(4)] + [{"x": np.zeros((1, 3, 16, 16), np.float32)}]
+    with caplog.at_level("WARNING", logger="qonnx.trials"):
+        trials = Trials(model, context, feeds, "sqnr", meet_on="each")
+    assert "1 of the 5 search parts have all-zero FP32 outputs" in caplog.text
+    assert trials.parts == [slice(i, i + 1) for i in range(4)] + [slice(None)]
+    plan = set(trials.candidates)
+    alone = [Trials(model, context, [feed], "sqnr").score(plan) for feed in feeds[:4]]
+    assert trials.score(plan) == min(alone + [Trials(model, context, feeds, "sqnr").score(plan)])
+
+
 @pytest.mark.parametrize("meet_on", ["halves", "each"])
 def test_auto_policy_meets_the_target_on_each_part(meet_on):
     """The chosen plan holds the target on every part of the search samples, checked by separate
