@@ -54,6 +54,7 @@ def _quantize(name: str, scratch: Path, **options) -> dict:
     return {
         "sqnr_db": min(v["sqnr_db"] for v in report["fidelity"]["outputs"].values()),
         "metric": report["verdict"]["metric"],
+        "top1_agreement": min((v["top1_agreement"] for v in report["fidelity"]["outputs"].values() if "top1_agreement" in v), default=None),
         "metric_value": report["verdict"]["value"],
         "dynamic_nodes": sum(1 for f in auto.get("formats", {}).values() if f == "int8-dynamic"),
         "int4_nodes": sum(1 for f in auto.get("formats", {}).values() if f == "int4"),
@@ -163,8 +164,8 @@ def _markdown(doc: dict) -> list[str]:
         lines.append(f"`python benchmarks/auto_bench.py --models {' '.join(models)} --meet-on {meet_on}`; {date}, qonnx {revision}, onnxruntime {ort}, load average at start {load_average}.")
     lines += [
         "",
-        "| model | INT8 SQNR | INT8 speed | auto target | INT8 / auto on the target metric | auto on the search's calibration samples | auto SQNR | auto speed | auto size | auto float nodes (+ dynamic INT8, + INT4) | auto evaluations (search / with sensitivity) | auto wall s | what binds | greedy SQNR | greedy float nodes | greedy evaluations | greedy wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | INT8 SQNR | INT8 speed | auto target | INT8 / auto on the target metric | auto on the search's calibration samples | auto SQNR | auto top-1 agreement | auto speed | auto size | auto float nodes (+ dynamic INT8, + INT4) | auto evaluations (search / with sensitivity) | auto wall s | what binds | greedy SQNR | greedy float nodes | greedy evaluations | greedy wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in doc["rows"]:
         i, a, g = row["int8"], row["auto"], row.get("greedy")
@@ -174,8 +175,9 @@ def _markdown(doc: dict) -> list[str]:
         lighter = [a.get("dynamic_nodes", 0), a.get("int4_nodes", 0)]
         kept = f"{a['float_nodes'] - sum(lighter)}" + (f" (+ {lighter[0]}, + {lighter[1]})" if any(lighter) else "")
         search = "—" if a.get("search_value") is None else f"{a['search_value']:g}"
+        top1 = "—" if a.get("top1_agreement") is None else f"{a['top1_agreement']:.0%}"  # class-score outputs; rows before it: —
         lines.append(
-            f"| {row['model']} | {i['sqnr_db']:.1f} | {i['speedup']:.2f}x | {metric} >= {target:g} | {values}{'' if a['met'] else ' (missed)'} | {search} | {a['sqnr_db']:.1f} | {a['speedup']:.2f}x | {a['size_ratio']:.2f} | "
+            f"| {row['model']} | {i['sqnr_db']:.1f} | {i['speedup']:.2f}x | {metric} >= {target:g} | {values}{'' if a['met'] else ' (missed)'} | {search} | {a['sqnr_db']:.1f} | {top1} | {a['speedup']:.2f}x | {a['size_ratio']:.2f} | "
             f"{kept} | {a['search_evaluations']} / {a['evaluations']} | {a['wall_s']} | {_binds(a, metric, target)} | {greedy} |"
         )
     lines += [
