@@ -35,6 +35,11 @@ def _slow_model(path):
     onnx.save(model, str(path))
 
 
+def _default_signals():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(("sig", "code", "line"), [(signal.SIGINT, 130, "qonnx: interrupted"), (signal.SIGTERM, 143, "qonnx: terminated")])
 def test_a_signal_mid_calibration_exits_with_its_code_and_leaves_nothing(tmp_path, sig, code, line):
     _slow_model(tmp_path / "model.onnx")
@@ -45,7 +50,10 @@ def test_a_signal_mid_calibration_exits_with_its_code_and_leaves_nothing(tmp_pat
         os.link(photos / "p0000.png", photos / f"p{i:04d}.png")
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     command = [sys.executable, "-m", "qonnx", "quantize", "model.onnx", "-o", "out/q.onnx", "--report", "out/r.json", "--calib", "photos", "--size", "512x512", "--quiet"]
-    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The child starts with the default dispositions, as from a terminal: a parent that ignores SIGINT
+    # (a background job of a non-interactive shell, some test harnesses) would pass that on, and
+    # Python then installs no KeyboardInterrupt handler at all.
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
     time.sleep(4)
     assert proc.poll() is None, "the run ended before the signal: the test model is too fast"
     proc.send_signal(sig)
