@@ -56,7 +56,7 @@ from qonnx.pipeline import Pass, Record, register
 from qonnx.policy import PLAN_KEY, QuantSpec, node_spec, record_formats, set_node_spec
 from qonnx.targets import get_target
 from qonnx.trials import Trials
-from qonnx.verdict import DEFAULT_FLOORS, MEET_ON, choose_metric
+from qonnx.verdict import DEFAULT_FLOORS, DEFAULT_MEET_ON, MEET_ON, choose_metric
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class AutoPolicy(Pass):
         dynamic: bool = True,
         fp16: bool = True,
         int4: bool = True,
-        meet_on: str = "each",
+        meet_on: str = DEFAULT_MEET_ON,
     ) -> None:
         super().__init__(context)
         if metric not in ("auto", "sqnr", "cosine", "top1", "custom"):

@@ -47,7 +47,7 @@ from qonnx.policy import PLAN_KEY
 from qonnx.targets import FP8_OPSET, get_target
 from qonnx.report import Report, assemble, write_json
 from qonnx.report_html import render_html
-from qonnx.verdict import Verdict, judge
+from qonnx.verdict import DEFAULT_MEET_ON, Verdict, judge
 
 __all__ = ["Job", "QuantizeResult", "analyze", "check_loadable", "plan_path", "run", "split_holdout"]
 
@@ -375,7 +375,7 @@ def _verdict(config: QuantizeConfig, context: Context, *, token_inputs: bool, ha
         has_matmul=has_matmul,
         custom=custom,
         auto_met=auto.achieved if (auto := context.records.get("auto_policy")) is not None and auto.met else None,
-        auto_meet_on=auto.meet_on if auto is not None else "each",
+        auto_meet_on=auto.meet_on if auto is not None else DEFAULT_MEET_ON,
         skipped=config.evaluation.skip,
         calibrated=calibrated,
     )

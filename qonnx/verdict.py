@@ -27,6 +27,7 @@ _UNITS = {"sqnr": " dB", "top1": "", "cosine": ""}
 # The parts of its search samples the automatic policy holds a plan to the target on, each pooled
 # alone (``qonnx.trials.Trials.value``): all at once, each half, each sample.
 MEET_ON = ("pooled", "halves", "each")
+DEFAULT_MEET_ON = "each"
 
 
 def search_samples(auto: dict[str, Any]) -> str:
@@ -95,14 +96,14 @@ def metric_value(metric: str, outputs: dict[str, dict[str, float]]) -> float | N
 
 
 def _advice(
-    precision: str, mode: str, has_matmul: bool, metric: str, threshold: float, auto_met: float | None = None, calibrated: bool = False, auto_meet_on: str = "each"
+    precision: str, mode: str, has_matmul: bool, metric: str, threshold: float, auto_met: float | None = None, calibrated: bool = False, auto_meet_on: str = DEFAULT_MEET_ON
 ) -> list[str]:
     """What to try, as options of the command. ``auto_met``: the value ``--policy auto`` reached on
     the calibration samples, when it met the target there (the held-out data then missed it), judged
     as ``auto_meet_on`` says (``MEET_ON``)."""
     if auto_met is not None:
         advice = [f"the auto plan met {metric} {auto_met:g} on the calibration samples, not on held-out data: calibrate on more, and more varied, data (--calib)"]
-        if auto_meet_on != "each":
+        if auto_meet_on != "each":  # the strictest: every sample alone
             advice.append(f"--meet-on each (every calibration sample must meet it, not {auto_meet_on})")
         return advice + [f"--min above {threshold:g} for a margin"]
     if precision == "int4":
@@ -136,7 +137,7 @@ def judge(
     has_matmul: bool,
     custom: float | None = None,
     auto_met: float | None = None,
-    auto_meet_on: str = "each",
+    auto_meet_on: str = DEFAULT_MEET_ON,
     skipped: bool = False,
     calibrated: bool = False,
 ) -> Verdict:
