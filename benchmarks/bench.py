@@ -22,9 +22,9 @@ Per variant:
 
 * fidelity: SQNR in dB of every output against FP32, energies pooled over the held-out samples
   (``qonnx.metrics.compare``), plus the case's task metrics (top-1 agreement for classifiers);
-* latency: one ``qonnx.runtime.session`` per variant, 2 intra-op threads (as
-  ``qonnx.runtime.measure_latency``), 3 warm-up runs each, on the first evaluation sample. Timing
-  is interleaved: in each cycle every variant is visited once (order alternating between cycles)
+* latency: one ``qonnx.runtime.session`` per variant, 2 intra-op threads (as the ``latency``
+  pass), 3 warm-up runs each, on the first evaluation sample. Timing is ``qonnx.timing``'s,
+  interleaved: in each cycle every variant is visited once (order alternating between cycles)
   for one untimed run and a short block of timed runs. The speed of shared machines can jump by
   2x for seconds at a time, so timing the variants one after another would compare different
   machines; interleaving keeps the comparison paired. Every variant gets at least ``--runs`` timed
@@ -54,11 +54,9 @@ import argparse
 import dataclasses
 import datetime
 import json
-import math
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,7 +70,7 @@ import onnx_ir as ir
 
 import qonnx
 from qonnx import ir as qir
-from qonnx import metrics, runtime
+from qonnx import metrics, runtime, timing
 from qonnx.calib.sources import ImagePreprocess, Source, open_source
 from qonnx.models import export
 from qonnx.models.data import photo_folders, sentences
@@ -262,10 +260,10 @@ def quantize_with_qonnx(
         method=name or None, percentile=float(percentile) if percentile else None, target=target or None, precision=precision,
     )
     wall_s = time.perf_counter() - started
-    timing = result.report.get("timing", {})
+    seconds = result.report.get("timing", {})
     fidelity = result.report.get("fidelity") or {}
     return {
-        "quant_s": wall_s - timing.get("fidelity_s", 0.0),
+        "quant_s": wall_s - seconds.get("fidelity_s", 0.0),
         "quantize_call_s": wall_s,
         "pipeline": result.report.get("pipeline"),
         "target": result.report.get("target"),
@@ -378,12 +376,6 @@ def quantize_with_onnxruntime(
 
 
 @dataclasses.dataclass
-class Timing:
-    runs_s: list[float] = dataclasses.field(default_factory=list)
-    cycle_medians_s: list[float] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
 class Variant:
     name: str
     path: Path | None = None
@@ -393,20 +385,19 @@ class Variant:
     sqnr_db: dict[str, float] = dataclasses.field(default_factory=dict)
     cosine: dict[str, float] = dataclasses.field(default_factory=dict)
     task: dict[str, float] = dataclasses.field(default_factory=dict)
-    timings: dict[int, Timing] = dataclasses.field(default_factory=dict)  # by intra-op thread count
+    timings: dict[int, timing.Timing] = dataclasses.field(default_factory=dict)  # by intra-op thread count
     size_bytes: int | None = None
 
     def latency_ms(self, threads: int) -> float | None:
-        timing = self.timings.get(threads)
-        return statistics.median(timing.runs_s) * 1e3 if timing and timing.runs_s else None
+        measured = self.timings.get(threads)
+        return measured.median_s * 1e3 if measured and measured.runs_s else None
 
     def speed_quartiles(self, reference: Variant, threads: int) -> tuple[float, float, float] | None:
         """Quartiles over timing cycles of reference time / own time (> 1: faster than the reference)."""
         own, ref = self.timings.get(threads), reference.timings.get(threads)
         if own is None or ref is None or not own.cycle_medians_s:
             return None
-        ratios = [r / o for r, o in zip(ref.cycle_medians_s, own.cycle_medians_s)]
-        return tuple(float(q) for q in np.percentile(ratios, [25, 50, 75]))
+        return timing.speed_quartiles(ref, own)
 
     def speed_vs(self, reference: Variant, threads: int) -> float | None:
         quartiles = self.speed_quartiles(reference, threads)
@@ -449,33 +440,14 @@ MIN_CYCLES = 10
 
 
 def measure_latencies(variants: Sequence[Variant], feed: Feed, settings: Settings, threads: int) -> dict[str, int]:
-    """Interleaved latency of ``variants`` (the first one sets the pace); returns the plan used."""
-    sessions = [runtime.session(v.path, threads=threads) for v in variants]
-    timings = [v.timings.setdefault(threads, Timing()) for v in variants]
-    for session in sessions:
-        for _ in range(WARMUP_RUNS):
-            session.run(feed)
-    probe = []
-    for _ in range(3):
-        start = time.perf_counter()
-        sessions[0].run(feed)
-        probe.append(time.perf_counter() - start)
-    seconds_per_run = max(statistics.median(probe), 1e-6)
-    block = max(1, min(200, round(VISIT_S / seconds_per_run)))
-    cycles = max(MIN_CYCLES, math.ceil(settings.runs / block), math.ceil(settings.min_timed_s / (block * seconds_per_run)))
-    for cycle in range(cycles):
-        order = range(len(variants)) if cycle % 2 == 0 else reversed(range(len(variants)))
-        for index in order:
-            session, timing = sessions[index], timings[index]
-            session.run(feed)  # untimed: lets the previous session's threads wind down
-            times = []
-            for _ in range(block):
-                start = time.perf_counter()
-                session.run(feed)
-                times.append(time.perf_counter() - start)
-            timing.runs_s.extend(times)
-            timing.cycle_medians_s.append(statistics.median(times))
-    return {"cycles": cycles, "runs_per_visit": block, "timed_runs_per_variant": cycles * block}
+    """Interleaved latency of ``variants`` (``qonnx.timing``; the first one sets the pace); returns the plan used."""
+    timings, plan = timing.interleaved(
+        [v.path for v in variants], feed, threads=threads, warmup=WARMUP_RUNS, runs=settings.runs,
+        min_cycles=MIN_CYCLES, min_timed_s=settings.min_timed_s, visit_s=VISIT_S,
+    )
+    for variant, measured in zip(variants, timings):
+        variant.timings[threads] = measured
+    return {"cycles": plan.cycles, "runs_per_visit": plan.runs_per_visit, "timed_runs_per_variant": plan.timed_runs}
 
 
 def progress(message: str) -> None:
@@ -596,13 +568,13 @@ def summarize_case(
                 "latency_by_threads": {
                     str(threads): {
                         "median_ms": _rounded(v.latency_ms(threads), 4),
-                        "cycle_medians_ms": [round(t * 1e3, 4) for t in timing.cycle_medians_s],
+                        "cycle_medians_ms": [round(t * 1e3, 4) for t in measured.cycle_medians_s],
                         "speed_vs_fp32_quartiles": _rounded_all(v.speed_quartiles(fp32, threads), 3),
                         "speed_vs_anchor_quartiles": (
                             _rounded_all(v.speed_quartiles(best_anchor, threads), 3) if best_anchor else None
                         ),
                     }
-                    for threads, timing in v.timings.items()
+                    for threads, measured in v.timings.items()
                 },
                 "size_bytes": v.size_bytes,
                 "size_vs_fp32": _ratio(v.size_bytes, fp32.size_bytes),

@@ -10,10 +10,12 @@ Starts from the target's full INT8 plan and the ``layer-sensitivity`` ranking (w
    metric grows with the prefix: ``1 + ceil(log2(n))`` full-model evaluations for ``n`` nodes;
 3. then each node of that prefix, least sensitive first (at most ``max_return``), goes back to INT8
    when the target still holds without it;
-4. speed, measured (``cpu`` target): the chosen plan, the input model and, when the plan is slower than FP32, the plan
-   with every node but Conv/ConvTranspose/Gemm/MatMul in float (integer islands that onnxruntime
-   runs slower than float) are timed on one sample; the fastest that meets the target wins. A plan
-   slower than FP32 is kept only with the record saying so (``binding``: "speed").
+4. speed, measured (``cpu`` target): the input model, the chosen plan and the plan with every
+   node but Conv/ConvTranspose/Gemm/MatMul in float (integer islands that onnxruntime may run
+   slower than float) are timed on one sample, interleaved (``qonnx.timing``: on a shared machine,
+   models timed one after the other compare different machines); when the plan is slower than
+   FP32, the faster of the two that meets the target wins. A plan slower than FP32 is kept only
+   with the record saying so (``binding``: "speed").
 
 With ``groups``, a step of the ranking is a unit of ``qonnx.node_groups`` (a layer with its
 activation chain, an attention block, or a single node), ranked by its group score: the bisection
@@ -49,7 +51,7 @@ from typing import Any
 import onnx_ir as ir
 
 from qonnx import ir as qir
-from qonnx import metrics, runtime
+from qonnx import metrics, timing
 from qonnx.errors import UserError
 from qonnx.node_groups import NodeGroup, units
 from qonnx.pipeline import Pass, Record, register
@@ -274,22 +276,24 @@ class AutoPolicy(Pass):
         speedup = fp32_ms = speed_step = None
         binding = None if meets(achieved) else "accuracy"
         if self.speed and self.context.target == "cpu":  # (other targets' providers are not this CPU)
-            fp32_s = runtime.measure_latency(model, feeds[0])["median_s"]
-            plan_s = runtime.measure_latency(trials.quantized(every - chosen_fallback, formats(chosen_fallback, lighter)), feeds[0])["median_s"]
-            if plan_s > fp32_s:  # integer islands slower than float: try the weighted ops alone in INT8
-                islands = {name for name in every - chosen_fallback if op_types.get(name) not in _WEIGHTED}
-                if islands:
-                    candidate = chosen_fallback | islands
-                    value = score(candidate, lighter)
-                    candidate_s = runtime.measure_latency(trials.quantized(every - candidate, formats(candidate, lighter)), feeds[0])["median_s"]
-                    curve[-1]["speedup"] = round(fp32_s / candidate_s, 3)
-                    faster = meets(value) and candidate_s < plan_s
-                    speed_step = {"plan_speedup": round(fp32_s / plan_s, 3), "islands": len(islands), "islands_value": round(value, 4),
-                                  "islands_speedup": round(fp32_s / candidate_s, 3), "chosen": "islands" if faster else "plan"}  # fmt: skip
-                    if faster:
-                        chosen_fallback, plan_s, achieved = candidate, candidate_s, value
-            speedup, fp32_ms = round(fp32_s / plan_s, 3), round(fp32_s * 1e3, 3)
-            if binding is None and plan_s > fp32_s:
+            timed = [model, trials.quantized(every - chosen_fallback, formats(chosen_fallback, lighter))]
+            islands = {name for name in every - chosen_fallback if op_types.get(name) not in _WEIGHTED}
+            candidate = chosen_fallback | islands
+            if islands:  # integer islands that may run slower than float: the weighted ops alone in INT8
+                timed.append(trials.quantized(every - candidate, formats(candidate, lighter)))
+            timings, _ = timing.interleaved(timed, feeds[0])
+            speedup = timing.speedup(timings[0], timings[1])
+            if speedup < 1 and islands:
+                value = score(candidate, lighter)
+                islands_speedup = timing.speedup(timings[0], timings[2])
+                curve[-1]["speedup"] = round(islands_speedup, 3)
+                faster = meets(value) and islands_speedup > speedup
+                speed_step = {"plan_speedup": round(speedup, 3), "islands": len(islands), "islands_value": round(value, 4),
+                              "islands_speedup": round(islands_speedup, 3), "chosen": "islands" if faster else "plan"}  # fmt: skip
+                if faster:
+                    chosen_fallback, speedup, achieved = candidate, islands_speedup, value
+            speedup, fp32_ms = round(speedup, 3), round(timings[0].median_s * 1e3, 3)
+            if binding is None and speedup < 1:
                 binding = "speed"
                 logger.warning("the chosen plan runs at %.2fx the FP32 speed on this CPU", speedup)
         curve.append({"int8_fraction": round(1 - len(chosen_fallback) / max(n, 1), 4), "value": round(achieved, 4), "speedup": speedup, "fallback": len(chosen_fallback), "chosen": True})

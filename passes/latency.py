@@ -1,7 +1,9 @@
 """Latency: the input model and the model as it stands, timed side by side on one evaluation sample.
 
-Each runs ``runs`` times after ``warmup`` untimed runs in an onnxruntime session with ``threads``
-intra-op threads; the record holds the medians and their ratio (``speedup`` > 1: faster than FP32).
+The two run interleaved (``qonnx.timing``: a shared machine's speed changes by 2x for seconds at a
+time), each in an onnxruntime session with ``threads`` intra-op threads after ``warmup`` untimed
+runs, at least ``runs`` timed runs each; the record holds each model's median and the median over
+cycles of their paired ratio (``speedup`` > 1: faster than FP32), with its quartiles.
 Changes nothing; without evaluation data it records nothing.
 """
 
@@ -11,7 +13,7 @@ import dataclasses
 
 import onnx_ir as ir
 
-from qonnx import runtime
+from qonnx import timing
 from qonnx.errors import UserError
 from qonnx.pipeline import Pass, Record, register
 
@@ -26,12 +28,20 @@ class LatencyRecord(Record):
     speedup: float
     runs: int
     threads: int
+    cycles: int | None = None
+    speedup_quartiles: list[float] | None = None  # over the cycles: 25th, 50th (= speedup), 75th percentile
 
 
 @register
 class Latency(Pass):
+    """Attributes:
+    runs: timed runs of each model, at least (interleaved in cycles: ``qonnx.timing``).
+    warmup: untimed runs of each model first.
+    threads: onnxruntime intra-op threads.
+    """
+
     name = "latency"
-    summary = "time the input model and the output model on one evaluation sample (median of runs)"
+    summary = "time the input model and the output model interleaved on one evaluation sample (median ratio over cycles)"
     read_only = True
 
     def __init__(self, context=None, *, runs: int = 20, warmup: int = 3, threads: int = 2) -> None:
@@ -44,17 +54,17 @@ class Latency(Pass):
         data = self.context.eval_data
         if data is None or self.context.source is None or len(data) == 0:
             return ir.passes.PassResult(model, False)
-        feed = data[0]
-        timing = {"runs": self.runs, "warmup": self.warmup, "threads": self.threads}
-        fp32 = runtime.measure_latency(self.context.source, feed, **timing)
-        own = runtime.measure_latency(model, feed, **timing)
+        (fp32, own), plan = timing.interleaved([self.context.source, model], data[0], threads=self.threads, warmup=self.warmup, runs=self.runs)
+        quartiles = timing.speed_quartiles(fp32, own)
         self.publish(
             LatencyRecord(
-                fp32_ms=round(fp32["median_s"] * 1e3, 3),
-                quantized_ms=round(own["median_s"] * 1e3, 3),
-                speedup=round(fp32["median_s"] / own["median_s"], 3),
-                runs=own["runs"],
+                fp32_ms=round(fp32.median_s * 1e3, 3),
+                quantized_ms=round(own.median_s * 1e3, 3),
+                speedup=round(quartiles[1], 3),
+                runs=plan.timed_runs,
                 threads=self.threads,
+                cycles=plan.cycles,
+                speedup_quartiles=[round(q, 3) for q in quartiles],
             )
         )
         return ir.passes.PassResult(model, False)

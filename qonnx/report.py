@@ -109,6 +109,14 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
+def _spread(latency: dict) -> str:
+    """``, quartiles 0.95-1.10 over 10 cycles``: the spread of the paired ratio, when recorded."""
+    quartiles = latency.get("speedup_quartiles")
+    if not quartiles or latency.get("cycles") is None:
+        return ""
+    return f", quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f} over {latency['cycles']} cycles"
+
+
 def _output_name(report: dict[str, Any]) -> str:
     """What the output is called: "fp16"/"bf16" for a converted model, "quantized" for INT8."""
     precision = report.get("precision", "int8")
@@ -199,7 +207,7 @@ def summary_table(report: dict[str, Any]) -> str:
     if latency:
         lines.append(
             f"latency    FP32 {latency['fp32_ms']:.2f} ms, {_output_name(report)} {latency['quantized_ms']:.2f} ms "
-            f"({latency['speedup']:.2f}x, median of {latency['runs']}, {latency['threads']} threads)"
+            f"({latency['speedup']:.2f}x{_spread(latency)}, {latency['runs']} runs each, interleaved, {latency['threads']} threads)"
         )
     if report.get("uncalibrated"):
         lines.append("WARNING    calibrated on random data: ranges do not reflect real inputs")

@@ -723,7 +723,11 @@ def _latency(report: Mapping[str, Any]) -> str:
         [_esc(label), _num(data.get("quantized_ms"), ".3f", "ms")],
         ["speedup", (_num(data.get("speedup"), ".2f") + "×") if data.get("speedup") is not None else "–"],
     ]
-    note = f'<p class="note">medians of {_num(data.get("runs"), "d")} runs, {_num(data.get("threads"), "d")} threads</p>'
+    quartiles = data.get("speedup_quartiles")
+    spread = ""
+    if isinstance(quartiles, list) and len(quartiles) == 3 and all(_is_number(q) for q in quartiles):
+        spread = f'; the speedup is the median over {_num(data.get("cycles"), "d")} cycles of the paired ratio (quartiles {_num(quartiles[0], ".2f")}–{_num(quartiles[2], ".2f")})'
+    note = f'<p class="note">medians of {_num(data.get("runs"), "d")} runs each, timed interleaved, {_num(data.get("threads"), "d")} threads{spread}</p>'
     return _section("latency", "Latency", _table(["", "median"], rows, numeric=(1,)) + note)
 
 

@@ -1,4 +1,4 @@
-"""The one place that talks to onnxruntime: sessions, tapped intermediate tensors, latency.
+"""The one place that talks to onnxruntime: sessions, tapped intermediate tensors, the optimized graph.
 
 Every other module hands this one an ``onnx_ir`` model (or a path) and gets numpy arrays back.
 """
@@ -8,9 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -27,7 +25,6 @@ __all__ = [
     "Session",
     "session",
     "tapped_model",
-    "measure_latency",
     "optimized_model",
 ]
 
@@ -189,26 +186,6 @@ def tapped_model(model: ir.Model, tensors: Iterable[str]) -> ir.Model:
         tapped.graph.outputs.append(value)
         present.add(name)
     return tapped
-
-
-def measure_latency(
-    model: ir.Model | str | os.PathLike,
-    feed: Mapping[str, np.ndarray],
-    *,
-    runs: int = 20,
-    warmup: int = 3,
-    threads: int = 2,
-) -> dict[str, float]:
-    """Median and spread of ``runs`` timed inferences after ``warmup`` untimed ones (seconds)."""
-    sess = session(model, threads=threads)
-    for _ in range(warmup):
-        sess.run(feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        sess.run(feed)
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": runs}
 
 
 def optimized_model(model: ir.Model | str | os.PathLike, *, threads: int = 1) -> ir.Model:
