@@ -10,7 +10,8 @@ SQNR on held-out data (the report's fidelity), the nodes kept float, the full-mo
 spent and the wall time; for (a) and (b) the latency against FP32 (the report's, median of 20 runs,
 2 threads).
 
-Usage: ``python benchmarks/auto_bench.py [--models ppocr-cls yolov8n] [--greedy ppocr-cls] [--min 30] [--merge] [--meet-on each]``
+Usage: ``python benchmarks/auto_bench.py [--models ppocr-cls yolov8n] [--greedy ppocr-cls] [--min 30] [--merge] [--meet-on each]
+[--target efficientnet-lite0=top1:0.99] [--views 10] [--stem NAME]``
 (results in ``benchmarks/results/auto.md`` and ``auto.json``, with ``--meet-on pooled`` or ``halves``
 in ``auto_pooled.*`` or ``auto_halves.*``; ``--merge`` keeps the rows of the models not run from the
 existing file, each row with the revision and date it was run at).
@@ -41,12 +42,34 @@ from qonnx.verdict import MEET_ON  # noqa: E402
 MODEL_TARGETS = {"minilm": ("cosine", 0.998)}
 
 
-def _quantize(name: str, scratch: Path, **options) -> dict:
+def photo_views(folder: Path, out: Path, views: int) -> Path:
+    """``views`` views of every photo of ``folder`` in ``out`` (PNG): the photo itself, then crops of
+    80% of its height and width at the four corners and the centre, then the same mirrored: more
+    held-out samples of the same real photos, for agreement rates finer than one photo in ten."""
+    from PIL import Image, ImageOps
+
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+        width, height = rgb.size
+        w, h = round(0.8 * width), round(0.8 * height)
+        boxes = [None] + [(x, y, x + w, y + h) for x, y in ((0, 0), (width - w, 0), (0, height - h), (width - w, height - h), ((width - w) // 2, (height - h) // 2))]
+        made = [rgb if box is None else rgb.crop(box) for box in boxes]
+        made += [ImageOps.mirror(view) for view in made]
+        if views > len(made):
+            raise SystemExit(f"--views: at most {len(made)} views per photo")
+        for index, view in enumerate(made[:views]):
+            view.save(out / f"{path.stem}.{index}.png")
+    return out
+
+
+def _quantize(name: str, scratch: Path, eval_data=None, **options) -> dict:
     case = CASES[name]
     started = time.perf_counter()
     result = quantize(
         case.model_path(), scratch / f"{name}.{options.get('policy', 'int8')}.onnx", case.calib_data(),
-        eval_data=case.eval_data(), preprocess=case.preprocess, latency=True, **options,
+        eval_data=case.eval_data() if eval_data is None else eval_data, preprocess=case.preprocess, latency=True, **options,
     )
     report = result.report
     auto = report.get("auto_policy") or {}
@@ -104,23 +127,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--merge", action="store_true", help="keep the other models' rows of the existing auto.json")
     parser.add_argument("--meet-on", choices=MEET_ON, default="each", help="the automatic policy's --meet-on (default each, the tool's); results in auto.md/.json, else auto_MEET_ON.md/.json")
+    parser.add_argument("--target", action="append", default=[], metavar="MODEL=METRIC:VALUE", help="another target for MODEL (e.g. efficientnet-lite0=top1:0.99)")
+    parser.add_argument("--views", type=int, default=1, help="held-out views per photo for the image models (photo_views: crops and mirror images; default 1, the photo)")
+    parser.add_argument("--stem", help="results file name without suffix (default auto, or auto_MEET_ON)")
     args = parser.parse_args(argv)
+    targets = dict(MODEL_TARGETS)
+    for text in args.target:
+        model, _, spec = text.partition("=")
+        metric, _, value = spec.partition(":")
+        if metric not in ("sqnr", "cosine", "top1") or not value:
+            parser.error(f"--target {text!r}: MODEL=METRIC:VALUE with METRIC sqnr, cosine or top1")
+        targets[model] = (metric, float(value))
     rows = []
     environment = environment_facts()
     with tempfile.TemporaryDirectory(prefix="qonnx-auto-bench-") as scratch:
         for name in args.models:
+            eval_data = None
+            if args.views > 1 and CASES[name].preprocess is not None:
+                eval_data = photo_views(Path(CASES[name].eval_data()), Path(scratch) / "views" / name, args.views)
             print(f"{name}: pure INT8", flush=True)
-            metric, target = MODEL_TARGETS.get(name, ("sqnr", args.min))
-            row = {"model": name, "metric": metric, "target": target, "environment": environment, "int8": _quantize(name, Path(scratch))}
+            metric, target = targets.get(name, ("sqnr", args.min))
+            row = {"model": name, "metric": metric, "target": target, "environment": environment, "views": args.views, "int8": _quantize(name, Path(scratch), eval_data)}
             print(f"{name}: --policy auto --metric {metric} --min {target:g}", flush=True)
-            row["auto"] = _quantize(name, Path(scratch), policy="auto", metric=metric, min=target, meet_on=args.meet_on)
+            row["auto"] = _quantize(name, Path(scratch), eval_data, policy="auto", metric=metric, min=target, meet_on=args.meet_on)
             if name in args.greedy:
                 print(f"{name}: brute-force greedy", flush=True)
                 row["greedy"] = _greedy(name, args.min, args.meet_on)
             rows.append(row)
             print(json.dumps(row), flush=True)
     doc = {"environment": environment, "target_sqnr_db": args.min, "meet_on": args.meet_on, "rows": rows}
-    stem = "auto" if args.meet_on == "each" else f"auto_{args.meet_on}"
+    stem = args.stem or ("auto" if args.meet_on == "each" else f"auto_{args.meet_on}")
     if args.merge and (args.out / f"{stem}.json").is_file():
         previous = json.loads((args.out / f"{stem}.json").read_text())
         ran = {row["model"] for row in rows}
@@ -156,12 +192,15 @@ def _markdown(doc: dict) -> list[str]:
     runs = {}
     for row in doc["rows"]:
         env = row.get("environment", doc["environment"])
-        runs.setdefault((env["date"], env["qonnx_revision"], env["onnxruntime_version"], str(env["load_average_at_start"])), []).append(row["model"])
+        extra = f" --views {row['views']}" if row.get("views", 1) > 1 else ""
+        if (row.get("metric", "sqnr"), row.get("target", doc["target_sqnr_db"])) != MODEL_TARGETS.get(row["model"], ("sqnr", doc["target_sqnr_db"])):
+            extra += f" --target {row['model']}={row['metric']}:{row['target']:g}"
+        runs.setdefault((env["date"], env["qonnx_revision"], env["onnxruntime_version"], str(env["load_average_at_start"]), extra), []).append(row["model"])
     greedy_on = sorted({row["greedy"].get("meet_on", "pooled") for row in doc["rows"] if row.get("greedy")})  # rows before --meet-on: pooled
     meet_on = doc.get("meet_on") or ("halves" if doc.get("halves") else "pooled")  # files written before --meet-on: halves or pooled
     lines = [f"# Automatic mixed precision, --meet-on {meet_on} (target {doc['target_sqnr_db']:g} dB output SQNR; MiniLM: pooled-embedding cosine 0.998)", ""]
-    for (date, revision, ort, load_average), models in runs.items():
-        lines.append(f"`python benchmarks/auto_bench.py --models {' '.join(models)} --meet-on {meet_on}`; {date}, qonnx {revision}, onnxruntime {ort}, load average at start {load_average}.")
+    for (date, revision, ort, load_average, extra), models in runs.items():
+        lines.append(f"`python benchmarks/auto_bench.py --models {' '.join(models)} --meet-on {meet_on}{extra}`; {date}, qonnx {revision}, onnxruntime {ort}, load average at start {load_average}.")
     lines += [
         "",
         "| model | INT8 SQNR | INT8 speed | auto target | INT8 / auto on the target metric | auto on the search's calibration samples | auto SQNR | auto top-1 agreement | auto speed | auto size | auto float nodes (+ dynamic INT8, + INT4) | auto evaluations (search / with sensitivity) | auto wall s | what binds | greedy SQNR | greedy float nodes | greedy evaluations | greedy wall s |",
@@ -183,7 +222,8 @@ def _markdown(doc: dict) -> list[str]:
     lines += [
         "",
         f"Fidelity on held-out data (photos; MiniLM: other sentences of the Python docs), pooled; the search measures on calibration data ({meet_on}: {_MEET_ON_WORDS[meet_on]}); "
-        "speed: the report's latency, FP32 / model, median of 20 runs, 2 threads. Rows run before dynamic INT8 existed have no dynamic nodes. "
+        "speed: the report's latency, FP32 time / model time, 2 threads, the two timed interleaved (`qonnx.timing`: the median over cycles of the paired ratio; rows run before 2026-12-03T08 timed one model after the other, which on this shared machine moved the same plan's speed by up to 2x). "
+        "Held-out views: the photos themselves, or with `--views N` N views of each (crops and mirror images, `photo_views`). Rows run before dynamic INT8 existed have no dynamic nodes. "
         f"What binds: the constraints the chosen point misses, of the held-out target and {SPEED_TARGET:g}x the FP32 speed. "
         f"The greedy searches on the held-out photos themselves, judged {' / '.join(greedy_on) or meet_on}; its SQNR is that value.",
         "",
