@@ -274,7 +274,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--std", type=_floats3, help="per-channel std divided by after the mean, one or three numbers (default 1)")
     q.add_argument("--layout", metavar="{NCHW,NHWC}", help="image tensor layout (default NCHW)")
     q.add_argument("--bgr", action=argparse.BooleanOptionalAction, help="feed images in BGR channel order (default RGB)")
-    q.add_argument("--latency", action="store_true", help="also time FP32 and quantized models (2 threads)")
+    q.add_argument("--latency", action="store_true", help="also time FP32 and quantized models, interleaved (2 threads)")
     q.add_argument(
         "--no-eval",
         action="store_true",
