@@ -222,7 +222,7 @@ def _markdown(doc: dict) -> list[str]:
     lines += [
         "",
         f"Fidelity on held-out data (photos; MiniLM: other sentences of the Python docs), pooled; the search measures on calibration data ({meet_on}: {_MEET_ON_WORDS[meet_on]}); "
-        "speed: the report's latency, FP32 time / model time, 2 threads, the two timed interleaved (`qonnx.timing`: the median over cycles of the paired ratio; rows run before 2026-12-03T08 timed one model after the other, which on this shared machine moved the same plan's speed by up to 2x). "
+        "speed: the report's latency, FP32 time / model time, 2 threads, the two timed interleaved (`qonnx.timing`: the median over cycles of the paired ratio; rows run at revisions before de57aa8 timed one model after the other, which on this shared machine moved the same plan's speed by up to 2x). "
         "Held-out views: the photos themselves, or with `--views N` N views of each (crops and mirror images, `photo_views`). Rows run before dynamic INT8 existed have no dynamic nodes. "
         f"What binds: the constraints the chosen point misses, of the held-out target and {SPEED_TARGET:g}x the FP32 speed. "
         f"The greedy searches on the held-out photos themselves, judged {' / '.join(greedy_on) or meet_on}; its SQNR is that value.",
