@@ -11,7 +11,7 @@ spent and the wall time; for (a) and (b) the latency against FP32 (the report's,
 2 threads).
 
 Usage: ``python benchmarks/auto_bench.py [--models ppocr-cls yolov8n] [--greedy ppocr-cls] [--min 30] [--merge] [--meet-on each]
-[--target efficientnet-lite0=top1:0.99] [--views 10] [--stem NAME]``
+[--target efficientnet-lite0=top1:0.99] [--views 10] [--calib-views 10] [--stem NAME]``
 (results in ``benchmarks/results/auto.md`` and ``auto.json``, with ``--meet-on pooled`` or ``halves``
 in ``auto_pooled.*`` or ``auto_halves.*``; ``--merge`` keeps the rows of the models not run from the
 existing file, each row with the revision and date it was run at).
@@ -64,11 +64,11 @@ def photo_views(folder: Path, out: Path, views: int) -> Path:
     return out
 
 
-def _quantize(name: str, scratch: Path, eval_data=None, **options) -> dict:
+def _quantize(name: str, scratch: Path, eval_data=None, calib_data=None, **options) -> dict:
     case = CASES[name]
     started = time.perf_counter()
     result = quantize(
-        case.model_path(), scratch / f"{name}.{options.get('policy', 'int8')}.onnx", case.calib_data(),
+        case.model_path(), scratch / f"{name}.{options.get('policy', 'int8')}.onnx", case.calib_data() if calib_data is None else calib_data,
         eval_data=case.eval_data() if eval_data is None else eval_data, preprocess=case.preprocess, latency=True, **options,
     )
     report = result.report
@@ -84,6 +84,8 @@ def _quantize(name: str, scratch: Path, eval_data=None, **options) -> dict:
         "search_value": auto.get("achieved"),
         "binding": auto.get("binding"),
         "speed_step": auto.get("speed_step"),
+        "search_samples": auto.get("samples"),
+        "notes": auto.get("notes", []),
         "speedup": report["latency"]["speedup"],
         "float_nodes": len(auto.get("fallback", [])),
         "evaluations": auto.get("evaluations", 0) + sensitivity.get("evaluations", 0),
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--meet-on", choices=MEET_ON, default="each", help="the automatic policy's --meet-on (default each, the tool's); results in auto.md/.json, else auto_MEET_ON.md/.json")
     parser.add_argument("--target", action="append", default=[], metavar="MODEL=METRIC:VALUE", help="another target for MODEL (e.g. efficientnet-lite0=top1:0.99)")
     parser.add_argument("--views", type=int, default=1, help="held-out views per photo for the image models (photo_views: crops and mirror images; default 1, the photo)")
+    parser.add_argument("--calib-views", type=int, default=1, help="calibration views per photo, the same way (the search's samples: a top-1 target of 0.99 needs 100)")
     parser.add_argument("--stem", help="results file name without suffix (default auto, or auto_MEET_ON)")
     args = parser.parse_args(argv)
     targets = dict(MODEL_TARGETS)
@@ -142,14 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     environment = environment_facts()
     with tempfile.TemporaryDirectory(prefix="qonnx-auto-bench-") as scratch:
         for name in args.models:
-            eval_data = None
+            eval_data = calib_data = None
             if args.views > 1 and CASES[name].preprocess is not None:
                 eval_data = photo_views(Path(CASES[name].eval_data()), Path(scratch) / "views" / name, args.views)
+            if args.calib_views > 1 and CASES[name].preprocess is not None:
+                calib_data = photo_views(Path(CASES[name].calib_data()), Path(scratch) / "calib-views" / name, args.calib_views)
             print(f"{name}: pure INT8", flush=True)
             metric, target = targets.get(name, ("sqnr", args.min))
-            row = {"model": name, "metric": metric, "target": target, "environment": environment, "views": args.views, "int8": _quantize(name, Path(scratch), eval_data)}
+            row = {"model": name, "metric": metric, "target": target, "environment": environment, "views": args.views, "calib_views": args.calib_views}
+            row["int8"] = _quantize(name, Path(scratch), eval_data, calib_data)
             print(f"{name}: --policy auto --metric {metric} --min {target:g}", flush=True)
-            row["auto"] = _quantize(name, Path(scratch), eval_data, policy="auto", metric=metric, min=target, meet_on=args.meet_on)
+            row["auto"] = _quantize(name, Path(scratch), eval_data, calib_data, policy="auto", metric=metric, min=target, meet_on=args.meet_on)
             if name in args.greedy:
                 print(f"{name}: brute-force greedy", flush=True)
                 row["greedy"] = _greedy(name, args.min, args.meet_on)
@@ -193,6 +199,7 @@ def _markdown(doc: dict) -> list[str]:
     for row in doc["rows"]:
         env = row.get("environment", doc["environment"])
         extra = f" --views {row['views']}" if row.get("views", 1) > 1 else ""
+        extra += f" --calib-views {row['calib_views']}" if row.get("calib_views", 1) > 1 else ""
         if (row.get("metric", "sqnr"), row.get("target", doc["target_sqnr_db"])) != MODEL_TARGETS.get(row["model"], ("sqnr", doc["target_sqnr_db"])):
             extra += f" --target {row['model']}={row['metric']}:{row['target']:g}"
         runs.setdefault((env["date"], env["qonnx_revision"], env["onnxruntime_version"], str(env["load_average_at_start"]), extra), []).append(row["model"])
@@ -237,6 +244,7 @@ def _markdown(doc: dict) -> list[str]:
             )
     for row in doc["rows"]:
         a = row["auto"]
+        lines += [f"- {row['model']}: the search ran on {a['search_samples']} calibration samples; {note}" for note in a.get("notes") or []]
         worst = "; ".join(f"{e['node']} ({e['op_type']}) local {e['local_db']} / global {e['global_db']} dB" for e in a["worst_nodes"])
         lines.append(f"- {row['model']}: local-vs-global rank correlation {a['rank_correlation']}; worst nodes: {worst}")
     return lines

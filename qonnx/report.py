@@ -203,6 +203,7 @@ def summary_table(report: dict[str, Any]) -> str:
                 f"  speed step: the plan ran at {step['plan_speedup']:.2f}x FP32; with its {step['islands']} nodes other than "
                 f"Conv/Gemm/MatMul float too, {step['islands_value']:g} at {step['islands_speedup']:.2f}x: {step['chosen']} chosen"
             )
+        lines += [f"  note: {note}" for note in auto.get("notes") or []]
     latency = report.get("latency")
     if latency:
         lines.append(

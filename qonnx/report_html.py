@@ -669,6 +669,7 @@ def _auto_policy(report: Mapping[str, Any]) -> str:
     if data.get("binding"):
         facts.append(f'binding: <span class="mono">{_esc(data["binding"])}</span>')
     body = f"<p>{'; '.join(facts)}.</p>\n"
+    body += "".join(f'<p class="note warning">{_esc(str(note))}</p>\n' for note in _list(data.get("notes")))
     if curve:
         body += _curve_chart(curve, chosen, metric, data.get("target"))
         body += '\n<p class="note">Each point is a plan tried by the search; its label is its speed against FP32; the dashed line is the target, the ringed point the plan chosen.</p>\n'

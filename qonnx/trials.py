@@ -67,13 +67,16 @@ def rank_correlation(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def _parts(meet_on: str, count: int) -> list[slice]:
-    """The slices of ``count`` feeds a plan must meet the target on, each pooled alone."""
-    if meet_on == "each" and count > 1:
-        return [slice(i, i + 1) for i in range(count)]
-    if meet_on == "halves" and count > 1:
+def _parts(meet_on: str, count: int, min_part: int = 1) -> list[slice]:
+    """The slices of ``count`` feeds a plan must meet the target on, each pooled alone, each of at
+    least ``min_part`` feeds: "each" cuts runs of ``min_part`` (the remainder joins the last run),
+    "halves" two halves; too few feeds for two parts: one, pooled."""
+    if meet_on == "pooled" or count < 2 * min_part:
+        return [slice(None)]
+    if meet_on == "halves":
         return [slice(None, count // 2), slice(count // 2, None)]
-    return [slice(None)]
+    starts = list(range(0, count - min_part + 1, min_part))
+    return [slice(start, end) for start, end in zip(starts, [*starts[1:], count])]
 
 
 class Trials:
@@ -84,13 +87,15 @@ class Trials:
     evaluations run, wherever they ran.
     """
 
-    def __init__(self, model: ir.Model, context: Context, feeds: list[dict[str, np.ndarray]], metric: Metric, *, meet_on: str = "pooled"):
+    def __init__(self, model: ir.Model, context: Context, feeds: list[dict[str, np.ndarray]], metric: Metric, *, meet_on: str = "pooled", min_part: int = 1):
         if meet_on not in MEET_ON:
             raise UserError(f"meet_on {meet_on!r} is not one of {', '.join(MEET_ON)}")
+        if min_part < 1:
+            raise UserError(f"min_part must be positive, not {min_part}")
         self.model, self.context, self.feeds, self.metric = model, context, feeds, metric
         reference = runtime.session(model)
         self.reference = [reference.run(feed) for feed in feeds]
-        self.parts = _parts(meet_on, len(feeds))
+        self.parts = _parts(meet_on, len(feeds), min_part)
         if len(self.parts) > 1 and not callable(metric):
             # A part whose FP32 outputs are all zero has no signal to hold an error against (its
             # SQNR is -200 dB at the first rounding error): it is judged pooled with the others only.

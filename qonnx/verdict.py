@@ -36,6 +36,11 @@ def search_samples(auto: dict[str, Any]) -> str:
     count = auto.get("samples")
     samples = f"{count} calibration samples" if isinstance(count, int) and not isinstance(count, bool) else "calibration samples"
     meet_on = auto.get("meet_on") or "pooled"
+    parts = auto.get("parts")
+    if meet_on != "pooled" and parts == 1:
+        return f"pooled over the {samples} (too few to judge parts alone)"
+    if meet_on == "each" and isinstance(parts, int) and isinstance(count, int) and parts < count:
+        return f"on each of {parts} runs of the {samples} (the lowest)"
     if meet_on == "each":
         return f"on each of the {samples} (the lowest)"
     if meet_on == "halves":

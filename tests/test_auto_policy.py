@@ -446,3 +446,43 @@ def test_meet_on_in_the_python_keyword_form():
         QuantizeConfig.from_keywords(meet_on="each")
     with pytest.raises(ConfigError, match="'worst' is not one of pooled, halves, each"):
         QuantizeConfig.from_keywords(policy="auto", meet_on="worst")
+
+
+@pytest.mark.parametrize(
+    ("options", "samples", "parts", "note"),
+    [
+        # 0.99 needs 100 class decisions, 50 samples of y[2, 8]'s 2 rows; 40 are there: a note, and
+        # the 40 are judged pooled (--meet-on each would otherwise ask every sample to agree)
+        ("metric=top1,min=0.99", 40, 1, "judged on 40 search samples of 2 class decision(s) each: one disagreement moves it by 0.0125"),
+        ("metric=top1,min=0.9", 16, 3, None),  # 10 decisions, 5 samples: the usual 16 resolve it, in runs 5, 5, 6
+        ("metric=top1,min=0.9,samples=8", 8, 1, None),  # 16 decisions >= 10, but not twice
+        ("metric=top1,min=0.9,samples=4", 4, 1, "give at least 5 calibration samples"),  # 8 < 10
+        ("metric=top1,min=1.0", 16, 16, None),  # every decision must agree: each sample alone says as much
+        ("metric=sqnr,min=20", 16, 16, None),
+        ("metric=sqnr,min=20,meet_on=halves", 16, 2, None),
+    ],
+)
+def test_a_top1_target_searches_on_the_samples_that_resolve_it(options, samples, parts, note, caplog):
+    """A top-1 agreement of 0.99 can only be told from 0.9 on at least 100 class decisions: the
+    search takes that many calibration samples by default (here y[2, 8] has 2 rows per sample),
+    judges parts of at least that many, and says so, in the record and the log, when the data has
+    fewer."""
+    with caplog.at_level("WARNING"):
+        _, _, context = run_text(tiny.gemm_bn(), f"normalize,resolve-policy,calibrate(adjacent=true),auto-policy({options},speed=false)", samples=40)
+    record = context.records["auto_policy"]
+    assert (record.samples, record.parts) == (samples, parts)
+    if note is None:
+        assert record.notes == [] and "class decision" not in caplog.text
+    else:
+        assert len(record.notes) == 1 and note in record.notes[0], record.notes
+        assert note in caplog.text
+
+
+def test_parts_hold_at_least_min_part_samples():
+    from qonnx.trials import _parts
+
+    assert _parts("each", 3) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+    assert _parts("each", 10, 3) == [slice(0, 3), slice(3, 6), slice(6, 10)]  # the remainder joins the last run
+    assert _parts("each", 10, 5) == [slice(0, 5), slice(5, 10)]
+    assert _parts("each", 9, 5) == _parts("halves", 9, 5) == _parts("pooled", 10) == [slice(None)]  # too few for two parts
+    assert _parts("halves", 10, 5) == [slice(None, 5), slice(5, None)]

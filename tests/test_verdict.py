@@ -146,3 +146,20 @@ def test_int4_advice_asks_for_calibration_data_only_without_it():
         verdict = judge({"outputs": logits}, metric="auto", minimum=None, precision="int4", mode="static", token_inputs=True, has_matmul=True, calibrated=calibrated)
         assert verdict.met is False and any("--block-size 16" in a for a in verdict.advice)
         assert any("--calib" in a for a in verdict.advice) is not calibrated
+
+
+@pytest.mark.parametrize(
+    ("record", "words"),
+    [
+        ({"meet_on": "each", "samples": 10, "parts": 10}, "on each of the 10 calibration samples (the lowest)"),
+        ({"meet_on": "each", "samples": 200, "parts": 2}, "on each of 2 runs of the 200 calibration samples (the lowest)"),
+        ({"meet_on": "each", "samples": 40, "parts": 1}, "pooled over the 40 calibration samples (too few to judge parts alone)"),
+        ({"meet_on": "halves", "samples": 10, "parts": 2}, "on each half of the 10 calibration samples (the lower)"),
+        ({"meet_on": "pooled", "samples": 10, "parts": 1}, "pooled over the 10 calibration samples"),
+        ({"samples": 10}, "pooled over the 10 calibration samples"),  # a record from before meet_on
+    ],
+)
+def test_the_summary_says_how_the_search_judged(record, words):
+    from qonnx.verdict import search_samples
+
+    assert search_samples(record) == words
