@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -534,6 +535,8 @@ def test_an_fp16_summary_names_the_output_and_the_missing_fidelity(inproc, tmp_p
     assert result.rc == 0 and "fidelity   not measured (no data)" in result.out
     result = inproc("quantize", model_path, "-o", tmp_path / "h2.onnx", "--precision", "fp16", "--calib", calib_npz, "--latency")
     assert result.rc == 0 and ", fp16 " in result.out and "quantized" not in result.out
+    line = next(line for line in result.out.splitlines() if line.startswith("latency    "))
+    assert re.search(r"\(\d+\.\d\dx, quartiles \d+\.\d\d-\d+\.\d\d over \d+ cycles, \d+ runs each, interleaved, 2 threads\)$", line), line
 
 
 @pytest.mark.parametrize("command", ["quantize", "inspect", "passes"])

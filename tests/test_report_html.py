@@ -297,6 +297,18 @@ def test_the_verdict_says_met_or_not_with_its_advice():
     assert 'id="verdict"' not in render_html(report)
 
 
+def test_the_search_notes_and_the_latency_spread_are_on_the_page():
+    report = full_report()
+    report["auto_policy"]["notes"] = ["top-1 agreement >= 0.99 is judged on 10 search samples <of 1> class decision(s) each"]
+    report["latency"].update(cycles=12, speedup_quartiles=[1.2, 1.333, 1.41])
+    text = render_html(report)
+    assert '<p class="note warning">top-1 agreement &gt;= 0.99 is judged on 10 search samples &lt;of 1&gt; class decision(s) each</p>' in text
+    assert "timed interleaved" in text and "median over 12 cycles of the paired ratio (quartiles 1.20–1.41)" in text
+    del report["auto_policy"]["notes"], report["latency"]["speedup_quartiles"]
+    text = render_html(report)
+    assert "note warning" not in text and "quartiles" not in text  # reports without them still render
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
