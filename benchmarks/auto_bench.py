@@ -240,7 +240,9 @@ def _markdown(doc: dict) -> list[str]:
         if step:
             lines.append(
                 f"- {row['model']}: speed step: the plan ran at {step['plan_speedup']:.2f}x FP32 in the search's timing; with its {step['islands']} "
-                f"nodes other than Conv/Gemm/MatMul float too, {step['islands_value']:g} at {step['islands_speedup']:.2f}x; {step['chosen']} chosen"
+                f"nodes other than Conv/Gemm/MatMul float too, {step['islands_value']:g} at {step['islands_speedup']:.2f}x"
+                + (f" ({q[0]:.2f}-{q[2]:.2f}x the plan's, quartiles over cycles)" if (q := step.get("islands_over_plan")) else "")
+                + f"; {step['chosen']} chosen"
             )
     for row in doc["rows"]:
         a = row["auto"]

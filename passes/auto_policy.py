@@ -14,7 +14,9 @@ Starts from the target's full INT8 plan and the ``layer-sensitivity`` ranking (w
    node but Conv/ConvTranspose/Gemm/MatMul in float (integer islands that onnxruntime may run
    slower than float) are timed on one sample, interleaved (``qonnx.timing``: on a shared machine,
    models timed one after the other compare different machines); when the plan is slower than
-   FP32, the faster of the two that meets the target wins. A plan slower than FP32 is kept only
+   FP32, the weighted-only plan wins when it meets the target and was the faster of the two in
+   at least three timing cycles of four (the first quartile of their paired ratio above 1: on a
+   shared machine their medians can swap between runs). A plan slower than FP32 is kept only
    with the record saying so (``binding``: "speed").
 
 With ``groups``, a step of the ranking is a unit of ``qonnx.node_groups`` (a layer with its
@@ -104,7 +106,8 @@ class AutoPolicyRecord(Record):
     parts: int | None = None  # the parts judged alone: fewer than the samples where a top-1 target needs several per part
     # The speed step, when the plan ran slower than FP32: the plan's speedup, the nodes other than
     # Conv/ConvTranspose/Gemm/MatMul that it would also keep float, that plan's value and speedup,
-    # and which of the two was chosen ("islands" or "plan"); None when it did not run.
+    # the quartiles of its paired ratio over the plan (``islands_over_plan``), and which of the two
+    # was chosen ("islands" or "plan"); None when it did not run.
     speed_step: dict[str, Any] | None = None
     # What limits the search's judgement, for the person reading the report (a top-1 target finer
     # than the search samples can resolve).
@@ -302,9 +305,12 @@ class AutoPolicy(Pass):
                 value = score(candidate, lighter)
                 islands_speedup = timing.speedup(timings[0], timings[2])
                 curve[-1]["speedup"] = round(islands_speedup, 3)
-                faster = meets(value) and islands_speedup > speedup
+                # faster in at least three cycles of four, not by a median within the machine's noise
+                over_plan = [round(q, 3) for q in timing.speed_quartiles(timings[1], timings[2])]
+                faster = meets(value) and over_plan[0] > 1
                 speed_step = {"plan_speedup": round(speedup, 3), "islands": len(islands), "islands_value": round(value, 4),
-                              "islands_speedup": round(islands_speedup, 3), "chosen": "islands" if faster else "plan"}  # fmt: skip
+                              "islands_speedup": round(islands_speedup, 3), "islands_over_plan": over_plan,
+                              "chosen": "islands" if faster else "plan"}  # fmt: skip
                 if faster:
                     chosen_fallback, speedup, achieved = candidate, islands_speedup, value
             speedup, fp32_ms = round(speedup, 3), round(timings[0].median_s * 1e3, 3)

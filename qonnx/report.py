@@ -201,7 +201,9 @@ def summary_table(report: dict[str, Any]) -> str:
         if step:
             lines.append(
                 f"  speed step: the plan ran at {step['plan_speedup']:.2f}x FP32; with its {step['islands']} nodes other than "
-                f"Conv/Gemm/MatMul float too, {step['islands_value']:g} at {step['islands_speedup']:.2f}x: {step['chosen']} chosen"
+                f"Conv/Gemm/MatMul float too, {step['islands_value']:g} at {step['islands_speedup']:.2f}x"
+                + (f" ({q[0]:.2f}-{q[2]:.2f}x the plan's, quartiles)" if (q := step.get("islands_over_plan")) else "")
+                + f": {step['chosen']} chosen"
             )
         lines += [f"  note: {note}" for note in auto.get("notes") or []]
     latency = report.get("latency")
