@@ -299,7 +299,7 @@ class AutoPolicy(Pass):
             candidate = chosen_fallback | islands
             if islands:  # integer islands that may run slower than float: the weighted ops alone in INT8
                 timed.append(trials.quantized(every - candidate, formats(candidate, lighter)))
-            timings, _ = timing.interleaved(timed, feeds[0])
+            timings, _ = timing.interleaved(timed, feeds[0], min_cycles=_SPEED_CYCLES)
             speedup = timing.speedup(timings[0], timings[1])
             if speedup < 1 and islands:
                 value = score(candidate, lighter)
@@ -397,6 +397,7 @@ class AutoPolicy(Pass):
 
 
 _SAMPLES = 16  # search samples by default
+_SPEED_CYCLES = 20  # timing cycles of the speed step, for the quartiles of its paired ratios
 _MAX_TOP1_SAMPLES = 256  # the most a top-1 target asks for by default
 
 
