@@ -132,7 +132,8 @@ class AutoPolicy(Pass):
         at most 256 samples). With fewer, the record's ``notes`` and a warning say so.
     max_return: fallback nodes tried back in INT8 after the bisection (and, on the cpu target,
         MatMuls tried in dynamic INT8 one at a time).
-    speed: time the plans and prefer the fastest that meets the target.
+    speed: time the plans interleaved and, when the plan is slower than FP32, prefer the
+        weighted-only plan where it meets the target and is reliably faster (step 4 above).
     groups: rank the node groups of ``qonnx.node_groups`` (a layer with its activation chain, an
         attention block) as one step each, by their group score, instead of node by node.
     dynamic: on the cpu target, a MatMul of the fallback goes to dynamic INT8 (activations
@@ -145,9 +146,10 @@ class AutoPolicy(Pass):
     meet_on: the samples a plan must meet the target on (``Trials.value``): ``pooled`` (all of
         them at once), ``halves`` (the first and the second half, each alone) or ``each`` (every
         sample alone, the default; for a top-1 target, every run of samples that holds the
-        ``1 / (1 - min)`` class decisions that resolve it, and pooled when there are fewer). The last two ask for a margin that grows with how much the
-        samples differ, for data the search never saw: pooled over 10 photos, every kit model met
-        30 dB on them and none did on held-out photos (benchmarks/results/auto.md).
+        ``1 / (1 - min)`` class decisions that resolve it, and pooled when there are fewer). The
+        last two ask for a margin that grows with how much the samples differ, for data the
+        search never saw: pooled over 10 photos, every kit model met 30 dB on them and none did
+        on held-out photos (benchmarks/results/auto_pooled.md).
     """
 
     name = "auto-policy"
