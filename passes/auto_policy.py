@@ -196,27 +196,30 @@ class AutoPolicy(Pass):
         if data is None or len(data) == 0:
             raise UserError("--policy auto needs data to measure the plans: give --calib DATA")
         custom = self.metric == "custom"
+        fp32 = runtime.session(model)  # the search's FP32 reference, made once
+        resolving = None  # the samples that resolve a top-1 target
         if custom:
             metric = getattr(self.context.score, "__qualname__", type(self.context.score).__name__)
-            target, count = self.min, self.samples or _SAMPLES
+            target = self.min
         else:
-            fp32 = runtime.session(model).run(data[0])
-            shapes = metrics.compare([fp32], [fp32], [data[0]])  # which task metrics the outputs' shapes have
+            first_outputs = fp32.run(data[0])
+            shapes = metrics.compare([first_outputs], [first_outputs], [data[0]])  # which task metrics the outputs' shapes have
             metric = self.metric
             if metric == "auto":
                 token_inputs = any(v.dtype in (ir.DataType.INT64, ir.DataType.INT32) for v in model.graph.inputs)
                 metric = choose_metric(shapes.to_dict(), token_inputs)[0]
             target = self.min if self.min is not None else DEFAULT_FLOORS[metric]
-            count = self.samples or _search_samples(metric, target, shapes)
-        feeds = [data[i] for i in range(min(count, len(data)))]
-        notes = [] if custom else _resolution_notes(metric, target, shapes, len(feeds))
+            if metric == "top1":
+                resolving = _resolving_samples(shapes, target)
+        default = _SAMPLES if resolving is None else max(_SAMPLES, min(_MAX_TOP1_SAMPLES, resolving[0]))
+        feeds = [data[i] for i in range(min(self.samples or default, len(data)))]
+        notes = [] if resolving is None or len(feeds) >= resolving[0] else [_resolution_note(target, len(feeds), *resolving)]
         for note in notes:
             logger.warning("%s", note)
         # A top-1 agreement is a rate over class decisions: a part of the samples judged alone must
         # hold enough of them to resolve the target (0.99 judged on one decision means "agrees").
-        per_sample, needed = (None, None) if custom or metric != "top1" else (_top1_decisions(shapes), _decisions_needed(target))
-        min_part = math.ceil(needed / per_sample) if per_sample and needed else 1
-        trials = Trials(model, self.context, feeds, self.context.score if custom else metric, meet_on=self.meet_on, min_part=min_part)
+        min_part = 1 if resolving is None else resolving[0]
+        trials = Trials(model, self.context, feeds, self.context.score if custom else metric, meet_on=self.meet_on, min_part=min_part, reference=fp32)
         every = set(trials.candidates)
         nodes = {n.name: n for n in model.graph}
         op_types = {name: node.op_type for name, node in nodes.items()}
@@ -403,42 +406,29 @@ _SPEED_CYCLES = 20  # timing cycles of the speed step, for the quartiles of its 
 _MAX_TOP1_SAMPLES = 256  # the most a top-1 target asks for by default
 
 
-def _top1_decisions(shapes: metrics.Comparison) -> int | None:
-    """Class decisions per sample that top-1 agreement counts: rows of class scores, or positions of
-    next-token logits (the fewest over the outputs that have them)."""
+def _resolving_samples(shapes: metrics.Comparison, target: float) -> tuple[int, int] | None:
+    """``(samples, class decisions per sample)`` for a top-1 agreement of ``target`` to differ from
+    all-but-one agreeing: ``1 / (1 - target)`` decisions (100 for 0.99), a sample holding the rows
+    of class scores or the positions of next-token logits of its outputs (the fewest over them).
+    None for a target of 1 (every decision must agree) or outputs without class decisions."""
     counts = [t.rows for t in shapes.tasks.values() if t.rows]
     counts += [t.positions for name, t in shapes.tasks.items() if metrics.is_logits(name) and t.positions]
-    return min(counts) if counts else None
+    if not counts or target >= 1:
+        return None
+    per_sample = min(counts)
+    return math.ceil(math.ceil(round(1 / (1 - target), 6)) / per_sample), per_sample
 
 
-def _decisions_needed(target: float) -> int | None:
-    """The class decisions for a top-1 agreement of ``target`` to differ from all-but-one agreeing:
-    ``1 / (1 - target)`` (100 for 0.99); None for a target of 1 (every decision must agree)."""
-    return None if target >= 1 else math.ceil(round(1 / (1 - target), 6))
-
-
-def _search_samples(metric: str, target: float, shapes: metrics.Comparison) -> int:
-    """Search samples by default: 16, or, for a top-1 target, enough class decisions to resolve it
-    (at most 256 samples)."""
-    per_sample, needed = _top1_decisions(shapes), _decisions_needed(target)
-    if metric != "top1" or not per_sample or needed is None:
-        return _SAMPLES
-    return max(_SAMPLES, min(_MAX_TOP1_SAMPLES, math.ceil(needed / per_sample)))
-
-
-def _resolution_notes(metric: str, target: float, shapes: metrics.Comparison, samples: int) -> list[str]:
-    """A note when a top-1 target is finer than the search samples resolve: on 10 samples of one
-    class decision each, agreement moves in steps of 0.1, so a plan that agrees on all 10 meets
-    0.99 while it may disagree on one new input in ten (EfficientNet-Lite0 in pure INT8: all 10
-    calibration photos agreed, 81 of 100 held-out views did)."""
-    per_sample, needed = _top1_decisions(shapes), _decisions_needed(target)
-    if metric != "top1" or not per_sample or needed is None or samples * per_sample >= needed:
-        return []
-    return [
+def _resolution_note(target: float, samples: int, resolving: int, per_sample: int) -> str:
+    """Why a top-1 target is finer than ``samples`` resolve: on 10 samples of one class decision
+    each, agreement moves in steps of 0.1, so a plan that agrees on all 10 meets 0.99 while it may
+    disagree on one new input in ten (EfficientNet-Lite0 in pure INT8: all 10 calibration photos
+    agreed, 81 of 100 held-out views did)."""
+    return (
         f"top-1 agreement >= {target:g} is judged on {samples} search samples of {per_sample} class decision(s) each: "
         f"one disagreement moves it by {1 / (samples * per_sample):.3g}, so the search cannot tell {target:g} from less; "
-        f"give at least {math.ceil(needed / per_sample)} calibration samples"
-    ]
+        f"give at least {resolving} calibration samples"
+    )
 
 
 def _has_constant_weight(node: ir.Node) -> bool:

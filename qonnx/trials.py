@@ -87,13 +87,17 @@ class Trials:
     evaluations run, wherever they ran.
     """
 
-    def __init__(self, model: ir.Model, context: Context, feeds: list[dict[str, np.ndarray]], metric: Metric, *, meet_on: str = "pooled", min_part: int = 1):
+    def __init__(
+        self, model: ir.Model, context: Context, feeds: list[dict[str, np.ndarray]], metric: Metric, *,
+        meet_on: str = "pooled", min_part: int = 1, reference: runtime.Session | None = None,
+    ):  # fmt: skip
+        """``reference``: an onnxruntime session of ``model`` the caller already has (else one is made)."""
         if meet_on not in MEET_ON:
             raise UserError(f"meet_on {meet_on!r} is not one of {', '.join(MEET_ON)}")
         if min_part < 1:
             raise UserError(f"min_part must be positive, not {min_part}")
         self.model, self.context, self.feeds, self.metric = model, context, feeds, metric
-        reference = runtime.session(model)
+        reference = reference if reference is not None else runtime.session(model)
         self.reference = [reference.run(feed) for feed in feeds]
         self.parts = _parts(meet_on, len(feeds), min_part)
         if len(self.parts) > 1 and not callable(metric):
