@@ -28,14 +28,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import CASES, environment_facts  # noqa: E402
+from bench import CASES, environment_facts, quantize_with_onnxruntime  # noqa: E402
+from isolation import run_isolated  # noqa: E402
 
 from qonnx.api import quantize  # noqa: E402
 from qonnx.calib.sources import open_source  # noqa: E402
 from qonnx.ir import atomic_write, load  # noqa: E402
 from qonnx.pipeline import Context, build, parse_pipeline, run_pipeline  # noqa: E402
 from qonnx.trials import Trials  # noqa: E402
-from qonnx.verdict import MEET_ON  # noqa: E402
+from qonnx import metrics, runtime, timing  # noqa: E402
+from qonnx.verdict import MEET_ON, metric_value  # noqa: E402
 
 
 # Models judged by another metric than the output SQNR: (metric, target).
@@ -98,6 +100,41 @@ def _quantize(name: str, scratch: Path, eval_data=None, calib_data=None, **optio
     }
 
 
+ANCHOR_METHOD = "MinMax"  # onnxruntime's calibration for the anchor (Entropy fails on MiniLM and takes GBs on det)
+
+
+def _anchor(name: str, scratch: Path, auto_model: Path, eval_data, metric: str) -> dict:
+    """onnxruntime.quantization's static INT8 of the model (``bench.quantize_with_onnxruntime``: QDQ,
+    per-channel, U8/S8, MinMax, on the same calibration data, in a fresh process), judged on the same
+    held-out data, and the FP32 model, the automatic policy's output and the anchor's timed
+    interleaved in one session set (``qonnx.timing``, 20 cycles): speed of each against FP32 and of
+    the automatic policy's against the anchor's."""
+    case = CASES[name]
+    folder = scratch / "anchor" / name
+    folder.mkdir(parents=True)
+    output = folder / "model.onnx"
+    outcome = run_isolated(quantize_with_onnxruntime, (name, str(case.model_path()), str(output), ANCHOR_METHOD, "retry"), 1800, folder)
+    if not outcome["ok"]:
+        return {"error": outcome["error"]}
+    model = load(case.model_path())
+    source = open_source(case.eval_data() if eval_data is None else eval_data, model, case.preprocess)
+    feeds = [source[i] for i in range(len(source))]
+    reference = runtime.session(model)
+    fp32 = [reference.run(feed) for feed in feeds]
+    comparison = metrics.compare(fp32, runtime.session(output), feeds).to_dict()
+    (base, auto, anchor), plan = timing.interleaved([case.model_path(), auto_model, output], feeds[0], min_cycles=20)
+    return {
+        "method": ANCHOR_METHOD,
+        "quantized_input": outcome["result"]["quantized_input"],
+        "sqnr_db": round(min(v["sqnr_db"] for v in comparison.values()), 3),
+        "metric_value": metric_value(metric, comparison),
+        "speedup": round(timing.speedup(base, anchor), 3),
+        "auto_speedup": round(timing.speedup(base, auto), 3),
+        "auto_over_anchor": round(timing.speedup(anchor, auto), 3),
+        "cycles": plan.cycles,
+    }
+
+
 def _greedy(name: str, target: float, meet_on: str) -> dict:
     """One evaluation per node alone in INT8, then float nodes in that order until the target holds,
     each plan judged as the automatic policy's ``meet_on`` judges its plans."""
@@ -156,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             row["int8"] = _quantize(name, Path(scratch), eval_data, calib_data)
             print(f"{name}: --policy auto --metric {metric} --min {target:g}", flush=True)
             row["auto"] = _quantize(name, Path(scratch), eval_data, calib_data, policy="auto", metric=metric, min=target, meet_on=args.meet_on)
+            print(f"{name}: onnxruntime.quantization ({ANCHOR_METHOD}), then FP32, auto and it timed interleaved", flush=True)
+            row["anchor"] = _anchor(name, Path(scratch), Path(scratch) / f"{name}.auto.onnx", eval_data, metric)
             if name in args.greedy:
                 print(f"{name}: brute-force greedy", flush=True)
                 row["greedy"] = _greedy(name, args.min, args.meet_on)
@@ -235,6 +274,25 @@ def _markdown(doc: dict) -> list[str]:
         f"The greedy searches on the held-out photos themselves, judged {' / '.join(greedy_on) or meet_on}; its SQNR is that value.",
         "",
     ]
+    anchored = [row for row in doc["rows"] if row.get("anchor")]
+    if anchored:
+        lines += [
+            f"Beside onnxruntime.quantization (`quantize_static`, QDQ, per-channel, U8/S8, {ANCHOR_METHOD}, same calibration data, its own process; held-out data as above). "
+            "The FP32 model, the automatic policy's output and the anchor's timed interleaved in one run (20 cycles or more), ratios as medians over cycles:",
+            "",
+            "| model | anchor SQNR | anchor on the target metric | auto on the target metric | anchor speed vs FP32 | auto speed vs FP32 | auto speed vs anchor | anchor input |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in anchored:
+            n, a = row["anchor"], row["auto"]
+            if "error" in n:
+                lines.append(f"| {row['model']} | failed: {n['error']} | | | | | | |")
+                continue
+            value = "—" if n.get("metric_value") is None else f"{n['metric_value']:.4g}"
+            lines.append(
+                f"| {row['model']} | {n['sqnr_db']:.1f} | {value} | {a['metric_value']:.4g} | {n['speedup']:.2f}x | {n['auto_speedup']:.2f}x | {n['auto_over_anchor']:.2f}x | {n['quantized_input']} |"
+            )
+        lines.append("")
     for row in doc["rows"]:
         step = row["auto"].get("speed_step")
         if step:
