@@ -18,6 +18,12 @@ Starts from the target's full INT8 plan and the ``layer-sensitivity`` ranking (w
    at least three timing cycles of four (the first quartile of their paired ratio above 1: on a
    shared machine their medians can swap between runs). A plan slower than FP32 is kept only
    with the record saying so (``binding``: "speed").
+5. then every other point of the curve is timed against FP32, a few plans at a time interleaved
+   with it (``_CURVE_CYCLES`` cycles each: a coarser figure than the step above), so that the
+   record can name the best reachable points: the fastest plan measured, and the fastest that
+   meets the target. When the chosen plan runs under ``min_speedup`` (default 1: never slower
+   than FP32 unsaid), ``binding`` is "speed" and ``binding_reason`` says whether any plan measured
+   reaches that speed on this CPU, and at what accuracy.
 
 With ``groups``, a step of the ranking is a unit of ``qonnx.node_groups`` (a layer with its
 activation chain, an attention block, or a single node), ranked by its group score: the bisection
@@ -93,7 +99,7 @@ class AutoPolicyRecord(Record):
     fallback: list[str]
     fallback_format: str
     evaluations: int
-    binding: str | None  # None: met at a speed above FP32; "accuracy": even FP32 islands everywhere miss; "speed": slower than FP32
+    binding: str | None  # None: both met; "accuracy": even the plans with most float miss; "speed": under min_speedup
     speedup: float | None
     fp32_ms: float | None
     curve: list[dict[str, Any]]
@@ -112,6 +118,12 @@ class AutoPolicyRecord(Record):
     # What limits the search's judgement, for the person reading the report (a top-1 target finer
     # than the search samples can resolve).
     notes: list[str] = dataclasses.field(default_factory=list)
+    # The speed asked for (FP32 time / plan time), the sentence saying what binds and the best
+    # reachable points (``fastest`` and ``fastest_meeting``: a curve point's index, speedup, value
+    # and fallback size), when the speed was measured.
+    min_speedup: float = 1.0
+    binding_reason: str | None = None
+    reachable: dict[str, dict[str, Any]] | None = None
 
 
 _DYNAMIC = "int8-dynamic"
@@ -133,7 +145,11 @@ class AutoPolicy(Pass):
     max_return: fallback nodes tried back in INT8 after the bisection (and, on the cpu target,
         MatMuls tried in dynamic INT8 one at a time).
     speed: time the plans interleaved and, when the plan is slower than FP32, prefer the
-        weighted-only plan where it meets the target and is reliably faster (step 4 above).
+        weighted-only plan where it meets the target and is reliably faster (step 4 above); then
+        time every point of the curve (step 5).
+    min_speedup: the speed asked for, FP32 time over the plan's (default 1: not slower than
+        FP32). It chooses no plan: a plan under it is reported with ``binding`` "speed" and the
+        best reachable points, since timings on a shared machine are too coarse to gate on.
     groups: rank the node groups of ``qonnx.node_groups`` (a layer with its activation chain, an
         attention block) as one step each, by their group score, instead of node by node.
     dynamic: on the cpu target, a MatMul of the fallback goes to dynamic INT8 (activations
@@ -172,6 +188,7 @@ class AutoPolicy(Pass):
         fp16: bool = True,
         int4: bool = True,
         meet_on: str = DEFAULT_MEET_ON,
+        min_speedup: float = 1.0,
     ) -> None:
         super().__init__(context)
         if metric not in ("auto", "sqnr", "cosine", "top1", "custom"):
@@ -180,10 +197,13 @@ class AutoPolicy(Pass):
             raise UserError(f"auto-policy: samples must be positive and max_return not negative (samples={samples}, max_return={max_return})")
         if meet_on not in MEET_ON:
             raise UserError(f"auto-policy: meet_on {meet_on!r} is not one of {', '.join(MEET_ON)}")
+        if not min_speedup > 0:
+            raise UserError(f"auto-policy: min_speedup must be positive (FP32 time over the plan's), not {min_speedup}")
         if metric == "custom" and min is None:
             raise UserError("auto-policy: a custom metric needs a threshold (min)")
         self.metric, self.min, self.samples, self.max_return, self.speed = metric, min, samples, max_return, speed
         self.groups, self.dynamic, self.fp16, self.int4, self.meet_on = groups, dynamic, fp16, int4, meet_on
+        self.min_speedup = float(min_speedup)
 
     def requires(self, model: ir.Model) -> None:
         if self.metric == "custom" and self.context.score is None:
@@ -241,6 +261,7 @@ class AutoPolicy(Pass):
         steps = _ranked_units(ranked, sensitivity) if self.groups else [(name, [name]) for name in ranked]
         n = len(ranked)
         curve: list[dict[str, Any]] = [{"int8_fraction": 1.0, "value": round(measured[0], 4), "speedup": None, "fallback": 0}]
+        plans: list[tuple[frozenset[str], dict[str, str]]] = [(frozenset(), {})]  # each curve point's float nodes and lighter formats
         # The lighter fallback: dynamic INT8 for MatMuls on the cpu, FP16 on cuda/tensorrt.
         if self.dynamic and self.context.target == "cpu" and self.context.mode == "static":
             lighter_kind, fallback_format = _DYNAMIC, "dynamic INT8 for MatMul where it meets the target, else float"
@@ -259,6 +280,7 @@ class AutoPolicy(Pass):
             light = light or {}
             value = trials.score(every - fallback, formats(fallback, light))
             curve.append({"int8_fraction": round(1 - len(fallback) / max(n, 1), 4), "value": round(value, 4), "speedup": None, "fallback": len(fallback)})
+            plans.append((frozenset(fallback), dict(light)))
             for kind in sorted(set(light.values())):
                 curve[-1][kind] = sum(1 for k in light.values() if k == kind)
             return value
@@ -298,6 +320,7 @@ class AutoPolicy(Pass):
 
         speedup = fp32_ms = speed_step = None
         binding = None if meets(achieved) else "accuracy"
+        known: dict[tuple, float] = {}  # a plan's key (``_plan_key``) -> its speedup, from the speed step
         if self.speed and self.context.target == "cpu":  # (other targets' providers are not this CPU)
             timed = [model, trials.quantized(every - chosen_fallback, formats(chosen_fallback, lighter))]
             islands = {name for name in every - chosen_fallback if op_types.get(name) not in _WEIGHTED}
@@ -306,10 +329,11 @@ class AutoPolicy(Pass):
                 timed.append(trials.quantized(every - candidate, formats(candidate, lighter)))
             timings, _ = timing.interleaved(timed, feeds[0], min_cycles=_SPEED_CYCLES)
             speedup = timing.speedup(timings[0], timings[1])
+            known[_plan_key(chosen_fallback, lighter)] = round(speedup, 3)
             if speedup < 1 and islands:
                 value = score(candidate, lighter)
                 islands_speedup = timing.speedup(timings[0], timings[2])
-                curve[-1]["speedup"] = round(islands_speedup, 3)
+                known[_plan_key(candidate, lighter)] = round(islands_speedup, 3)
                 # faster in at least three cycles of four, not by a median within the machine's noise
                 over_plan = [round(q, 3) for q in timing.speed_quartiles(timings[1], timings[2])]
                 faster = meets(value) and over_plan[0] > 1
@@ -319,12 +343,19 @@ class AutoPolicy(Pass):
                 if faster:
                     chosen_fallback, speedup, achieved = candidate, islands_speedup, value
             speedup, fp32_ms = round(speedup, 3), round(timings[0].median_s * 1e3, 3)
-            if binding is None and speedup < 1:
-                binding = "speed"
-                logger.warning("the chosen plan runs at %.2fx the FP32 speed on this CPU", speedup)
         curve.append({"int8_fraction": round(1 - len(chosen_fallback) / max(n, 1), 4), "value": round(achieved, 4), "speedup": speedup, "fallback": len(chosen_fallback), "chosen": True})
+        plans.append((frozenset(chosen_fallback), dict(lighter)))
         for kind in sorted(set(lighter.values())):
             curve[-1][kind] = sum(1 for k in lighter.values() if k == kind)
+        reachable = binding_reason = None
+        if speedup is not None:
+            _time_curve(model, lambda fallback, light: trials.quantized(every - fallback, formats(fallback, light)), curve, plans, known, feeds[0])
+            reachable = _reachable(curve, meets)
+            if binding is None and speedup < self.min_speedup:
+                binding = "speed"
+            binding_reason = _binding_reason(binding, metric, target, achieved, speedup, self.min_speedup, reachable)
+            if binding == "speed":
+                logger.warning("%s", binding_reason)
 
         decisions, chosen_formats = {}, {}
         scores = {e["node"]: e for e in (sensitivity.nodes if sensitivity is not None else [])}
@@ -379,6 +410,9 @@ class AutoPolicy(Pass):
                 samples=len(feeds),
                 parts=len(trials.parts),
                 notes=notes,
+                min_speedup=self.min_speedup,
+                binding_reason=binding_reason,
+                reachable=reachable,
             )
         )
         return ir.passes.PassResult(model, modified)
@@ -403,7 +437,64 @@ class AutoPolicy(Pass):
 
 _SAMPLES = 16  # search samples by default
 _SPEED_CYCLES = 20  # timing cycles of the speed step, for the quartiles of its paired ratios
+_CURVE_CYCLES = 6  # timing cycles (and timed runs at least) of the other curve points
+_CURVE_BATCH = 4  # curve points timed together with the FP32 model (their sessions held at once)
 _MAX_TOP1_SAMPLES = 256  # the most a top-1 target asks for by default
+
+
+def _plan_key(fallback: set[str] | frozenset[str], light: dict[str, str]) -> tuple:
+    """A plan's identity: its float nodes and the lighter formats of its fallback."""
+    return frozenset(fallback), tuple(sorted(light.items()))
+
+
+def _time_curve(model: ir.Model, build: Callable[[set[str], dict[str, str]], ir.Model], curve: list[dict[str, Any]],
+                plans: list[tuple[frozenset[str], dict[str, str]]], known: dict[tuple, float], feed: dict) -> None:  # fmt: skip
+    """The speedup of every curve point: the plans of ``known`` as timed already, every other plan
+    once however often the search met it, ``_CURVE_BATCH`` at a time interleaved with ``model``
+    (the FP32 reference of each batch) over ``_CURVE_CYCLES`` cycles; ``build`` makes a plan's model."""
+    pending: dict[tuple, list[int]] = {}
+    for index, (fallback, light) in enumerate(plans):
+        key = _plan_key(fallback, light)
+        if key in known:
+            curve[index]["speedup"] = known[key]
+        else:
+            pending.setdefault(key, []).append(index)
+    batches = [list(pending.items())[i : i + _CURVE_BATCH] for i in range(0, len(pending), _CURVE_BATCH)]
+    for number, batch in enumerate(batches, 1):
+        logger.info("timing the curve's points: batch %d of %d (%d plans and FP32, interleaved)", number, len(batches), len(batch))
+        models = [model] + [build(set(fallback), dict(light)) for (fallback, light), _ in batch]
+        timings, _ = timing.interleaved(models, feed, runs=_CURVE_CYCLES, min_cycles=_CURVE_CYCLES)
+        for position, (_, indices) in enumerate(batch, 1):
+            for index in indices:
+                curve[index]["speedup"] = round(timing.speedup(timings[0], timings[position]), 3)
+
+
+def _reachable(curve: list[dict[str, Any]], meets: Callable[[float], bool]) -> dict[str, dict[str, Any]]:
+    """The best reachable points of a timed curve: the fastest plan measured (``fastest``) and the
+    fastest that meets the target (``fastest_meeting``, absent when none does)."""
+    timed = [(i, p) for i, p in enumerate(curve) if p.get("speedup") is not None]
+    point = lambda i, p: {"point": i, "speedup": p["speedup"], "value": p["value"], "fallback": p["fallback"]}  # noqa: E731
+    best = {"fastest": point(*max(timed, key=lambda ip: ip[1]["speedup"]))}
+    meeting = [(i, p) for i, p in timed if meets(p["value"])]
+    if meeting:
+        best["fastest_meeting"] = point(*max(meeting, key=lambda ip: ip[1]["speedup"]))
+    return best
+
+
+def _binding_reason(binding: str | None, metric: str, target: float, achieved: float, speedup: float, min_speedup: float,
+                    reachable: dict[str, dict[str, Any]]) -> str:  # fmt: skip
+    """The sentence a person acts on: which constraint binds and the best reachable point."""
+    fastest = reachable["fastest"]
+    at = f"the fastest plan measured ({fastest['fallback']} nodes in the fallback) ran at {fastest['speedup']:.2f}x with {metric} {fastest['value']:g}"
+    if binding == "accuracy":
+        return f"accuracy: {metric} {achieved:g}, under the {target:g} asked, at {speedup:.2f}x FP32; {at}"
+    if binding is None:
+        return f"none: {metric} {achieved:g} >= {target:g} at {speedup:.2f}x FP32 (at least {min_speedup:g}x asked)"
+    if fastest["speedup"] < min_speedup:
+        return f"speed: {speedup:.2f}x FP32, under the {min_speedup:g}x asked, and no plan measured reaches {min_speedup:g}x on this CPU: {at}"
+    meeting = reachable.get("fastest_meeting")
+    also = f"; the fastest meeting the target ran at {meeting['speedup']:.2f}x" if meeting else ""
+    return f"speed: {speedup:.2f}x FP32, under the {min_speedup:g}x asked: only plans that miss {metric} >= {target:g} reach it ({at}){also}"
 
 
 def _resolving_samples(shapes: metrics.Comparison, target: float) -> tuple[int, int] | None:

@@ -114,6 +114,7 @@ _FIELDS = {
     "min": ("evaluation", "min", "--min"),
     "no_eval": ("evaluation", "skip", "--no-eval"),
     "meet_on": ("evaluation", "meet_on", "--meet-on"),
+    "min_speedup": ("evaluation", "min_speedup", "--min-speedup"),
     "block_size": ("weight_only", "block_size", "--block-size"),
     "weight_bits": ("weight_only", "bits", "--weight-bits"),
     "embedding_bits": ("weight_only", "embedding_bits", "--embedding-bits"),
@@ -291,6 +292,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=MEET_ON,
         help="--policy auto: the search samples a plan must meet --min on: pooled (all at once), halves (each half alone), "
         "each (every sample alone, the default), a margin for held-out data (measured in the README)",
+    )
+    q.add_argument(
+        "--min-speedup",
+        type=float,
+        metavar="RATIO",
+        help="--policy auto: the speed asked for, FP32 time over the plan's on this CPU (default 1); below it the report says speed binds "
+        "and names the fastest plans measured (reported, not gated: no exit code)",
     )
     q.add_argument(
         "--sensitivity",

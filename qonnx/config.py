@@ -275,7 +275,10 @@ class EvaluationConfig:
     policy, which measure. ``meet_on``: the search samples the automatic policy holds a plan to
     ``min`` on: ``pooled`` (all at once), ``halves`` (the first and the second half, each alone),
     ``each`` (every sample alone, the default): a margin for data the search never saw
-    (``auto-policy(meet_on=...)``).
+    (``auto-policy(meet_on=...)``). ``min_speedup``: the speed the automatic policy's report holds
+    its plan to (FP32 time over the plan's on this CPU; default 1): below it the report says that
+    speed binds and names the best reachable points; it chooses no plan and sets no exit code
+    (timings on a shared machine move too much to gate on) (``auto-policy(min_speedup=...)``).
     """
 
     latency: bool = False
@@ -284,6 +287,7 @@ class EvaluationConfig:
     min: float | None = None
     skip: bool = False
     meet_on: Literal["pooled", "halves", "each"] | None = None
+    min_speedup: float | None = None
 
     def __post_init__(self):
         table = "evaluation"
@@ -300,6 +304,9 @@ class EvaluationConfig:
         elif self.min is None:
             raise ConfigError("min", "a callable metric needs a threshold (min)", table)
         _set(self, min=_float(self.min, "min", table, optional=True))
+        _set(self, min_speedup=_float(self.min_speedup, "min_speedup", table, optional=True))
+        if self.min_speedup is not None and not self.min_speedup > 0:
+            raise ConfigError("min_speedup", f"must be a positive ratio of FP32 time to the plan's, not {self.min_speedup}", table)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -437,6 +444,8 @@ class QuantizeConfig:
             raise ConfigError("weight_only", f"its options apply to precision int4, not {precision}")
         if self.evaluation.meet_on is not None and policy != "auto":
             raise ConfigError("meet_on", "applies to the automatic policy (policy auto), which holds its plans to min on the search samples", "evaluation")
+        if self.evaluation.min_speedup is not None and policy != "auto":
+            raise ConfigError("min_speedup", "applies to the automatic policy (policy auto), which times its plans; latency (--latency) times any run", "evaluation")
         if self.evaluation.skip and policy == "auto":
             raise ConfigError("policy", "auto measures its trials and checks the result on held-out data: it cannot go with evaluation skip (--no-eval)")
         if self.float_remainder is not None and precision not in ("int8", "fp8"):
@@ -487,6 +496,7 @@ class QuantizeConfig:
         "metric": ("evaluation", "metric"),
         "min": ("evaluation", "min"),
         "meet_on": ("evaluation", "meet_on"),
+        "min_speedup": ("evaluation", "min_speedup"),
         "skip_evaluation": ("evaluation", "skip"),
     }
 

@@ -173,6 +173,8 @@ def pipeline_steps(config: QuantizeConfig, *, calibrated: bool, evaluated: bool)
             auto["min"] = evaluation.min
         if evaluation.meet_on is not None:
             auto["meet_on"] = evaluation.meet_on
+        if evaluation.min_speedup is not None:
+            auto["min_speedup"] = evaluation.min_speedup
         steps[at:at] = [PipelineStep("auto-policy", auto)]  # it computes the layer-sensitivity analysis when it needs it
         names = {s.name for s in steps}
         check_order([s.name for s in steps])

@@ -194,7 +194,7 @@ def summary_table(report: dict[str, Any]) -> str:
         )
         if auto.get("speedup") is not None:
             line += f"; {auto['speedup']:.2f}x FP32 as the search timed it"
-        if auto.get("binding"):
+        if auto.get("binding") and not auto.get("binding_reason"):
             line += f"; binding: {auto['binding']}"
         lines.append(line)
         step = auto.get("speed_step")
@@ -205,6 +205,8 @@ def summary_table(report: dict[str, Any]) -> str:
                 + (f" ({q[0]:.2f}-{q[2]:.2f}x the plan's, quartiles)" if (q := step.get("islands_over_plan")) else "")
                 + f": {step['chosen']} chosen"
             )
+        if auto.get("binding_reason"):
+            lines.append(f"  binds: {auto['binding_reason']}")
         lines += [f"  note: {note}" for note in auto.get("notes") or []]
     latency = report.get("latency")
     if latency:

@@ -550,7 +550,9 @@ def _weight_only_sensitivity(report: Mapping[str, Any]) -> str:
     return _section("weight-only-sensitivity", "INT4 weight-only sensitivity by layer group", body)
 
 
-def _curve_chart(points: list[tuple[int, dict]], chosen: int | None, metric: Any, target: Any) -> str:
+def _curve_chart(points: list[tuple[int, dict]], chosen: int | None, metric: Any, target: Any, labelled: set[int] | None = None) -> str:
+    """The accuracy-versus-INT8-fraction curve; the points of ``labelled`` (None: every timed point)
+    carry their speed as a label, every point in its tooltip."""
     name, unit = _metric_name(metric)
     values = [v for _, p in points if (v := _finite(p.get("value"))) is not None]
     target_v = _finite(target)
@@ -639,7 +641,7 @@ def _curve_chart(points: list[tuple[int, dict]], chosen: int | None, metric: Any
         if is_chosen:
             parts.append(f'<circle class="ring" cx="{x:.1f}" cy="{y:.1f}" r="10"/>')
         parts.append(f'<circle class="dot" cx="{x:.1f}" cy="{y:.1f}" r="{6 if is_chosen else 4.5}"/>')
-        if speed_text or is_chosen:
+        if is_chosen or (speed_text and (labelled is None or index in labelled)):
             label = ("chosen " if is_chosen else "") + speed_text
             lx, ly = free_spot(x, y, label, (-13 if is_chosen else -9, 22 if is_chosen else 18, -27, 34, -43, 50, -59, 66))
             parts.append(f'<text class="speed" x="{lx:.1f}" y="{ly:.1f}">{_esc(label)}</text>')
@@ -666,13 +668,22 @@ def _auto_policy(report: Mapping[str, Any]) -> str:
     ]
     if data.get("evaluations") is not None:
         facts.append(f"{_num(data.get('evaluations'), 'd')} full-model evaluations")
-    if data.get("binding"):
+    if data.get("binding") and not data.get("binding_reason"):
         facts.append(f'binding: <span class="mono">{_esc(data["binding"])}</span>')
     body = f"<p>{'; '.join(facts)}.</p>\n"
+    if data.get("binding_reason"):
+        warning = " warning" if data.get("binding") else ""
+        body += f'<p class="note binding{warning}">What binds: {_esc(str(data["binding_reason"]))}.</p>\n'
+    reachable = _dict(data.get("reachable"))
+    labelled = {p["point"] for p in (_dict(reachable.get(k)) for k in ("fastest", "fastest_meeting")) if isinstance(p.get("point"), int)} if reachable else None
     body += "".join(f'<p class="note warning">{_esc(str(note))}</p>\n' for note in _list(data.get("notes")))
     if curve:
-        body += _curve_chart(curve, chosen, metric, data.get("target"))
-        body += '\n<p class="note">Each point is a plan tried by the search; its label is its speed against FP32; the dashed line is the target, the ringed point the plan chosen.</p>\n'
+        body += _curve_chart(curve, chosen, metric, data.get("target"), labelled)
+        labels = (
+            "the chosen plan, the fastest and the fastest meeting the target are labelled with their speed against FP32 (every point's speed is in its tooltip and the table)"
+            if labelled is not None else "its label is its speed against FP32"
+        )  # fmt: skip
+        body += f'\n<p class="note">Each point is a plan tried by the search; {labels}; the dashed line is the target, the ringed point the plan chosen.</p>\n'
         rows = []
         for index, p in curve:
             fraction = _finite(p.get("int8_fraction"))

@@ -17,7 +17,7 @@ from qonnx.api import quantize
 from qonnx.calib.sources import ListSource
 from qonnx.errors import UserError
 from qonnx.models import tiny
-from qonnx.passes.auto_policy import smallest_prefix
+from qonnx.passes.auto_policy import AutoPolicy, smallest_prefix
 from qonnx.pipeline import Context, build, parse_pipeline, run_pipeline
 from qonnx.policy import node_spec
 from qonnx.runtime import session
@@ -329,12 +329,46 @@ def test_the_speed_step_times_the_plan_and_keeps_the_faster_one():
     plan with only the Convs in INT8 (9 nodes more in float, 36 dB: slower still, 0.29-0.61x, at
     its Q/DQ borders, so the plan was kept in those runs); a target of 20 dB, which both meet."""
     model, _, context = run_text(
-        tiny.detector_neck(), "normalize,resolve-policy,calibrate(adjacent=true),layer-sensitivity,auto-policy(metric=sqnr,min=20),insert-qdq", samples=4, reduce_range=True
-    )
+        tiny.detector_neck(), "normalize,resolve-policy,calibrate(adjacent=true),layer-sensitivity,auto-policy(metric=sqnr,min=20,min_speedup=1000),insert-qdq",
+        samples=4, reduce_range=True,
+    )  # fmt: skip
     record = dataclasses.asdict(context.records["auto_policy"])
     formats = {n.name: (n.op_type, node_spec(n.metadata_props).format) for n in model.graph if n.op_type not in ("QuantizeLinear", "DequantizeLinear")}
     _assert_speed_step_consistent(record, formats, 20)
     assert record["fp32_ms"] > 0 and record["curve"][record["chosen"]]["speedup"] == record["speedup"]
+    # every point of the curve timed, each plan once: points of one plan share their speed
+    curve = record["curve"]
+    assert all(p["speedup"] > 0 for p in curve), curve
+    assert curve[0]["fallback"] == 0 and record["reachable"]["fastest"]["speedup"] == max(p["speedup"] for p in curve)
+    meeting = max(p["speedup"] for p in curve if p["value"] >= 20)
+    assert record["reachable"]["fastest_meeting"]["speedup"] == meeting and record["met"]
+    # 1000x FP32 is out of any plan's reach: speed binds, and the reason says no plan reaches it
+    assert record["min_speedup"] == 1000 and record["binding"] == "speed"
+    assert "no plan measured reaches 1000x on this CPU" in record["binding_reason"], record["binding_reason"]
+
+
+@pytest.mark.parametrize(
+    ("curve", "speedup", "binding", "reason"),
+    [
+        # the chosen plan (point 2) at 1.2x; full INT8 (point 0) at 1.6x misses the target: accuracy and speed conflict
+        ([(30, 1.6, 0), (40, 1.1, 9), (35, 1.2, 4)], 1.2, "speed", "only plans that miss sqnr >= 32 reach it (the fastest plan measured (0 nodes in the fallback) ran at 1.60x with sqnr 30); the fastest meeting the target ran at 1.20x"),
+        ([(30, 1.3, 0), (40, 1.1, 9), (35, 1.2, 4)], 1.2, "speed", "no plan measured reaches 1.5x on this CPU: the fastest plan measured (0 nodes in the fallback) ran at 1.30x with sqnr 30"),
+        ([(30, 1.9, 0), (40, 1.1, 9), (35, 1.7, 4)], 1.7, None, "none: sqnr 35 >= 32 at 1.70x FP32 (at least 1.5x asked)"),
+    ],
+)
+def test_the_binding_constraint_and_the_best_reachable_points(curve, speedup, binding, reason):
+    """``_reachable`` picks the fastest point and the fastest meeting the target from a timed curve;
+    ``_binding_reason`` names what binds at a speed target of 1.5x and the target sqnr >= 32."""
+    from qonnx.passes.auto_policy import _binding_reason, _reachable
+
+    points = [{"value": v, "speedup": s, "fallback": f} for v, s, f in curve]
+    best = _reachable(points, lambda value: value >= 32)
+    assert best["fastest"]["point"] == max(range(len(points)), key=lambda i: points[i]["speedup"])
+    assert best["fastest_meeting"]["speedup"] == max(s for v, s, _ in curve if v >= 32)
+    achieved = curve[-1][0]
+    bound = None if speedup >= 1.5 else "speed"
+    assert bound == binding
+    assert _binding_reason(bound, "sqnr", 32, achieved, speedup, 1.5, best).endswith(reason)
 
 
 @pytest.mark.kit
@@ -438,6 +472,37 @@ def test_meet_on_from_the_command_line_reaches_the_search_and_needs_the_automati
     assert refused.rc == 2 and "--meet-on" in refused.err and "policy auto" in refused.err
     wrong = inproc("quantize", model, "-o", tmp_path / "b.onnx", "--calib", calib_npz, "--policy", "auto", "--meet-on", "worst", "-q")
     assert wrong.rc == 2 and "worst" in wrong.err
+
+
+def test_min_speedup_from_the_command_line_is_reported_not_gated(tmp_path, calib_npz, inproc):
+    """A speed no plan reaches (1000x FP32): the run still exits 0 (speed is reported, not gated),
+    the summary says that speed binds, and the option needs the automatic policy (exit 2)."""
+    model = tmp_path / "m.onnx"
+    onnx.save(_outlier_chain(), model)
+    result = inproc("quantize", model, "-o", tmp_path / "a.onnx", "--calib", calib_npz, "--policy", "auto", "--metric", "sqnr", "--min", "30",
+                    "--min-speedup", "1000", "--reduce-range", "--report", tmp_path / "a.json")  # fmt: skip
+    assert result.rc == 0, result.err
+    auto = json.loads((tmp_path / "a.json").read_text())["auto_policy"]
+    assert auto["met"] and auto["binding"] == "speed" and auto["min_speedup"] == 1000
+    assert "binds: speed:" in result.out and "no plan measured reaches 1000x" in result.out
+    refused = inproc("quantize", model, "-o", tmp_path / "b.onnx", "--calib", calib_npz, "--min-speedup", "1.5", "-q")
+    assert refused.rc == 2 and "--min-speedup" in refused.err and "policy auto" in refused.err
+
+
+def test_min_speedup_reaches_the_search_and_needs_the_automatic_policy():
+    from qonnx.config import ConfigError, QuantizeConfig
+    from qonnx.flow import pipeline_steps
+
+    config = QuantizeConfig.from_keywords(policy="auto", min_speedup=1.5)
+    assert config.evaluation.min_speedup == 1.5
+    step = next(s for s in pipeline_steps(config, calibrated=True, evaluated=True) if s.name == "auto-policy")
+    assert step.options["min_speedup"] == 1.5
+    with pytest.raises(ConfigError, match="policy auto"):
+        QuantizeConfig.from_keywords(min_speedup=1.5)
+    with pytest.raises(ConfigError, match="positive"):
+        QuantizeConfig.from_keywords(policy="auto", min_speedup=0)
+    with pytest.raises(UserError, match="min_speedup must be positive"):
+        AutoPolicy(min_speedup=-1)
 
 
 def test_meet_on_in_the_python_keyword_form():

@@ -309,6 +309,22 @@ def test_the_search_notes_and_the_latency_spread_are_on_the_page():
     assert "note warning" not in text and "quartiles" not in text  # reports without them still render
 
 
+def test_what_binds_is_said_and_only_the_best_reachable_points_are_labelled():
+    report = full_report()
+    report["auto_policy"].update(
+        binding="speed", min_speedup=1.5,
+        binding_reason="speed: 1.30x FP32, under the 1.5x asked, and no plan measured reaches 1.5x on this CPU: <the fastest>",
+        reachable={"fastest": {"point": 0, "speedup": 1.45, "value": 21.0, "fallback": 0}, "fastest_meeting": {"point": 2, "speedup": 1.30, "value": 30.6, "fallback": 2}},
+    )  # fmt: skip
+    text = render_html(report)
+    assert '<p class="note binding warning">What binds: speed: 1.30x FP32, under the 1.5x asked, and no plan measured reaches 1.5x on this CPU: &lt;the fastest&gt;.</p>' in text
+    assert ">1.45×<" in text and ">chosen 1.30×<" in text
+    chart = text[text.index('<polyline class="curve"') : text.index("</svg>", text.index('<polyline class="curve"'))]
+    assert ">1.45×<" in chart and ">1.38×<" not in chart  # point 1: in its tooltip and the table only
+    assert "binding: <span" not in text  # the sentence replaces the bare word
+    assert "speedup 1.38×" in text
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
