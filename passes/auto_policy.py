@@ -13,11 +13,11 @@ Starts from the target's full INT8 plan and the ``layer-sensitivity`` ranking (w
 4. speed, measured (``cpu`` target): the input model, the chosen plan and the plan with every
    node but Conv/ConvTranspose/Gemm/MatMul in float (integer islands that onnxruntime may run
    slower than float) are timed on one sample, interleaved (``qonnx.timing``: on a shared machine,
-   models timed one after the other compare different machines); when the plan is slower than
-   FP32, the weighted-only plan wins when it meets the target and was the faster of the two in
+   models timed one after the other compare different machines); when the plan runs under
+   ``min_speedup`` (default 1: slower than FP32), the weighted-only plan wins when it meets the target and was the faster of the two in
    at least three timing cycles of four (the first quartile of their paired ratio above 1: on a
-   shared machine their medians can swap between runs). A plan slower than FP32 is kept only
-   with the record saying so (``binding``: "speed").
+   shared machine their medians can swap between runs). A plan under ``min_speedup`` is kept
+   only with the record saying so (``binding``: "speed").
 5. then every other point of the curve is timed against FP32, a few plans at a time interleaved
    with it (``_CURVE_CYCLES`` cycles each: a coarser figure than the step above), so that the
    record can name the best reachable points: the fastest plan measured, and the fastest that
@@ -110,7 +110,7 @@ class AutoPolicyRecord(Record):
     meet_on: str = "pooled"
     samples: int | None = None
     parts: int | None = None  # the parts judged alone: fewer than the samples where a top-1 target needs several per part
-    # The speed step, when the plan ran slower than FP32: the plan's speedup, the nodes other than
+    # The speed step, when the plan ran under min_speedup: the plan's speedup, the nodes other than
     # Conv/ConvTranspose/Gemm/MatMul that it would also keep float, that plan's value and speedup,
     # the quartiles of its paired ratio over the plan (``islands_over_plan``), and which of the two
     # was chosen ("islands" or "plan"); None when it did not run.
@@ -144,12 +144,13 @@ class AutoPolicy(Pass):
         at most 256 samples). With fewer, the record's ``notes`` and a warning say so.
     max_return: fallback nodes tried back in INT8 after the bisection (and, on the cpu target,
         MatMuls tried in dynamic INT8 one at a time).
-    speed: time the plans interleaved and, when the plan is slower than FP32, prefer the
+    speed: time the plans interleaved and, when the plan runs under ``min_speedup``, prefer the
         weighted-only plan where it meets the target and is reliably faster (step 4 above); then
         time every point of the curve (step 5).
     min_speedup: the speed asked for, FP32 time over the plan's (default 1: not slower than
-        FP32). It chooses no plan: a plan under it is reported with ``binding`` "speed" and the
-        best reachable points, since timings on a shared machine are too coarse to gate on.
+        FP32). A plan under it has the speed step try the weighted-only plan, and, when that
+        does not reach it either, is reported with ``binding`` "speed" and the best reachable
+        points; it is no gate (no exit code): timings on a shared machine move too much for one.
     groups: rank the node groups of ``qonnx.node_groups`` (a layer with its activation chain, an
         attention block) as one step each, by their group score, instead of node by node.
     dynamic: on the cpu target, a MatMul of the fallback goes to dynamic INT8 (activations
@@ -330,7 +331,7 @@ class AutoPolicy(Pass):
             timings, _ = timing.interleaved(timed, feeds[0], min_cycles=_SPEED_CYCLES)
             speedup = timing.speedup(timings[0], timings[1])
             known[_plan_key(chosen_fallback, lighter)] = round(speedup, 3)
-            if speedup < 1 and islands:
+            if speedup < self.min_speedup and islands:
                 value = score(candidate, lighter)
                 islands_speedup = timing.speedup(timings[0], timings[2])
                 known[_plan_key(candidate, lighter)] = round(islands_speedup, 3)

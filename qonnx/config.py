@@ -276,9 +276,10 @@ class EvaluationConfig:
     ``min`` on: ``pooled`` (all at once), ``halves`` (the first and the second half, each alone),
     ``each`` (every sample alone, the default): a margin for data the search never saw
     (``auto-policy(meet_on=...)``). ``min_speedup``: the speed the automatic policy's report holds
-    its plan to (FP32 time over the plan's on this CPU; default 1): below it the report says that
-    speed binds and names the best reachable points; it chooses no plan and sets no exit code
-    (timings on a shared machine move too much to gate on) (``auto-policy(min_speedup=...)``).
+    its plan to (FP32 time over the plan's on this CPU; default 1): below it the speed step tries
+    the weighted-only plan, and the report says that speed binds and names the best reachable
+    points; it sets no exit code (timings on a shared machine move too much to gate on)
+    (``auto-policy(min_speedup=...)``).
     """
 
     latency: bool = False
