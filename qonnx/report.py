@@ -205,6 +205,14 @@ def summary_table(report: dict[str, Any]) -> str:
                 + (f" ({q[0]:.2f}-{q[2]:.2f}x the plan's, quartiles)" if (q := step.get("islands_over_plan")) else "")
                 + f": {step['chosen']} chosen"
             )
+        check = auto.get("speed_check")
+        if check:
+            figures = ", ".join(f"point {i} {x:.2f}x" for i, x in zip(check["points"], check["speedups"]))
+            lines.append(
+                f"  speed check: the fastest points timed again beside the plan: {figures}"
+                + (f"; the fastest meeting the target ran {q[0]:.2f}-{q[2]:.2f}x the plan's (quartiles)" if (q := check.get("over_plan")) else "")
+                + f": {'plan' if check['chosen'] == 'plan' else 'point ' + str(check['chosen'])} chosen"
+            )
         if auto.get("binding_reason"):
             lines.append(f"  binds: {auto['binding_reason']}")
         lines += [f"  note: {note}" for note in auto.get("notes") or []]

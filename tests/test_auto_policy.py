@@ -20,6 +20,7 @@ from qonnx.models import tiny
 from qonnx.passes.auto_policy import AutoPolicy, smallest_prefix
 from qonnx.pipeline import Context, build, parse_pipeline, run_pipeline
 from qonnx.policy import node_spec
+from qonnx.report import summary_table
 from qonnx.runtime import session
 from qonnx.trials import rank_correlation
 
@@ -314,13 +315,34 @@ def _assert_speed_step_consistent(record: dict, formats: dict[str, tuple[str, st
     assert low <= middle <= high
     islands_win = step["islands_value"] >= target and low > 1  # faster in three cycles of four
     assert step["chosen"] == ("islands" if islands_win else "plan"), step
-    assert record["speedup"] == (step["islands_speedup"] if islands_win else step["plan_speedup"])
-    if islands_win:
+    if (record.get("speed_check") or {}).get("chosen", "plan") == "plan":  # (else a point of the curve replaced it after)
+        assert record["speedup"] == (step["islands_speedup"] if islands_win else step["plan_speedup"])
+    if islands_win and (record.get("speed_check") or {}).get("chosen", "plan") == "plan":
         assert all(fmt == "float" for op, fmt in formats.values() if op not in _WEIGHTED_OPS), formats
         assert record["achieved"] == step["islands_value"]
 
 
 _WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _assert_speed_check_consistent(record: dict, target: float) -> None:
+    """The check of the curve's fastest points against the figures the record holds: the points
+    timed again carry those figures (over the speed step's 20 cycles); a point replaced the plan
+    only when it meets the target and was faster than the plan in three cycles of four, and then
+    the chosen point is that plan (its value, speed and fallback)."""
+    check, curve = record["speed_check"], record["curve"]
+    assert all(p["speedup"] > 0 and p["cycles"] in (6, 20) for p in curve), curve
+    if check is None:
+        return
+    for index, figure in zip(check["points"], check["speedups"], strict=True):
+        assert curve[index]["speedup"] == figure and curve[index]["cycles"] == 20
+    if check["chosen"] == "plan":
+        assert "over_plan" not in check or check["over_plan"][0] <= 1, check
+        return
+    point, chosen = curve[check["chosen"]], curve[record["chosen"]]
+    assert check["over_plan"][0] > 1 and point["value"] >= target, check
+    assert (chosen["value"], chosen["speedup"], chosen["fallback"]) == (point["value"], point["speedup"], point["fallback"])
+    assert record["achieved"] == point["value"] and record["speedup"] == point["speedup"] and len(record["fallback"]) == point["fallback"]
 
 
 def test_the_speed_step_times_the_plan_and_keeps_the_faster_one():
@@ -335,10 +357,10 @@ def test_the_speed_step_times_the_plan_and_keeps_the_faster_one():
     record = dataclasses.asdict(context.records["auto_policy"])
     formats = {n.name: (n.op_type, node_spec(n.metadata_props).format) for n in model.graph if n.op_type not in ("QuantizeLinear", "DequantizeLinear")}
     _assert_speed_step_consistent(record, formats, 20)
+    _assert_speed_check_consistent(record, 20)
     assert record["fp32_ms"] > 0 and record["curve"][record["chosen"]]["speedup"] == record["speedup"]
     # every point of the curve timed, each plan once: points of one plan share their speed
     curve = record["curve"]
-    assert all(p["speedup"] > 0 for p in curve), curve
     assert curve[0]["fallback"] == 0 and record["reachable"]["fastest"]["speedup"] == max(p["speedup"] for p in curve)
     meeting = max(p["speedup"] for p in curve if p["value"] >= 20)
     assert record["reachable"]["fastest_meeting"]["speedup"] == meeting and record["met"]
@@ -388,6 +410,7 @@ def test_the_speed_step_on_ppocr_cls(photos, tmp_path):
     formats = {name: (entry["op_type"], entry["format"]) for name, entry in report["nodes"].items()}
     auto = report["auto_policy"]
     _assert_speed_step_consistent(auto, formats, 30)
+    _assert_speed_check_consistent(auto, 30)
     assert auto["met"] and auto["speedup"] > 0 and auto["speed_step"] is not None
     assert all(p["speedup"] > 0 for p in auto["curve"]) and auto["binding"] == "speed"
     assert auto["binding_reason"].startswith(f"speed: {auto['speedup']:.2f}x FP32, under the 100x asked, and no plan measured reaches 100x")
@@ -486,9 +509,15 @@ def test_min_speedup_from_the_command_line_is_reported_not_gated(tmp_path, calib
     result = inproc("quantize", model, "-o", tmp_path / "a.onnx", "--calib", calib_npz, "--policy", "auto", "--metric", "sqnr", "--min", "30",
                     "--min-speedup", "1000", "--reduce-range", "--report", tmp_path / "a.json")  # fmt: skip
     assert result.rc == 0, result.err
-    auto = json.loads((tmp_path / "a.json").read_text())["auto_policy"]
+    report = json.loads((tmp_path / "a.json").read_text())
+    auto = report["auto_policy"]
     assert auto["met"] and auto["binding"] == "speed" and auto["min_speedup"] == 1000
     assert "binds: speed:" in result.out and "no plan measured reaches 1000x" in result.out
+    # the speed check's line, when the curve's fastest points were timed again
+    auto["speed_check"] = {"points": [3, 5], "speedups": [1.31, 1.02], "over_plan": [1.04, 1.1, 1.2], "chosen": 3}
+    text = summary_table(report)
+    assert "  speed check: the fastest points timed again beside the plan: point 3 1.31x, point 5 1.02x; the fastest meeting the target ran 1.04-1.20x the plan's (quartiles): point 3 chosen" in text
+    assert "binding: speed" not in text  # the sentence replaces the bare word
     refused = inproc("quantize", model, "-o", tmp_path / "b.onnx", "--calib", calib_npz, "--min-speedup", "1.5", "-q")
     assert refused.rc == 2 and "--min-speedup" in refused.err and "policy auto" in refused.err
 
