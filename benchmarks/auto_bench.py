@@ -87,6 +87,7 @@ def _quantize(name: str, scratch: Path, eval_data=None, calib_data=None, **optio
         "binding": auto.get("binding"),
         "binding_reason": auto.get("binding_reason"),
         "reachable": auto.get("reachable"),
+        "speed_check": auto.get("speed_check"),
         "speed_step": auto.get("speed_step"),
         "search_samples": auto.get("samples"),
         "notes": auto.get("notes", []),
@@ -304,6 +305,11 @@ def _markdown(doc: dict) -> list[str]:
                 + (f" ({q[0]:.2f}-{q[2]:.2f}x the plan's, quartiles over cycles)" if (q := step.get("islands_over_plan")) else "")
                 + f"; {step['chosen']} chosen"
             )
+    for row in doc["rows"]:
+        check = row["auto"].get("speed_check")
+        if check:
+            figures = ", ".join(f"point {p['point']} {p['speedup']:.2f}x" + (f" ({q[0]:.2f}-{q[2]:.2f}x the plan's)" if (q := p.get("over_plan")) else " (misses the target)") for p in check["points"])
+            lines.append(f"- {row['model']}: speed check, the curve's fastest points timed again beside the plan: {figures}; {'plan' if check['chosen'] == 'plan' else 'point ' + str(check['chosen'])} chosen")
     for row in doc["rows"]:
         if row["auto"].get("binding_reason"):  # rows run before the report said it
             lines.append(f"- {row['model']}: the report (`--min-speedup {SPEED_TARGET:g}`, the search's own timings on calibration data): binds: {row['auto']['binding_reason']}")

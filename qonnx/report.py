@@ -207,12 +207,12 @@ def summary_table(report: dict[str, Any]) -> str:
             )
         check = auto.get("speed_check")
         if check:
-            figures = ", ".join(f"point {i} {x:.2f}x" for i, x in zip(check["points"], check["speedups"]))
-            lines.append(
-                f"  speed check: the fastest points timed again beside the plan: {figures}"
-                + (f"; the fastest meeting the target ran {q[0]:.2f}-{q[2]:.2f}x the plan's (quartiles)" if (q := check.get("over_plan")) else "")
-                + f": {'plan' if check['chosen'] == 'plan' else 'point ' + str(check['chosen'])} chosen"
+            figures = ", ".join(
+                f"point {p['point']} {p['speedup']:.2f}x" + (f" ({q[0]:.2f}-{q[2]:.2f}x the plan's)" if (q := p.get("over_plan")) else " (misses the target)")
+                for p in check["points"]
             )
+            chosen = "plan" if check["chosen"] == "plan" else f"point {check['chosen']}"
+            lines.append(f"  speed check: the fastest points timed again beside the plan, FP32 speed (quartiles over the plan): {figures}: {chosen} chosen")
         if auto.get("binding_reason"):
             lines.append(f"  binds: {auto['binding_reason']}")
         lines += [f"  note: {note}" for note in auto.get("notes") or []]
