@@ -308,7 +308,7 @@ def _markdown(doc: dict) -> list[str]:
     for row in doc["rows"]:
         check = row["auto"].get("speed_check")
         if check:
-            figures = ", ".join(f"point {p['point']} {p['speedup']:.2f}x" + (f" ({q[0]:.2f}-{q[2]:.2f}x the plan's)" if (q := p.get("over_plan")) else " (misses the target)") for p in check["points"])
+            figures = ", ".join(f"point {p['point']} {p['speedup']:.2f}x" + (f" against the plan's {p['plan_speedup']:.2f}x" if p.get("plan_speedup") is not None else "") + (f" ({q[0]:.2f}-{q[2]:.2f}x the plan's)" if (q := p.get("over_plan")) else " (misses the target)") for p in check["points"])
             lines.append(f"- {row['model']}: speed check, the curve's fastest points timed again beside the plan: {figures}; {'plan' if check['chosen'] == 'plan' else 'point ' + str(check['chosen'])} chosen")
     for row in doc["rows"]:
         if row["auto"].get("binding_reason"):  # rows run before the report said it

@@ -499,8 +499,9 @@ def _confirm_fastest(model: ir.Model, build: Callable[[set[str], dict[str, str]]
     until none is left or after ``_CHECK_ROUNDS`` rounds; their curve points get the new figure.
     A point that meets the target replaces the plan when it was the faster of the two in three
     cycles of four (the first quartile of their paired ratio above 1, as in the speed step); of
-    several, the fastest. The record: each point timed again (``point``, ``speedup``, and for a
-    point meeting the target ``over_plan``, the quartiles of its ratio over the plan) and which
+    several, the fastest. The record: each point timed again (``point``, ``speedup``, the plan's
+    speedup in the same cycles ``plan_speedup``, and for a point meeting the target ``over_plan``,
+    the quartiles of its ratio over the plan) and which
     was chosen (a point's index, or "plan"); None when no point read faster than the plan."""
     check: dict[str, Any] = {"points": [], "chosen": "plan"}
     best = None  # (speedup, index) of the fastest point meeting the target and reliably faster than the plan
@@ -521,12 +522,13 @@ def _confirm_fastest(model: ir.Model, build: Callable[[set[str], dict[str, str]]
         logger.info("timing the fastest points of the curve again beside the plan: %s", ", ".join(map(str, points)))
         timed = [model, build(set(chosen[0]), dict(chosen[1]))] + [build(set(plans[i][0]), dict(plans[i][1])) for i in points]
         timings, _ = timing.interleaved(timed, feed, min_cycles=_SPEED_CYCLES)
+        plan_figure = round(timing.speedup(timings[0], timings[1]), 3)  # the plan in the same cycles
         for position, index in enumerate(points, 2):
             figure = round(timing.speedup(timings[0], timings[position]), 3)
             for other, key in enumerate(keys):
                 if key == keys[index]:
                     curve[other].update(speedup=figure, cycles=_SPEED_CYCLES)
-            entry: dict[str, Any] = {"point": index, "speedup": figure}
+            entry: dict[str, Any] = {"point": index, "speedup": figure, "plan_speedup": plan_figure}
             if meets(curve[index]["value"]):
                 entry["over_plan"] = [round(q, 3) for q in timing.speed_quartiles(timings[1], timings[position])]
                 if entry["over_plan"][0] > 1 and (best is None or figure > best[0]):

@@ -208,7 +208,9 @@ def summary_table(report: dict[str, Any]) -> str:
         check = auto.get("speed_check")
         if check:
             figures = ", ".join(
-                f"point {p['point']} {p['speedup']:.2f}x" + (f" ({q[0]:.2f}-{q[2]:.2f}x the plan's)" if (q := p.get("over_plan")) else " (misses the target)")
+                f"point {p['point']} {p['speedup']:.2f}x"
+                + (f" against the plan's {p['plan_speedup']:.2f}x" if p.get("plan_speedup") is not None else "")
+                + (f" ({q[0]:.2f}-{q[2]:.2f}x the plan's)" if (q := p.get("over_plan")) else " (misses the target)")
                 for p in check["points"]
             )
             chosen = "plan" if check["chosen"] == "plan" else f"point {check['chosen']}"

@@ -335,7 +335,7 @@ def _assert_speed_check_consistent(record: dict, target: float) -> None:
     if check is None:
         return
     for entry in check["points"]:
-        assert curve[entry["point"]]["speedup"] == entry["speedup"] and curve[entry["point"]]["cycles"] == 20
+        assert curve[entry["point"]]["speedup"] == entry["speedup"] and curve[entry["point"]]["cycles"] == 20 and entry["plan_speedup"] > 0
         assert ("over_plan" in entry) == (curve[entry["point"]]["value"] >= target), entry
     winners = [e for e in check["points"] if e.get("over_plan") and e["over_plan"][0] > 1]  # faster than the plan in three cycles of four
     if check["chosen"] == "plan":
@@ -517,9 +517,10 @@ def test_min_speedup_from_the_command_line_is_reported_not_gated(tmp_path, calib
     assert auto["met"] and auto["binding"] == "speed" and auto["min_speedup"] == 1000
     assert "binds: speed:" in result.out and "no plan measured reaches 1000x" in result.out
     # the speed check's line, when the curve's fastest points were timed again
-    auto["speed_check"] = {"points": [{"point": 3, "speedup": 1.31, "over_plan": [1.04, 1.1, 1.2]}, {"point": 5, "speedup": 1.4}], "chosen": 3}
+    auto["speed_check"] = {"points": [{"point": 3, "speedup": 1.31, "plan_speedup": 1.2, "over_plan": [1.04, 1.1, 1.2]}, {"point": 5, "speedup": 1.4}], "chosen": 3}
     text = summary_table(report)
-    assert "  speed check: the fastest points timed again beside the plan, FP32 speed (quartiles over the plan): point 3 1.31x (1.04-1.20x the plan's), point 5 1.40x (misses the target): point 3 chosen" in text
+    assert ("  speed check: the fastest points timed again beside the plan, FP32 speed (quartiles over the plan): "
+            "point 3 1.31x against the plan's 1.20x (1.04-1.20x the plan's), point 5 1.40x (misses the target): point 3 chosen") in text  # fmt: skip
     assert "binding: speed" not in text  # the sentence replaces the bare word
     refused = inproc("quantize", model, "-o", tmp_path / "b.onnx", "--calib", calib_npz, "--min-speedup", "1.5", "-q")
     assert refused.rc == 2 and "--min-speedup" in refused.err and "policy auto" in refused.err
