@@ -14,18 +14,18 @@ Starts from the target's full INT8 plan and the ``layer-sensitivity`` ranking (w
    node but Conv/ConvTranspose/Gemm/MatMul in float (integer islands that onnxruntime may run
    slower than float) are timed on one sample, interleaved (``qonnx.timing``: on a shared machine,
    models timed one after the other compare different machines); when the plan runs under
-   ``min_speedup`` (default 1: slower than FP32), the weighted-only plan wins when it meets the target and was the faster of the two in
-   at least three timing cycles of four (the first quartile of their paired ratio above 1: on a
-   shared machine their medians can swap between runs). A plan under ``min_speedup`` is kept
-   only with the record saying so (``binding``: "speed").
+   ``min_speedup`` (default 1: slower than FP32), the weighted-only plan wins when it meets the
+   target and was the faster of the two in at least three timing cycles of four (the first
+   quartile of their paired ratio above 1: on a shared machine their medians can swap between
+   runs);
 5. then every other point of the curve is timed against FP32, a few plans at a time interleaved
-   with it (``_CURVE_CYCLES`` cycles each: a coarser figure than the step above); the fastest of
-   them and the fastest that meets the target, when they read faster than the plan, are timed
-   again beside it as in step 4, and the fastest meeting the target replaces the plan when it was
-   the faster in three cycles of four. The record names the best reachable points: the fastest
-   plan measured, and the fastest that meets the target. When the chosen plan runs under ``min_speedup`` (default 1: never slower
-   than FP32 unsaid), ``binding`` is "speed" and ``binding_reason`` says whether any plan measured
-   reaches that speed on this CPU, and at what accuracy.
+   with it (``_CURVE_CYCLES`` cycles each: a coarser figure than the step above); the fastest
+   points, when they read faster than the plan, are timed again beside it as in step 4
+   (``_confirm_fastest``), and one that meets the target replaces the plan when it was the faster
+   in three cycles of four. The record names the best reachable points: the fastest plan
+   measured, and the fastest that meets the target. A plan under ``min_speedup`` is kept only
+   with the record saying so: ``binding`` is "speed" and ``binding_reason`` says whether any plan
+   measured reaches that speed on this CPU, and at what accuracy.
 
 With ``groups``, a step of the ranking is a unit of ``qonnx.node_groups`` (a layer with its
 activation chain, an attention block, or a single node), ranked by its group score: the bisection
