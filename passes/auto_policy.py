@@ -501,8 +501,8 @@ def _confirm_fastest(model: ir.Model, build: Callable[[set[str], dict[str, str]]
     cycles of four (the first quartile of their paired ratio above 1, as in the speed step); of
     several, the fastest. The record: each point timed again (``point``, ``speedup``, the plan's
     speedup in the same cycles ``plan_speedup``, and for a point meeting the target ``over_plan``,
-    the quartiles of its ratio over the plan) and which
-    was chosen (a point's index, or "plan"); None when no point read faster than the plan."""
+    the quartiles of its ratio over the plan) and which was chosen (a point's index, or "plan");
+    None when no point read faster than the plan."""
     check: dict[str, Any] = {"points": [], "chosen": "plan"}
     best = None  # (speedup, index) of the fastest point meeting the target and reliably faster than the plan
     keys = [_plan_key(*plan) for plan in plans]
@@ -544,12 +544,15 @@ def _confirm_fastest(model: ir.Model, build: Callable[[set[str], dict[str, str]]
 def _reachable(curve: list[dict[str, Any]], meets: Callable[[float], bool]) -> dict[str, dict[str, Any]]:
     """The best reachable points of a timed curve: the fastest plan measured (``fastest``) and the
     fastest that meets the target (``fastest_meeting``, absent when none does)."""
-    timed = [(i, p) for i, p in enumerate(curve) if p.get("speedup") is not None]
-    point = lambda i, p: {"point": i, "speedup": p["speedup"], "value": p["value"], "fallback": p["fallback"], "cycles": p.get("cycles")}  # noqa: E731
-    best = {"fastest": point(*max(timed, key=lambda ip: ip[1]["speedup"]))}
-    meeting = [(i, p) for i, p in timed if meets(p["value"])]
+    timed = [i for i, p in enumerate(curve) if p.get("speedup") is not None]
+
+    def point(index: int) -> dict[str, Any]:
+        return {"point": index} | {key: curve[index].get(key) for key in ("speedup", "value", "fallback", "cycles")}
+
+    best = {"fastest": point(max(timed, key=lambda i: curve[i]["speedup"]))}
+    meeting = [i for i in timed if meets(curve[i]["value"])]
     if meeting:
-        best["fastest_meeting"] = point(*max(meeting, key=lambda ip: ip[1]["speedup"]))
+        best["fastest_meeting"] = point(max(meeting, key=lambda i: curve[i]["speedup"]))
     return best
 
 
