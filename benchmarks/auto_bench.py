@@ -35,6 +35,7 @@ from qonnx.api import quantize  # noqa: E402
 from qonnx.calib.sources import open_source  # noqa: E402
 from qonnx.ir import atomic_write, load  # noqa: E402
 from qonnx.pipeline import Context, build, parse_pipeline, run_pipeline  # noqa: E402
+from qonnx.report import speed_check_text  # noqa: E402
 from qonnx.trials import Trials  # noqa: E402
 from qonnx import metrics, runtime, timing  # noqa: E402
 from qonnx.verdict import MEET_ON, metric_value  # noqa: E402
@@ -306,10 +307,8 @@ def _markdown(doc: dict) -> list[str]:
                 + f"; {step['chosen']} chosen"
             )
     for row in doc["rows"]:
-        check = row["auto"].get("speed_check")
-        if check:
-            figures = ", ".join(f"point {p['point']} {p['speedup']:.2f}x" + (f" against the plan's {p['plan_speedup']:.2f}x" if p.get("plan_speedup") is not None else "") + (f" ({q[0]:.2f}-{q[2]:.2f}x the plan's)" if (q := p.get("over_plan")) else " (misses the target)") for p in check["points"])
-            lines.append(f"- {row['model']}: speed check, the curve's fastest points timed again beside the plan: {figures}; {'plan' if check['chosen'] == 'plan' else 'point ' + str(check['chosen'])} chosen")
+        if row["auto"].get("speed_check"):
+            lines.append(f"- {row['model']}: speed check: {speed_check_text(row['auto']['speed_check'])}")
     for row in doc["rows"]:
         if row["auto"].get("binding_reason"):  # rows run before the report said it
             lines.append(f"- {row['model']}: the report (`--min-speedup {SPEED_TARGET:g}`, the search's own timings on calibration data): binds: {row['auto']['binding_reason']}")

@@ -123,6 +123,18 @@ def _output_name(report: dict[str, Any]) -> str:
     return precision if precision in ("fp16", "bf16") else "quantized"
 
 
+def speed_check_text(check: dict[str, Any]) -> str:
+    """The automatic policy's speed check (``AutoPolicyRecord.speed_check``) in one sentence."""
+    figures = ", ".join(
+        f"point {p['point']} {p['speedup']:.2f}x"
+        + (f" against the plan's {p['plan_speedup']:.2f}x" if p.get("plan_speedup") is not None else "")
+        + (f" ({q[0]:.2f}-{q[2]:.2f}x the plan's)" if (q := p.get("over_plan")) else " (misses the target)")
+        for p in check["points"]
+    )
+    chosen = "plan" if check["chosen"] == "plan" else f"point {check['chosen']}"
+    return f"the fastest points timed again beside the plan, FP32 speed (quartiles over the plan): {figures}: {chosen} chosen"
+
+
 def summary_table(report: dict[str, Any]) -> str:
     """A few lines for people: sizes, formats, fidelity per output, latency, time spent."""
     lines = []
@@ -205,16 +217,8 @@ def summary_table(report: dict[str, Any]) -> str:
                 + (f" ({q[0]:.2f}-{q[2]:.2f}x the plan's, quartiles)" if (q := step.get("islands_over_plan")) else "")
                 + f": {step['chosen']} chosen"
             )
-        check = auto.get("speed_check")
-        if check:
-            figures = ", ".join(
-                f"point {p['point']} {p['speedup']:.2f}x"
-                + (f" against the plan's {p['plan_speedup']:.2f}x" if p.get("plan_speedup") is not None else "")
-                + (f" ({q[0]:.2f}-{q[2]:.2f}x the plan's)" if (q := p.get("over_plan")) else " (misses the target)")
-                for p in check["points"]
-            )
-            chosen = "plan" if check["chosen"] == "plan" else f"point {check['chosen']}"
-            lines.append(f"  speed check: the fastest points timed again beside the plan, FP32 speed (quartiles over the plan): {figures}: {chosen} chosen")
+        if auto.get("speed_check"):
+            lines.append(f"  speed check: {speed_check_text(auto['speed_check'])}")
         if auto.get("binding_reason"):
             lines.append(f"  binds: {auto['binding_reason']}")
         lines += [f"  note: {note}" for note in auto.get("notes") or []]
