@@ -506,6 +506,7 @@ def _confirm_fastest(model: ir.Model, build: Callable[[set[str], dict[str, str]]
     check: dict[str, Any] = {"points": [], "chosen": "plan"}
     best = None  # (speedup, index) of the fastest point meeting the target and reliably faster than the plan
     keys = [_plan_key(*plan) for plan in plans]
+    plan_model = None  # the chosen plan's model, built once for every round
 
     def speed(index: int) -> float:
         return curve[index]["speedup"]
@@ -520,7 +521,9 @@ def _confirm_fastest(model: ir.Model, build: Callable[[set[str], dict[str, str]]
         candidates = sorted(open_points.values(), key=speed, reverse=True)
         points = sorted({candidates[0], *[i for i in candidates if meets(curve[i]["value"])][:2]})
         logger.info("timing the fastest points of the curve again beside the plan: %s", ", ".join(map(str, points)))
-        timed = [model, build(set(chosen[0]), dict(chosen[1]))] + [build(set(plans[i][0]), dict(plans[i][1])) for i in points]
+        if plan_model is None:
+            plan_model = build(set(chosen[0]), dict(chosen[1]))
+        timed = [model, plan_model] + [build(set(plans[i][0]), dict(plans[i][1])) for i in points]
         timings, _ = timing.interleaved(timed, feed, min_cycles=_SPEED_CYCLES)
         plan_figure = round(timing.speedup(timings[0], timings[1]), 3)  # the plan in the same cycles
         for position, index in enumerate(points, 2):
